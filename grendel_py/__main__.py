@@ -1,0 +1,3 @@
+from grendel_py.cli import main
+
+raise SystemExit(main())

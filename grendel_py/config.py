@@ -1,0 +1,279 @@
+"""Typed run configuration: a tree of frozen dataclasses, loaded from YAML plus ``a.b=value`` overrides.
+
+Precedence is overrides > file > defaults. Field types come from the dataclass annotations and are checked
+on load (int, float, bool, str, ``Literal[...]``, ``X | None``, ``tuple[X, ...]`` / ``tuple[X, Y]`` /
+``list[X]``, nested sections); range checks live in each section's ``__post_init__`` and raise
+:class:`ConfigValueError`. Every problem reaches the user as an :class:`InputError` naming the key.
+
+To add a section: write a frozen dataclass with defaults, give it a field in :class:`Config` (or in a parent
+section) with ``field(default_factory=...)``, and add its keys to ``configs/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open
+
+
+class ConfigValueError(ValueError):
+    """A field value out of range: ``key`` is the field name within its section."""
+
+    def __init__(self, key: str, value: object, expected: str):
+        self.key = key
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{key}: expected {expected}, got {value!r}")
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise :class:`ConfigValueError` unless ``ok``."""
+    if not ok:
+        raise ConfigValueError(key, value, expected)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the scene is and how its images are used."""
+
+    path: str = ""
+    downscale: float = 1.0
+    test_every: int = 8
+    images_dir: str = "images"
+
+    def __post_init__(self) -> None:
+        _require(self.downscale >= 1.0, "downscale", self.downscale, "a number >= 1")
+        _require(self.test_every >= 0, "test_every", self.test_every, "an integer >= 0 (0: no test split)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How the Gaussians are initialised."""
+
+    sh_degree: int = 3
+    init: Literal["points", "random"] = "points"
+    random_points: int = 100_000
+    init_opacity: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.sh_degree <= 3, "sh_degree", self.sh_degree, "an integer in 0..3")
+        _require(self.random_points > 0, "random_points", self.random_points, "an integer > 0")
+        _require(0.0 < self.init_opacity < 1.0, "init_opacity", self.init_opacity, "a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Rasteriser choice and background colour (RGB in [0, 1])."""
+
+    backend: Literal["torch"] = "torch"
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        _require(all(0.0 <= c <= 1.0 for c in self.background), "background", self.background, "3 numbers in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
+class _KeyError(Exception):
+    """A problem with the dotted config ``key`` (internal: load_config adds where the value came from)."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+def load_config(path: str | Path | None, overrides: list[str]) -> Config:
+    """Defaults, updated by the YAML file at ``path`` (if any), updated by ``overrides`` ("a.b=value",
+    value parsed as YAML). Raises :class:`InputError` naming the key (and the file or override) for
+    unknown keys, wrong types and out-of-range values."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    override_sources: dict[str, str] = {}
+    for text in overrides:
+        key, value = _parse_override(text)
+        _merge(data, key.split("."), value)
+        override_sources[key] = text
+    try:
+        return _build(Config, data, "")
+    except _KeyError as e:
+        source = _source_override(e.key, override_sources)
+        if source is not None:
+            raise InputError(None, f"override {source!r}: {e}") from None
+        raise InputError(path, str(e)) from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config (or a section) as plain YAML-safe data: nested dicts, lists for tuples."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML to ``path`` atomically; :func:`load_config` reads it back equal."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return config_to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of the YAML file at ``path`` ({} for an empty file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read config: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(path, f"invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """("a.b", parsed value) from "a.b=value"."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(key.split(".")):
+        raise InputError(None, f"override {text!r}: expected KEY=VALUE with KEY like 'model.sh_degree'")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise InputError(None, f"override {text!r}: value is not valid YAML: {e}") from None
+
+
+def _merge(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``data[keys[0]][keys[1]]...`` to ``value``, deep-merging mappings."""
+    head, *rest = keys
+    if rest:
+        if not isinstance(data.get(head), dict):
+            data[head] = {}
+        _merge(data[head], rest, value)
+    elif isinstance(value, dict) and isinstance(data.get(head), dict):
+        for k, v in value.items():
+            _merge(data[head], [str(k)], v)
+    else:
+        data[head] = value
+
+
+def _source_override(key: str, sources: dict[str, str]) -> str | None:
+    """The last override that set ``key``, a section containing it, or a key inside it; None if none did."""
+    related = [
+        text
+        for set_key, text in sources.items()
+        if set_key == key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}.")
+    ]
+    return related[-1] if related else None
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """An instance of the dataclass ``cls`` from the mapping ``data``, type-checked; ``prefix`` is the
+    dotted path of this section ("" at the top)."""
+    section = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise _KeyError(section, f"expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    where = f"in section '{section}'" if prefix else "at the top level"
+    for key in data:
+        if key not in names:
+            raise _KeyError(f"{prefix}{key}", f"unknown key; valid keys {where}: {', '.join(names)}")
+    kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as e:
+        raise _KeyError(f"{prefix}{e.key}", f"expected {e.expected}, got {e.value!r}") from None
+    except ValueError as e:
+        raise _KeyError(section, str(e)) from None
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (and converted: int -> float, list -> tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, {} if value is None else value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            _wrong(key, value, f"one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (tuple, list):
+        return _convert_sequence(origin, args, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _wrong(key, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _wrong(key, value, "an integer")
+        return value
+    if tp is float:
+        return _convert_float(value, key)
+    if tp is str:
+        if not isinstance(value, str):
+            _wrong(key, value, "a string")
+        return value
+    raise TypeError(f"config key {key}: unsupported annotation {tp!r}")
+
+
+def _convert_float(value: Any, key: str) -> float:
+    """A finite float from a YAML number, or from a string such as "1e-3" (YAML 1.1 reads that as text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        _wrong(key, value, "a number")
+    try:
+        number = float(value)
+    except ValueError:
+        _wrong(key, value, "a number")
+    if not math.isfinite(number):
+        _wrong(key, value, "a finite number")
+    return number
+
+
+def _convert_sequence(origin: type, args: tuple[Any, ...], value: Any, key: str) -> tuple | list:
+    """A tuple or list of checked items: ``tuple[X, ...]`` and ``list[X]`` any length, ``tuple[X, Y]`` fixed."""
+    variable = origin is list or (len(args) == 2 and args[1] is Ellipsis)
+    item_types = [args[0]] * len(value) if variable and isinstance(value, (list, tuple)) else list(args)
+    if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+        expected = "a list" if variable else f"a list of {len(args)} items"
+        _wrong(key, value, expected)
+    items = [_convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value))]
+    return origin(items)
+
+
+def _wrong(key: str, value: Any, expected: str) -> typing.NoReturn:
+    raise _KeyError(key, f"expected {expected}, got {value!r} ({type(value).__name__})")

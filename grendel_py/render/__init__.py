@@ -1,0 +1,86 @@
+"""The renderer's front door: one interface, backends picked from a small table.
+
+``render`` draws a :class:`~grendel_py.model.gaussians.Gaussians` model from a camera; ``project`` and
+``rasterize`` are its two halves, which the distributed engine runs on different ranks (projection on the
+owner of the Gaussians, rasterization on the owner of the tiles). Backends: ``torch`` (the spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.render import torch_backend
+from grendel_py.render.intersect import TileBins
+from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
+
+BACKENDS: dict[str, ModuleType] = {"torch": torch_backend}
+
+
+def get_backend(name: str) -> ModuleType:
+    """The backend module called ``name``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown render backend {name!r}; choose from {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+@dataclass
+class RenderResult:
+    """image [H, W, C] and alpha [H, W] (pixels of unrendered tiles hold the background and 0); ``tile_colors``
+    [T, P, C] and ``tile_alpha`` [T, P] for the rendered tiles ``bins.tile_ids``; the projected ``splats``."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    tile_colors: torch.Tensor
+    tile_alpha: torch.Tensor
+    splats: Splats
+    bins: TileBins
+
+
+def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch") -> Splats:
+    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0)."""
+    degree = gaussians.sh_degree if sh_degree is None else sh_degree
+    return get_backend(backend).project(
+        gaussians.means,
+        gaussians.quats,
+        gaussians.scales(),
+        gaussians.opacities(),
+        gaussians.sh(),
+        degree,
+        camera,
+        gaussians.ids,
+    )
+
+
+def rasterize(
+    splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None, backend: str = "torch"
+) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
+    """Composite ``splats`` over the tiles ``tile_ids`` (all when None) of ``grid``.
+
+    Returns (colors [T, P, C], alpha [T, P], bins) with P = tile_size**2 pixels per tile, row-major.
+    """
+    return get_backend(backend).rasterize_tiles(splats, grid, background, tile_ids)
+
+
+def render(
+    gaussians,
+    camera: Camera,
+    background: torch.Tensor | None = None,
+    tile_ids: torch.Tensor | None = None,
+    sh_degree: int | None = None,
+    backend: str = "torch",
+) -> RenderResult:
+    """Render ``gaussians`` from ``camera``; only the tiles ``tile_ids`` when given (others show background)."""
+    means = gaussians.means
+    bg = torch.zeros(3, dtype=means.dtype, device=means.device) if background is None else background.to(means)
+    grid = TileGrid(camera.width, camera.height)
+    splats = project(gaussians, camera, sh_degree, backend)
+    colors, alpha, bins = rasterize(splats, grid, bg, tile_ids, backend)
+    covered = grid.pixel_mask(bins.tile_ids)[..., None]
+    image = torch.where(covered, grid.tiles_to_image(colors, bins.tile_ids), bg)
+    alpha_img = grid.tiles_to_image(alpha[..., None], bins.tile_ids)[..., 0]
+    return RenderResult(image, alpha_img, colors, alpha, splats, bins)

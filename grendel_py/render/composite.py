@@ -1,0 +1,191 @@
+"""Front-to-back alpha compositing of binned splats over whole tiles: the spec of the rasterize kernels.
+
+Rules (INRIA 3DGS / gsplat): pixel (i, j) is evaluated at its centre (i + 0.5, j + 0.5);
+``alpha = min(0.99, o * exp(-0.5 d^T conic d))``; a splat with alpha < 1/255 is skipped; compositing stops
+before the splat that would bring the transmittance T below 1e-4; ``C = sum_j alpha_j T_j c_j + T_final * bg``.
+
+The work is vectorised over tiles and over chunks of ``chunk`` splats in depth order: a chunk computes alpha
+for all its (pixel, splat) pairs at once, carries T between chunks, and drops tiles whose pixels have all
+terminated. The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored)
+and uses the closed-form gradients of the compositing equation, so memory stays O(pixels + splats).
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from grendel_py.render.intersect import TileBins
+from grendel_py.render.projection import ALPHA_MIN
+from partition.tiles import TileGrid
+
+ALPHA_MAX = 0.99
+T_MIN = 1e-4
+
+
+def composite_tiles(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    background: torch.Tensor,
+    bins: TileBins,
+    grid: TileGrid,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite the binned splats over the selected tiles.
+
+    means2d [N, 2], conics [N, 3], opacities [N], colors [N, C], background [C]; ``bins`` from
+    :func:`grendel_py.render.intersect.bin_splats`. Returns (colors [T, tile_size**2, C], alpha [T, tile_size**2])
+    for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in all float inputs.
+    """
+    return _Composite.apply(means2d, conics, opacities, colors, background, bins, grid, chunk)
+
+
+class _Layout:
+    """Padded per-tile splat table and pixel centres shared by forward and backward."""
+
+    def __init__(self, bins: TileBins, grid: TileGrid, n_splats: int, chunk: int, dtype: torch.dtype):
+        device = bins.splat_index.device
+        n_tiles = bins.tile_ids.shape[0]
+        counts = bins.counts
+        k_max = int(counts.max()) if n_tiles else 0
+        self.chunk = chunk
+        self.n_chunks = -(-k_max // chunk)
+        self.counts = counts
+        table = torch.full((n_tiles, max(self.n_chunks, 1) * chunk), n_splats, dtype=torch.long, device=device)
+        tile_of = torch.repeat_interleave(torch.arange(n_tiles, device=device), counts)
+        pos = torch.arange(bins.splat_index.shape[0], device=device) - bins.offsets[tile_of]
+        table[tile_of, pos] = bins.splat_index
+        self.table = table
+        x0, y0 = grid.tile_origins(bins.tile_ids)
+        offs = torch.arange(grid.tile_size, device=device, dtype=dtype) + 0.5
+        self.px = x0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre x of each tile column
+        self.py = y0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre y of each tile row
+        self.ts = grid.tile_size
+
+
+def _pad(t: torch.Tensor, value: float) -> torch.Tensor:
+    """Append one sentinel row (index N) used by the padding slots of the splat table."""
+    return torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), value)])
+
+
+class _Chunk:
+    """Per-pair quantities of one chunk of S splats over Ta active tiles.
+
+    Masks are float tensors (1/0), which multiply far faster than ``torch.where`` selects on CPU.
+    Pixel-major views ``[Ta, P, S]`` of the ``[Ta, ts(row), ts(col), S]`` per-pair tensors are used for
+    the scans along depth.
+    """
+
+    def __init__(self, lay: _Layout, act: torch.Tensor, c: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
+        means2d, conics, opacities = params
+        s = lay.table[act, c * lay.chunk : (c + 1) * lay.chunk]  # [Ta, S]
+        ta, n_pix, n_s = s.shape[0], lay.ts * lay.ts, s.shape[1]
+        self.s = s
+        m = means2d[s]  # [Ta, S, 2]
+        con = conics[s]  # [Ta, S, 3]
+        self.a, self.b, self.c = con[..., 0], con[..., 1], con[..., 2]  # [Ta, S]
+        self.dx = m[..., 0][:, None, :] - lay.px[act][:, :, None]  # [Ta, ts(col), S]
+        self.dy = m[..., 1][:, None, :] - lay.py[act][:, :, None]  # [Ta, ts(row), S]
+        ax = (-0.5 * self.a)[:, None, :] * self.dx * self.dx
+        bx = -self.b[:, None, :] * self.dx
+        cy = (-0.5 * self.c)[:, None, :] * self.dy * self.dy
+        power = torch.addcmul(ax[:, None, :, :], bx[:, None, :, :], self.dy[:, :, None, :])
+        power += cy[:, :, None, :]
+        self.gauss = power.exp_()  # [Ta, row, col, S]
+        self.raw = self.gauss * opacities[s][:, None, None, :]  # opacity * G before the clamp
+        self.above_min = torch.ge(self.raw, ALPHA_MIN, out=torch.empty_like(self.raw))
+        alpha = self.raw.clamp(max=ALPHA_MAX).mul_(self.above_min).view(ta, n_pix, n_s)
+        self.alpha = alpha
+        # scan[..., 0] = T at the chunk start, scan[..., j + 1] = T after splat j of the chunk.
+        scan = torch.empty(ta, n_pix, n_s + 1, dtype=alpha.dtype, device=alpha.device)
+        scan[..., 0] = t_start
+        torch.sub(alpha.new_ones(()), alpha, out=scan[..., 1:])
+        self.one_minus = scan[..., 1:]
+        self.scan = torch.cumprod(scan, dim=-1)
+        self.t_excl = self.scan[..., :-1]
+        self.valid = torch.ge(self.scan[..., 1:], T_MIN, out=torch.empty_like(alpha))
+        self.weight = (alpha * self.t_excl).mul_(self.valid)  # [Ta, P, S]
+
+
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, grid: TileGrid, chunk: int):
+        dtype, device = means2d.dtype, means2d.device
+        n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], grid.tile_size**2, colors.shape[1]
+        lay = _Layout(bins, grid, means2d.shape[0], chunk, dtype)
+        params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
+        colors_p = _pad(colors, 0.0)
+
+        accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
+        t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
+        t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
+        saved_act, saved_t = [], []
+        for c in range(lay.n_chunks):
+            act = torch.nonzero((lay.counts > c * chunk) & (t_run > 0).any(dim=1)).squeeze(1)
+            if act.numel() == 0:
+                break
+            t_start = t_run[act]
+            ch = _Chunk(lay, act, c, params, t_start)
+            accum[act] += torch.bmm(ch.weight, colors_p[ch.s])
+            n_valid = ch.valid.sum(dim=-1)
+            t_last = ch.scan.gather(-1, n_valid.long()[..., None])[..., 0]  # T after the last valid splat
+            running = (t_start > 0).to(dtype)
+            t_final[act] = running * t_last + (1.0 - running) * t_final[act]
+            t_run[act] = t_last * (n_valid == ch.valid.shape[-1]).to(dtype)
+            saved_act.append(act)
+            saved_t.append(t_start)
+        out = accum + t_final[..., None] * background
+        ctx.lay, ctx.saved_act, ctx.saved_t = lay, saved_act, saved_t
+        ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final)
+        return out, 1.0 - t_final
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_alpha):
+        means2d, conics, opacities, colors, background, t_final = ctx.saved_tensors
+        lay: _Layout = ctx.lay
+        n = means2d.shape[0]
+        params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
+        colors_p = _pad(colors, 0.0)
+        g_m = torch.zeros_like(params[0])
+        g_con = torch.zeros_like(params[1])
+        g_op = torch.zeros_like(params[2])
+        g_col = torch.zeros_like(colors_p)
+        grad_out = grad_out.contiguous()
+        # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
+        back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
+        grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
+        for c in reversed(range(len(ctx.saved_act))):
+            act, t_start = ctx.saved_act[c], ctx.saved_t[c]
+            ch = _Chunk(lay, act, c, params, t_start)
+            g_img = grad_out[act]  # [Ta, P, C]
+            col = colors_p[ch.s]  # [Ta, S, C]
+            g_col.index_add_(0, ch.s.reshape(-1), torch.bmm(ch.weight.transpose(1, 2), g_img).reshape(-1, col.shape[-1]))
+            gc = torch.bmm(g_img, col.transpose(1, 2))  # [Ta, P, S]: grad . colour
+            g = ch.weight * gc
+            csum = torch.cumsum(g, dim=-1)
+            tot = csum[..., -1:]
+            behind = back[act][..., None] + tot - csum  # light composited behind each splat
+            back[act] += tot[..., 0]
+            ta, ts, n_s = act.shape[0], lay.ts, ch.s.shape[1]
+            keep = torch.lt(ch.raw, ALPHA_MAX, out=torch.empty_like(ch.raw)).mul_(ch.above_min)
+            keep = keep.view(ta, ts * ts, n_s).mul_(ch.valid)  # pairs whose alpha is differentiable
+            d_raw = (ch.t_excl * gc).sub_(behind.div_(ch.one_minus)).mul_(keep).view(ta, ts, ts, n_s)
+            g_op.index_add_(0, ch.s.reshape(-1), (d_raw * ch.gauss).sum(dim=(1, 2)).reshape(-1))
+            dq = d_raw * ch.raw  # d loss / d power, [Ta, row, col, S]
+            col_sum = dq.sum(dim=1)  # [Ta, col, S]
+            row_sum = dq.sum(dim=2)  # [Ta, row, S]
+            cross = ((dq * ch.dx[:, None, :, :]).sum(dim=2) * ch.dy).sum(dim=1)  # sum dq dx dy, [Ta, S]
+            sx = (col_sum * ch.dx).sum(dim=1)
+            sy = (row_sum * ch.dy).sum(dim=1)
+            sxx = (col_sum * ch.dx * ch.dx).sum(dim=1)
+            syy = (row_sum * ch.dy * ch.dy).sum(dim=1)
+            a, b, cc = ch.a, ch.b, ch.c
+            idx = ch.s.reshape(-1)
+            g_con.index_add_(0, idx, torch.stack([-0.5 * sxx, -cross, -0.5 * syy], dim=-1).reshape(-1, 3))
+            g_m.index_add_(0, idx, torch.stack([-(a * sx + b * sy), -(b * sx + cc * sy)], dim=-1).reshape(-1, 2))
+        return g_m[:n], g_con[:n], g_op[:n], g_col[:n], grad_bg, None, None, None
+
+
+__all__ = ["composite_tiles", "ALPHA_MAX", "T_MIN"]

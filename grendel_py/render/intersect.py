@@ -1,0 +1,85 @@
+"""Tile binning and depth sorting: the spec of the key-emission and sort stages.
+
+Each visible splat is listed in every selected tile that its pixel box touches. The list is ordered by
+(tile, depth, global id), so the compositing order of a tile never depends on how the splats were split
+among ranks or in which order they arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grendel_py.render.projection import Splats, pixel_box
+from partition.tiles import TileGrid
+
+
+@dataclass
+class TileBins:
+    """Sorted tile/splat intersections for the selected tiles of one camera.
+
+    tile_ids [T] int64: the selected tiles (sorted, unique). splat_index [M] int64: rows of the splats,
+    grouped by selected tile and ordered front to back inside each tile. offsets [T + 1] int64: tile k's
+    intersections are ``splat_index[offsets[k]:offsets[k + 1]]``.
+    """
+
+    tile_ids: torch.Tensor
+    splat_index: torch.Tensor
+    offsets: torch.Tensor
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Intersections per selected tile, int64 [T]."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+def depth_order(depths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting splats by (depth, global id), int64 [N]."""
+    by_id = torch.argsort(ids, stable=True)
+    return by_id[torch.argsort(depths.detach()[by_id], stable=True)]
+
+
+def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
+    """Inclusive tile ranges (tx0, tx1, ty0, ty1) of each splat's pixel box, int64 [N] each (empty: lo > hi)."""
+    x_lo, x_hi, y_lo, y_hi = pixel_box(splats.means2d, splats.extents, grid.width, grid.height)
+    ts = grid.tile_size
+    empty = ~splats.visible
+    tx0, ty0 = x_lo // ts, y_lo // ts
+    tx1 = torch.where(empty, tx0 - 1, x_hi // ts)
+    ty1 = torch.where(empty, ty0 - 1, y_hi // ts)
+    return tx0, tx1, ty0, ty1
+
+
+def tile_counts(splats: Splats, grid: TileGrid) -> torch.Tensor:
+    """Number of tiles each splat touches, int64 [N] (0 for culled splats)."""
+    tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
+    return (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
+
+
+def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
+    """List the splats of each selected tile (all tiles when ``tile_ids`` is None), front to back."""
+    device = splats.means2d.device
+    tile_ids = grid.all_tiles(device) if tile_ids is None else torch.unique(tile_ids.to(device))
+    order = depth_order(splats.depths, splats.ids)
+    tx0, tx1, ty0, ty1 = (v[order] for v in tile_spans(splats, grid))
+    width = (tx1 - tx0 + 1).clamp_min(0)
+    counts = width * (ty1 - ty0 + 1).clamp_min(0)
+
+    # Expand each splat (in depth order) into the tiles of its box.
+    rows = torch.repeat_interleave(torch.arange(order.shape[0], device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(rows.shape[0], device=device) - starts[rows]
+    w = width[rows]
+    tiles = (ty0[rows] + local // w) * grid.nx + tx0[rows] + local % w
+
+    selected = torch.full((grid.n_tiles,), -1, dtype=torch.long, device=device)
+    selected[tile_ids] = torch.arange(tile_ids.shape[0], device=device)
+    slot = selected[tiles]
+    keep = slot >= 0
+    slot, rows = slot[keep], rows[keep]
+    by_tile = torch.argsort(slot, stable=True)  # stable: keeps depth order within a tile
+    per_tile = torch.bincount(slot, minlength=tile_ids.shape[0])
+    offsets = torch.zeros(tile_ids.shape[0] + 1, dtype=torch.long, device=device)
+    offsets[1:] = torch.cumsum(per_tile, 0)
+    return TileBins(tile_ids=tile_ids, splat_index=order[rows[by_tile]], offsets=offsets)
