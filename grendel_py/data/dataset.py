@@ -66,6 +66,12 @@ class Scene:
         """All cameras in uid order."""
         return sorted(self.train_cameras + self.test_cameras, key=lambda c: c.uid)
 
+    def check_images(self) -> None:
+        """Read every image's header (cheap: nothing is decoded) and raise InputError naming the first file
+        that is unreadable or whose size differs from its camera's."""
+        for uid in sorted(self._sources):
+            _check_header(self._sources[uid])
+
     def load_image(self, camera: Camera) -> torch.Tensor:
         """The camera's photo as float32 [H, W, 3] in [0, 1]: alpha composited over black, undistorted to the
         pinhole model, and area-downscaled to the camera's size."""
@@ -208,14 +214,27 @@ def _extent(cameras: list[Camera]) -> float:
 # ------------------------------------------------------------------------------------------------ images
 
 
+def _check_size(src: _ImageSource, im: Image.Image) -> None:
+    if im.size != (src.width, src.height):
+        raise InputError(src.path, f"image is {im.width}x{im.height} but its camera says {src.width}x{src.height}")
+
+
+def _check_header(src: _ImageSource) -> None:
+    """Open the file's header only (no decoding) and check its size against the camera."""
+    try:
+        with Image.open(src.path) as im:
+            _check_size(src, im)
+    except FileNotFoundError as e:
+        raise InputError(src.path, "image file is missing") from e
+    except OSError as e:
+        raise InputError(src.path, f"cannot read image: {e}") from e
+
+
 def _read_rgb(src: _ImageSource) -> torch.Tensor:
     """The file as float32 [H, W, 3] in [0, 1], alpha composited over black; its size must match the camera."""
     try:
         with Image.open(src.path) as im:
-            if im.size != (src.width, src.height):
-                raise InputError(
-                    src.path, f"image is {im.width}x{im.height} but its camera says {src.width}x{src.height}"
-                )
+            _check_size(src, im)
             has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
             pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     except FileNotFoundError as e:

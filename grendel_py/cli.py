@@ -1,0 +1,158 @@
+"""The ``grendel`` command: synth, info, init and render.
+
+Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
+on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from grendel_py.config import Config, load_config
+from grendel_py.errors import InputError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (configs/*.yaml); defaults apply when omitted")
+    p.epilog = "Config overrides key.sub=value (e.g. data.downscale=2) may follow anywhere after the command."
+    p.set_defaults(overrides=[])
+
+
+def _config(args: argparse.Namespace, data: Path | None = None) -> Config:
+    overrides = list(args.overrides)
+    if data is not None:
+        overrides.append(f"data.path={json.dumps(str(data))}")
+    return load_config(args.config, overrides)
+
+
+def _scene(cfg: Config):
+    from grendel_py.data.dataset import load_scene
+
+    d = cfg.data
+    return load_scene(d.path, downscale=d.downscale, test_every=d.test_every, images_dir=d.images_dir)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from grendel_py.data.synthetic import write_synthetic
+
+    summary = write_synthetic(args.out, preset=args.preset, seed=args.seed)
+    print(f"wrote {args.out}: {summary.n_images} images {summary.width}x{summary.height}, {summary.n_points} points")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from grendel_py.data.dataset import describe
+
+    scene = _scene(_config(args, args.data))
+    scene.check_images()
+    print(json.dumps(describe(scene), indent=2))
+    return 0
+
+
+def initial_gaussians(cfg: Config, scene):
+    """The model a run starts from: the scene's points, or random points in the cameras' region."""
+    from grendel_py.model.gaussians import Gaussians
+
+    m = cfg.model
+    if m.init == "points":
+        if scene.points_xyz is None:
+            raise InputError(scene.source, "scene has no 3D points; use model.init=random")
+        return Gaussians.from_points(scene.points_xyz, scene.points_rgb, m.sh_degree, m.init_opacity)
+    centers = torch.stack([c.center for c in scene.cameras]).float()
+    mid, half = centers.mean(0), scene.extent / 1.1
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return Gaussians.random_in_box(
+        m.random_points, (mid - half).tolist(), (mid + half).tolist(), m.sh_degree, gen, m.init_opacity
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from grendel_py.model.ply import write_ply
+
+    cfg = _config(args, args.data)
+    gaussians = initial_gaussians(cfg, _scene(cfg))
+    write_ply(args.out, gaussians)
+    print(f"wrote {args.out}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from grendel_py.model.ply import read_ply
+    from grendel_py.outputs import save_png, staged_dir
+    from grendel_py.render import render
+
+    cfg = _config(args, args.data)
+    scene = _scene(cfg)
+    gaussians = read_ply(args.model)
+    cameras = {"train": scene.train_cameras, "test": scene.test_cameras, "all": scene.cameras}[args.split]
+    background = torch.tensor(cfg.render.background)
+    with staged_dir(args.out) as tmp, torch.no_grad():
+        for cam in tqdm(cameras, desc="render", unit="view", disable=None):
+            image = render(gaussians, cam, background, backend=cfg.render.backend).image
+            save_png(image, tmp / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+    print(f"wrote {len(cameras)} images to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grendel", description="Distributed 3D Gaussian Splatting.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic COLMAP scene rendered by an independent ray caster")
+    p.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
+    p.add_argument("--preset", choices=("object", "city"), default="object")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("info", help="print a dataset summary as JSON")
+    p.add_argument("data", type=Path, help="scene folder (COLMAP or transforms.json)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("init", help="write the initial Gaussians of a scene as a PLY")
+    p.add_argument("data", type=Path, help="scene folder")
+    p.add_argument("out", type=Path, help="output PLY")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("render", help="render a PLY from a dataset's cameras to PNGs")
+    p.add_argument("model", type=Path, help="Gaussians PLY (INRIA or gsplat layout)")
+    p.add_argument("--data", type=Path, required=True, help="scene folder whose cameras to render")
+    p.add_argument("--out", type=Path, required=True, help="output folder for PNGs (must not exist or be empty)")
+    p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_render)
+    return parser
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; words after the command that look like ``key.sub=value`` are config overrides."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words = argv[1:]
+    overrides = [w for w in words if OVERRIDE.match(w)]
+    args = build_parser().parse_args(argv[:1] + [w for w in words if not OVERRIDE.match(w)])
+    if overrides and not hasattr(args, "overrides"):
+        build_parser().error(f"'{argv[0]}' takes no config overrides: {' '.join(overrides)}")
+    if overrides:
+        args.overrides = overrides
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

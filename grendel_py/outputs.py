@@ -1,0 +1,45 @@
+"""Output folders that appear whole or not at all, and PNG images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from grendel_py.errors import InputError
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir`` to fill; on success it is renamed to ``out_dir``, on error
+    removed. ``out_dir`` must not exist or be an empty folder (InputError otherwise)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(out_dir, "output folder exists and is not empty; choose a new path")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise InputError(out_dir, f"cannot create output folder: {e.strerror}") from None
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> None:
+    """Write a float image [H, W, 3] in [0, 1] (clipped) as an 8-bit RGB PNG."""
+    array = (image.detach().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(array), mode="RGB").save(path, format="PNG")

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: installs the package with its dev extras, then runs pytest (GPU tests skip without CUDA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh dev
+python3 -m pytest -q "$@"

@@ -1,0 +1,196 @@
+"""The torch reference renderer: against a per-pixel loop, float64 gradcheck, tile subsets, culling, order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.render import project, rasterize, render
+from grendel_py.render.composite import composite_tiles
+from grendel_py.render.intersect import bin_splats, tile_spans
+from grendel_py.render.projection import ALPHA_MIN, DILATION
+from grendel_py.render.sh import eval_sh
+from partition.tiles import TileGrid
+from tests.render_scenes import loop_composite, random_gaussians, small_camera
+
+BG = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
+PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+
+
+@pytest.mark.parametrize("opacity_shift, min_stopped", [(0.0, 0), (4.0, 10)])
+def test_matches_per_pixel_loop(opacity_shift: float, min_stopped: int) -> None:
+    cam = small_camera()
+    gaussians = random_gaussians(150, seed=1, opacity_shift=opacity_shift)
+    out = render(gaussians, cam, BG)
+    image, alpha, stopped = loop_composite(out.splats, cam.width, cam.height, BG)
+    assert stopped >= min_stopped  # the dense case really exercises early termination
+    torch.testing.assert_close(out.image, image, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.alpha, alpha, rtol=0, atol=1e-12)
+
+
+def test_float32_matches_float64() -> None:
+    cam = small_camera(64, 48)
+    g64 = random_gaussians(300, seed=2, opacity_shift=2.0)
+    g32 = Gaussians(**{k: (v.float() if v.is_floating_point() else v) for k, v in vars(g64).items()})
+    a = render(g64, cam, BG).image
+    b = render(g32, cam, BG.float()).image
+    assert (a - b.double()).abs().max() < 1e-4
+
+
+def _leaf(gaussians: Gaussians) -> list[torch.Tensor]:
+    return [getattr(gaussians, k).detach().clone().requires_grad_(True) for k in PARAMS]
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_gradcheck_end_to_end(seed: int) -> None:
+    cam = small_camera(21, 19)
+    base = random_gaussians(40, seed=seed, sh_degree=3, opacity_shift=1.0)
+
+    def f(*tensors):
+        out = render(Gaussians(*tensors, ids=base.ids), cam, BG)
+        return out.image, out.alpha
+
+    assert project(base, cam).visible.sum() >= 20
+    assert torch.autograd.gradcheck(f, _leaf(base), eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("shift", [0.0, 4.0])
+def test_gradcheck_composite(shift: float) -> None:
+    cam = small_camera()
+    splats = project(random_gaussians(80, seed=3, opacity_shift=shift), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    inputs = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
+
+    def f(m, c, o, col, bg):
+        return composite_tiles(m, c, o, col, bg, bins, grid, chunk=8)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_chunk_size_does_not_change_result() -> None:
+    cam = small_camera(48, 40)
+    splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    args = (splats.means2d, splats.conics, splats.opacities, splats.colors, BG, bins, grid)
+    ref = composite_tiles(*args, chunk=1000)
+    for chunk in (1, 7, 32):
+        out = composite_tiles(*args, chunk=chunk)
+        torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-13)
+
+
+def test_tile_subsets_partition_image_and_gradients() -> None:
+    """Rendering disjoint tile subsets gives the full image's pixels, and their gradients add up to the
+    full image's gradients: the property the distributed engine relies on."""
+    cam = small_camera(70, 45)
+    base = random_gaussians(120, seed=6, opacity_shift=1.0)
+    grid = TileGrid(cam.width, cam.height)
+    weights = torch.randn(cam.height, cam.width, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(tile_ids):
+        leaves = _leaf(base)
+        out = render(Gaussians(*leaves, ids=base.ids), cam, BG, tile_ids=tile_ids)
+        mask = grid.pixel_mask(out.bins.tile_ids)[..., None]
+        loss = (out.image * weights * mask).sum()
+        loss.backward()
+        return out.image, mask, [p.grad for p in leaves]
+
+    full_image, _, full_grads = loss_and_grads(None)
+    parts = [grid.rect_tiles(0, 0, 3, 2), grid.rect_tiles(3, 0, grid.nx, 2), grid.rect_tiles(0, 2, grid.nx, grid.ny)]
+    total = [torch.zeros_like(g) for g in full_grads]
+    for tiles in parts:
+        image, mask, grads = loss_and_grads(tiles)
+        assert torch.equal(image * mask, full_image * mask)
+        assert torch.equal(image[~mask[..., 0]], BG.expand(int((~mask).sum()), 3))
+        total = [t + g for t, g in zip(total, grads)]
+    for t, g in zip(total, full_grads):
+        torch.testing.assert_close(t, g, rtol=1e-10, atol=1e-12)
+
+
+def test_order_of_gaussians_does_not_matter() -> None:
+    cam = small_camera(40, 33)
+    g = random_gaussians(200, seed=7, opacity_shift=2.0)
+    g.means[1] = g.means[0]  # an exact depth tie, broken by global id
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(1))
+    a = render(g, cam, BG)
+    b = render(g.select(perm), cam, BG)
+    # Same compositing sequence (by global id) in every tile; pixels equal up to the last bit of sigmoid.
+    assert torch.equal(a.splats.ids[a.bins.splat_index], b.splats.ids[b.bins.splat_index])
+    assert torch.equal(a.bins.offsets, b.bins.offsets)
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=1e-14)
+
+
+def test_binning_is_conservative_and_tight() -> None:
+    """Every (pixel, splat) pair with alpha >= 1/255 is binned to the pixel's tile; every binned splat's box
+    touches its tile."""
+    cam = small_camera(50, 40)
+    splats = project(random_gaussians(150, seed=8), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    listed = torch.zeros(grid.n_tiles, len(splats), dtype=torch.bool)
+    for k in range(grid.n_tiles):
+        listed[k, bins.splat_index[bins.offsets[k] : bins.offsets[k + 1]]] = True
+    ys, xs = torch.meshgrid(torch.arange(cam.height) + 0.5, torch.arange(cam.width) + 0.5, indexing="ij")
+    d = splats.means2d[:, None, None, :] - torch.stack([xs, ys], -1)[None].double()
+    a, b, c = splats.conics.unbind(-1)
+    power = -0.5 * (a[:, None, None] * d[..., 0] ** 2 + c[:, None, None] * d[..., 1] ** 2) - b[:, None, None] * d[..., 0] * d[..., 1]
+    reach = (splats.opacities[:, None, None] * power.exp() >= ALPHA_MIN) & splats.visible[:, None, None]
+    tile_of_pixel = (ys.long() // 16) * grid.nx + xs.long() // 16
+    for s in range(len(splats)):
+        assert listed[tile_of_pixel[reach[s]], s].all()
+    tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
+    for k in range(grid.n_tiles):
+        for s in bins.splat_index[bins.offsets[k] : bins.offsets[k + 1]].tolist():
+            assert tx0[s] <= k % grid.nx <= tx1[s] and ty0[s] <= k // grid.nx <= ty1[s]
+
+
+def test_culling() -> None:
+    cam = small_camera()
+    g = random_gaussians(4, seed=9)
+    g.means[0] = torch.tensor([0.0, -1.0, -3.6], dtype=torch.float64)  # behind the camera
+    g.means[1] = torch.tensor([60.0, 0.0, 0.0], dtype=torch.float64)  # far outside the image
+    g.opacity_logits[2] = math.log(0.003 / 0.997)  # opacity below 1/255: can never reach alpha 1/255
+    g.means[3] = torch.zeros(3, dtype=torch.float64)
+    splats = project(g, cam)
+    assert splats.visible.tolist() == [False, False, False, True]
+    assert set(bin_splats(splats, TileGrid(cam.width, cam.height)).splat_index.tolist()) == {3}
+
+
+def test_projection_of_isotropic_gaussian() -> None:
+    cam = small_camera(64, 64)
+    center = cam.center.clone()
+    forward = cam.R[2]
+    g = random_gaussians(1, seed=10, sh_degree=0)
+    g.means[0] = center + 4.0 * forward
+    g.log_scales[0] = math.log(0.05)
+    splats = project(g, cam)
+    torch.testing.assert_close(splats.means2d[0], torch.tensor([cam.cx, cam.cy], dtype=torch.float64))
+    var = (cam.fx * 0.05 / 4.0) ** 2 + DILATION
+    var_y = (cam.fy * 0.05 / 4.0) ** 2 + DILATION
+    torch.testing.assert_close(splats.conics[0], torch.tensor([1 / var, 0.0, 1 / var_y], dtype=torch.float64))
+    torch.testing.assert_close(splats.depths[0], torch.tensor(4.0, dtype=torch.float64))
+
+
+def test_sh_basis_is_orthonormal() -> None:
+    n = 50_000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5**0.5) * i
+    r = (1 - z * z).sqrt()
+    dirs = torch.stack([r * phi.cos(), r * phi.sin(), z], -1)  # Fibonacci sphere
+    basis = torch.stack([eval_sh(3, torch.eye(16, dtype=torch.float64)[k].expand(n, 16)[..., None], dirs)[:, 0] for k in range(16)])
+    gram = basis @ basis.T * (4 * math.pi / n)
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_rasterize_returns_requested_tiles_only() -> None:
+    cam = small_camera(64, 64)
+    splats = project(random_gaussians(50, seed=11), cam)
+    grid = TileGrid(64, 64)
+    colors, alpha, bins = rasterize(splats, grid, BG, torch.tensor([5, 2, 2]))
+    assert bins.tile_ids.tolist() == [2, 5]
+    assert colors.shape == (2, 256, 3) and alpha.shape == (2, 256)
