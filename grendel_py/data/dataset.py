@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,22 +19,18 @@ from PIL import Image
 
 from grendel_py.data.cameras import Camera
 from grendel_py.data.colmap import find_model_format, qvec_to_rotmat, read_model
-from grendel_py.data.transforms_json import find_transforms, read_transforms, read_transforms_points
-from grendel_py.data.undistort import OpenCVIntrinsics, opencv_intrinsics, undistort_image
+from grendel_py.data.transforms_json import (
+    find_transforms,
+    read_transforms,
+    read_transforms_points,
+)
+from grendel_py.data.undistort import (
+    OpenCVIntrinsics,
+    opencv_intrinsics,
+    undistort_image,
+)
+from grendel_py.data.views import RawView
 from grendel_py.errors import InputError
-
-
-class _View(NamedTuple):
-    """One captured image as a reader describes it: raw size and intrinsics, world-to-camera pose."""
-
-    name: str
-    image_path: Path
-    width: int
-    height: int
-    intrinsics: OpenCVIntrinsics
-    R: np.ndarray
-    t: np.ndarray
-    split: str | None
 
 
 @dataclass(frozen=True)
@@ -134,7 +130,7 @@ def describe(scene: Scene) -> dict[str, Any]:
 _Points = tuple[np.ndarray, np.ndarray] | None
 
 
-def _colmap_views(sparse_dir: Path, image_root: Path) -> tuple[list[_View], _Points]:
+def _colmap_views(sparse_dir: Path, image_root: Path) -> tuple[list[RawView], _Points]:
     ext = find_model_format(sparse_dir)
     cameras, images, points = read_model(sparse_dir)
     cameras_file, images_file = sparse_dir / f"cameras{ext}", sparse_dir / f"images{ext}"
@@ -149,21 +145,18 @@ def _colmap_views(sparse_dir: Path, image_root: Path) -> tuple[list[_View], _Poi
             raise InputError(images_file, f"image {img.name} has an invalid pose {pose.tolist()}")
         intrinsics = opencv_intrinsics(cam, cameras_file)
         R = qvec_to_rotmat(img.qvec)
-        views.append(_View(img.name, image_root / img.name, cam.width, cam.height, intrinsics, R, img.tvec, None))
+        views.append(RawView(img.name, image_root / img.name, cam.width, cam.height, intrinsics, R, img.tvec, None))
     return views, ((points.xyz, points.rgb) if len(points) else None)
 
 
-def _transforms_views(path: Path) -> tuple[list[_View], _Points]:
-    views = [
-        _View(f.name, f.image_path, f.width, f.height, f.intrinsics, f.R, f.t, f.split) for f in read_transforms(path)
-    ]
-    return views, read_transforms_points(path)
+def _transforms_views(path: Path) -> tuple[list[RawView], _Points]:
+    return read_transforms(path), read_transforms_points(path)
 
 
 # ------------------------------------------------------------------------------------------------ assembly
 
 
-def _build_scene(source: Path, views: list[_View], points: _Points, downscale: float, test_every: int) -> Scene:
+def _build_scene(source: Path, views: list[RawView], points: _Points, downscale: float, test_every: int) -> Scene:
     views = sorted(views, key=lambda v: v.name)
     for a, b in zip(views, views[1:]):
         if a.name == b.name:
@@ -189,7 +182,7 @@ def _build_scene(source: Path, views: list[_View], points: _Points, downscale: f
     )
 
 
-def _camera(source: Path, uid: int, view: _View, downscale: float) -> Camera:
+def _camera(source: Path, uid: int, view: RawView, downscale: float) -> Camera:
     k = view.intrinsics
     try:
         raw = Camera(

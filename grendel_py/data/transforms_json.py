@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from PIL import Image
 from plyfile import PlyData, PlyParseError
 
 from grendel_py.data.undistort import OpenCVIntrinsics
+from grendel_py.data.views import RawView
 from grendel_py.errors import InputError
 
 SPLIT_FILES = (("transforms_train.json", "train"), ("transforms_test.json", "test"))
@@ -29,21 +29,6 @@ SINGLE_FILE = "transforms.json"
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _SUPPORTED_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 _OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
-
-
-@dataclass(frozen=True)
-class TransformsFrame:
-    """One frame: ``name`` is its image path relative to the json's folder (posix), ``R`` [3, 3] and ``t`` [3]
-    float64 map world to camera (OpenCV axes), ``split`` is "train"/"test" from Blender split files or None."""
-
-    name: str
-    image_path: Path
-    width: int
-    height: int
-    intrinsics: OpenCVIntrinsics
-    R: np.ndarray
-    t: np.ndarray
-    split: str | None
 
 
 def find_transforms(path: str | Path) -> list[tuple[Path, str | None]] | None:
@@ -59,7 +44,7 @@ def find_transforms(path: str | Path) -> list[tuple[Path, str | None]] | None:
     return None
 
 
-def read_transforms(path: str | Path) -> list[TransformsFrame]:
+def read_transforms(path: str | Path) -> list[RawView]:
     """All frames of the transforms scene at ``path`` (json file or folder), in file order."""
     files = find_transforms(path)
     if files is None:
@@ -67,7 +52,7 @@ def read_transforms(path: str | Path) -> list[TransformsFrame]:
     return [frame for json_path, split in files for frame in read_transforms_file(json_path, split)]
 
 
-def read_transforms_file(json_path: str | Path, split: str | None = None) -> list[TransformsFrame]:
+def read_transforms_file(json_path: str | Path, split: str | None = None) -> list[RawView]:
     """The frames of one transforms json; ``split`` is recorded in each frame."""
     json_path = Path(json_path)
     meta = _load_json(json_path)
@@ -101,7 +86,7 @@ def _check_camera_model(json_path: Path, entry: dict[str, Any], where: str) -> N
             raise InputError(json_path, f"{where}: distortion term {key} is not supported (only k1 k2 p1 p2)")
 
 
-def _read_frame(json_path: Path, meta: dict[str, Any], frame: Any, index: int, split: str | None) -> TransformsFrame:
+def _read_frame(json_path: Path, meta: dict[str, Any], frame: Any, index: int, split: str | None) -> RawView:
     if not isinstance(frame, dict):
         raise InputError(json_path, f"frame {index}: not a JSON object")
     where = f"frame {index} ({frame.get('file_path', '?')})"
@@ -127,7 +112,7 @@ def _read_frame(json_path: Path, meta: dict[str, Any], frame: Any, index: int, s
     )  # fmt: skip
     R, t = _world_to_camera(json_path, where, frame.get("transform_matrix"))
     name = Path(os.path.relpath(image_path, json_path.parent)).as_posix()
-    return TransformsFrame(name, image_path, width, height, intrinsics, R, t, split)
+    return RawView(name, image_path, width, height, intrinsics, R, t, split)
 
 
 def _resolve_image(path: Path) -> Path:
