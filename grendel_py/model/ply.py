@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement, PlyParseError
 
-from grendel_py.fileio import atomic_open
 from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open
 from grendel_py.model.gaussians import MAX_SH_DEGREE, Gaussians, num_sh_rest
 
 _REST_COUNTS = {3 * num_sh_rest(d): d for d in range(MAX_SH_DEGREE + 1)}

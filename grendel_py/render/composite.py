@@ -12,7 +12,6 @@ and uses the closed-form gradients of the compositing equation, so memory stays 
 
 from __future__ import annotations
 
-
 import torch
 
 from grendel_py.render.intersect import TileBins
