@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grendel_py.config import Config, ConfigValueError, DataConfig, config_to_dict, load_config, save_config
+from grendel_py.config import (
+    Config,
+    ConfigValueError,
+    DataConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from grendel_py.errors import InputError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"

@@ -11,7 +11,14 @@ import torch
 from PIL import Image
 
 from grendel_py.data.cameras import look_at
-from grendel_py.data.colmap import ColmapCamera, ColmapImage, ColmapPoints, read_model, rotmat_to_qvec, write_model
+from grendel_py.data.colmap import (
+    ColmapCamera,
+    ColmapImage,
+    ColmapPoints,
+    read_model,
+    rotmat_to_qvec,
+    write_model,
+)
 from grendel_py.data.dataset import Scene, describe, load_scene
 from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError

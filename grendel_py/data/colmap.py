@@ -8,9 +8,7 @@ without a 3D point stores point3D id -1 (uint64 max in the file). Other files of
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open
 
 
 @dataclass
@@ -562,18 +561,6 @@ def _points_txt(points: ColmapPoints) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_model(
     sparse_dir: str | Path,
     cameras: dict[int, ColmapCamera],
@@ -602,4 +589,5 @@ def write_model(
         }
         blobs = {name: text.encode("utf-8") for name, text in texts.items()}
     for name, data in blobs.items():
-        _write_atomic(sparse_dir / name, data)
+        with atomic_open(sparse_dir / name) as f:
+            f.write(data)
