@@ -69,7 +69,7 @@ def main() -> None:
         "backend": args.backend, "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "host": platform.node(), "threads": torch.get_num_threads(), "n": args.n, "size": args.size,
         "visible": int(out.splats.visible.sum()), "intersections": int(counts.sum()),
-        "max_per_tile": int(counts.max()), "mean_alpha": float(out.alpha.mean()),
+        "max_per_tile": int(counts.max()), "mean_alpha": float(out.alpha.detach().mean()),
         "forward_s": fwd[len(fwd) // 2], "backward_s": bwd[len(bwd) // 2],
         "total_s": fwd[len(fwd) // 2] + bwd[len(bwd) // 2],
     }))
