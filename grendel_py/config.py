@@ -82,6 +82,78 @@ class RenderConfig:
 
 
 @dataclass(frozen=True)
+class OptimConfig:
+    """Adam learning rates per parameter group (INRIA 3DGS defaults). The position rate is multiplied by
+    the scene extent and decays exponentially from ``position_lr_init`` to ``position_lr_final`` over the
+    run's images."""
+
+    position_lr_init: float = 1.6e-4
+    position_lr_final: float = 1.6e-6
+    sh0_lr: float = 2.5e-3
+    shN_lr: float = 2.5e-3 / 20
+    opacity_lr: float = 5e-2
+    scaling_lr: float = 5e-3
+    rotation_lr: float = 1e-3
+    eps: float = 1e-15
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _require(value > 0.0, f.name, value, "a number > 0")
+
+
+@dataclass(frozen=True)
+class DensifyConfig:
+    """Adaptive density control (INRIA defaults). Schedules count training images, not steps."""
+
+    start_images: int = 500
+    stop_images: int = 15_000
+    every_images: int = 100
+    grad_threshold: float = 2e-4
+    percent_dense: float = 0.01
+    min_opacity: float = 0.005
+    reset_opacity_every: int = 3000
+    max_screen_size: float = 20.0
+    max_world_size: float = 0.1
+    max_gaussians: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        _require(self.start_images >= 0, "start_images", self.start_images, "an integer >= 0")
+        _require(self.stop_images >= 0, "stop_images", self.stop_images, "an integer >= 0 (<= start: never)")
+        _require(self.every_images > 0, "every_images", self.every_images, "an integer > 0")
+        _require(self.grad_threshold > 0, "grad_threshold", self.grad_threshold, "a number > 0")
+        _require(self.percent_dense > 0, "percent_dense", self.percent_dense, "a number > 0")
+        _require(0 <= self.min_opacity < 1, "min_opacity", self.min_opacity, "a number in [0, 1)")
+        _require(self.reset_opacity_every > 0, "reset_opacity_every", self.reset_opacity_every, "an integer > 0")
+        _require(self.max_screen_size > 0, "max_screen_size", self.max_screen_size, "a number > 0 (pixels)")
+        _require(self.max_world_size > 0, "max_world_size", self.max_world_size, "a number > 0 (x extent)")
+        _require(self.max_gaussians > 0, "max_gaussians", self.max_gaussians, "an integer > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run: length and batch in images, loss weight, logging, evaluation and outputs."""
+
+    out: str = ""
+    images: int = 30_000
+    batch_size: int = 1
+    sh_degree_every: int = 1000
+    lambda_dssim: float = 0.2
+    log_every: int = 100
+    eval_every: int = 7000
+    eval_renders: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.images > 0, "images", self.images, "an integer > 0")
+        _require(self.batch_size > 0, "batch_size", self.batch_size, "an integer > 0")
+        _require(self.sh_degree_every > 0, "sh_degree_every", self.sh_degree_every, "an integer > 0")
+        _require(0.0 <= self.lambda_dssim <= 1.0, "lambda_dssim", self.lambda_dssim, "a number in [0, 1]")
+        _require(self.log_every > 0, "log_every", self.log_every, "an integer > 0")
+        _require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: only at the end)")
+        _require(self.eval_renders >= 0, "eval_renders", self.eval_renders, "an integer >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run configuration."""
 
@@ -89,6 +161,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")

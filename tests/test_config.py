@@ -74,7 +74,7 @@ def test_unknown_section_in_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("model.colour=1", "model.colour"), ("optim.lr=1", "optim"), ("seed.x=1", "seed")],
+    [("model.colour=1", "model.colour"), ("optimizer.lr=1", "optimizer"), ("seed.x=1", "seed")],
 )
 def test_unknown_key_in_override(tmp_path: Path, override: str, key: str) -> None:
     path = _write(tmp_path, "seed: 1\n")
