@@ -1,4 +1,4 @@
-"""The ``grendel`` command: synth, info, init and render.
+"""The ``grendel`` command: synth, info, init, render, train and eval.
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
@@ -55,28 +55,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def initial_gaussians(cfg: Config, scene):
-    """The model a run starts from: the scene's points, or random points in the cameras' region."""
-    from grendel_py.model.gaussians import Gaussians
-
-    m = cfg.model
-    if m.init == "points":
-        if scene.points_xyz is None:
-            raise InputError(scene.source, "scene has no 3D points; use model.init=random")
-        return Gaussians.from_points(scene.points_xyz, scene.points_rgb, m.sh_degree, m.init_opacity)
-    centers = torch.stack([c.center for c in scene.cameras]).float()
-    mid, half = centers.mean(0), scene.extent / 1.1
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return Gaussians.random_in_box(
-        m.random_points, (mid - half).tolist(), (mid + half).tolist(), m.sh_degree, gen, m.init_opacity
-    )
-
-
 def cmd_init(args: argparse.Namespace) -> int:
+    from grendel_py.model.initialize import initial_gaussians
     from grendel_py.model.ply import write_ply
 
     cfg = _config(args, args.data)
-    gaussians = initial_gaussians(cfg, _scene(cfg))
+    gaussians = initial_gaussians(cfg.model, _scene(cfg), cfg.seed)
     write_ply(args.out, gaussians)
     print(f"wrote {args.out}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}")
     return 0
@@ -99,6 +83,34 @@ def cmd_render(args: argparse.Namespace) -> int:
             image = render(gaussians, cam, background, backend=cfg.render.backend).image
             save_png(image, tmp / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
     print(f"wrote {len(cameras)} images to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from grendel_py.train.loop import train
+
+    cfg = _config(args)
+    if not cfg.data.path:
+        raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
+    result = train(cfg)
+    test = result["test"]
+    summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
+    print(f"trained {result['images']} images in {result['train_seconds']:.0f} s, {result['num_gaussians']} Gaussians, {summary}")
+    print(f"wrote {cfg.train.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from grendel_py.train.evaluate import run_eval
+
+    result = run_eval(args.model, _config(args, args.data), args.split)
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        from grendel_py.fileio import atomic_open
+
+        with atomic_open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
     return 0
 
 
@@ -130,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
     _add_config_args(p)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("train", help="train a model on a scene (single process for now)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="PSNR and SSIM of a PLY on a dataset's cameras, as JSON")
+    p.add_argument("model", type=Path, help="Gaussians PLY")
+    p.add_argument("--data", type=Path, required=True, help="scene folder whose cameras and photos to use")
+    p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,205 @@
+"""Adaptive density control (INRIA 3DGS): clone, split and prune Gaussians, and reset opacities.
+
+Statistics are gathered per rendered camera by :meth:`DensifyStrategy.observe` and acted on by
+:meth:`DensifyStrategy.step`, whose schedules count training images (INRIA's iteration = images seen), so
+the batch size can change without moving the events:
+
+- densify and prune at every multiple m of ``every_images`` with ``start_images < m < stop_images``;
+- reset opacities at every multiple m of ``reset_opacity_every`` with ``m < stop_images`` (after densifying
+  when both are due).
+
+Unlike INRIA (whose ``densification_postfix`` zeroes the screen radii before pruning, so the screen-size test
+never fires), the screen-size prune here uses the radii observed since the last densification: clones
+inherit their parent's radius, split children start at 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from grendel_py.config import DensifyConfig
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.render.projection import Splats, quats_to_rotmats
+
+RESET_OPACITY = 0.01
+"""Opacity ceiling applied by an opacity reset."""
+
+SPLIT_CHILDREN = 2
+SPLIT_SCALE_DIVISOR = 0.8 * SPLIT_CHILDREN
+"""Split children get the parent's scales divided by this (INRIA: 0.8 N with N = 2)."""
+
+
+class DensifyStrategy:
+    """Densification state and schedule for a scene of ``extent``; ``generator`` drives split sampling.
+
+    State, one row per Gaussian of the model: grad2d_sum [N] (sum of view-space gradient norms in NDC units),
+    count [N] int32 (cameras in which the Gaussian was visible), max_radius2d [N] (largest pixel half
+    extent seen). Empty (0 rows) until the first :meth:`observe` or :meth:`step`.
+    """
+
+    def __init__(self, cfg: DensifyConfig, extent: float, generator: torch.Generator):
+        if not extent > 0.0:
+            raise ValueError(f"extent: expected a number > 0, got {extent}")
+        self.cfg = cfg
+        self.extent = extent
+        self.generator = generator
+        self.grad2d_sum = torch.zeros(0)
+        self.count = torch.zeros(0, dtype=torch.int32)
+        self.max_radius2d = torch.zeros(0)
+
+    def _reset_stats(self, n: int, device: torch.device) -> None:
+        self.grad2d_sum = torch.zeros(n, device=device)
+        self.count = torch.zeros(n, dtype=torch.int32, device=device)
+        self.max_radius2d = torch.zeros(n, device=device)
+
+    def _check_size(self, n: int, device: torch.device) -> None:
+        """Allocate the state for ``n`` Gaussians if it is empty; ValueError if it has another size."""
+        if len(self.count) == 0:
+            self._reset_stats(n, device)
+        elif len(self.count) != n:
+            raise ValueError(f"densify state has {len(self.count)} rows but the model has {n} Gaussians")
+
+    def observe(self, splats: Splats, means2d_grad: torch.Tensor | None, width: int, height: int) -> None:
+        """Accumulate one rendered camera's statistics, after backward.
+
+        ``means2d_grad`` [N, 2] is the gradient of ``splats.means2d`` (pixels), rows aligned with the model
+        (None: no gradient reached it). For visible splats: grad2d_sum += |grad x (width / 2, height / 2)|
+        (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
+        """
+        device = splats.extents.device
+        self._check_size(len(splats), device)
+        visible = splats.visible
+        if means2d_grad is not None:
+            scale = torch.tensor([width / 2.0, height / 2.0], device=device)
+            norms = torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
+            self.grad2d_sum += torch.where(visible, norms, torch.zeros_like(norms))
+        self.count += visible.to(torch.int32)
+        radii = splats.extents.max(dim=1).values.float()
+        self.max_radius2d = torch.where(visible, torch.maximum(self.max_radius2d, radii), self.max_radius2d)
+
+    def step(
+        self,
+        images_seen_before: int,
+        images_seen_after: int,
+        gaussians: Gaussians,
+        optimizer: GaussianOptimizer,
+        allocate_ids: Callable[[int], torch.Tensor],
+    ) -> dict[str, Any]:
+        """Run what is due for the images (images_seen_before, images_seen_after]: densify + prune, then an
+        opacity reset. ``gaussians`` must be the optimizer's model; ``allocate_ids(n)`` gives int64 ids for n
+        new Gaussians. Returns {"densified" (bool), "cloned", "split" (parents split, 2 children each), "pruned"
+        (not counting split parents), "reset_opacity" (bool)}."""
+        if optimizer.gaussians is not gaussians:
+            raise ValueError("step: gaussians is not the model of optimizer")
+        self._check_size(len(gaussians), gaussians.device)
+        result: dict[str, Any] = {"densified": False, "cloned": 0, "split": 0, "pruned": 0, "reset_opacity": False}
+        c, before, after = self.cfg, images_seen_before, images_seen_after
+        densify_at = _last_multiple(before, after, c.every_images, c.start_images + 1, c.stop_images - 1)
+        if densify_at is not None:
+            result.update(self._densify_and_prune(densify_at, gaussians, optimizer, allocate_ids), densified=True)
+        if _last_multiple(before, after, c.reset_opacity_every, 1, c.stop_images - 1) is not None:
+            reset_opacity(optimizer)
+            result["reset_opacity"] = True
+        return result
+
+    @torch.no_grad()
+    def _densify_and_prune(
+        self,
+        images: int,
+        gaussians: Gaussians,
+        optimizer: GaussianOptimizer,
+        allocate_ids: Callable[[int], torch.Tensor],
+    ) -> dict[str, int]:
+        """Clone, split, then prune at the densification due at ``images``; stats are reset to the new size."""
+        c = self.cfg
+        seen = self.count > 0
+        grads = torch.where(seen, self.grad2d_sum / self.count.clamp_min(1), torch.zeros_like(self.grad2d_sum))
+        small = gaussians.scales().max(dim=1).values <= c.percent_dense * self.extent
+        grow = _cap(grads >= c.grad_threshold, grads, c.max_gaussians - len(gaussians))
+        clone, split = grow & small, grow & ~small
+
+        new = Gaussians.cat([gaussians.select(clone), _split_children(gaussians.select(split), self.generator)])
+        if len(new):
+            new.ids = allocate_ids(len(new)).to(gaussians.device, torch.int64)
+            optimizer.append(new)
+
+        child_radius = torch.zeros(len(new) - int(clone.sum()), device=grads.device)
+        radius = torch.cat([self.max_radius2d, self.max_radius2d[clone], child_radius])
+        split_parents = torch.cat([split, torch.zeros(len(new), dtype=torch.bool, device=split.device)])
+        prune = self._prune_mask(images, gaussians, radius) & ~split_parents
+        removed = prune | split_parents
+        if removed.any():
+            optimizer.keep(~removed)
+        self._reset_stats(len(gaussians), gaussians.device)
+        return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum())}
+
+    def _prune_mask(self, images: int, gaussians: Gaussians, max_radius2d: torch.Tensor) -> torch.Tensor:
+        """Bool [N]: transparent Gaussians, and once past the first opacity reset also those too big on
+        screen (``max_radius2d`` [N] pixels) or in the world."""
+        c = self.cfg
+        prune = gaussians.opacities() < c.min_opacity
+        if images > c.reset_opacity_every:
+            too_big_world = gaussians.scales().max(dim=1).values > c.max_world_size * self.extent
+            prune |= (max_radius2d > c.max_screen_size) | too_big_world
+        return prune
+
+    def state_dict(self) -> dict[str, Any]:
+        """The statistics and the generator state."""
+        return {
+            "grad2d_sum": self.grad2d_sum.clone(),
+            "count": self.count.clone(),
+            "max_radius2d": self.max_radius2d.clone(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.grad2d_sum = state["grad2d_sum"].clone()
+        self.count = state["count"].clone()
+        self.max_radius2d = state["max_radius2d"].clone()
+        self.generator.set_state(state["generator"])
+
+
+def reset_opacity(optimizer: GaussianOptimizer) -> None:
+    """Clamp every opacity to at most RESET_OPACITY (as logits) and zero the opacity Adam moments."""
+    logits = optimizer.gaussians.opacity_logits.detach()
+    ceiling = math.log(RESET_OPACITY / (1.0 - RESET_OPACITY))
+    optimizer.reset_field("opacity_logits", logits.clamp_max(ceiling))
+
+
+def _last_multiple(before: int, after: int, every: int, lo: int, hi: int) -> int | None:
+    """The largest multiple of ``every`` in (before, after] and in [lo, hi], or None."""
+    top = min(after, hi)
+    m = top - top % every
+    return m if m > before and m >= lo else None
+
+
+def _cap(candidates: torch.Tensor, grads: torch.Tensor, budget: int) -> torch.Tensor:
+    """``candidates`` (bool [N]) limited to the ``budget`` (clamped at 0) with the largest ``grads``."""
+    budget = max(budget, 0)
+    if int(candidates.sum()) <= budget:
+        return candidates
+    score = torch.where(candidates, grads, torch.full_like(grads, -math.inf))
+    capped = torch.zeros_like(candidates)
+    capped[torch.topk(score, budget).indices] = True
+    return capped
+
+
+def _split_children(parents: Gaussians, generator: torch.Generator) -> Gaussians:
+    """SPLIT_CHILDREN Gaussians per parent (all first children, then all second ones): means drawn from the
+    parent's Gaussian, N(0, diag(scale^2)) rotated by its rotation around its mean; log scales
+    log(scale / SPLIT_SCALE_DIVISOR); every other field copied. ids are the parents' (replace them)."""
+    k = len(parents)
+    scales = parents.scales().repeat(SPLIT_CHILDREN, 1)
+    noise = torch.randn((SPLIT_CHILDREN * k, 3), generator=generator, device=generator.device)
+    offsets = noise.to(scales.device) * scales
+    rotations = quats_to_rotmats(parents.quats).repeat(SPLIT_CHILDREN, 1, 1)
+    children = Gaussians.cat([parents] * SPLIT_CHILDREN)
+    children.means = children.means + torch.einsum("nij,nj->ni", rotations, offsets)
+    children.log_scales = torch.log(scales / SPLIT_SCALE_DIVISOR)
+    return children

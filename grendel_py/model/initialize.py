@@ -1,0 +1,25 @@
+"""The model a run starts from: the scene's 3D points, or random points in the cameras' region."""
+
+from __future__ import annotations
+
+import torch
+
+from grendel_py.config import ModelConfig
+from grendel_py.data.dataset import Scene
+from grendel_py.errors import InputError
+from grendel_py.model.gaussians import Gaussians
+
+
+def initial_gaussians(cfg: ModelConfig, scene: Scene, seed: int) -> Gaussians:
+    """Gaussians from ``scene.points_xyz`` (``cfg.init == "points"``) or ``cfg.random_points`` uniform in the
+    cube of half side extent / 1.1 around the mean camera centre (``"random"``), SH degree ``cfg.sh_degree``."""
+    if cfg.init == "points":
+        if scene.points_xyz is None:
+            raise InputError(scene.source, "scene has no 3D points; use model.init=random")
+        return Gaussians.from_points(scene.points_xyz, scene.points_rgb, cfg.sh_degree, cfg.init_opacity)
+    centers = torch.stack([c.center for c in scene.cameras]).float()
+    mid, half = centers.mean(0), scene.extent / 1.1
+    gen = torch.Generator().manual_seed(seed)
+    return Gaussians.random_in_box(
+        cfg.random_points, (mid - half).tolist(), (mid + half).tolist(), cfg.sh_degree, gen, cfg.init_opacity
+    )
