@@ -66,20 +66,20 @@ def test_gradcheck_composite(shift: float) -> None:
     inputs = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
 
     def f(m, c, o, col, bg):
-        return composite_tiles(m, c, o, col, bg, bins, grid, chunk=8)
+        return composite_tiles(m, c, o, col, bg, bins, grid, chunk_pairs=8 * 256 * 3, min_chunk=1)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_chunk_size_does_not_change_result() -> None:
+def test_chunking_does_not_change_result() -> None:
     cam = small_camera(48, 40)
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
     args = (splats.means2d, splats.conics, splats.opacities, splats.colors, BG, bins, grid)
-    ref = composite_tiles(*args, chunk=1000)
-    for chunk in (1, 7, 32):
-        out = composite_tiles(*args, chunk=chunk)
+    ref = composite_tiles(*args, chunk_pairs=1 << 30)  # one chunk
+    for pairs, min_chunk in ((1, 1), (7 * 256, 1), (1, 32), (40 * 256, 5)):
+        out = composite_tiles(*args, chunk_pairs=pairs, min_chunk=min_chunk)
         torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-13)
 
 

@@ -4,9 +4,10 @@ Rules (INRIA 3DGS / gsplat): pixel (i, j) is evaluated at its centre (i + 0.5, j
 ``alpha = min(0.99, o * exp(-0.5 d^T conic d))``; a splat with alpha < 1/255 is skipped; compositing stops
 before the splat that would bring the transmittance T below 1e-4; ``C = sum_j alpha_j T_j c_j + T_final * bg``.
 
-The work is vectorised over tiles and over chunks of ``chunk`` splats in depth order: a chunk computes alpha
-for all its (pixel, splat) pairs at once, carries T between chunks, and drops tiles whose pixels have all
-terminated. The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored)
+The work is vectorised over tiles and over chunks of splats in depth order: a chunk computes alpha for all
+its (pixel, splat) pairs at once, carries T between chunks, and drops tiles whose pixels have all
+terminated. A chunk holds about ``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile), so few live
+tiles get long chunks and Python overhead stays small next to the arithmetic. The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored)
 and uses the closed-form gradients of the compositing equation, so memory stays O(pixels + splats).
 """
 
@@ -30,7 +31,8 @@ def composite_tiles(
     background: torch.Tensor,
     bins: TileBins,
     grid: TileGrid,
-    chunk: int = 32,
+    chunk_pairs: int = 1 << 19,
+    min_chunk: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite the binned splats over the selected tiles.
 
@@ -38,21 +40,20 @@ def composite_tiles(
     :func:`grendel_py.render.intersect.bin_splats`. Returns (colors [T, tile_size**2, C], alpha [T, tile_size**2])
     for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in all float inputs.
     """
-    return _Composite.apply(means2d, conics, opacities, colors, background, bins, grid, chunk)
+    return _Composite.apply(means2d, conics, opacities, colors, background, bins, grid, (chunk_pairs, min_chunk))
 
 
 class _Layout:
     """Padded per-tile splat table and pixel centres shared by forward and backward."""
 
-    def __init__(self, bins: TileBins, grid: TileGrid, n_splats: int, chunk: int, dtype: torch.dtype):
+    def __init__(self, bins: TileBins, grid: TileGrid, n_splats: int, dtype: torch.dtype):
         device = bins.splat_index.device
         n_tiles = bins.tile_ids.shape[0]
         counts = bins.counts
         k_max = int(counts.max()) if n_tiles else 0
-        self.chunk = chunk
-        self.n_chunks = -(-k_max // chunk)
+        self.k_max = k_max
         self.counts = counts
-        table = torch.full((n_tiles, max(self.n_chunks, 1) * chunk), n_splats, dtype=torch.long, device=device)
+        table = torch.full((n_tiles, k_max), n_splats, dtype=torch.long, device=device)
         tile_of = torch.repeat_interleave(torch.arange(n_tiles, device=device), counts)
         pos = torch.arange(bins.splat_index.shape[0], device=device) - bins.offsets[tile_of]
         table[tile_of, pos] = bins.splat_index
@@ -77,9 +78,9 @@ class _Chunk:
     the scans along depth.
     """
 
-    def __init__(self, lay: _Layout, act: torch.Tensor, c: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
+    def __init__(self, lay: _Layout, act: torch.Tensor, k0: int, k1: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
         means2d, conics, opacities = params
-        s = lay.table[act, c * lay.chunk : (c + 1) * lay.chunk]  # [Ta, S]
+        s = lay.table[act, k0:k1]  # [Ta, S]
         ta, n_pix, n_s = s.shape[0], lay.ts * lay.ts, s.shape[1]
         self.s = s
         m = means2d[s]  # [Ta, S, 2]
@@ -110,33 +111,36 @@ class _Chunk:
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, grid: TileGrid, chunk: int):
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, grid: TileGrid, sizing):
+        chunk_pairs, min_chunk = sizing
         dtype, device = means2d.dtype, means2d.device
         n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], grid.tile_size**2, colors.shape[1]
-        lay = _Layout(bins, grid, means2d.shape[0], chunk, dtype)
+        lay = _Layout(bins, grid, means2d.shape[0], dtype)
         params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
         colors_p = _pad(colors, 0.0)
 
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
-        saved_act, saved_t = [], []
-        for c in range(lay.n_chunks):
-            act = torch.nonzero((lay.counts > c * chunk) & (t_run > 0).any(dim=1)).squeeze(1)
+        saved = []
+        k0 = 0
+        while k0 < lay.k_max:
+            act = torch.nonzero((lay.counts > k0) & (t_run > 0).any(dim=1)).squeeze(1)
             if act.numel() == 0:
                 break
+            k1 = min(lay.k_max, k0 + max(min_chunk, chunk_pairs // (act.numel() * n_pix)))
             t_start = t_run[act]
-            ch = _Chunk(lay, act, c, params, t_start)
+            ch = _Chunk(lay, act, k0, k1, params, t_start)
             accum[act] += torch.bmm(ch.weight, colors_p[ch.s])
             n_valid = ch.valid.sum(dim=-1)
             t_last = ch.scan.gather(-1, n_valid.long()[..., None])[..., 0]  # T after the last valid splat
             running = (t_start > 0).to(dtype)
             t_final[act] = running * t_last + (1.0 - running) * t_final[act]
             t_run[act] = t_last * (n_valid == ch.valid.shape[-1]).to(dtype)
-            saved_act.append(act)
-            saved_t.append(t_start)
+            saved.append((act, k0, k1, t_start))
+            k0 = k1
         out = accum + t_final[..., None] * background
-        ctx.lay, ctx.saved_act, ctx.saved_t = lay, saved_act, saved_t
+        ctx.lay, ctx.saved = lay, saved
         ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final)
         return out, 1.0 - t_final
 
@@ -155,9 +159,8 @@ class _Composite(torch.autograd.Function):
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
         grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
-        for c in reversed(range(len(ctx.saved_act))):
-            act, t_start = ctx.saved_act[c], ctx.saved_t[c]
-            ch = _Chunk(lay, act, c, params, t_start)
+        for act, k0, k1, t_start in reversed(ctx.saved):
+            ch = _Chunk(lay, act, k0, k1, params, t_start)
             g_img = grad_out[act]  # [Ta, P, C]
             col = colors_p[ch.s]  # [Ta, S, C]
             g_col.index_add_(0, ch.s.reshape(-1), torch.bmm(ch.weight.transpose(1, 2), g_img).reshape(-1, col.shape[-1]))
