@@ -1,0 +1,1 @@
+"""Distributed execution: the runtime context and (coming) the exchange of splats between ranks."""

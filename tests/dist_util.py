@@ -1,0 +1,55 @@
+"""Run a function on W gloo ranks in separate processes, torchrun-style, and collect what each returns."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    import torch
+
+    torch.set_num_threads(1)
+    from grendel_py.dist.runtime import init_distributed, shutdown
+
+    ctx = init_distributed(timeout_s=60)
+    try:
+        queue.put((rank, fn(ctx, *args), None))
+    except BaseException:  # reported to the parent, which fails the test
+        queue.put((rank, None, traceback.format_exc()))
+    finally:
+        shutdown(ctx)
+
+
+def run_ranks(world: int, fn, *args, timeout: float = 120.0) -> list:
+    """``fn(ctx, *args)`` on ``world`` ranks; returns the results ordered by rank (raises on any failure)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in range(world):
+            rank, value, error = queue.get(timeout=timeout)
+            if error is not None:
+                raise AssertionError(f"rank {rank} failed:\n{error}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [results[r] for r in range(world)]
