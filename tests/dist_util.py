@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -17,15 +19,15 @@ def free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    import torch
-
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a GPU machine
     torch.set_num_threads(1)
     from grendel_py.dist.runtime import init_distributed, shutdown
 
     ctx = init_distributed(timeout_s=60)
     try:
-        queue.put((rank, fn(ctx, *args), None))
+        buffer = io.BytesIO()  # tensors travel as bytes: shared-memory handles die with this process
+        torch.save(fn(ctx, *args), buffer)
+        queue.put((rank, buffer.getvalue(), None))
     except BaseException:  # reported to the parent, which fails the test
         queue.put((rank, None, traceback.format_exc()))
     finally:
@@ -46,7 +48,7 @@ def run_ranks(world: int, fn, *args, timeout: float = 120.0) -> list:
             rank, value, error = queue.get(timeout=timeout)
             if error is not None:
                 raise AssertionError(f"rank {rank} failed:\n{error}")
-            results[rank] = value
+            results[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for p in procs:
             p.join(timeout=10)

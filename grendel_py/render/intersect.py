@@ -51,10 +51,23 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
     return tx0, tx1, ty0, ty1
 
 
-def tile_counts(splats: Splats, grid: TileGrid) -> torch.Tensor:
-    """Number of tiles each splat touches, int64 [N] (0 for culled splats)."""
+def expand_tiles(splats: Splats, grid: TileGrid, order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (splat, tile) pair of the splats' tile boxes: (rows, tile ids), int64 [M] each. Rows index
+    ``order`` (default: the splats in array order) and come in that order, each splat's tiles row-major."""
     tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
-    return (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
+    if order is not None:
+        tx0, tx1, ty0, ty1 = (v[order] for v in (tx0, tx1, ty0, ty1))
+    width = (tx1 - tx0 + 1).clamp_min(0)
+    counts = width * (ty1 - ty0 + 1).clamp_min(0)
+    rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+    local = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    w = width[rows]
+    return rows, (ty0[rows] + local // w) * grid.nx + tx0[rows] + local % w
+
+
+def tile_counts_per_tile(splats: Splats, grid: TileGrid) -> torch.Tensor:
+    """Intersections per tile of the whole image, int64 [n_tiles]: the exact rasterization work of each tile."""
+    return torch.bincount(expand_tiles(splats, grid)[1], minlength=grid.n_tiles)
 
 
 def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
@@ -62,16 +75,7 @@ def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = N
     device = splats.means2d.device
     tile_ids = grid.all_tiles(device) if tile_ids is None else torch.unique(tile_ids.to(device))
     order = depth_order(splats.depths, splats.ids)
-    tx0, tx1, ty0, ty1 = (v[order] for v in tile_spans(splats, grid))
-    width = (tx1 - tx0 + 1).clamp_min(0)
-    counts = width * (ty1 - ty0 + 1).clamp_min(0)
-
-    # Expand each splat (in depth order) into the tiles of its box.
-    rows = torch.repeat_interleave(torch.arange(order.shape[0], device=device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(rows.shape[0], device=device) - starts[rows]
-    w = width[rows]
-    tiles = (ty0[rows] + local // w) * grid.nx + tx0[rows] + local % w
+    rows, tiles = expand_tiles(splats, grid, order)
 
     selected = torch.full((grid.n_tiles,), -1, dtype=torch.long, device=device)
     selected[tile_ids] = torch.arange(tile_ids.shape[0], device=device)

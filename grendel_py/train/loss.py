@@ -72,12 +72,22 @@ def photometric_loss(image: torch.Tensor, gt: torch.Tensor, lambda_dssim: float)
 
 
 def region_loss(
-    image_halo: torch.Tensor, gt_halo: torch.Tensor, lambda_dssim: float, total_pixels: int
+    image_halo: torch.Tensor,
+    gt_halo: torch.Tensor,
+    lambda_dssim: float,
+    total_pixels: int,
+    owned: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A region's share of :func:`photometric_loss`: inputs are [h + 2 HALO, w + 2 HALO, C], the region and its
-    halo; ``total_pixels`` is H * W of the whole image. Summed over a partition of the image into rectangles,
-    it gives the whole image's loss (gradients flow into the halo too, which other ranks own)."""
+    halo; ``total_pixels`` is H * W of the whole image; ``owned`` (bool [h, w], default all) restricts the sums
+    to the pixels this region owns (a rank's tiles need not fill their bounding box). Summed over a partition
+    of the image, it gives the whole image's loss (gradients flow into the halo too, which other ranks own)."""
     core = (slice(HALO, -HALO), slice(HALO, -HALO))
-    l1 = (image_halo[core] - gt_halo[core]).abs().sum() / (image_halo.shape[-1] * total_pixels)
-    dssim = (1.0 - ssim_map_valid(image_halo, gt_halo)).sum() / total_pixels
+    abs_diff = (image_halo[core] - gt_halo[core]).abs().sum(-1)
+    dssim_map = 1.0 - ssim_map_valid(image_halo, gt_halo)
+    if owned is not None:
+        weight = owned.to(abs_diff.dtype)
+        abs_diff, dssim_map = abs_diff * weight, dssim_map * weight
+    l1 = abs_diff.sum() / (image_halo.shape[-1] * total_pixels)
+    dssim = dssim_map.sum() / total_pixels
     return (1.0 - lambda_dssim) * l1 + lambda_dssim * dssim

@@ -1,0 +1,118 @@
+"""The sparse all-to-all: rows of a tensor go to the ranks that need them, gradients come back the same way.
+
+:func:`all_to_all_rows` is the differentiable primitive (one ``all_to_all_single`` with split sizes, whose
+backward is the reverse all-to-all); :func:`route_splats` decides which rank receives which splat of which
+camera; :func:`exchange_splats` packs, moves and unpacks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from grendel_py.dist.runtime import DistContext
+from grendel_py.render.intersect import expand_tiles
+from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
+
+
+def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+    out = x.new_empty((sum(recv),) + tuple(x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send)
+    return out
+
+
+class _AllToAllRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, send: list[int], recv: list[int]):
+        ctx.send, ctx.recv = send, recv
+        return _all_to_all(x, send, recv)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_to_all(grad, ctx.recv, ctx.send), None, None
+
+
+def exchange_counts(send_counts: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """How many rows each rank will send to this one, given how many this one sends to each: int64 [W]."""
+    if not ctx.distributed:
+        return send_counts.clone()
+    recv = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv, send_counts.contiguous())
+    return recv
+
+
+def all_to_all_rows(x: torch.Tensor, send_counts: list[int], recv_counts: list[int], ctx: DistContext) -> torch.Tensor:
+    """Send rows ``x[sum(send[:q]):sum(send[:q+1])]`` to rank q and receive ``recv[q]`` rows from each rank q,
+    concatenated in rank order. Differentiable: the backward sends row gradients back to where rows came from."""
+    if not ctx.distributed:
+        return x
+    if x.requires_grad:
+        return _AllToAllRows.apply(x, send_counts, recv_counts)
+    return _all_to_all(x, send_counts, recv_counts)
+
+
+def route_splats(splats: Splats, grid: TileGrid, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (splat, rank) pair such that the splat's tile box touches a tile the rank owns.
+
+    ``owners`` [n_tiles] int64 is the rank of each tile of this camera. Returns (splat rows, ranks), int64
+    each, sorted by rank then row, without duplicates.
+    """
+    rows, tiles = expand_tiles(splats, grid)
+    n = max(len(splats), 1)
+    key = torch.unique(owners[tiles] * n + rows)  # sorted: by rank, then row
+    return key % n, key // n
+
+
+@dataclass
+class Received:
+    """Splats that arrived for each camera slot of the batch, and the bytes this rank sent."""
+
+    per_camera: list[Splats]
+    bytes_sent: int
+
+
+def exchange_splats(
+    splats: list[Splats], grids: list[TileGrid], owners: list[torch.Tensor], ctx: DistContext
+) -> Received:
+    """Send each camera's projected splats to the ranks whose tiles they touch; return what this rank gets.
+
+    ``splats[b]``, ``grids[b]``, ``owners[b]`` describe camera slot b (owners: rank of each tile). Gradients
+    with respect to means2d, conics, opacities and colors flow back to the sending rank. On the wire per
+    splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2: small integers, exact in
+    float) and 2 int64 (global id, camera slot).
+    """
+    w = ctx.world_size
+    floats, ints, counts = [], [], torch.zeros(w, dtype=torch.int64)
+    for slot, (s, grid, own) in enumerate(zip(splats, grids, owners)):
+        rows, ranks = route_splats(s, grid, own)
+        packed = torch.cat(
+            [s.means2d, s.conics, s.opacities[:, None], s.colors, s.depths.detach()[:, None], s.extents.to(s.means2d.dtype)],
+            dim=1,
+        )
+        floats.append((ranks, packed[rows]))
+        ints.append(torch.stack([s.ids[rows], torch.full_like(rows, slot)], dim=1))
+        counts += torch.bincount(ranks, minlength=w)
+    ranks = torch.cat([r for r, _ in floats])
+    order = torch.argsort(ranks, stable=True)  # by destination rank, then camera slot, then row
+    send_f = torch.cat([f for _, f in floats])[order]
+    send_i = torch.cat(ints)[order]
+    recv_counts = exchange_counts(counts, ctx)
+    send, recv = counts.tolist(), recv_counts.tolist()
+    got_f = all_to_all_rows(send_f, send, recv, ctx)
+    got_i = all_to_all_rows(send_i, send, recv, ctx)
+    per_camera = []
+    for slot in range(len(splats)):
+        mine = got_i[:, 1] == slot
+        f = got_f[mine]
+        per_camera.append(
+            Splats(
+                means2d=f[:, 0:2], conics=f[:, 2:5], opacities=f[:, 5], colors=f[:, 6:9], depths=f[:, 9],
+                extents=f[:, 10:12].round().to(torch.int32), ids=got_i[mine, 0],
+            )
+        )  # fmt: skip
+    sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)
+    bytes_sent = sent_elsewhere * (send_f.shape[1] * send_f.element_size() + 2 * send_i.element_size())
+    return Received(per_camera, bytes_sent)

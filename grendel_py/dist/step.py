@@ -1,0 +1,94 @@
+"""One distributed forward pass over a batch of cameras, ending in this rank's share of the loss.
+
+1. Project: this rank's shard of Gaussians into every camera of the batch.
+2. Cost: per-tile intersection counts of the shard, summed over ranks (one all-reduce): the exact work of
+   this iteration for every tile.
+3. Assign: tiles to ranks from those costs (partition.assign), identically on every rank.
+4. Exchange: each projected splat goes to the ranks whose tiles its box touches (sparse all-to-all).
+5. Rasterize: this rank's tiles, from the splats it received, sorted by (depth, global id), so the pixels are
+   the ones a single rank would compute.
+6. Halo: rendered pixels within 5 px of this rank's region come from their owners.
+7. Loss: L1 and D-SSIM over this rank's pixels, each camera normalised by its full pixel count, so the sum
+   over ranks is the single-rank loss (summed over the batch). Backward returns every gradient to the
+   Gaussian's owner through the two exchanges in reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from grendel_py.data.cameras import Camera
+from grendel_py.dist.exchange import exchange_splats
+from grendel_py.dist.halo import Region, exchange_halos
+from grendel_py.dist.runtime import DistContext
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.render import project, rasterize
+from grendel_py.render.intersect import tile_counts_per_tile
+from grendel_py.render.projection import Splats
+from grendel_py.train.loss import HALO, region_loss
+from partition.assign import Assignment, assign_tiles
+from partition.tiles import TileGrid
+
+
+@dataclass
+class StepOutput:
+    """This rank's loss share, the projected splats of its shard per camera (means2d grads for
+    densification), its rendered tiles per camera and regions, the assignment, and bytes it sent."""
+
+    loss: torch.Tensor
+    splats: list[Splats]
+    tile_ids: list[torch.Tensor]
+    tile_colors: list[torch.Tensor]
+    regions: list[Region | None]
+    assignment: Assignment
+    bytes_sent: int
+
+
+def batch_loss(
+    shard: Gaussians,
+    cameras: list[Camera],
+    images: list[torch.Tensor],
+    background: torch.Tensor,
+    sh_degree: int,
+    lambda_dssim: float,
+    ctx: DistContext,
+) -> StepOutput:
+    """Steps 1-7 above for the cameras of one batch and their ground-truth ``images`` [H, W, 3]."""
+    grids = [TileGrid(c.width, c.height) for c in cameras]
+    splats = [project(shard, cam, sh_degree) for cam in cameras]
+    for s in splats:
+        s.means2d.retain_grad()
+    costs = [tile_counts_per_tile(s, g) for s, g in zip(splats, grids)]
+    if ctx.distributed:
+        flat = torch.cat(costs)
+        dist.all_reduce(flat)
+        costs = list(flat.split([g.n_tiles for g in grids]))
+    assignment = assign_tiles(costs, ctx.world_size)
+    owners = [assignment.owner_table(b, g.n_tiles) for b, g in enumerate(grids)]
+    visible = [s.select(s.visible) for s in splats]
+    received = exchange_splats(visible, grids, owners, ctx)
+
+    tile_ids, tile_colors = [], []
+    for b, (grid, own) in enumerate(zip(grids, owners)):
+        mine = torch.nonzero(own == ctx.rank).squeeze(1)
+        colors, _, bins = rasterize(received.per_camera[b], grid, background, mine)
+        tile_ids.append(bins.tile_ids)
+        tile_colors.append(colors)
+    regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
+
+    loss = background.new_zeros(())
+    for region, gt, cam in zip(regions, images, cameras):
+        if region is None:
+            continue
+        h, w = region.owned.shape
+        gt_pad = F.pad(gt.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
+        gt_halo = gt_pad[region.y0 : region.y0 + h + 2 * HALO, region.x0 : region.x0 + w + 2 * HALO]
+        loss = loss + region_loss(region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
+    # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
+    tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
+    loss = loss + 0.0 * tie
+    return StepOutput(loss, splats, tile_ids, tile_colors, regions, assignment, received.bytes_sent)
