@@ -87,16 +87,23 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from grendel_py.dist.runtime import init_distributed, shutdown
     from grendel_py.train.loop import train
 
     cfg = _config(args)
     if not cfg.data.path:
         raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
-    result = train(cfg)
-    test = result["test"]
-    summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
-    print(f"trained {result['images']} images in {result['train_seconds']:.0f} s, {result['num_gaussians']} Gaussians, {summary}")
-    print(f"wrote {cfg.train.out}")
+    ctx = init_distributed(cfg.dist.timeout_s)
+    try:
+        result = train(cfg, ctx)
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        test = result["test"]
+        summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
+        print(f"trained {result['images']} images on {ctx.world_size} rank(s) in {result['train_seconds']:.0f} s, "
+              f"{result['num_gaussians']} Gaussians, {summary}")
+        print(f"wrote {cfg.train.out}")
     return 0
 
 

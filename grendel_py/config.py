@@ -154,6 +154,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """How the model is shared among ranks (ignored by a single process)."""
+
+    ownership: Literal["kd", "morton", "array-order"] = "kd"
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number of seconds > 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run configuration."""
 
@@ -164,6 +175,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")

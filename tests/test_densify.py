@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
+from grendel_py.dist.ids import IdAllocator
+from grendel_py.dist.runtime import init_distributed
 from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
@@ -55,7 +57,8 @@ class _Ids:
     def __init__(self, start: int = 100):
         self.next, self.calls = start, []
 
-    def __call__(self, n: int) -> torch.Tensor:
+    def __call__(self, sources: torch.Tensor) -> torch.Tensor:
+        n = len(sources)
         self.calls.append(n)
         ids = torch.arange(self.next, self.next + n)
         self.next += n
@@ -64,7 +67,7 @@ class _Ids:
 
 def _setup(g: Gaussians, cfg: DensifyConfig, seed: int = 0) -> tuple[GaussianOptimizer, DensifyStrategy]:
     opt = GaussianOptimizer(g, OptimConfig(), extent=1.0)
-    return opt, DensifyStrategy(cfg, 1.0, torch.Generator().manual_seed(seed))
+    return opt, DensifyStrategy(cfg, 1.0, seed)
 
 
 def _observe(strategy: DensifyStrategy, grads_x: list[float], extents: list[int], times: int = 1) -> None:
@@ -78,7 +81,7 @@ SMALL, LARGE = [0.005, 0.004, 0.003], [0.05, 0.02, 0.01]  # percent_dense * exte
 
 
 def test_observe_accumulates_ndc_gradient_norms_for_visible_splats() -> None:
-    s = DensifyStrategy(CFG, 1.0, torch.Generator().manual_seed(0))
+    s = DensifyStrategy(CFG, 1.0, 0)
     grad = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     s.observe(_splats([4, 0, 7]), grad, 200, 100)
     s.observe(_splats([9, 3, 2]), grad, 200, 100)
@@ -231,10 +234,9 @@ def test_state_dict_round_trip_reproduces_splits() -> None:
         g = _model(rows)
         opt, s = _setup(g, CFG, seed=7)
         _observe(s, [HIGH, 0.0], [6, 3])
-        s.generator.manual_seed(123)
         if restore:
             state = s.state_dict()
-            fresh = DensifyStrategy(CFG, 1.0, torch.Generator().manual_seed(0))
+            fresh = DensifyStrategy(CFG, 1.0, 7)
             fresh.load_state_dict(state)
             s.grad2d_sum.zero_()  # the loaded strategy must not share tensors with the saved one
             s = fresh
@@ -242,3 +244,19 @@ def test_state_dict_round_trip_reproduces_splits() -> None:
         s.step(0, 10, g, opt, _Ids())
         results.append(g.means.detach().clone())
     assert torch.equal(results[0], results[1])
+
+
+def test_split_draws_depend_on_ids_not_positions() -> None:
+    """The same Gaussians in another order (or split among ranks) get the same children."""
+    rows = [(LARGE, ROT_Z90, 0.5), (LARGE, ID, 0.5), (SMALL, ID, 0.5)]
+    children = []
+    for perm in ([0, 1, 2], [2, 0, 1]):
+        g = _model(rows).select(torch.tensor(perm))
+        opt, s = _setup(g, CFG, seed=3)
+        _observe(s, [HIGH if rows[i][0] is LARGE else 0.0 for i in perm], [6, 3, 3])
+        s.step(0, 10, g, opt, IdAllocator(100, init_distributed(env={})))
+        order = torch.argsort(g.ids)
+        children.append((g.ids[order], g.means.detach()[order]))
+    assert len(set(children[0][0].tolist())) == 5  # 1 kept + 2 x 2 children, all ids distinct
+    assert torch.equal(children[0][0], children[1][0])
+    assert torch.equal(children[0][1], children[1][1])

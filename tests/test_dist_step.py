@@ -45,10 +45,10 @@ def _reference():
 def _rank_job(ctx):
     g, cams, images = _setup()
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))  # ownership scattered through space
-    out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx)
-    out.loss.backward()
+    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx)
+    loss.backward()
     grads = {k: getattr(shard, k).grad for k in FIELDS}
-    return float(out.loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent
+    return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent
 
 
 def _check(results, reference) -> None:

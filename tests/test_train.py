@@ -12,6 +12,7 @@ from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.synthetic import write_synthetic
+from grendel_py.dist.runtime import init_distributed
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.train.evaluate import evaluate
 from grendel_py.train.loop import train
@@ -38,7 +39,7 @@ def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None
     cfg = load_config(None, _overrides(scene, out))
     data = load_scene(scene, downscale=4)
     start = evaluate(initial_gaussians(cfg.model, data, cfg.seed), data, data.test_cameras, torch.zeros(3))
-    result = train(cfg)
+    result = train(cfg, init_distributed(env={}))
     assert result["test"]["psnr"] > start["psnr"] + 3.0  # it really learns
     assert result["num_gaussians"] != len(data.points_xyz)  # densification and pruning ran
     assert (out / "model.ply").is_file() and (out / "config.yaml").is_file()
@@ -50,8 +51,8 @@ def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None
 
 
 def test_same_seed_same_model(scene: Path, tmp_path: Path) -> None:
-    a = train(load_config(None, _overrides(scene, tmp_path / "a", images=40)))
-    b = train(load_config(None, _overrides(scene, tmp_path / "b", images=40)))
+    a = train(load_config(None, _overrides(scene, tmp_path / "a", images=40)), init_distributed(env={}))
+    b = train(load_config(None, _overrides(scene, tmp_path / "b", images=40)), init_distributed(env={}))
     assert (tmp_path / "a" / "model.ply").read_bytes() == (tmp_path / "b" / "model.ply").read_bytes()
     assert a["test"]["psnr"] == b["test"]["psnr"]
 

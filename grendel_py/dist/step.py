@@ -29,39 +29,35 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project, rasterize
 from grendel_py.render.intersect import tile_counts_per_tile
 from grendel_py.render.projection import Splats
-from grendel_py.train.loss import HALO, region_loss
+from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, assign_tiles
 from partition.tiles import TileGrid
 
 
 @dataclass
-class StepOutput:
-    """This rank's loss share, the projected splats of its shard per camera (means2d grads for
-    densification), its rendered tiles per camera and regions, the assignment, and bytes it sent."""
+class Rendered:
+    """This rank's part of a batch: the projected splats of its shard per camera (``means2d`` grads kept for
+    densification), its tiles and their colours per camera, its regions (with halos), the assignment, the
+    received rows every rank must keep in its graph, and the bytes it sent."""
 
-    loss: torch.Tensor
     splats: list[Splats]
     tile_ids: list[torch.Tensor]
     tile_colors: list[torch.Tensor]
     regions: list[Region | None]
     assignment: Assignment
+    tie: torch.Tensor
     bytes_sent: int
 
 
-def batch_loss(
-    shard: Gaussians,
-    cameras: list[Camera],
-    images: list[torch.Tensor],
-    background: torch.Tensor,
-    sh_degree: int,
-    lambda_dssim: float,
-    ctx: DistContext,
-) -> StepOutput:
-    """Steps 1-7 above for the cameras of one batch and their ground-truth ``images`` [H, W, 3]."""
+def render_batch(
+    shard: Gaussians, cameras: list[Camera], background: torch.Tensor, sh_degree: int, ctx: DistContext
+) -> Rendered:
+    """Steps 1-6 above for the cameras of one batch."""
     grids = [TileGrid(c.width, c.height) for c in cameras]
     splats = [project(shard, cam, sh_degree) for cam in cameras]
-    for s in splats:
-        s.means2d.retain_grad()
+    if torch.is_grad_enabled():
+        for s in splats:
+            s.means2d.retain_grad()
     costs = [tile_counts_per_tile(s, g) for s, g in zip(splats, grids)]
     if ctx.distributed:
         flat = torch.cat(costs)
@@ -79,16 +75,48 @@ def batch_loss(
         tile_ids.append(bins.tile_ids)
         tile_colors.append(colors)
     regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
-
-    loss = background.new_zeros(())
-    for region, gt, cam in zip(regions, images, cameras):
-        if region is None:
-            continue
-        h, w = region.owned.shape
-        gt_pad = F.pad(gt.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
-        gt_halo = gt_pad[region.y0 : region.y0 + h + 2 * HALO, region.x0 : region.x0 + w + 2 * HALO]
-        loss = loss + region_loss(region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
-    loss = loss + 0.0 * tie
-    return StepOutput(loss, splats, tile_ids, tile_colors, regions, assignment, received.bytes_sent)
+    return Rendered(splats, tile_ids, tile_colors, regions, assignment, tie, received.bytes_sent)
+
+
+def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
+    """The ground truth under ``region.canvas`` (zeros outside the image)."""
+    h, w = region.owned.shape
+    gt_pad = F.pad(gt.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
+    return gt_pad[region.y0 : region.y0 + h + 2 * HALO, region.x0 : region.x0 + w + 2 * HALO]
+
+
+def batch_loss(
+    shard: Gaussians,
+    cameras: list[Camera],
+    images: list[torch.Tensor],
+    background: torch.Tensor,
+    sh_degree: int,
+    lambda_dssim: float,
+    ctx: DistContext,
+) -> tuple[torch.Tensor, Rendered]:
+    """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered."""
+    rendered = render_batch(shard, cameras, background, sh_degree, ctx)
+    loss = background.new_zeros(())
+    for region, gt, cam in zip(rendered.regions, images, cameras):
+        if region is not None:
+            gt_halo = ground_truth_region(region, gt)
+            loss = loss + region_loss(region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
+    return loss + 0.0 * rendered.tie, rendered
+
+
+def region_error_sums(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
+    """Per camera, over this rank's pixels: [squared error sum, SSIM sum] of the render clamped to [0, 1]
+    (float64 [B, 2]; all-reduce over ranks to get whole-image PSNR and SSIM)."""
+    sums = torch.zeros(len(images), 2, dtype=torch.float64)
+    for b, (region, gt) in enumerate(zip(rendered.regions, images)):
+        if region is None:
+            continue
+        canvas = region.canvas.detach().clamp(0.0, 1.0)
+        gt_halo = ground_truth_region(region, gt)
+        core = (slice(HALO, -HALO), slice(HALO, -HALO))
+        owned = region.owned
+        sums[b, 0] = ((canvas[core] - gt_halo[core]) ** 2).sum(-1)[owned].double().sum()
+        sums[b, 1] = ssim_map_valid(canvas, gt_halo)[owned].double().sum()
+    return sums

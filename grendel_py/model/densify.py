@@ -11,6 +11,10 @@ the batch size can change without moving the events:
 Unlike INRIA (whose ``densification_postfix`` zeroes the screen radii before pruning, so the screen-size test
 never fires), the screen-size prune here uses the radii observed since the last densification: clones
 inherit their parent's radius, split children start at 0.
+
+Everything here is a function of global Gaussian ids, never of array positions or of which rank holds a
+Gaussian: split offsets are drawn from a counter-based hash of (seed, densification, parent id, child), and
+new ids come from ``allocate_ids`` given the ids of their sources. So W ranks densify exactly as one does.
 """
 
 from __future__ import annotations
@@ -35,19 +39,21 @@ SPLIT_SCALE_DIVISOR = 0.8 * SPLIT_CHILDREN
 
 
 class DensifyStrategy:
-    """Densification state and schedule for a scene of ``extent``; ``generator`` drives split sampling.
+    """Densification state and schedule for a scene of ``extent``; ``seed`` drives split sampling;
+    ``max_gaussians`` (default ``cfg.max_gaussians``) caps this model's (or this shard's) size.
 
     State, one row per Gaussian of the model: grad2d_sum [N] (sum of view-space gradient norms in NDC units),
     count [N] int32 (cameras in which the Gaussian was visible), max_radius2d [N] (largest pixel half
     extent seen). Empty (0 rows) until the first :meth:`observe` or :meth:`step`.
     """
 
-    def __init__(self, cfg: DensifyConfig, extent: float, generator: torch.Generator):
+    def __init__(self, cfg: DensifyConfig, extent: float, seed: int, max_gaussians: int | None = None):
         if not extent > 0.0:
             raise ValueError(f"extent: expected a number > 0, got {extent}")
         self.cfg = cfg
         self.extent = extent
-        self.generator = generator
+        self.seed = seed
+        self.max_gaussians = cfg.max_gaussians if max_gaussians is None else max_gaussians
         self.grad2d_sum = torch.zeros(0)
         self.count = torch.zeros(0, dtype=torch.int32)
         self.max_radius2d = torch.zeros(0)
@@ -88,11 +94,11 @@ class DensifyStrategy:
         images_seen_after: int,
         gaussians: Gaussians,
         optimizer: GaussianOptimizer,
-        allocate_ids: Callable[[int], torch.Tensor],
+        allocate_ids: Callable[[torch.Tensor], torch.Tensor],
     ) -> dict[str, Any]:
         """Run what is due for the images (images_seen_before, images_seen_after]: densify + prune, then an
-        opacity reset. ``gaussians`` must be the optimizer's model; ``allocate_ids(n)`` gives int64 ids for n
-        new Gaussians. Returns {"densified" (bool), "cloned", "split" (parents split, 2 children each), "pruned"
+        opacity reset. ``gaussians`` must be the optimizer's model; ``allocate_ids(sources)`` gives int64 ids
+        for new Gaussians copied from the Gaussians with ids ``sources`` (a split parent appears once per child). Returns {"densified" (bool), "cloned", "split" (parents split, 2 children each), "pruned"
         (not counting split parents), "reset_opacity" (bool)}."""
         if optimizer.gaussians is not gaussians:
             raise ValueError("step: gaussians is not the model of optimizer")
@@ -113,19 +119,20 @@ class DensifyStrategy:
         images: int,
         gaussians: Gaussians,
         optimizer: GaussianOptimizer,
-        allocate_ids: Callable[[int], torch.Tensor],
+        allocate_ids: Callable[[torch.Tensor], torch.Tensor],
     ) -> dict[str, int]:
         """Clone, split, then prune at the densification due at ``images``; stats are reset to the new size."""
         c = self.cfg
         seen = self.count > 0
         grads = torch.where(seen, self.grad2d_sum / self.count.clamp_min(1), torch.zeros_like(self.grad2d_sum))
         small = gaussians.scales().max(dim=1).values <= c.percent_dense * self.extent
-        grow = _cap(grads >= c.grad_threshold, grads, c.max_gaussians - len(gaussians))
+        grow = _cap(grads >= c.grad_threshold, grads, self.max_gaussians - len(gaussians))
         clone, split = grow & small, grow & ~small
 
-        new = Gaussians.cat([gaussians.select(clone), _split_children(gaussians.select(split), self.generator)])
+        children = _split_children(gaussians.select(split), self.seed * 1_000_003 + images)
+        new = Gaussians.cat([gaussians.select(clone), children])
+        new.ids = allocate_ids(new.ids).to(gaussians.device, torch.int64)  # from the sources' ids
         if len(new):
-            new.ids = allocate_ids(len(new)).to(gaussians.device, torch.int64)
             optimizer.append(new)
 
         child_radius = torch.zeros(len(new) - int(clone.sum()), device=grads.device)
@@ -149,12 +156,11 @@ class DensifyStrategy:
         return prune
 
     def state_dict(self) -> dict[str, Any]:
-        """The statistics and the generator state."""
+        """The statistics (the split sampling is stateless)."""
         return {
             "grad2d_sum": self.grad2d_sum.clone(),
             "count": self.count.clone(),
             "max_radius2d": self.max_radius2d.clone(),
-            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,7 +168,6 @@ class DensifyStrategy:
         self.grad2d_sum = state["grad2d_sum"].clone()
         self.count = state["count"].clone()
         self.max_radius2d = state["max_radius2d"].clone()
-        self.generator.set_state(state["generator"])
 
 
 def reset_opacity(optimizer: GaussianOptimizer) -> None:
@@ -190,16 +195,43 @@ def _cap(candidates: torch.Tensor, grads: torch.Tensor, budget: int) -> torch.Te
     return capped
 
 
-def _split_children(parents: Gaussians, generator: torch.Generator) -> Gaussians:
+def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     """SPLIT_CHILDREN Gaussians per parent (all first children, then all second ones): means drawn from the
     parent's Gaussian, N(0, diag(scale^2)) rotated by its rotation around its mean; log scales
-    log(scale / SPLIT_SCALE_DIVISOR); every other field copied. ids are the parents' (replace them)."""
+    log(scale / SPLIT_SCALE_DIVISOR); every other field copied. ids are the parents' (replace them). The
+    draws depend only on (``event_key``, parent id, child), not on where the parent sits in the array."""
     k = len(parents)
     scales = parents.scales().repeat(SPLIT_CHILDREN, 1)
-    noise = torch.randn((SPLIT_CHILDREN * k, 3), generator=generator, device=generator.device)
-    offsets = noise.to(scales.device) * scales
+    child = torch.arange(SPLIT_CHILDREN, device=parents.ids.device).repeat_interleave(k)
+    noise = hashed_normal(parents.ids.repeat(SPLIT_CHILDREN) * SPLIT_CHILDREN + child, event_key, 3)
+    offsets = noise.to(scales) * scales
     rotations = quats_to_rotmats(parents.quats).repeat(SPLIT_CHILDREN, 1, 1)
     children = Gaussians.cat([parents] * SPLIT_CHILDREN)
     children.means = children.means + torch.einsum("nij,nj->ni", rotations, offsets)
     children.log_scales = torch.log(scales / SPLIT_SCALE_DIVISOR)
     return children
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 (wrapping arithmetic; logical shifts emulated with masks)."""
+
+    def shr(v: torch.Tensor, n: int) -> torch.Tensor:
+        return (v >> n) & ((1 << (64 - n)) - 1)
+
+    x = (x ^ shr(x, 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+    x = (x ^ shr(x, 27)) * -7723592293110705685  # 0x94D049BB133111EB as int64
+    return x ^ shr(x, 31)
+
+
+def hashed_normal(keys: torch.Tensor, seed: int, dims: int) -> torch.Tensor:
+    """Standard normal samples [len(keys), dims] (float64) that depend only on (seed, key): a counter-based
+    generator (splitmix64 + Box-Muller), so any rank draws the same numbers for the same key."""
+    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+    pairs = (dims + 1) // 2
+    counter = keys.to(torch.int64)[:, None] * (2 * pairs) + torch.arange(2 * pairs, device=keys.device)
+    bits = _mix64(_mix64(counter * golden + seed) + golden)
+    u = ((bits >> 11) & ((1 << 53) - 1)).double().add_(0.5).mul_(2.0**-53)  # uniform in (0, 1)
+    u1, u2 = u[:, 0::2], u[:, 1::2]
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = 2.0 * math.pi * u2
+    return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)[:, :dims]

@@ -36,9 +36,8 @@ def ply_property_names(sh_degree: int) -> list[str]:
     ]
 
 
-def write_ply(path: str | Path, gaussians: Gaussians) -> None:
-    """Write ``gaussians`` (validated first) to ``path`` atomically in the INRIA layout."""
-    gaussians.validate()
+def ply_records(gaussians: Gaussians) -> np.ndarray:
+    """[N, n_props] C-contiguous little-endian float32 rows in INRIA property order (normals 0)."""
     g = gaussians.to("cpu")
     n = len(g)
     columns = [
@@ -50,9 +49,14 @@ def write_ply(path: str | Path, gaussians: Gaussians) -> None:
         g.log_scales,
         g.quats,
     ]
-    table = torch.cat(columns, dim=1).detach().numpy().astype("<f4", copy=False)
-    dtype = np.dtype([(name, "<f4") for name in ply_property_names(g.sh_degree)])
-    vertices = np.ascontiguousarray(table).view(dtype).reshape(n)
+    return np.ascontiguousarray(torch.cat(columns, dim=1).detach().numpy().astype("<f4", copy=False))
+
+
+def write_ply(path: str | Path, gaussians: Gaussians) -> None:
+    """Write ``gaussians`` (validated first) to ``path`` atomically in the INRIA layout."""
+    gaussians.validate()
+    dtype = np.dtype([(name, "<f4") for name in ply_property_names(gaussians.sh_degree)])
+    vertices = ply_records(gaussians).view(dtype).reshape(len(gaussians))
     with atomic_open(path) as f:
         PlyData([PlyElement.describe(vertices, "vertex")], text=False, byte_order="<").write(f)
 

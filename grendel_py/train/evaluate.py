@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from grendel_py.config import Config
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene, load_scene
+from grendel_py.dist.runtime import DistContext
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
 from grendel_py.render import render
 from grendel_py.train.metrics import psnr, ssim
+from partition.tiles import TileGrid
 
 Split = Literal["test", "train", "all"]
 
@@ -65,3 +69,56 @@ def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict
     gaussians = read_ply(model_path)
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     return evaluate(gaussians, scene, cameras, background, cfg.render.backend)
+
+
+def evaluate_sharded(
+    shard: Gaussians,
+    scene: Scene,
+    cameras: list[Camera],
+    background: torch.Tensor,
+    ctx: DistContext,
+    renders_dir: Path | None = None,
+    max_renders: int = 0,
+) -> dict[str, Any]:
+    """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
+    result). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
+    all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
+    (only rank 0 needs one)."""
+    from grendel_py.dist.step import region_error_sums, render_batch
+
+    if not cameras:
+        raise ValueError("evaluate: no cameras given")
+    views = []
+    with torch.no_grad():
+        for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
+            gt = scene.load_image(cam)
+            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx)
+            sums = region_error_sums(rendered, [gt])[0]
+            if ctx.distributed:
+                dist.all_reduce(sums)
+            n = cam.width * cam.height
+            mse = float(sums[0]) / (3 * n)
+            views.append({"name": cam.name, "uid": cam.uid, "psnr": -10.0 * math.log10(mse) if mse > 0 else math.inf, "ssim": float(sums[1]) / n})
+            if i < max_renders:  # every rank sends its tiles; rank 0 saves into renders_dir
+                _save_gathered(rendered, cam, gt, renders_dir, ctx)
+    return {
+        "views": views,
+        "psnr": sum(v["psnr"] for v in views) / len(views),
+        "ssim": sum(v["ssim"] for v in views) / len(views),
+        "count": len(views),
+    }
+
+
+def _save_gathered(rendered, cam: Camera, gt: torch.Tensor, renders_dir: Path | None, ctx: DistContext) -> None:
+    """Gather every rank's tiles of ``cam`` on rank 0 and save "render | ground truth"."""
+    mine = (rendered.tile_ids[0], rendered.tile_colors[0])
+    parts = [None] * ctx.world_size if ctx.is_main else None
+    if ctx.distributed:
+        dist.gather_object(mine, parts, dst=0)
+    else:
+        parts = [mine]
+    if ctx.is_main:
+        grid = TileGrid(cam.width, cam.height)
+        tiles = torch.cat([p[0] for p in parts])
+        image = grid.tiles_to_image(torch.cat([p[1] for p in parts]), tiles).clamp(0.0, 1.0)
+        save_png(torch.cat([image, gt.to(image)], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")

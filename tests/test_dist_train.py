@@ -1,0 +1,54 @@
+"""Training on W gloo ranks gives the model one rank gives (densification included), and a merged PLY."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from grendel_py.config import load_config
+from grendel_py.data.synthetic import write_synthetic
+from grendel_py.model.ply import read_ply
+from grendel_py.train.loop import train
+from tests.dist_util import run_ranks
+
+
+def _train_job(ctx, scene: str, out: str) -> dict:
+    cfg = load_config(None, [
+        f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
+        "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
+        "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
+        "densify.reset_opacity_every=30", "dist.ownership=kd",
+    ])  # fmt: skip
+    result = train(cfg, ctx)
+    return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"]}
+
+
+def _match(a, b) -> torch.Tensor:
+    """Index into b of the Gaussian nearest to each of a's (by mean); must be a bijection."""
+    nearest = torch.cdist(a.means.double(), b.means.double()).argmin(dim=1)
+    assert len(set(nearest.tolist())) == len(a)
+    return nearest
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist_train") / "scene"
+    write_synthetic(out, "object", seed=2)
+    return out
+
+
+def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path) -> None:
+    one = run_ranks(1, _train_job, str(scene), str(tmp_path / "w1"))[0]
+    two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"))
+    assert two[0] == two[1]  # every rank reports the same metrics
+    assert two[0]["n"] == one["n"]  # the same densification decisions
+    a, b = read_ply(tmp_path / "w1" / "model.ply"), read_ply(tmp_path / "w2" / "model.ply")
+    assert len(a) == len(b) == one["n"]
+    idx = _match(a, b)
+    for field in ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN"):
+        x, y = getattr(a, field), getattr(b, field)[idx]
+        assert (x - y).abs().max() <= 1e-3 * max(1.0, float(x.abs().max())), field
+    assert two[0]["psnr"] == pytest.approx(one["psnr"], abs=0.05)
+    assert sorted(p.name for p in (tmp_path / "w2").iterdir()) == ["config.yaml", "metrics.json", "model.ply", "renders", "tb"]
