@@ -51,11 +51,6 @@ class TileGrid:
         tx = torch.arange(tx0, tx1, device=device)
         return (ty[:, None] * self.nx + tx[None, :]).reshape(-1)
 
-    def pixel_offsets(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Column and row offsets (0..tile_size-1) of the pixels of a tile, each [tile_size]."""
-        r = torch.arange(self.tile_size, device=device, dtype=dtype)
-        return r, r
-
     def tile_origins(self, tile_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel coordinates (x0, y0) of the top-left pixel of each tile, int64 [T] each."""
         return (tile_ids % self.nx) * self.tile_size, (tile_ids // self.nx) * self.tile_size
