@@ -106,17 +106,26 @@ def batch_loss(
     return loss + 0.0 * rendered.tie, rendered
 
 
-def region_error_sums(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
-    """Per camera, over this rank's pixels: [squared error sum, SSIM sum] of the render clamped to [0, 1]
-    (float64 [B, 2]; all-reduce over ranks to get whole-image PSNR and SSIM)."""
-    sums = torch.zeros(len(images), 2, dtype=torch.float64)
+def _owned_pairs(rendered: Rendered, images: list[torch.Tensor]):
+    """(camera slot, render canvas clamped to [0, 1], ground truth canvas, owned mask) per camera this rank holds."""
     for b, (region, gt) in enumerate(zip(rendered.regions, images)):
-        if region is None:
-            continue
-        canvas = region.canvas.detach().clamp(0.0, 1.0)
-        gt_halo = ground_truth_region(region, gt)
-        core = (slice(HALO, -HALO), slice(HALO, -HALO))
-        owned = region.owned
-        sums[b, 0] = ((canvas[core] - gt_halo[core]) ** 2).sum(-1)[owned].double().sum()
-        sums[b, 1] = ssim_map_valid(canvas, gt_halo)[owned].double().sum()
+        if region is not None:
+            yield b, region.canvas.detach().clamp(0.0, 1.0), ground_truth_region(region, gt), region.owned
+
+
+def region_squared_errors(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
+    """Per camera, the squared error summed over this rank's pixels and channels, float64 [B]
+    (all-reduce over ranks and divide by 3 H W for the whole image's MSE)."""
+    sums = torch.zeros(len(images), dtype=torch.float64)
+    core = (slice(HALO, -HALO), slice(HALO, -HALO))
+    for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
+        sums[b] = ((canvas[core] - gt_halo[core]) ** 2).sum(-1)[owned].double().sum()
+    return sums
+
+
+def region_ssim_sums(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
+    """Per camera, SSIM summed over this rank's pixels, float64 [B] (all-reduce, divide by H W)."""
+    sums = torch.zeros(len(images), dtype=torch.float64)
+    for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
+        sums[b] = ssim_map_valid(canvas, gt_halo)[owned].double().sum()
     return sums

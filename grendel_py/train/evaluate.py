@@ -84,7 +84,7 @@ def evaluate_sharded(
     result). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
     (only rank 0 needs one)."""
-    from grendel_py.dist.step import region_error_sums, render_batch
+    from grendel_py.dist.step import region_squared_errors, region_ssim_sums, render_batch
 
     if not cameras:
         raise ValueError("evaluate: no cameras given")
@@ -93,7 +93,7 @@ def evaluate_sharded(
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = scene.load_image(cam)
             rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx)
-            sums = region_error_sums(rendered, [gt])[0]
+            sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
                 dist.all_reduce(sums)
             n = cam.width * cam.height

@@ -26,7 +26,7 @@ from grendel_py.data.dataset import Scene, load_scene
 from grendel_py.dist.export import write_merged_ply
 from grendel_py.dist.ids import IdAllocator
 from grendel_py.dist.runtime import DistContext
-from grendel_py.dist.step import batch_loss, region_error_sums
+from grendel_py.dist.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import DensifyStrategy
@@ -141,7 +141,7 @@ class _ImageCache:
 
 def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, ctx: DistContext) -> dict:
     """Mean loss per image, PSNR of the whole batch and the model size, summed over ranks (one all-reduce)."""
-    sums = region_error_sums(rendered, gts)[:, 0].sum()
+    sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     values = torch.tensor([float(loss.detach()), float(sums), float(n_local)], dtype=torch.float64)
     if ctx.distributed:
