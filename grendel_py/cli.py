@@ -32,10 +32,9 @@ def _config(args: argparse.Namespace, data: Path | None = None) -> Config:
 
 
 def _scene(cfg: Config):
-    from grendel_py.data.dataset import load_scene
+    from grendel_py.data.dataset import scene_from_config
 
-    d = cfg.data
-    return load_scene(d.path, downscale=d.downscale, test_every=d.test_every, images_dir=d.images_dir)
+    return scene_from_config(cfg.data)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

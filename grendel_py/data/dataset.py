@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from grendel_py.config import DataConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.colmap import find_model_format, qvec_to_rotmat, read_model
 from grendel_py.data.transforms_json import (
@@ -101,6 +102,11 @@ def load_scene(path: str | Path, *, downscale: float = 1.0, test_every: int = 8,
     else:
         raise InputError(path, "no scene here: expected a COLMAP model (sparse/0, sparse or here) or transforms.json")
     return _build_scene(path, views, points, downscale, test_every)
+
+
+def scene_from_config(data: DataConfig) -> Scene:
+    """:func:`load_scene` with the settings of a config's ``data`` section."""
+    return load_scene(data.path, downscale=data.downscale, test_every=data.test_every, images_dir=data.images_dir)
 
 
 def describe(scene: Scene) -> dict[str, Any]:

@@ -46,6 +46,12 @@ class DistContext:
         return self.world_size > 1
 
 
+def single_process() -> DistContext:
+    """The context of a process that works alone (no process group)."""
+    device, _ = _device(0)
+    return DistContext(0, 1, 0, device, "none", "single")
+
+
 def detect_launcher(env: Mapping[str, str]) -> str:
     """"torchrun", "mpi" or "single" from the environment variables ``env``."""
     if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
@@ -70,8 +76,7 @@ def init_distributed(timeout_s: float = 600.0, env: Mapping[str, str] | None = N
     env = os.environ if env is None else env
     launcher = detect_launcher(env)
     if launcher == "single":
-        device, _ = _device(0)
-        return DistContext(0, 1, 0, device, "none", launcher)
+        return single_process()
     timeout = timedelta(seconds=timeout_s)
     if launcher == "torchrun":
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from grendel_py.config import Config, config_to_dict, save_config
-from grendel_py.data.dataset import Scene, load_scene
+from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.dist.export import write_merged_ply
 from grendel_py.dist.ids import IdAllocator
 from grendel_py.dist.runtime import DistContext
@@ -43,8 +43,8 @@ def train(cfg: Config, ctx: DistContext) -> dict:
     """Train on ``cfg.data`` into the folder ``cfg.train.out``; returns the final metrics (on every rank)."""
     out = _prepare_run_dir(cfg, ctx)
     torch.manual_seed(cfg.seed)
-    d, t = cfg.data, cfg.train
-    scene = load_scene(d.path, downscale=d.downscale, test_every=d.test_every, images_dir=d.images_dir)
+    t = cfg.train
+    scene = scene_from_config(cfg.data)
     scene.check_images()
     if not scene.train_cameras:
         raise InputError(scene.source, "scene has no training cameras")
