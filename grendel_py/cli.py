@@ -87,14 +87,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from grendel_py.dist.runtime import init_distributed, shutdown
+    from grendel_py.train.checkpoint import find_checkpoint, run_dir_of
     from grendel_py.train.loop import train
 
-    cfg = _config(args)
+    resume = None
+    if args.resume is not None:
+        resume = find_checkpoint(args.resume)
+        run = run_dir_of(resume)
+        config = args.config or run / "config.yaml"
+        cfg = load_config(config, [*args.overrides, f"train.out={json.dumps(str(run))}"])
+    else:
+        cfg = _config(args)
     if not cfg.data.path:
         raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
     ctx = init_distributed(cfg.dist.timeout_s)
     try:
-        result = train(cfg, ctx)
+        result = train(cfg, ctx, resume)
     finally:
         shutdown(ctx)
     if ctx.is_main:
@@ -149,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("train", help="train a model on a scene (single process for now)")
+    p = sub.add_parser("train", help="train a model on a scene (one process, or W under torchrun / mpiexec)")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN",
+        help="continue the run folder RUN from its newest checkpoint (or RUN/checkpoints/images_N from that one), "
+        "on any number of ranks; its config.yaml applies, then overrides",
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -142,6 +142,8 @@ class TrainConfig:
     log_every: int = 100
     eval_every: int = 7000
     eval_renders: int = 4
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         _require(self.images > 0, "images", self.images, "an integer > 0")
@@ -151,6 +153,8 @@ class TrainConfig:
         _require(self.log_every > 0, "log_every", self.log_every, "an integer > 0")
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: only at the end)")
         _require(self.eval_renders >= 0, "eval_renders", self.eval_renders, "an integer >= 0")
+        _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: none)")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -158,9 +162,12 @@ class DistConfig:
     """How the model is shared among ranks (ignored by a single process)."""
 
     ownership: Literal["kd", "morton", "array-order"] = "kd"
+    rebalance_threshold: float | None = 1.1
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        t = self.rebalance_threshold
+        _require(t is None or t >= 1.0, "rebalance_threshold", t, "a number >= 1 (largest / mean shard), or null")
         _require(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number of seconds > 0")
 
 

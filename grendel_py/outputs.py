@@ -16,11 +16,12 @@ from grendel_py.errors import InputError
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: str | Path) -> Iterator[Path]:
+def staged_dir(out_dir: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` to fill; on success it is renamed to ``out_dir``, on error
-    removed. ``out_dir`` must not exist or be an empty folder (InputError otherwise)."""
+    removed. ``out_dir`` must not exist or be an empty folder (InputError otherwise), unless ``replace``:
+    then an existing folder is swapped out on success and deleted."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if not replace and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(out_dir, "output folder exists and is not empty; choose a new path")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +33,12 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from partition.select import Reduce, local_reduce, ordered_key, take_smallest
+
 OWNERSHIP_MODES = ("kd", "morton", "array-order")
 
 MORTON_BITS = 21
@@ -79,10 +81,83 @@ def assign_owners(
     return _runs_owners(seq, world_size, weights)
 
 
-def morton_codes(means: torch.Tensor) -> torch.Tensor:
-    """63-bit Z-order codes, int64 [N], of ``means`` [N, 3] quantised to 21 bits per axis in their bounding box."""
-    lo = means.amin(0).to(torch.float64)
-    extent = means.amax(0).to(torch.float64) - lo
+def sharded_owners(
+    means: torch.Tensor, ids: torch.Tensor, world_size: int, mode: str = "kd", reduce: Reduce = local_reduce
+) -> torch.Tensor:
+    """Owner rank of each row held here, int64 [n], when the Gaussians are spread over the holders that
+    ``reduce`` spans (see :mod:`partition.select`): exactly the owners :func:`assign_owners` with unit weights
+    gives for all rows gathered in one place, but no row leaves its holder. ``means`` [n, 3], ``ids`` int64
+    [n], unique over all holders.
+
+    The recursion's cells depend only on ``world_size``, so each of the ceil(log2 W) levels is: all-reduce
+    the cell sizes (and for kd the cell boxes), then one :func:`~partition.select.take_smallest` per level
+    for every cell at once.
+    """
+    if mode not in OWNERSHIP_MODES:
+        raise ValueError(f"ownership mode {mode!r} is not one of {OWNERSHIP_MODES}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if means.dim() != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must be [N, 3], got {list(means.shape)}")
+    n, device = means.shape[0], means.device
+    if ids.shape != (n,) or ids.dtype != torch.int64:
+        raise ValueError(f"ids must be int64 [{n}], got {ids.dtype} {list(ids.shape)}")
+    if not bool(torch.isfinite(means).all()):
+        raise ValueError("means: not all finite")
+    total = int(reduce(torch.tensor([n], device=device), "sum")[0])
+    lo = torch.zeros(n, dtype=torch.int64, device=device)
+    if world_size == 1 or total == 0:
+        return lo
+    share = total / world_size
+    starts = torch.arange(world_size, device=device)
+    if mode == "morton":
+        inf = torch.full((3,), float("inf"), dtype=means.dtype, device=device)
+        box = (
+            reduce(means.amin(0) if n else inf, "min"),
+            reduce(means.amax(0) if n else -inf, "max"),
+        )
+        keys = morton_codes(means, box)
+    elif mode == "array-order":
+        keys = ids
+    for cell_hi in _bisection_levels(world_size, device):
+        size = cell_hi - starts  # valid at cell starts
+        mid = starts + size // 2
+        counts = reduce(torch.bincount(lo, minlength=world_size), "sum")
+        before = counts.cumsum(0) - counts
+        target = mid.to(torch.float64) * share
+        cut = target.ceil().to(torch.int64).clamp(1, total)
+        cut = torch.where(target - (cut - 1) <= cut - target, cut - 1, cut)  # nearest count, ties below
+        take = torch.where(size > 1, torch.minimum(torch.maximum(cut - before, torch.zeros_like(cut)), counts), 0)
+        if mode == "kd":
+            index = lo[:, None].expand(-1, 3)
+            box_lo = means.new_full((world_size, 3), float("inf")).scatter_reduce(0, index, means, "amin")
+            box_hi = means.new_full((world_size, 3), float("-inf")).scatter_reduce(0, index, means, "amax")
+            axis = (reduce(box_hi, "max") - reduce(box_lo, "min")).argmax(1)
+            keys = ordered_key(means.gather(1, axis[lo][:, None])[:, 0])
+        left = take_smallest(keys, ids, lo, take, reduce)
+        lo = torch.where((size > 1)[lo] & ~left, mid[lo], lo)
+    return lo
+
+
+def _bisection_levels(world_size: int, device: torch.device) -> list[torch.Tensor]:
+    """Per level of the recursive bisection of ranks [0, world_size), the end of the cell that starts at
+    each rank (int64 [W]; meaningful at cell starts). A cell [l, h) splits at l + (h - l) // 2."""
+    cells, levels = [(0, world_size)], []
+    while any(h - l > 1 for l, h in cells):
+        table = torch.arange(1, world_size + 1, device=device)
+        for l, h in cells:
+            table[l] = h
+        levels.append(table)
+        cells = [c for l, h in cells for c in (((l, l + (h - l) // 2), (l + (h - l) // 2, h)) if h - l > 1 else ((l, h),))]
+    return levels
+
+
+def morton_codes(means: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """63-bit Z-order codes, int64 [N], of ``means`` [N, 3] quantised to 21 bits per axis in ``box`` (its
+    min and max corners, [3] each; default: the bounding box of ``means``)."""
+    box_lo, box_hi = (means.amin(0), means.amax(0)) if box is None else box
+    lo = box_lo.to(torch.float64)
+    extent = box_hi.to(torch.float64) - lo
     top = (1 << MORTON_BITS) - 1
     scale = torch.where(extent > 0, top / extent, torch.zeros_like(extent))
     q = ((means.to(torch.float64) - lo) * scale).floor().clamp(0, top).to(torch.int64)

@@ -1,4 +1,5 @@
-"""Training on W gloo ranks gives the model one rank gives (densification included), and a merged PLY."""
+"""Training on W gloo ranks gives the model one rank gives (densification and redistribution at every
+densification included), and a merged PLY."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ def _train_job(ctx, scene: str, out: str) -> dict:
         f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
-        "densify.reset_opacity_every=30", "dist.ownership=kd",
+        "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0",
     ])  # fmt: skip
     result = train(cfg, ctx)
-    return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"]}
+    return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"], "bytes": result["exchange_bytes_per_iteration"]}
 
 
 def _match(a, b) -> torch.Tensor:
@@ -51,4 +52,6 @@ def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path) -> None
         x, y = getattr(a, field), getattr(b, field)[idx]
         assert (x - y).abs().max() <= 1e-3 * max(1.0, float(x.abs().max())), field
     assert two[0]["psnr"] == pytest.approx(one["psnr"], abs=0.05)
-    assert sorted(p.name for p in (tmp_path / "w2").iterdir()) == ["config.yaml", "metrics.json", "model.ply", "renders", "tb"]
+    assert one["bytes"] == 0 < two[0]["bytes"]
+    names = sorted(p.name for p in (tmp_path / "w2").iterdir())
+    assert names == ["checkpoints", "config.yaml", "metrics.json", "model.ply", "renders", "tb"]

@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
 
 
@@ -44,6 +46,15 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """The element-wise ``op`` ("sum", "min" or "max") of ``tensor`` over all ranks, the same on each (a
+        new tensor; ``tensor`` itself for a single process)."""
+        if not self.distributed:
+            return tensor
+        out = tensor.clone()
+        dist.all_reduce(out, op=_REDUCE_OPS[op])
+        return out
 
 
 def single_process() -> DistContext:

@@ -29,6 +29,7 @@ from grendel_py.config import DensifyConfig
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.render.projection import Splats, quats_to_rotmats
+from partition.select import Reduce, local_reduce, ordered_key, take_smallest
 
 RESET_OPACITY = 0.01
 """Opacity ceiling applied by an opacity reset."""
@@ -39,21 +40,24 @@ SPLIT_SCALE_DIVISOR = 0.8 * SPLIT_CHILDREN
 
 
 class DensifyStrategy:
-    """Densification state and schedule for a scene of ``extent``; ``seed`` drives split sampling;
-    ``max_gaussians`` (default ``cfg.max_gaussians``) caps this model's (or this shard's) size.
+    """Densification state and schedule for a scene of ``extent``; ``seed`` drives split sampling.
+
+    With the model sharded over ranks, ``reduce`` (:meth:`~grendel_py.dist.runtime.DistContext.reduce`)
+    spans them: ``cfg.max_gaussians`` then caps the whole model, and when the cap binds the Gaussians with
+    the largest gradients (ties: lowest id) grow, whichever rank holds them.
 
     State, one row per Gaussian of the model: grad2d_sum [N] (sum of view-space gradient norms in NDC units),
     count [N] int32 (cameras in which the Gaussian was visible), max_radius2d [N] (largest pixel half
     extent seen). Empty (0 rows) until the first :meth:`observe` or :meth:`step`.
     """
 
-    def __init__(self, cfg: DensifyConfig, extent: float, seed: int, max_gaussians: int | None = None):
+    def __init__(self, cfg: DensifyConfig, extent: float, seed: int, reduce: Reduce = local_reduce):
         if not extent > 0.0:
             raise ValueError(f"extent: expected a number > 0, got {extent}")
         self.cfg = cfg
         self.extent = extent
         self.seed = seed
-        self.max_gaussians = cfg.max_gaussians if max_gaussians is None else max_gaussians
+        self.reduce = reduce
         self.grad2d_sum = torch.zeros(0)
         self.count = torch.zeros(0, dtype=torch.int32)
         self.max_radius2d = torch.zeros(0)
@@ -126,7 +130,7 @@ class DensifyStrategy:
         seen = self.count > 0
         grads = torch.where(seen, self.grad2d_sum / self.count.clamp_min(1), torch.zeros_like(self.grad2d_sum))
         small = gaussians.scales().max(dim=1).values <= c.percent_dense * self.extent
-        grow = _cap(grads >= c.grad_threshold, grads, self.max_gaussians - len(gaussians))
+        grow = self._cap(grads >= c.grad_threshold, grads, gaussians.ids)
         clone, split = grow & small, grow & ~small
 
         children = _split_children(gaussians.select(split), self.seed * 1_000_003 + images)
@@ -144,6 +148,17 @@ class DensifyStrategy:
             optimizer.keep(~removed)
         self._reset_stats(len(gaussians), gaussians.device)
         return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum())}
+
+    def _cap(self, candidates: torch.Tensor, grads: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``candidates`` (bool [N]) limited so that the whole model grows by at most max_gaussians minus its
+        size: those with the largest ``grads``, ties by lowest id, over all ranks."""
+        counts = self.reduce(torch.tensor([len(ids), int(candidates.sum())], device=ids.device), "sum")
+        budget = max(self.cfg.max_gaussians - int(counts[0]), 0)
+        if int(counts[1]) <= budget:
+            return candidates
+        group = (~candidates).to(torch.int64)  # candidates compete in group 0; group 1 takes nothing
+        take = torch.tensor([budget, 0], device=ids.device)
+        return candidates & take_smallest(ordered_key(-grads), ids, group, take, self.reduce)
 
     def _prune_mask(self, images: int, gaussians: Gaussians, max_radius2d: torch.Tensor) -> torch.Tensor:
         """Bool [N]: transparent Gaussians, and once past the first opacity reset also those too big on
@@ -182,17 +197,6 @@ def _last_multiple(before: int, after: int, every: int, lo: int, hi: int) -> int
     top = min(after, hi)
     m = top - top % every
     return m if m > before and m >= lo else None
-
-
-def _cap(candidates: torch.Tensor, grads: torch.Tensor, budget: int) -> torch.Tensor:
-    """``candidates`` (bool [N]) limited to the ``budget`` (clamped at 0) with the largest ``grads``."""
-    budget = max(budget, 0)
-    if int(candidates.sum()) <= budget:
-        return candidates
-    score = torch.where(candidates, grads, torch.full_like(grads, -math.inf))
-    capped = torch.zeros_like(candidates)
-    capped[torch.topk(score, budget).indices] = True
-    return capped
 
 
 def _split_children(parents: Gaussians, event_key: int) -> Gaussians:

@@ -3,10 +3,11 @@
 Each rank owns a spatially compact shard of the Gaussians (with its Adam state and densification
 statistics); :func:`grendel_py.dist.step.batch_loss` renders the batch across the ranks and returns this
 rank's share of the loss; backward returns every gradient to the owner; each rank steps and densifies its
-own shard. With one process the same code runs without a process group.
+own shard, and the shards are re-partitioned (:mod:`grendel_py.dist.redistribute`) when densification has
+unbalanced them. With one process the same code runs without a process group.
 
-The run folder (``train.out``) gets the resolved ``config.yaml`` first, TensorBoard scalars under ``tb/``
-while training, and at the end ``model.ply`` (one merged file), ``metrics.json`` and ``renders/`` (test views,
+The run folder (``train.out``) gets the resolved ``config.yaml`` first, TensorBoard scalars under ``tb/`` and
+sharded checkpoints under ``checkpoints/`` (:mod:`grendel_py.train.checkpoint`) while training, and at the end ``model.ply`` (one merged file), ``metrics.json`` and ``renders/`` (test views,
 render | ground truth). Every file is written atomically, by rank 0 except the merged PLY. Schedules count
 images, so the batch size can change freely.
 """
@@ -14,6 +15,8 @@ images, so the batch size can change freely.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.dist.export import write_merged_ply
 from grendel_py.dist.ids import IdAllocator
+from grendel_py.dist.redistribute import redistribute, should_redistribute
 from grendel_py.dist.runtime import DistContext
 from grendel_py.dist.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
@@ -34,36 +38,32 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
+from grendel_py.train.checkpoint import MANIFEST, Manifest, complete_checkpoints, load_shards, run_dir_of, save_checkpoint
 from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.sampler import CameraSampler
-from partition.spatial import assign_owners
 
 
-def train(cfg: Config, ctx: DistContext) -> dict:
-    """Train on ``cfg.data`` into the folder ``cfg.train.out``; returns the final metrics (on every rank)."""
-    out = _prepare_run_dir(cfg, ctx)
+def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict:
+    """Train on ``cfg.data`` into the folder ``cfg.train.out`` (fresh, or continuing from the checkpoint
+    ``resume`` of that folder); returns the final metrics (on every rank)."""
+    out = _prepare_run_dir(cfg, resume, ctx)
     torch.manual_seed(cfg.seed)
     t = cfg.train
     scene = scene_from_config(cfg.data)
     scene.check_images()
     if not scene.train_cameras:
         raise InputError(scene.source, "scene has no training cameras")
-    model = initial_gaussians(cfg.model, scene, cfg.seed)
-    owners = assign_owners(model.means, ctx.world_size, cfg.dist.ownership, ids=model.ids)
-    shard = model.select(owners == ctx.rank)
-    allocate_ids = IdAllocator(int(model.ids.max()) + 1, ctx)
-    del model
-    optimizer = GaussianOptimizer(shard, cfg.optim, scene.extent, t.batch_size)
-    densify = DensifyStrategy(cfg.densify, scene.extent, cfg.seed, cfg.densify.max_gaussians // ctx.world_size)
-    sampler = CameraSampler(len(scene.train_cameras), t.batch_size, cfg.seed)
+    optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
+    shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background)
     images = _ImageCache(scene)
 
-    writer = _writer(out, ctx)
-    seen, start = 0, time.perf_counter()
-    bar = tqdm(total=t.images, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
+    writer = _writer(out, seen, ctx)
+    start, first, iterations, exchanged = time.perf_counter(), seen, 0, 0.0
+    bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
     try:
         while seen < t.images:
+            tic = time.perf_counter()
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = [images[cam] for cam in cameras]
@@ -74,15 +74,24 @@ def train(cfg: Config, ctx: DistContext) -> dict:
             optimizer.update_lr(seen, t.images)
             optimizer.step()
             before, seen = seen, seen + len(cameras)
-            densify.step(before, seen, shard, optimizer, allocate_ids)
+            events = densify.step(before, seen, shard, optimizer, allocate_ids)
+            if events["densified"] and should_redistribute(len(shard), cfg.dist.rebalance_threshold, ctx):
+                events["moved"] = redistribute(optimizer, densify, cfg.dist.ownership, ctx)
+            if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
+                save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
 
-            stats = _batch_stats(loss, rendered, gts, len(shard), ctx)
+            stats = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), ctx)
+            stats["step_seconds"] = time.perf_counter() - tic
+            iterations, exchanged = iterations + 1, exchanged + stats["exchange_bytes"]
             bar.update(len(cameras))
-            rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", n=int(stats["gaussians"]), img_s=f"{rate:.1f}")
-            if writer is not None and _crossed(before, seen, t.log_every):
-                for key, value in {**stats, "images_per_s": rate}.items():
-                    writer.add_scalar(f"train/{key}", value, seen)
+            rate = (seen - first) / (time.perf_counter() - start)
+            bar.set_postfix(_postfix(stats, rate, ctx))
+            if writer is not None:
+                if _crossed(before, seen, t.log_every):
+                    for key, value in {**stats, "images_per_s": rate}.items():
+                        writer.add_scalar(f"train/{key}", value, seen)
+                if "moved" in events:
+                    writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx)
                 if writer is not None:
@@ -91,7 +100,13 @@ def train(cfg: Config, ctx: DistContext) -> dict:
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    result = _finish(out, cfg, scene, shard, background, elapsed, ctx)
+    timing = {
+        "train_seconds": elapsed,
+        "iterations": iterations,
+        "seconds_per_iteration": elapsed / max(iterations, 1),
+        "exchange_bytes_per_iteration": exchanged / max(iterations, 1),
+    }
+    result = _finish(out, cfg, scene, shard, background, timing, ctx)
     if writer is not None:
         if result["test"]:
             writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
@@ -100,31 +115,68 @@ def train(cfg: Config, ctx: DistContext) -> dict:
     return result
 
 
-def _prepare_run_dir(cfg: Config, ctx: DistContext) -> Path:
-    """Check (every rank) and create (rank 0) the run folder; rank 0 saves the resolved config."""
+def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: DistContext):
+    """(optimizer over this rank's shard, densification, camera sampler, id allocator, images seen): from
+    the initial Gaussians of the scene, or from the checkpoint ``resume`` (on any number of ranks)."""
+    densify = DensifyStrategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
+    sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
+    if resume is None:
+        model = initial_gaussians(cfg.model, scene, cfg.seed)
+        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank)  # redistributed below
+        allocate_ids, seen = IdAllocator(int(model.ids.max()) + 1, ctx), 0
+        del model
+    else:
+        where = resume.folder / MANIFEST
+        if resume.sh_degree != cfg.model.sh_degree:
+            raise InputError(where, f"checkpoint has SH degree {resume.sh_degree}, the config {cfg.model.sh_degree}")
+        if any(i >= len(scene.train_cameras) for i in resume.sampler["order"]):
+            raise InputError(where, "checkpoint was made on a scene with more training cameras than this one")
+        loaded = load_shards(resume, ctx)
+        shard = Gaussians(**loaded["optimizer"]["params"], ids=loaded["optimizer"]["ids"])
+        sampler.load_state_dict(resume.sampler)
+        allocate_ids, seen = IdAllocator(resume.next_id, ctx), resume.images_seen
+    optimizer = GaussianOptimizer(shard, cfg.optim, scene.extent, cfg.train.batch_size)
+    if resume is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        densify.load_state_dict(loaded["densify"])
+    if resume is None or resume.world_size != ctx.world_size:
+        redistribute(optimizer, densify, cfg.dist.ownership, ctx)
+    return optimizer, densify, sampler, allocate_ids, seen
+
+
+def _prepare_run_dir(cfg: Config, resume: Manifest | None, ctx: DistContext) -> Path:
+    """Check (every rank) and create (rank 0) the run folder; rank 0 saves the resolved config. A resumed
+    run keeps its folder; checkpoints newer than the one resumed from are removed."""
     if not cfg.train.out:
         raise InputError(None, "train.out is not set: give the run's output folder, e.g. train.out=runs/demo")
     out = Path(cfg.train.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "output folder exists and is not empty; choose a new path")
+    if resume is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "output folder exists and is not empty; choose a new path (or --resume it)")
+    if resume is not None and run_dir_of(resume).resolve() != out.resolve():
+        raise InputError(out, f"train.out must be the folder of the checkpoint {resume.folder}")
     if ctx.distributed:
-        dist.barrier()  # every rank has seen the folder empty before rank 0 fills it
+        dist.barrier()  # every rank has seen the folder before rank 0 changes it
     if ctx.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(out, f"cannot create output folder: {e.strerror}") from None
         save_config(cfg, out / "config.yaml")
+        if resume is not None:
+            for later in complete_checkpoints(out):
+                if later.images_seen > resume.images_seen:
+                    shutil.rmtree(later.folder)
     return out
 
 
-def _writer(out: Path, ctx: DistContext):
-    """TensorBoard writer on rank 0, None elsewhere."""
+def _writer(out: Path, seen: int, ctx: DistContext):
+    """TensorBoard writer on rank 0 (events after ``seen`` images, from a run that stopped, are dropped);
+    None elsewhere."""
     if not ctx.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=seen + 1 if seen else None)
 
 
 class _ImageCache:
@@ -139,16 +191,31 @@ class _ImageCache:
         return self.cache[camera.uid]
 
 
-def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, ctx: DistContext) -> dict:
-    """Mean loss per image, PSNR of the whole batch and the model size, summed over ranks (one all-reduce)."""
+def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, ctx: DistContext) -> dict:
+    """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
+    Gaussians moved by a redistribution, summed over ranks (one all-reduce)."""
     sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
-    values = torch.tensor([float(loss.detach()), float(sums), float(n_local)], dtype=torch.float64)
-    if ctx.distributed:
-        dist.all_reduce(values)
+    values = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
+    values = ctx.reduce(values, "sum")
     mse = float(values[1]) / (3 * pixels)
-    psnr = -10.0 * torch.log10(torch.tensor(max(mse, 1e-12))).item()
-    return {"loss": float(values[0]) / len(gts), "psnr": psnr, "gaussians": float(values[2])}
+    psnr = -10.0 * math.log10(max(mse, 1e-12))
+    return {
+        "loss": float(values[0]) / len(gts),
+        "psnr": psnr,
+        "gaussians": float(values[2]),
+        "exchange_bytes": float(values[3]),
+        "moved_gaussians": float(values[4]),
+    }
+
+
+def _postfix(stats: dict, rate: float, ctx: DistContext) -> dict:
+    """The progress bar's fields."""
+    shown = {"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.2f}", "n": int(stats["gaussians"])}
+    if ctx.distributed:
+        shown["xfer"] = f"{stats['exchange_bytes'] / 2**20:.2f}MiB"
+    shown["img_s"] = f"{rate:.1f}"
+    return shown
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -156,14 +223,14 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _finish(out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, elapsed: float, ctx: DistContext) -> dict:
+def _finish(out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, timing: dict, ctx: DistContext) -> dict:
     """Write model.ply (merged from every rank), renders/ and metrics.json; return the metrics."""
     model = Gaussians(**{k: v.detach() for k, v in vars(shard).items()})
     write_merged_ply(out / "model.ply", model, ctx)
     test = None
     if scene.test_cameras:
         if ctx.is_main:
-            with staged_dir(out / "renders") as renders:
+            with staged_dir(out / "renders", replace=True) as renders:
                 test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders)
         else:
             test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, None, cfg.train.eval_renders)
@@ -173,7 +240,7 @@ def _finish(out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, 
     result = {
         "images": cfg.train.images,
         "world_size": ctx.world_size,
-        "train_seconds": elapsed,
+        **timing,
         "num_gaussians": int(total.item()),
         "test": test,
         "config": config_to_dict(cfg),

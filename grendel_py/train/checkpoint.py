@@ -1,0 +1,223 @@
+"""Sharded checkpoints that a run can resume from, on the same number of ranks or on another.
+
+A checkpoint is the folder ``RUN/checkpoints/images_{seen:09d}/`` with one ``rank_{r:05d}.pt`` per rank (that
+rank's parameters, ids, Adam state and densification statistics) and ``manifest.json`` (world size, images
+seen, shard sizes, the camera sampler's state, the next free Gaussian id, the SH degree). Each rank writes
+its file atomically; rank 0 writes the manifest last, after every rank has finished, so a folder without a
+manifest is an interrupted checkpoint and is ignored. Rank 0 then deletes all but the newest ``keep``.
+
+Resuming on the same world size loads each rank's own file: the run continues exactly as if it had not
+stopped. On another world size rank r loads the files r, r + W, r + 2W, ... and the caller redistributes
+(:func:`grendel_py.dist.redistribute.redistribute`), so the Adam state travels with its Gaussians.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from grendel_py.dist.runtime import DistContext
+from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open
+from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.gaussians import num_sh_rest
+from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+_PREFIX = "images_"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` records about a complete checkpoint in ``folder``."""
+
+    folder: Path
+    world_size: int
+    images_seen: int
+    shard_sizes: list[int]
+    sampler: dict
+    next_id: int
+    sh_degree: int
+
+    def shard_file(self, rank: int) -> Path:
+        return self.folder / f"rank_{rank:05d}.pt"
+
+
+def checkpoint_dir(run_dir: Path, images_seen: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{_PREFIX}{images_seen:09d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    images_seen: int,
+    optimizer: GaussianOptimizer,
+    densify: DensifyStrategy,
+    sampler_state: dict,
+    next_id: int,
+    keep: int,
+    ctx: DistContext,
+) -> Path:
+    """Write this rank's shard and (rank 0) the manifest of checkpoint ``images_seen``; collective. Keeps the
+    newest ``keep`` complete checkpoints. Returns the checkpoint folder."""
+    folder = checkpoint_dir(run_dir, images_seen)
+    state = {
+        "format": FORMAT,
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "images_seen": images_seen,
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "densify": _to_cpu(densify.state_dict()),
+    }
+    with atomic_open(folder / f"rank_{ctx.rank:05d}.pt") as f:
+        torch.save(state, f)
+    sizes = [0] * ctx.world_size
+    sizes[ctx.rank] = len(optimizer.gaussians)
+    if ctx.distributed:
+        sizes = ctx.reduce(torch.tensor(sizes), "sum").tolist()  # also: every rank has written its file
+    if ctx.is_main:
+        manifest = {
+            "format": FORMAT,
+            "world_size": ctx.world_size,
+            "images_seen": images_seen,
+            "shard_sizes": sizes,
+            "sampler": sampler_state,
+            "next_id": next_id,
+            "sh_degree": optimizer.gaussians.sh_degree,
+        }
+        with atomic_open(folder / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+        for old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old.folder, ignore_errors=True)
+    if ctx.distributed:
+        dist.barrier()  # the manifest exists before anyone goes on
+    return folder
+
+
+def complete_checkpoints(run_dir: Path) -> list[Manifest]:
+    """The checkpoints of ``run_dir`` that have a manifest, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / MANIFEST).is_file()]
+    return [read_manifest(p) for p in sorted(found)]
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of the checkpoint ``folder``; InputError naming the file when it is missing or bad."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no checkpoint manifest here (not a checkpoint, or an interrupted one)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"unreadable checkpoint manifest: {e}") from None
+    try:
+        if data["format"] != FORMAT:
+            raise InputError(path, f"checkpoint format {data['format']} is not the supported {FORMAT}")
+        manifest = Manifest(
+            Path(folder), int(data["world_size"]), int(data["images_seen"]), [int(n) for n in data["shard_sizes"]],
+            dict(data["sampler"]), int(data["next_id"]), int(data["sh_degree"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(path, f"checkpoint manifest lacks or garbles {e}") from None
+    if len(manifest.shard_sizes) != manifest.world_size:
+        raise InputError(path, f"{len(manifest.shard_sizes)} shard sizes for world size {manifest.world_size}")
+    return manifest
+
+
+def find_checkpoint(path: Path) -> Manifest:
+    """The checkpoint to resume from: ``path`` itself if it is a checkpoint folder, else the newest complete
+    checkpoint of the run folder ``path``."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return read_manifest(path)
+    if not path.is_dir():
+        raise InputError(path, "no such run folder or checkpoint to resume from")
+    found = complete_checkpoints(path)
+    if not found:
+        raise InputError(path, "no complete checkpoint in this run folder (checkpoints/images_*/manifest.json)")
+    return found[-1]
+
+
+def run_dir_of(manifest: Manifest) -> Path:
+    """The run folder a checkpoint belongs to."""
+    return manifest.folder.parent.parent
+
+
+def load_shards(manifest: Manifest, ctx: DistContext) -> dict[str, Any]:
+    """This rank's part of the checkpoint: {"optimizer": optimizer state, "densify": statistics}, from its own
+    file on the same world size, else the concatenation of files rank, rank + W, ... (rows to redistribute)."""
+    files = [manifest.shard_file(r) for r in range(ctx.rank, manifest.world_size, ctx.world_size)]
+    states = [_read_shard(f, manifest) for f in files]
+    if len(states) == 1:
+        return {"optimizer": states[0]["optimizer"], "densify": states[0]["densify"]}
+    if not states:  # more ranks than shards: this one starts empty and receives its share
+        return _empty(manifest.sh_degree)
+    return _concat(states)
+
+
+def _read_shard(path: Path, manifest: Manifest) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, "checkpoint shard is missing") from None
+    except Exception as e:  # torch.load reports corruption with assorted exception types
+        raise InputError(path, f"unreadable checkpoint shard: {e}") from None
+    rank = int(path.stem.split("_")[1])
+    n = len(state["optimizer"]["ids"])
+    if n != manifest.shard_sizes[rank] or state["images_seen"] != manifest.images_seen:
+        raise InputError(path, f"shard holds {n} Gaussians at {state['images_seen']} images; the manifest says "
+                         f"{manifest.shard_sizes[rank]} at {manifest.images_seen}")  # fmt: skip
+    return state
+
+
+def _empty(sh_degree: int) -> dict[str, Any]:
+    """A state with no Gaussians of degree ``sh_degree`` (Adam state: none yet)."""
+    params = {
+        "means": torch.zeros(0, 3), "log_scales": torch.zeros(0, 3), "quats": torch.zeros(0, 4),
+        "opacity_logits": torch.zeros(0), "sh0": torch.zeros(0, 1, 3), "shN": torch.zeros(0, num_sh_rest(sh_degree), 3),
+    }  # fmt: skip
+    optimizer = {"params": params, "ids": torch.zeros(0, dtype=torch.int64), "adam": {f: {} for f in TRAINABLE}}
+    densify = {"grad2d_sum": torch.zeros(0), "count": torch.zeros(0, dtype=torch.int32), "max_radius2d": torch.zeros(0)}
+    return {"optimizer": optimizer, "densify": densify}
+
+
+def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One optimizer state and one set of statistics from several shards (Adam moments are zero where a
+    shard had not stepped; step counts: the largest)."""
+    opts = [s["optimizer"] for s in states]
+    params = {f: torch.cat([o["params"][f] for o in opts]) for f in TRAINABLE}
+    adam = {}
+    for f in TRAINABLE:
+        stepped = [o["adam"][f] for o in opts if o["adam"][f]]
+        if not stepped:
+            adam[f] = {}
+            continue
+        adam[f] = {"step": max((s["step"] for s in stepped), key=float).clone()}
+        for key in ("exp_avg", "exp_avg_sq"):
+            adam[f][key] = torch.cat([o["adam"][f][key] if o["adam"][f] else torch.zeros_like(o["params"][f]) for o in opts])
+    densify = {}
+    for key in ("grad2d_sum", "count", "max_radius2d"):
+        parts = []
+        for s, o in zip(states, opts):
+            value = s["densify"][key]
+            n = len(o["ids"])
+            parts.append(value if len(value) == n else torch.zeros(n, dtype=value.dtype))
+        densify[key] = torch.cat(parts)
+    ids = torch.cat([o["ids"] for o in opts])
+    return {"optimizer": {"params": params, "ids": ids, "adam": adam}, "densify": densify}
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
