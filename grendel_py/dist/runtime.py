@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from grendel_py.errors import InputError
+
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
@@ -105,16 +107,20 @@ def _mpi_rendezvous() -> tuple[int, int, int, str]:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    launched = next((os.environ[k] for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE") if k in os.environ), None)
+    if launched is not None and launched.isdigit() and int(launched) != comm.Get_size():
+        raise InputError(None, f"the MPI launcher started {launched} processes but mpi4py sees {comm.Get_size()}: "
+                         f"mpiexec and mpi4py come from different MPI implementations ({MPI.Get_library_version().splitlines()[0]})")  # fmt: skip
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     local_rank = local.Get_rank()
     local.Free()
     address = None
     if comm.Get_rank() == 0:
-        host = socket.gethostname()
+        host = os.environ.get("MASTER_ADDR") or socket.gethostname()  # a name other hosts resolve (not an address that may be loopback)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        address = f"tcp://{socket.gethostbyname(host)}:{port}"
+        address = f"tcp://{host}:{port}"
     address = comm.bcast(address, root=0)
     return comm.Get_rank(), comm.Get_size(), local_rank, address
 
