@@ -38,6 +38,7 @@ def run(world: int, scene: Path, images: int, out: Path) -> dict:
         "iterations": metrics["iterations"],
         "seconds_per_iteration": metrics["seconds_per_iteration"],
         "exchange_bytes_per_iteration": metrics["exchange_bytes_per_iteration"],
+        "mean_balance": metrics["mean_balance"],
         "num_gaussians": metrics["num_gaussians"],
         "test_psnr": metrics["test"]["psnr"] if metrics["test"] else None,
         "command": " ".join(cmd),

@@ -162,6 +162,7 @@ class DistConfig:
     """How the model is shared among ranks (ignored by a single process)."""
 
     ownership: Literal["kd", "morton", "array-order"] = "kd"
+    assignment: Literal["balanced", "rows"] = "balanced"
     rebalance_threshold: float | None = 1.1
     timeout_s: float = 600.0
 

@@ -42,10 +42,11 @@ def _reference():
     return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids
 
 
-def _rank_job(ctx):
+def _rank_job(ctx, assignment: str = "balanced"):
     g, cams, images = _setup()
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))  # ownership scattered through space
-    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx)
+    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx, assignment)
+    assert out.balance >= 1.0 and (ctx.world_size > 1 or out.balance == 1.0)
     loss.backward()
     grads = {k: getattr(shard, k).grad for k in FIELDS}
     return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent
@@ -79,3 +80,8 @@ def test_w_ranks_match_one_rank(world: int) -> None:
     results = run_ranks(world, _rank_job)
     _check(results, _reference())
     assert sum(r[5] for r in results) > 0  # splats really crossed ranks
+
+
+def test_grendel_row_bands_give_the_same_result() -> None:
+    results = run_ranks(3, _rank_job, "rows")
+    _check(results, _reference())

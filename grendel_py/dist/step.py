@@ -30,7 +30,7 @@ from grendel_py.render import project, rasterize
 from grendel_py.render.intersect import tile_counts_per_tile
 from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
-from partition.assign import Assignment, assign_tiles
+from partition.assign import Assignment, assign_tiles, rows_assignment
 from partition.tiles import TileGrid
 
 
@@ -38,7 +38,8 @@ from partition.tiles import TileGrid
 class Rendered:
     """This rank's part of a batch: the projected splats of its shard per camera (``means2d`` grads kept for
     densification), its tiles and their colours per camera, its regions (with halos), the assignment, the
-    received rows every rank must keep in its graph, and the bytes it sent."""
+    received rows every rank must keep in its graph, the bytes it sent, and the assignment's balance
+    (largest over mean work per rank, work = tile intersections + 1 per tile; the same on every rank)."""
 
     splats: list[Splats]
     tile_ids: list[torch.Tensor]
@@ -47,12 +48,19 @@ class Rendered:
     assignment: Assignment
     tie: torch.Tensor
     bytes_sent: int
+    balance: float
 
 
 def render_batch(
-    shard: Gaussians, cameras: list[Camera], background: torch.Tensor, sh_degree: int, ctx: DistContext
+    shard: Gaussians,
+    cameras: list[Camera],
+    background: torch.Tensor,
+    sh_degree: int,
+    ctx: DistContext,
+    assignment: str = "balanced",
 ) -> Rendered:
-    """Steps 1-6 above for the cameras of one batch."""
+    """Steps 1-6 above for the cameras of one batch. ``assignment``: "balanced" (contiguous tile ranges of
+    equal cost) or "rows" (Grendel's cost-blind split of each image into bands of tile rows)."""
     grids = [TileGrid(c.width, c.height) for c in cameras]
     splats = [project(shard, cam, sh_degree) for cam in cameras]
     if torch.is_grad_enabled():
@@ -63,8 +71,14 @@ def render_batch(
         flat = torch.cat(costs)
         dist.all_reduce(flat)
         costs = list(flat.split([g.n_tiles for g in grids]))
-    assignment = assign_tiles(costs, ctx.world_size)
-    owners = [assignment.owner_table(b, g.n_tiles) for b, g in enumerate(grids)]
+    if assignment == "balanced":
+        plan = assign_tiles(costs, ctx.world_size, base_cost=1.0)
+    elif assignment == "rows":
+        plan = rows_assignment(grids, ctx.world_size)
+    else:
+        raise ValueError(f"assignment {assignment!r} is not 'balanced' or 'rows'")
+    balance = plan.balance([c.double() + 1.0 for c in costs])
+    owners = [plan.owner_table(b, g.n_tiles) for b, g in enumerate(grids)]
     visible = [s.select(s.visible) for s in splats]
     received = exchange_splats(visible, grids, owners, ctx)
 
@@ -77,7 +91,7 @@ def render_batch(
     regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
-    return Rendered(splats, tile_ids, tile_colors, regions, assignment, tie, received.bytes_sent)
+    return Rendered(splats, tile_ids, tile_colors, regions, plan, tie, received.bytes_sent, balance)
 
 
 def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
@@ -95,9 +109,10 @@ def batch_loss(
     sh_degree: int,
     lambda_dssim: float,
     ctx: DistContext,
+    assignment: str = "balanced",
 ) -> tuple[torch.Tensor, Rendered]:
     """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered."""
-    rendered = render_batch(shard, cameras, background, sh_degree, ctx)
+    rendered = render_batch(shard, cameras, background, sh_degree, ctx, assignment)
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:

@@ -59,7 +59,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
     images = _ImageCache(scene)
 
     writer = _writer(out, seen, ctx)
-    start, first, iterations, exchanged = time.perf_counter(), seen, 0, 0.0
+    start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
     bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
     try:
         while seen < t.images:
@@ -67,7 +67,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = [images[cam] for cam in cameras]
-            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx)
+            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, cfg.dist.assignment)
             loss.backward()
             for cam, splats in zip(cameras, rendered.splats):
                 densify.observe(splats, splats.means2d.grad, cam.width, cam.height)
@@ -82,7 +82,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
 
             stats = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), ctx)
             stats["step_seconds"] = time.perf_counter() - tic
-            iterations, exchanged = iterations + 1, exchanged + stats["exchange_bytes"]
+            iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
             rate = (seen - first) / (time.perf_counter() - start)
             bar.set_postfix(_postfix(stats, rate, ctx))
@@ -105,6 +105,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
         "iterations": iterations,
         "seconds_per_iteration": elapsed / max(iterations, 1),
         "exchange_bytes_per_iteration": exchanged / max(iterations, 1),
+        "mean_balance": balance / max(iterations, 1),
     }
     result = _finish(out, cfg, scene, shard, background, timing, ctx)
     if writer is not None:
@@ -193,7 +194,7 @@ class _ImageCache:
 
 def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, ctx: DistContext) -> dict:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
-    Gaussians moved by a redistribution, summed over ranks (one all-reduce)."""
+    Gaussians moved by a redistribution, summed over ranks (one all-reduce); the tile assignment's balance."""
     sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     values = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
@@ -206,6 +207,7 @@ def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local:
         "gaussians": float(values[2]),
         "exchange_bytes": float(values[3]),
         "moved_gaussians": float(values[4]),
+        "balance": rendered.balance,
     }
 
 
@@ -214,6 +216,7 @@ def _postfix(stats: dict, rate: float, ctx: DistContext) -> dict:
     shown = {"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.2f}", "n": int(stats["gaussians"])}
     if ctx.distributed:
         shown["xfer"] = f"{stats['exchange_bytes'] / 2**20:.2f}MiB"
+        shown["bal"] = f"{stats['balance']:.2f}"
     shown["img_s"] = f"{rate:.1f}"
     return shown
 
