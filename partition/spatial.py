@@ -40,12 +40,7 @@ def assign_owners(
     ``means`` [N, 3]; ``weights`` [N], finite and >= 0 (default 1; all zero counts as all 1); ``ids`` [N]
     int64, unique global ids that break ties (default ``arange(N)``). Ranks may get nothing when N < world_size.
     """
-    if mode not in OWNERSHIP_MODES:
-        raise ValueError(f"ownership mode {mode!r} is not one of {OWNERSHIP_MODES}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if means.dim() != 2 or means.shape[1] != 3:
-        raise ValueError(f"means must be [N, 3], got {list(means.shape)}")
+    _check_partition_args(means, world_size, mode)
     n = means.shape[0]
     device = means.device
     if not bool(torch.isfinite(means).all()):
@@ -93,12 +88,7 @@ def sharded_owners(
     the cell sizes (and for kd the cell boxes), then one :func:`~partition.select.take_smallest` per level
     for every cell at once.
     """
-    if mode not in OWNERSHIP_MODES:
-        raise ValueError(f"ownership mode {mode!r} is not one of {OWNERSHIP_MODES}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if means.dim() != 2 or means.shape[1] != 3:
-        raise ValueError(f"means must be [N, 3], got {list(means.shape)}")
+    _check_partition_args(means, world_size, mode)
     n, device = means.shape[0], means.device
     if ids.shape != (n,) or ids.dtype != torch.int64:
         raise ValueError(f"ids must be int64 [{n}], got {ids.dtype} {list(ids.shape)}")
@@ -137,6 +127,16 @@ def sharded_owners(
         left = take_smallest(keys, ids, lo, take, reduce)
         lo = torch.where((size > 1)[lo] & ~left, mid[lo], lo)
     return lo
+
+
+def _check_partition_args(means: torch.Tensor, world_size: int, mode: str) -> None:
+    """ValueError unless ``mode`` is known, ``world_size`` >= 1 and ``means`` is [N, 3]."""
+    if mode not in OWNERSHIP_MODES:
+        raise ValueError(f"ownership mode {mode!r} is not one of {OWNERSHIP_MODES}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if means.dim() != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must be [N, 3], got {list(means.shape)}")
 
 
 def _bisection_levels(world_size: int, device: torch.device) -> list[torch.Tensor]:

@@ -12,20 +12,18 @@ import torch
 from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import scene_from_config
-from grendel_py.data.synthetic import write_synthetic
 from grendel_py.dist.runtime import single_process
 from grendel_py.errors import InputError
 from grendel_py.model.optim import TRAINABLE
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train.loop import _initial_state, train
 from tests.dist_util import run_ranks
+from tests.shards import rows_by_id
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "scene"
-    write_synthetic(out, "object", seed=3)
-    return out
+def scene(object_scene_seed2: Path) -> Path:
+    return object_scene_seed2
 
 
 def _cfg(scene: str, out: str):
@@ -83,19 +81,6 @@ def _state_job(ctx, scene: str, ckpt: str) -> dict:
     return {"opt": optimizer.state_dict(), "densify": densify.state_dict()}
 
 
-def _by_id(opt_states: list[dict], densify_states: list[dict]) -> dict[str, torch.Tensor]:
-    ids = torch.cat([s["ids"] for s in opt_states])
-    order = torch.argsort(ids)
-    out = {"ids": ids[order]}
-    for f in TRAINABLE:
-        out[f] = torch.cat([s["params"][f] for s in opt_states])[order]
-        for key in ("exp_avg", "exp_avg_sq"):
-            out[f"{f}.{key}"] = torch.cat([s["adam"][f][key] for s in opt_states])[order]
-    for key in ("grad2d_sum", "count", "max_radius2d"):
-        out[key] = torch.cat([d[key] for d in densify_states])[order]
-    return out
-
-
 @pytest.mark.parametrize("saved, resumed", [(2, 1), (1, 2)])
 def test_resume_on_another_world_size_keeps_the_adam_state(scene: Path, tmp_path: Path, saved: int, resumed: int) -> None:
     run = tmp_path / "run"
@@ -103,12 +88,12 @@ def test_resume_on_another_world_size_keeps_the_adam_state(scene: Path, tmp_path
     ckpt = checkpoint_dir(run, 20)
     manifest = find_checkpoint(ckpt)
     files = [torch.load(manifest.shard_file(r), weights_only=True) for r in range(saved)]
-    want = _by_id([f["optimizer"] for f in files], [f["densify"] for f in files])
+    want = rows_by_id([f["optimizer"] for f in files], [f["densify"] for f in files])
     if resumed == 1:
         got_states = [_state_job(single_process(), str(scene), str(ckpt))]
     else:
         got_states = run_ranks(resumed, _state_job, str(scene), str(ckpt))
-    got = _by_id([s["opt"] for s in got_states], [s["densify"] for s in got_states])
+    got = rows_by_id([s["opt"] for s in got_states], [s["densify"] for s in got_states])
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key
@@ -127,7 +112,7 @@ def _final_state(run: Path) -> dict[str, torch.Tensor]:
     manifest = find_checkpoint(run)
     assert manifest.images_seen == 40
     files = [torch.load(manifest.shard_file(r), weights_only=True) for r in range(manifest.world_size)]
-    return _by_id([f["optimizer"] for f in files], [f["densify"] for f in files])
+    return rows_by_id([f["optimizer"] for f in files], [f["densify"] for f in files])
 
 
 def test_broken_checkpoints_are_reported_by_file(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

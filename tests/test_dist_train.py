@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from grendel_py.config import load_config
-from grendel_py.data.synthetic import write_synthetic
 from grendel_py.model.ply import read_ply
 from grendel_py.train.loop import train
 from tests.dist_util import run_ranks
@@ -34,10 +33,8 @@ def _match(a, b) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist_train") / "scene"
-    write_synthetic(out, "object", seed=2)
-    return out
+def scene(object_scene_seed2: Path) -> Path:
+    return object_scene_seed2
 
 
 def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from grendel_py.data.synthetic import write_synthetic
 from grendel_py.dist.runtime import detect_launcher, init_distributed, shutdown
 from tests.dist_util import free_port
 
@@ -79,10 +78,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mpi_launch") / "scene"
-    write_synthetic(out, "object", seed=2)
-    return out
+def scene(object_scene_seed2: Path) -> Path:
+    return object_scene_seed2
 
 
 def _train_args(scene: Path, out: Path) -> list[str]:

@@ -16,6 +16,7 @@ from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from partition.spatial import assign_owners
 from tests.dist_util import run_ranks
 from tests.render_scenes import random_gaussians
+from tests.shards import rows_by_id
 from tests.test_dist_step import BG
 from tests.test_dist_step import _setup as dist_step_scene
 
@@ -50,17 +51,10 @@ def _move_job(ctx) -> dict:
 
 
 def _by_id(parts: list[dict]) -> dict:
-    """Concatenate per-rank snapshots and order rows by id."""
-    ids = torch.cat([p["ids"] for p in parts])
-    order = torch.argsort(ids)
-    out = {"ids": ids[order]}
+    """Concatenate per-rank snapshots, rows ordered by id, with the set of Adam step counts per field."""
+    out = rows_by_id(parts, [p["densify"] for p in parts])
     for f in TRAINABLE:
-        out[f] = torch.cat([p["params"][f] for p in parts])[order]
-        for key in ("exp_avg", "exp_avg_sq"):
-            out[f"{f}.{key}"] = torch.cat([p["adam"][f][key] for p in parts])[order]
         out[f"{f}.step"] = {float(p["adam"][f]["step"]) for p in parts}
-    for key in ("grad2d_sum", "count", "max_radius2d"):
-        out[key] = torch.cat([p["densify"][key] for p in parts])[order]
     return out
 
 

@@ -79,8 +79,7 @@ def save_checkpoint(
         torch.save(state, f)
     sizes = [0] * ctx.world_size
     sizes[ctx.rank] = len(optimizer.gaussians)
-    if ctx.distributed:
-        sizes = ctx.reduce(torch.tensor(sizes), "sum").tolist()  # also: every rank has written its file
+    sizes = ctx.reduce(torch.tensor(sizes), "sum").tolist()  # collective: every rank has written its file
     if ctx.is_main:
         manifest = {
             "format": FORMAT,
