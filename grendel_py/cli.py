@@ -1,4 +1,4 @@
-"""The ``grendel`` command: synth, info, init, render, train and eval.
+"""The ``grendel`` command: synth, info, init, render, train, eval and simulate.
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
@@ -128,6 +128,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
+    return values
+
+
+def _tolerance_list(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for v in text.split(","):
+        try:
+            out.append(None if v == "auto" else float(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is neither a number nor 'auto'") from None
+        if out[-1] is not None and not out[-1] >= 0:
+            raise argparse.ArgumentTypeError(f"tolerance {v} must be >= 0")
+    return out
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from grendel_py import simulate as sim
+
+    if max(args.worlds) > 64:
+        raise InputError(None, f"--worlds: the simulator handles at most 64 ranks, got {max(args.worlds)}")
+    scenes = []
+    for name in args.scenes.split(","):
+        if name == "city":
+            scenes.append(sim.city_scene(args.city_gaussians, args.city_scale, args.seed))
+        elif name == "fox":
+            if not args.fox.exists():
+                print(f"simulate: skipping fox: {args.fox} not found", file=sys.stderr)
+                continue
+            if args.fox_model is not None and not args.fox_model.exists():
+                raise InputError(args.fox_model, "model PLY not found")
+            scenes.append(sim.captured_scene(args.fox, args.fox_model, args.fox_downscale, args.seed))
+        else:
+            raise InputError(None, f"--scenes: unknown scene {name!r}; choose from city, fox")
+    rows = sim.sweep(
+        scenes, args.worlds, args.batch_factors, args.tolerances, args.images,
+        args.intersection_ns * 1e-9, args.link_gbps * 1e9 / 8, args.seed,
+    )  # fmt: skip
+    print(sim.rows_to_json(rows) if args.json else sim.rows_to_markdown(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grendel", description="Distributed 3D Gaussian Splatting.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +221,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "simulate",
+        help="W virtual ranks in one process: bytes exchanged, balance and modelled time of each tile assignment",
+    )
+    p.add_argument("--scenes", default="city,fox", help="comma-separated: city (synthetic), fox (--fox; skipped if absent)")
+    p.add_argument("--worlds", type=_int_list, default=[4, 8, 16, 32, 64], help="world sizes (at most 64)")
+    p.add_argument("--batch-factors", type=_int_list, default=[1, 4], help="batch sizes as multiples of W")
+    p.add_argument(
+        "--tolerances", type=_tolerance_list, default=[0.0, 0.04, 0.1, 0.2, None],
+        help="locality tolerances to try with spatial ownership ('auto': the cost model picks)",
+    )  # fmt: skip
+    p.add_argument("--images", type=int, default=336, help="images per configuration (iterations = images / batch, >= 1)")
+    p.add_argument("--intersection-ns", type=float, default=1.0, help="modelled rasterize time per intersection")
+    p.add_argument("--link-gbps", type=float, default=100.0, help="modelled per-rank link bandwidth, Gbit/s")
+    p.add_argument("--city-gaussians", type=int, default=300_000)
+    p.add_argument("--city-scale", type=int, default=6, help="city images are 160x120 times this")
+    p.add_argument("--fox", type=Path, default=Path("../shared/data/fox"), help="captured scene folder")
+    p.add_argument("--fox-model", type=Path, help="trained PLY for the captured scene (default: its random initial model)")
+    p.add_argument("--fox-downscale", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help='print {"rows": [...]} instead of markdown tables')
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 

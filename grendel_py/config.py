@@ -162,11 +162,18 @@ class DistConfig:
     """How the model is shared among ranks (ignored by a single process)."""
 
     ownership: Literal["kd", "morton", "array-order"] = "kd"
-    assignment: Literal["balanced", "rows"] = "balanced"
+    assignment: Literal["locality", "balanced", "rows", "majority"] = "locality"
+    tolerance: float | None = None
+    link_gbps: float = 100.0
+    calibrate: bool = True
+    batch_sampling: Literal["random", "owner-aware"] = "random"
     rebalance_threshold: float | None = 1.1
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        tol = self.tolerance
+        _require(tol is None or tol >= 0, "tolerance", tol, "a number >= 0 (work above the fair share), or null (automatic)")
+        _require(self.link_gbps > 0, "link_gbps", self.link_gbps, "a bandwidth in Gbit/s > 0")
         t = self.rebalance_threshold
         _require(t is None or t >= 1.0, "rebalance_threshold", t, "a number >= 1 (largest / mean shard), or null")
         _require(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number of seconds > 0")

@@ -32,7 +32,7 @@ def _cfg(scene: str, out: str):
         "train.eval_every=0", "train.eval_renders=1", "train.log_every=2", "train.sh_degree_every=20",
         "train.checkpoint_every=20", "train.keep_checkpoints=2", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
-        "densify.reset_opacity_every=30", "dist.rebalance_threshold=1.0",
+        "densify.reset_opacity_every=30", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
     ])  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import torch
 
 from grendel_py.dist.runtime import init_distributed
 from grendel_py.dist.step import batch_loss
+from partition.balancer import TileBalancer
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render
 from grendel_py.train.loss import photometric_loss
@@ -42,11 +43,13 @@ def _reference():
     return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids
 
 
-def _rank_job(ctx, assignment: str = "balanced"):
+def _rank_job(ctx, assignment: str = "locality"):
     g, cams, images = _setup()
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))  # ownership scattered through space
-    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx, assignment)
-    assert out.balance >= 1.0 and (ctx.world_size > 1 or out.balance == 1.0)
+    balancer = TileBalancer(assignment, ctx.world_size, calibrate=False)
+    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx, balancer)
+    balance = out.assignment.balance(balancer.work(out.table))
+    assert balance >= 1.0 and (ctx.world_size > 1 or balance == 1.0)
     loss.backward()
     grads = {k: getattr(shard, k).grad for k in FIELDS}
     return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent
@@ -82,6 +85,7 @@ def test_w_ranks_match_one_rank(world: int) -> None:
     assert sum(r[5] for r in results) > 0  # splats really crossed ranks
 
 
-def test_grendel_row_bands_give_the_same_result() -> None:
-    results = run_ranks(3, _rank_job, "rows")
+@pytest.mark.parametrize("assignment", ["rows", "balanced", "majority"])
+def test_every_tile_assignment_gives_the_same_result(assignment: str) -> None:
+    results = run_ranks(3, _rank_job, assignment)
     _check(results, _reference())

@@ -89,7 +89,7 @@ def _train_args(scene: Path, out: Path) -> list[str]:
         "train.images=20", "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1",
         "train.sh_degree_every=10", "model.sh_degree=1", "densify.start_images=4", "densify.stop_images=16",
         "densify.every_images=6", "densify.reset_opacity_every=12", "dist.ownership=kd",
-        "dist.rebalance_threshold=1.0", "dist.timeout_s=60",
+        "dist.rebalance_threshold=1.0", "dist.timeout_s=60", "dist.calibrate=false",
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from grendel_py.dist.ids import IdAllocator
 from grendel_py.dist.redistribute import imbalance, redistribute, shard_sizes
 from grendel_py.dist.runtime import single_process
 from grendel_py.dist.step import batch_loss
+from partition.balancer import TileBalancer
 from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from partition.spatial import assign_owners
@@ -84,8 +85,11 @@ def _two_steps_job(ctx, move_between: bool) -> dict:
     opt = GaussianOptimizer(shard, OptimConfig(), extent=3.0, batch_size=len(cams))
     densify = DensifyStrategy(DensifyConfig(), 3.0, 0, ctx.reduce)
     losses = []
+    # A tile assignment blind to ownership: `locality` would render other tiles after the move, which changes
+    # the float summation order of the gradients (the math, not the bits, is the same).
+    balancer = TileBalancer("balanced", ctx.world_size, calibrate=False)
     for step in range(2):
-        loss, rendered = batch_loss(opt.gaussians, cams, images, BG, 1, 0.2, ctx)
+        loss, rendered = batch_loss(opt.gaussians, cams, images, BG, 1, 0.2, ctx, balancer)
         loss.backward()
         for cam, splats in zip(cams, rendered.splats):
             densify.observe(splats, splats.means2d.grad, cam.width, cam.height)

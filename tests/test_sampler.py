@@ -34,3 +34,23 @@ def test_bad_sizes() -> None:
         CameraSampler(0, 1, 0)
     with pytest.raises(ValueError, match="batch size 5"):
         CameraSampler(4, 5, 0)
+
+
+def test_owner_aware_batches_spread_over_ranks_and_keep_epochs() -> None:
+    import numpy as np
+
+    n, w = 40, 4
+    affinity = np.eye(w)[np.arange(n) % w]  # camera k is all on rank k % 4
+    sampler = CameraSampler(n, w, seed=5)
+    sampler.set_affinity(affinity)
+    batches = [sampler.next_batch() for _ in range(n // w)]  # one epoch
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    spread = [len({i % w for i in b}) for b in batches]
+    plain = CameraSampler(n, w, seed=5)
+    random_spread = [len({i % w for i in plain.next_batch()}) for _ in range(n // w)]
+    assert np.mean(spread) > np.mean(random_spread) and spread[0] == w
+    again = CameraSampler(n, w, seed=5)
+    again.set_affinity(affinity)
+    assert [again.next_batch() for _ in range(n // w)] == batches
+    with pytest.raises(ValueError, match="affinity"):
+        sampler.set_affinity(np.ones((n + 1, w)))

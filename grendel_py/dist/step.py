@@ -1,9 +1,9 @@
 """One distributed forward pass over a batch of cameras, ending in this rank's share of the loss.
 
 1. Project: this rank's shard of Gaussians into every camera of the batch.
-2. Cost: per-tile intersection counts of the shard, summed over ranks (one all-reduce): the exact work of
-   this iteration for every tile.
-3. Assign: tiles to ranks from those costs (partition.assign), identically on every rank.
+2. Cost: per-tile intersection counts of the shard, summed over ranks (the exact work of this iteration for
+   every tile), and max-reduced bids that name the rank owning most of each tile's splats: two all-reduces.
+3. Assign: tiles to ranks from that table (partition.balancer), identically on every rank.
 4. Exchange: each projected splat goes to the ranks whose tiles its box touches (sparse all-to-all).
 5. Rasterize: this rank's tiles, from the splats it received, sorted by (depth, global id), so the pixels are
    the ones a single rank would compute.
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,25 +31,38 @@ from grendel_py.render import project, rasterize
 from grendel_py.render.intersect import tile_counts_per_tile
 from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
-from partition.assign import Assignment, assign_tiles, rows_assignment
+from partition.assign import Assignment, TileTable, majority_keys
+from partition.balancer import TileBalancer
 from partition.tiles import TileGrid
 
 
 @dataclass
 class Rendered:
     """This rank's part of a batch: the projected splats of its shard per camera (``means2d`` grads kept for
-    densification), its tiles and their colours per camera, its regions (with halos), the assignment, the
-    received rows every rank must keep in its graph, the bytes it sent, and the assignment's balance
-    (largest over mean work per rank, work = tile intersections + 1 per tile; the same on every rank)."""
+    densification), its tiles and their colours per camera, its regions (with halos), the tile table and
+    assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
+    sent and the seconds it spent rasterizing (forward)."""
 
     splats: list[Splats]
     tile_ids: list[torch.Tensor]
     tile_colors: list[torch.Tensor]
     regions: list[Region | None]
+    table: TileTable
     assignment: Assignment
     tie: torch.Tensor
     bytes_sent: int
-    balance: float
+    raster_seconds: float
+
+
+def tile_table(splats: list[Splats], grids: list[TileGrid], ctx: DistContext) -> TileTable:
+    """Step 2: the batch's tile table, from every rank's intersections per tile."""
+    counts = torch.cat([tile_counts_per_tile(s, g) for s, g in zip(splats, grids)])
+    if not ctx.distributed:
+        return TileTable.from_counts(grids, counts[None].numpy())
+    keys = majority_keys(counts, ctx.rank, ctx.world_size)
+    dist.all_reduce(counts)
+    dist.all_reduce(keys, op=dist.ReduceOp.MAX)
+    return TileTable.from_reduced(grids, counts, keys, ctx.world_size)
 
 
 def render_batch(
@@ -57,41 +71,34 @@ def render_batch(
     background: torch.Tensor,
     sh_degree: int,
     ctx: DistContext,
-    assignment: str = "balanced",
+    balancer: TileBalancer | None = None,
 ) -> Rendered:
-    """Steps 1-6 above for the cameras of one batch. ``assignment``: "balanced" (contiguous tile ranges of
-    equal cost) or "rows" (Grendel's cost-blind split of each image into bands of tile rows)."""
+    """Steps 1-6 above for the cameras of one batch; ``balancer`` picks the tile assignment (default: the
+    ``locality`` strategy with fixed equal speeds)."""
+    balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
     splats = [project(shard, cam, sh_degree) for cam in cameras]
     if torch.is_grad_enabled():
         for s in splats:
             s.means2d.retain_grad()
-    costs = [tile_counts_per_tile(s, g) for s, g in zip(splats, grids)]
-    if ctx.distributed:
-        flat = torch.cat(costs)
-        dist.all_reduce(flat)
-        costs = list(flat.split([g.n_tiles for g in grids]))
-    if assignment == "balanced":
-        plan = assign_tiles(costs, ctx.world_size, base_cost=1.0)
-    elif assignment == "rows":
-        plan = rows_assignment(grids, ctx.world_size)
-    else:
-        raise ValueError(f"assignment {assignment!r} is not 'balanced' or 'rows'")
-    balance = plan.balance([c.double() + 1.0 for c in costs])
-    owners = [plan.owner_table(b, g.n_tiles) for b, g in enumerate(grids)]
+    table = tile_table(splats, grids, ctx)
+    plan = balancer.plan(table)
+    owners = [plan.owner_table(b) for b in range(len(grids))]
     visible = [s.select(s.visible) for s in splats]
     received = exchange_splats(visible, grids, owners, ctx)
 
     tile_ids, tile_colors = [], []
+    tic = time.perf_counter()
     for b, (grid, own) in enumerate(zip(grids, owners)):
         mine = torch.nonzero(own == ctx.rank).squeeze(1)
         colors, _, bins = rasterize(received.per_camera[b], grid, background, mine)
         tile_ids.append(bins.tile_ids)
         tile_colors.append(colors)
+    raster_seconds = time.perf_counter() - tic
     regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
-    return Rendered(splats, tile_ids, tile_colors, regions, plan, tie, received.bytes_sent, balance)
+    return Rendered(splats, tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
 
 
 def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
@@ -109,10 +116,10 @@ def batch_loss(
     sh_degree: int,
     lambda_dssim: float,
     ctx: DistContext,
-    assignment: str = "balanced",
+    balancer: TileBalancer | None = None,
 ) -> tuple[torch.Tensor, Rendered]:
     """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered."""
-    rendered = render_batch(shard, cameras, background, sh_degree, ctx, assignment)
+    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer)
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:

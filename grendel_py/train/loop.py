@@ -40,7 +40,8 @@ from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
 from grendel_py.train.checkpoint import MANIFEST, Manifest, complete_checkpoints, load_shards, run_dir_of, save_checkpoint
 from grendel_py.train.evaluate import evaluate_sharded
-from grendel_py.train.sampler import CameraSampler
+from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
+from partition.balancer import TileBalancer
 
 
 def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict:
@@ -57,6 +58,10 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background)
     images = _ImageCache(scene)
+    d = cfg.dist
+    balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
+    if d.batch_sampling == "owner-aware":
+        sampler.set_affinity(_affinity(shard, scene, ctx))
 
     writer = _writer(out, seen, ctx)
     start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
@@ -67,7 +72,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = [images[cam] for cam in cameras]
-            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, cfg.dist.assignment)
+            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer)
             loss.backward()
             for cam, splats in zip(cameras, rendered.splats):
                 densify.observe(splats, splats.means2d.grad, cam.width, cam.height)
@@ -77,10 +82,12 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
             events = densify.step(before, seen, shard, optimizer, allocate_ids)
             if events["densified"] and should_redistribute(len(shard), cfg.dist.rebalance_threshold, ctx):
                 events["moved"] = redistribute(optimizer, densify, cfg.dist.ownership, ctx)
+                if d.batch_sampling == "owner-aware":
+                    sampler.set_affinity(_affinity(shard, scene, ctx))
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
                 save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
 
-            stats = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), ctx)
+            stats = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
@@ -192,13 +199,20 @@ class _ImageCache:
         return self.cache[camera.uid]
 
 
-def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, ctx: DistContext) -> dict:
+def _batch_stats(
+    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, balancer: TileBalancer, ctx: DistContext
+) -> dict:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
-    Gaussians moved by a redistribution, summed over ranks (one all-reduce); the tile assignment's balance."""
+    Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds (one
+    all-reduce), which calibrate ``balancer``; the tile assignment's balance (largest over mean work per rank,
+    work = intersections + 1 per tile)."""
     sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
-    values = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
-    values = ctx.reduce(values, "sum")
+    seconds = torch.zeros(ctx.world_size, dtype=torch.float64)
+    seconds[ctx.rank] = rendered.raster_seconds
+    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
+    values = ctx.reduce(torch.cat([head, seconds]), "sum")
+    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[5:].numpy())
     mse = float(values[1]) / (3 * pixels)
     psnr = -10.0 * math.log10(max(mse, 1e-12))
     return {
@@ -207,8 +221,15 @@ def _batch_stats(loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local:
         "gaussians": float(values[2]),
         "exchange_bytes": float(values[3]),
         "moved_gaussians": float(values[4]),
-        "balance": rendered.balance,
+        "balance": rendered.assignment.balance(balancer.work(rendered.table)),
     }
+
+
+def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):
+    """Every training camera's share of visible Gaussians on each rank, [n_cameras, W] (same on every rank)."""
+    labels = torch.full((len(shard),), ctx.rank, dtype=torch.int64)
+    counts = camera_affinity(shard.means, labels, ctx.world_size, scene.train_cameras)
+    return normalize_affinity(ctx.reduce(torch.from_numpy(counts), "sum").numpy())
 
 
 def _postfix(stats: dict, rate: float, ctx: DistContext) -> dict:
