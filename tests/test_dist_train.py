@@ -19,7 +19,7 @@ def _train_job(ctx, scene: str, out: str) -> dict:
         f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
-        "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0",
+        "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
     ])  # fmt: skip
     result = train(cfg, ctx)
     return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"], "bytes": result["exchange_bytes_per_iteration"]}
