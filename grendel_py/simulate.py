@@ -32,12 +32,14 @@ from tqdm import tqdm
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.synthetic import synthetic_cameras, synthetic_scene
+from grendel_py.config import ModelConfig
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.render import project
 from grendel_py.render.intersect import expand_tiles
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
-from partition.assign import Assignment, TileTable
+from partition.assign import Assignment, TileTable, majority
 from partition.balancer import SPLAT_BYTES, TileBalancer
 from partition.spatial import assign_owners
 from partition.tiles import TileGrid
@@ -103,10 +105,7 @@ def captured_scene(path: Path, model_path: Path | None, downscale: float, seed: 
     if model_path is not None:
         model = read_ply(model_path)
     else:
-        centers = torch.stack([c.center for c in scene.cameras]).float()
-        mid, half = centers.mean(0), scene.extent / 1.1
-        gen = torch.Generator().manual_seed(seed)
-        model = Gaussians.random_in_box(100_000, (mid - half).tolist(), (mid + half).tolist(), 0, gen)
+        model = initial_gaussians(ModelConfig(sh_degree=0, init="random", random_points=100_000), scene, seed)
     return SimScene(Path(path).name, model, scene.train_cameras)
 
 
@@ -130,19 +129,15 @@ class Row:
 
 def _table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size: int) -> TileTable:
     """The all-reduced tile table the training loop would see for this batch."""
-    grids, total, top, share = [], [], [], []
+    grids, parts = [], []
     for k in batch:
         cam = scene.cameras[k]
         grid = TileGrid(cam.width, cam.height)
         rows, tiles = scene.intersections(k)
         counts = np.bincount(owner[rows] * grid.n_tiles + tiles, minlength=world_size * grid.n_tiles)
-        counts = counts.reshape(world_size, grid.n_tiles)
-        best = np.argmax(counts, axis=0)
         grids.append(grid)
-        total.append(counts.sum(0))
-        share.append(counts[best, np.arange(grid.n_tiles)])
-        top.append(np.where(share[-1] > 0, best, -1))
-    return TileTable(tuple(grids), np.concatenate(total).astype(np.float64), np.concatenate(top), np.concatenate(share).astype(np.float64))
+        parts.append(majority(counts.reshape(world_size, grid.n_tiles)))  # camera by camera: [W, tiles] stays small
+    return TileTable(tuple(grids), *(np.concatenate(column) for column in zip(*parts)))
 
 
 def exchange_bytes(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +193,7 @@ def run_config(
         plan = balancer.plan(table)
         sent, received = exchange_bytes(scene, batch, owner, plan)
         balancer.observe(plan, table, float(sent.sum()), None)
-        compute = plan.work(table.intersections + 1.0) * intersection_seconds
+        compute = plan.work(balancer.work(table)) * intersection_seconds
         model_time += float((compute + np.maximum(sent, received) / link_bytes_per_s).max())
         total_bytes += float(sent.sum())
         balance += plan.balance(table.intersections)

@@ -43,6 +43,17 @@ def majority_keys(counts: torch.Tensor, rank: int, world_size: int) -> torch.Ten
     return counts.to(torch.int64) * world_size + (world_size - 1 - rank)
 
 
+def majority(counts: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From every rank's intersections per tile, ``counts`` [W, tiles]: the total per tile (float64), the rank
+    with the most (int64; ties: the lowest rank; -1 where there are none) and its count (float64)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2:
+        raise ValueError(f"counts must be [world_size, tiles], got shape {counts.shape}")
+    owner = np.argmax(counts, axis=0)  # first maximum: the lowest rank
+    share = counts[owner, np.arange(counts.shape[1])]
+    return counts.sum(0), np.where(share > 0, owner, -1).astype(np.int64), share
+
+
 @dataclass(frozen=True, eq=False)
 class TileTable:
     """What the balancer knows about the tiles of a batch, flat over cameras (camera ``b`` holds entries
@@ -72,13 +83,7 @@ class TileTable:
     def from_counts(cls, grids: list[TileGrid], counts: np.ndarray | torch.Tensor) -> TileTable:
         """From every rank's intersections per tile, ``counts`` [W, n_tiles of all cameras] (one process
         holding all of them: tests and the simulator)."""
-        counts = np.asarray(counts, dtype=np.float64)
-        if counts.ndim != 2:
-            raise ValueError(f"counts must be [world_size, tiles], got shape {counts.shape}")
-        owner = np.argmax(counts, axis=0)  # first maximum: the lowest rank
-        share = counts[owner, np.arange(counts.shape[1])]
-        owner = np.where(share > 0, owner, -1)
-        return cls(tuple(grids), counts.sum(0), owner.astype(np.int64), share)
+        return cls(tuple(grids), *majority(counts))
 
     @classmethod
     def from_reduced(cls, grids: list[TileGrid], total: torch.Tensor, keys: torch.Tensor, world_size: int) -> TileTable:

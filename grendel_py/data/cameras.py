@@ -47,6 +47,23 @@ class Camera:
         """Camera centre in world coordinates, float64 [3]."""
         return -self.R.T @ self.t
 
+    def to_camera(self, x: torch.Tensor) -> torch.Tensor:
+        """World points ``x`` [..., 3] (float64) in camera coordinates, ``R @ x + t`` summed in a fixed order
+        (so the result does not depend on the matmul kernel or thread count)."""
+        R, t = self.R, self.t
+        return torch.stack(
+            [R[r, 0] * x[..., 0] + R[r, 1] * x[..., 1] + R[r, 2] * x[..., 2] + t[r] for r in range(3)], dim=-1
+        )
+
+    def pixels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """World points ``x`` [P, 3] (float64): pixel coordinates ``u``, ``v`` [P] and whether each lies in front
+        of the camera and inside the image, bool [P] (``u``, ``v`` of points behind it are meaningless)."""
+        xc = self.to_camera(x)
+        z = xc[:, 2]
+        safe_z = torch.where(z > 0, z, torch.ones_like(z))
+        u, v = self.fx * xc[:, 0] / safe_z + self.cx, self.fy * xc[:, 1] / safe_z + self.cy
+        return u, v, (z > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
+
     def world_to_camera(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
         """The 4x4 world-to-camera matrix."""
         m = torch.eye(4, dtype=torch.float64)

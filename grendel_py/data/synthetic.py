@@ -498,14 +498,6 @@ def _shade(
 _TILE = 8  # pixels per side of the screen tiles used to cull boxes
 
 
-def _to_camera(cam: Camera, x: torch.Tensor) -> torch.Tensor:
-    """World points ``x`` [..., 3] (float64) in camera coordinates, ``R @ x + t`` summed in a fixed order."""
-    R, t = cam.R, cam.t
-    return torch.stack(
-        [R[r, 0] * x[..., 0] + R[r, 1] * x[..., 1] + R[r, 2] * x[..., 2] + t[r] for r in range(3)], dim=-1
-    )
-
-
 def _tile_grid(cam: Camera) -> tuple[int, int]:
     """Number of tile rows and columns covering the image."""
     return -(-cam.height // _TILE), -(-cam.width // _TILE)
@@ -524,7 +516,7 @@ def _tile_candidates(scene: Scene, cam: Camera) -> torch.Tensor:
     lo, hi = scene.box_lo, scene.box_hi
     bits = torch.tensor([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=torch.bool)
     corners = torch.where(bits, hi[:, None, :], lo[:, None, :])  # [B, 8, 3]
-    x, y, z = _to_camera(cam, corners).unbind(-1)  # [B, 8]
+    x, y, z = cam.to_camera(corners).unbind(-1)  # [B, 8]
     u0 = torch.arange(cols, dtype=torch.float64) * _TILE - 0.5
     v0 = torch.arange(rows, dtype=torch.float64) * _TILE - 0.5
     u1, v1 = u0 + _TILE + 1.0, v0 + _TILE + 1.0
@@ -880,11 +872,8 @@ def _observe(scene: Scene, cam: Camera, xyz: np.ndarray) -> tuple[np.ndarray, np
     nothing closer than 0.1% short of it.
     """
     x = torch.from_numpy(xyz)
-    xc = _to_camera(cam, x)
-    z = xc[:, 2]
-    safe_z = torch.where(z > 0, z, torch.ones_like(z))
-    u, v = cam.fx * xc[:, 0] / safe_z + cam.cx, cam.fy * xc[:, 1] / safe_z + cam.cy
-    idx = torch.nonzero((z > 0) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)).squeeze(1)
+    u, v, inside = cam.pixels(x)
+    idx = torch.nonzero(inside).squeeze(1)
     if idx.numel() == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 2))
     center = cam.center

@@ -88,13 +88,7 @@ def camera_affinity(means: torch.Tensor, labels: torch.Tensor, world_size: int, 
     out = np.zeros((len(cameras), world_size))
     x = means.detach().to(torch.float64)
     for k, cam in enumerate(cameras):
-        p = x @ cam.R.T + cam.t
-        z = p[:, 2]
-        front = z > 1e-6
-        u = cam.fx * p[:, 0] / z.clamp_min(1e-6) + cam.cx
-        v = cam.fy * p[:, 1] / z.clamp_min(1e-6) + cam.cy
-        seen = front & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-        out[k] = torch.bincount(labels[seen], minlength=world_size).numpy()
+        out[k] = torch.bincount(labels[cam.pixels(x)[2]], minlength=world_size).numpy()
     return out
 
 
