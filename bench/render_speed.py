@@ -1,8 +1,12 @@
-"""Forward+backward time of the renderer on one camera.
+"""Forward+backward time and peak GPU memory of the render backends on one camera.
 
-Usage: python bench/render_speed.py [--n 20000] [--size 256] [--backend torch] [--device cpu] [--repeat 5]
-The scene: N Gaussians uniform in a cube of side 2 seen from distance 3 (about 53 degrees field of view),
-log-uniform scales 0.01..0.05, random rotations, opacities sigmoid(N(0, 2)), SH degree 3. Prints one JSON line.
+Usage: python bench/render_speed.py [--n 20000[,N2...]] [--size 256 | --width W --height H]
+                                    [--backend torch[,cupy]] [--device cpu|cuda] [--repeat 5]
+The scene: N Gaussians uniform in a cube of side 2 seen from distance 3 (about 53 degrees vertical field of
+view), log-uniform scales 0.01..0.05, random rotations, opacities sigmoid(N(0, 2)), SH degree 3. Prints one JSON
+line per (backend, N): median forward and backward seconds over ``repeat`` runs after one warm-up, and on CUDA
+the peak memory torch allocated during them. The issue-6 run on a GPU:
+    python bench/render_speed.py --device cuda --backend torch,cupy --n 100000,1000000 --width 1920 --height 1080
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render
 
 
-def bench_scene(n: int, size: int, device: str, seed: int = 0) -> tuple[Gaussians, Camera]:
+def bench_scene(n: int, width: int, height: int, device: str, seed: int = 0) -> tuple[Gaussians, Camera]:
     g = torch.Generator().manual_seed(seed)
     log_scales = math.log(0.01) + torch.rand(n, 3, generator=g) * math.log(5.0)
     gaussians = Gaussians(
@@ -33,29 +37,27 @@ def bench_scene(n: int, size: int, device: str, seed: int = 0) -> tuple[Gaussian
         ids=torch.arange(n),
     ).to(device)
     R, t = look_at(torch.tensor([0.0, -0.5, -3.0]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
-    f = 0.5 * size / math.tan(math.radians(53.0) / 2)
-    return gaussians, Camera(0, "bench", size, size, f, f, size / 2, size / 2, R, t)
+    f = 0.5 * height / math.tan(math.radians(53.0) / 2)
+    return gaussians, Camera(0, "bench", width, height, f, f, width / 2, height / 2, R, t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--backend", default="torch")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
-
-    gaussians, camera = bench_scene(args.n, args.size, args.device)
+def run(n: int, width: int, height: int, backend: str, device: str, repeat: int) -> dict:
+    """Time ``repeat`` forward and backward passes (after one warm-up) of ``backend`` on the bench scene."""
+    gaussians, camera = bench_scene(n, width, height, device)
     params = [gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits, gaussians.sh0, gaussians.shN]
     for p in params:
         p.requires_grad_(True)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fwd, bwd = [], []
-    for _ in range(args.repeat + 1):
+    for i in range(repeat + 1):
+        if cuda and i == 1:
+            torch.cuda.reset_peak_memory_stats()
+        for p in params:
+            p.grad = None
         sync()
         t0 = time.perf_counter()
-        out = render(gaussians, camera, backend=args.backend)
+        out = render(gaussians, camera, backend=backend)
         sync()
         t1 = time.perf_counter()
         (out.image.sum() + out.alpha.sum()).backward()
@@ -65,14 +67,32 @@ def main() -> None:
         bwd.append(t2 - t1)
     fwd, bwd = sorted(fwd[1:]), sorted(bwd[1:])
     counts = out.bins.counts
-    print(json.dumps({
-        "backend": args.backend, "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "host": platform.node(), "threads": torch.get_num_threads(), "n": args.n, "size": args.size,
+    return {
+        "backend": backend, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "host": platform.node(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "n": n, "width": width, "height": height,
         "visible": int(out.splats.visible.sum()), "intersections": int(counts.sum()),
         "max_per_tile": int(counts.max()), "mean_alpha": float(out.alpha.detach().mean()),
         "forward_s": fwd[len(fwd) // 2], "backward_s": bwd[len(bwd) // 2],
         "total_s": fwd[len(fwd) // 2] + bwd[len(bwd) // 2],
-    }))
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", default="20000", help="Gaussian counts, comma separated")
+    ap.add_argument("--size", type=int, default=256, help="square image side (unless --width/--height)")
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--backend", default="torch", help="backends, comma separated: torch, cupy")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    width, height = args.width or args.size, args.height or args.size
+    for backend in args.backend.split(","):
+        for n in (int(v) for v in args.n.split(",")):
+            print(json.dumps(run(n, width, height, backend, args.device, args.repeat)), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,16 +70,20 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from grendel_py.model.ply import read_ply
     from grendel_py.outputs import save_png, staged_dir
-    from grendel_py.render import render
+    from grendel_py.render import render, resolve_backend
 
     cfg = _config(args, args.data)
     scene = _scene(cfg)
-    gaussians = read_ply(args.model)
+    device = torch.device("cuda") if cfg.render.backend != "torch" and torch.cuda.is_available() else torch.device("cpu")
+    backend = resolve_backend(cfg.render.backend, device)
+    if backend == "torch":
+        device = torch.device("cpu")
+    gaussians = read_ply(args.model).to(device)
     cameras = {"train": scene.train_cameras, "test": scene.test_cameras, "all": scene.cameras}[args.split]
-    background = torch.tensor(cfg.render.background)
+    background = torch.tensor(cfg.render.background, device=device)
     with staged_dir(args.out) as tmp, torch.no_grad():
         for cam in tqdm(cameras, desc="render", unit="view", disable=None):
-            image = render(gaussians, cam, background, backend=cfg.render.backend).image
+            image = render(gaussians, cam, background, backend=backend).image.cpu()
             save_png(image, tmp / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
     print(f"wrote {len(cameras)} images to {args.out}")
     return 0

@@ -74,7 +74,7 @@ class ModelConfig:
 class RenderConfig:
     """Rasteriser choice and background colour (RGB in [0, 1])."""
 
-    backend: Literal["torch"] = "torch"
+    backend: Literal["torch", "cupy", "auto"] = "torch"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:

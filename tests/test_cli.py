@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -92,3 +93,20 @@ def test_override_words_anywhere_and_bad_words_rejected(scene: Path, capsys: pyt
     with pytest.raises(SystemExit) as e:
         main(["info", str(scene), "stray"])
     assert e.value.code == 2
+
+
+def test_render_backend_choice(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``auto`` renders wherever it runs; ``cupy`` without a GPU is a one-line error that writes nothing."""
+    ply = tmp_path / "m.ply"
+    assert main(["init", str(scene), str(ply), "model.sh_degree=0"]) == 0
+    common = ["--data", str(scene), "data.downscale=4", "data.test_every=4"]
+    assert main(["render", str(ply), *common, "--out", str(tmp_path / "auto"), "render.backend=auto"]) == 0
+    assert len(list((tmp_path / "auto").glob("*.png"))) > 0
+    assert "render.backend" in _error(capsys, ["render", str(ply), *common, "--out", str(tmp_path / "x"), "render.backend=gpu"])
+    if not torch.cuda.is_available():
+        for argv in (
+            ["render", str(ply), *common, "--out", str(tmp_path / "c"), "render.backend=cupy"],
+            ["train", f"data.path={scene}", f"train.out={tmp_path / 'run'}", "render.backend=cupy"],
+        ):
+            assert "render.backend=cupy" in _error(capsys, argv)
+        assert not (tmp_path / "c").exists() and not (tmp_path / "run").exists()

@@ -9,7 +9,8 @@ Three launchers are recognised, in this order:
   binds a free port and broadcasts its address and port.
 - Nothing: a single process (no process group is created).
 
-The backend is NCCL when CUDA is available and gloo otherwise; each process uses the GPU of its local rank.
+The process group routes CUDA tensors to NCCL and CPU tensors to gloo when CUDA is available (gloo only
+otherwise); each process uses the GPU of its local rank.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRA
 
 @dataclass(frozen=True)
 class DistContext:
-    """The process's place in the job. ``backend`` is "nccl", "gloo" or "none" (single process)."""
+    """The process's place in the job. ``backend`` is "cpu:gloo,cuda:nccl" (GPUs), "gloo" or "none" (single process)."""
 
     rank: int
     world_size: int
@@ -75,9 +76,11 @@ def detect_launcher(env: Mapping[str, str]) -> str:
 
 
 def _device(local_rank: int) -> tuple[torch.device, str]:
+    """This rank's GPU (by local rank) and a process group that routes CUDA tensors to NCCL and CPU tensors
+    to gloo: the training loop still exchanges CPU tensors, which NCCL alone cannot carry."""
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device()), "nccl"
+        return torch.device("cuda", torch.cuda.current_device()), "cpu:gloo,cuda:nccl"
     return torch.device("cpu"), "gloo"
 
 

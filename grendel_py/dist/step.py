@@ -72,12 +72,13 @@ def render_batch(
     sh_degree: int,
     ctx: DistContext,
     balancer: TileBalancer | None = None,
+    backend: str = "torch",
 ) -> Rendered:
     """Steps 1-6 above for the cameras of one batch; ``balancer`` picks the tile assignment (default: the
-    ``locality`` strategy with fixed equal speeds)."""
+    ``locality`` strategy with fixed equal speeds); ``backend`` is the render backend (a resolved name)."""
     balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
-    splats = [project(shard, cam, sh_degree) for cam in cameras]
+    splats = [project(shard, cam, sh_degree, backend) for cam in cameras]
     if torch.is_grad_enabled():
         for s in splats:
             s.means2d.retain_grad()
@@ -91,7 +92,7 @@ def render_batch(
     tic = time.perf_counter()
     for b, (grid, own) in enumerate(zip(grids, owners)):
         mine = torch.nonzero(own == ctx.rank).squeeze(1)
-        colors, _, bins = rasterize(received.per_camera[b], grid, background, mine)
+        colors, _, bins = rasterize(received.per_camera[b], grid, background, mine, backend)
         tile_ids.append(bins.tile_ids)
         tile_colors.append(colors)
     raster_seconds = time.perf_counter() - tic
@@ -117,9 +118,10 @@ def batch_loss(
     lambda_dssim: float,
     ctx: DistContext,
     balancer: TileBalancer | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, Rendered]:
     """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered."""
-    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer)
+    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend)
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:

@@ -2,23 +2,41 @@
 
 ``render`` draws a :class:`~grendel_py.model.gaussians.Gaussians` model from a camera; ``project`` and
 ``rasterize`` are its two halves, which the distributed engine runs on different ranks (projection on the
-owner of the Gaussians, rasterization on the owner of the tiles). Backends: ``torch`` (the spec).
+owner of the Gaussians, rasterization on the owner of the tiles). Backends: ``torch`` (the spec, CPU or GPU)
+and ``cupy`` (the CUDA kernels of ``cuda/``, GPU only); :func:`resolve_backend` turns the config's ``auto``
+into one of them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
 from grendel_py.data.cameras import Camera
-from grendel_py.render import torch_backend
+from grendel_py.errors import InputError
+from grendel_py.render import cupy_backend, torch_backend
 from grendel_py.render.intersect import TileBins
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
 
-BACKENDS: dict[str, ModuleType] = {"torch": torch_backend}
+BACKENDS: dict[str, ModuleType] = {"torch": torch_backend, "cupy": cupy_backend}
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The backend that renders tensors on ``device`` for the config value ``name`` (torch, cupy or auto):
+    ``auto`` is cupy where the device is a GPU and CuPy is installed, else torch. InputError for cupy off a GPU."""
+    has_cupy = importlib.util.find_spec("cupy") is not None
+    if name == "auto":
+        return "cupy" if device.type == "cuda" and has_cupy else "torch"
+    if name == "cupy" and device.type != "cuda":
+        raise InputError(None, f"render.backend=cupy renders CUDA tensors, but this run keeps its model on {device} (use torch or auto)")
+    if name == "cupy" and not has_cupy:
+        raise InputError(None, "render.backend=cupy needs CuPy: pip install 'grendel_py[cuda]' (CUDA 13) or 'grendel_py[cuda12]'")
+    get_backend(name)
+    return name
 
 
 def get_backend(name: str) -> ModuleType:

@@ -61,9 +61,10 @@ def evaluate_sharded(
     ctx: DistContext,
     renders_dir: Path | None = None,
     max_renders: int = 0,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
-    result). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
+    result), rendered with the (resolved) ``backend``. Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
     (only rank 0 needs one)."""
     from grendel_py.dist.step import (
@@ -78,7 +79,7 @@ def evaluate_sharded(
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = scene.load_image(cam)
-            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx)
+            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
                 dist.all_reduce(sums)

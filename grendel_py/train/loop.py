@@ -38,6 +38,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
+from grendel_py.render import resolve_backend
 from grendel_py.train.checkpoint import MANIFEST, Manifest, complete_checkpoints, load_shards, run_dir_of, save_checkpoint
 from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
@@ -47,6 +48,9 @@ from partition.balancer import TileBalancer
 def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict:
     """Train on ``cfg.data`` into the folder ``cfg.train.out`` (fresh, or continuing from the checkpoint
     ``resume`` of that folder); returns the final metrics (on every rank)."""
+    # Checked before anything is written. The trainer keeps its model and images on the CPU (the GPU path of
+    # training is not wired yet), so ``auto`` renders with torch and ``cupy`` is refused here.
+    backend = resolve_backend(cfg.render.backend, torch.device("cpu"))
     out = _prepare_run_dir(cfg, resume, ctx)
     torch.manual_seed(cfg.seed)
     t = cfg.train
@@ -72,7 +76,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = [images[cam] for cam in cameras]
-            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer)
+            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer, backend)
             loss.backward()
             for cam, splats in zip(cameras, rendered.splats):
                 densify.observe(splats, splats.means2d.grad, cam.width, cam.height)
@@ -100,7 +104,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
                 if "moved" in events:
                     writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
-                metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx)
+                metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx, backend=backend)
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
@@ -114,7 +118,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
         "exchange_bytes_per_iteration": exchanged / max(iterations, 1),
         "mean_balance": balance / max(iterations, 1),
     }
-    result = _finish(out, cfg, scene, shard, background, timing, ctx)
+    result = _finish(out, cfg, scene, shard, background, backend, timing, ctx)
     if writer is not None:
         if result["test"]:
             writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
@@ -247,7 +251,9 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _finish(out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, timing: dict, ctx: DistContext) -> dict:
+def _finish(
+    out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, backend: str, timing: dict, ctx: DistContext
+) -> dict:
     """Write model.ply (merged from every rank), renders/ and metrics.json; return the metrics."""
     model = Gaussians(**{k: v.detach() for k, v in vars(shard).items()})
     write_merged_ply(out / "model.ply", model, ctx)
@@ -255,9 +261,9 @@ def _finish(out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, 
     if scene.test_cameras:
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
-                test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders)
+                test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend)
         else:
-            test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, None, cfg.train.eval_renders)
+            test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend)
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)

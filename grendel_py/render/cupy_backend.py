@@ -1,0 +1,46 @@
+"""The ``cupy`` backend: the CUDA kernels of ``cuda/`` (compiled by CuPy) behind the torch spec's interface.
+
+Tensors must live on a CUDA device and be float32; CuPy is imported on first use, so this module imports on
+machines without it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.render.cuda_kernels import cupy_kernels
+from grendel_py.render.intersect import TileBins
+from grendel_py.render.kernel_backend import KernelBackend
+from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
+
+__all__ = ["project", "rasterize_tiles"]
+
+
+def _backend(device: torch.device) -> KernelBackend:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return KernelBackend(cupy_kernels(device).launch)
+
+
+def project(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    sh: torch.Tensor,
+    sh_degree: int,
+    camera: Camera,
+    ids: torch.Tensor,
+    near_plane: float = 0.01,
+) -> Splats:
+    """As :func:`grendel_py.render.projection.project`, on the GPU."""
+    return _backend(means.device).project(means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane)
+
+
+def rasterize_tiles(
+    splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
+    """As :func:`grendel_py.render.torch_backend.rasterize_tiles`, on the GPU."""
+    return _backend(splats.means2d.device).rasterize_tiles(splats, grid, background, tile_ids)

@@ -1,0 +1,186 @@
+"""The renderer's two halves on the CUDA kernels of ``cuda/``, with torch autograd around them.
+
+:class:`KernelBackend` takes a kernel launcher (``launch(name, size, *args)``, see
+:mod:`grendel_py.render.cuda_kernels`) and offers the backend interface: ``project`` and ``rasterize_tiles``
+with the torch spec's signatures and results. Binning: each visible splat gets a 64-bit key per selected tile
+it touches, ``slot << 32 | rank`` with ``rank`` its place in (depth, global id) order, so one radix sort of the
+keys (torch.sort) yields the spec's (tile, depth, id) order with no ties, whatever the splats' arrival order.
+Everything is float32; the kernels composite 3 colour channels over 16 x 16 tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.render.intersect import TileBins, depth_order
+from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
+
+CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
+RANK_BITS = 32
+
+
+def camera_record(camera: Camera, near_plane: float, device: torch.device) -> torch.Tensor:
+    """The camera as the kernels read it (cuda/project.cuh ``load_cam``), float32 [24]; the tangent limits
+    are computed in double as in the spec."""
+    w, h, fx, fy, cx, cy = camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy
+    tan_x, tan_y = 0.5 * w / fx, 0.5 * h / fy
+    limits = [(w - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x, (h - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y]
+    parts = [
+        camera.R.reshape(-1).double(),
+        camera.t.reshape(-1).double(),
+        camera.center.reshape(-1).double(),
+        torch.tensor([fx, fy, cx, cy, *limits, near_plane], dtype=torch.float64),
+    ]
+    record = torch.cat([p.cpu() for p in parts]).float()
+    assert record.numel() == CAM_FLOATS
+    return record.to(device)
+
+
+def _require_float32(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype != torch.float32:
+            raise ValueError(f"the kernel backends compute in float32; {name} is {t.dtype}")
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+class _Project(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, sh, opacities, cam, degree, width, height, launch):
+        n, n_coeffs = means.shape[0], sh.shape[1]
+        means, quats, scales, sh = (t.contiguous() for t in (means, quats, scales, sh))
+        means2d = means.new_empty(n, 2)
+        conics = means.new_empty(n, 3)
+        depths = means.new_empty(n)
+        colors = means.new_empty(n, 3)
+        extents = torch.empty(n, 2, dtype=torch.int32, device=means.device)
+        launch(
+            "project_forward", n, means, quats, scales, opacities.contiguous(), sh, n_coeffs, degree, cam, width,
+            height, means2d, conics, depths, colors, extents,
+        )
+        ctx.save_for_backward(means, quats, scales, sh, cam)
+        ctx.degree, ctx.launch = degree, launch
+        ctx.mark_non_differentiable(extents)
+        return means2d, conics, depths, colors, extents
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, v_colors, _v_extents):
+        means, quats, scales, sh, cam = ctx.saved_tensors
+        n = means.shape[0]
+        v_means, v_quats, v_scales, v_sh = (torch.empty_like(t) for t in (means, quats, scales, sh))
+        ctx.launch(
+            "project_backward", n, means, quats, scales, sh, sh.shape[1], ctx.degree, cam,
+            _zeros_if_none(v_means2d, means[:, :2]), _zeros_if_none(v_conics, means),
+            _zeros_if_none(v_depths, means[:, 0]), _zeros_if_none(v_colors, means),
+            v_means, v_quats, v_scales, v_sh,
+        )
+        return v_means, v_quats, v_scales, v_sh, None, None, None, None, None, None
+
+
+class _Rasterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, nx: int, launch):
+        n_tiles = bins.tile_ids.shape[0]
+        means2d, conics, opacities, colors, background = (
+            t.contiguous() for t in (means2d, conics, opacities, colors, background)
+        )
+        rgb = means2d.new_empty(n_tiles, 256, 3)
+        t_final = means2d.new_empty(n_tiles, 256)
+        walked = torch.empty(n_tiles, 256, dtype=torch.int32, device=means2d.device)
+        launch(
+            "rasterize_forward", n_tiles, bins.tile_ids, bins.offsets, bins.splat_index, means2d, conics, opacities,
+            colors, background, nx, rgb, t_final, walked,
+        )
+        ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final, walked)
+        ctx.bins, ctx.nx, ctx.launch = bins, nx, launch
+        ctx.mark_non_differentiable(walked)
+        return rgb, 1.0 - t_final
+
+    @staticmethod
+    def backward(ctx, g_rgb, g_alpha):
+        means2d, conics, opacities, colors, background, t_final, walked = ctx.saved_tensors
+        bins: TileBins = ctx.bins
+        g_rgb = t_final.new_zeros(*t_final.shape, 3) if g_rgb is None else g_rgb.contiguous()
+        g_alpha = _zeros_if_none(g_alpha, t_final)
+        v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
+        ctx.launch(
+            "rasterize_backward", bins.tile_ids.shape[0], bins.tile_ids, bins.offsets, bins.splat_index, means2d,
+            conics, opacities, colors, background, ctx.nx, t_final, walked, g_rgb, g_alpha,
+            v_means2d, v_conics, v_opacities, v_colors,
+        )
+        v_background = (g_rgb * t_final[..., None]).sum(dim=(0, 1))
+        return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None
+
+
+class KernelBackend:
+    """``project`` and ``rasterize_tiles`` of the renderer interface, run by the kernels behind ``launch``."""
+
+    def __init__(self, launch):
+        self.launch = launch
+
+    def project(
+        self,
+        means: torch.Tensor,
+        quats: torch.Tensor,
+        scales: torch.Tensor,
+        opacities: torch.Tensor,
+        sh: torch.Tensor,
+        sh_degree: int,
+        camera: Camera,
+        ids: torch.Tensor,
+        near_plane: float = 0.01,
+    ) -> Splats:
+        """As :func:`grendel_py.render.projection.project` (3 colour channels, float32)."""
+        _require_float32(means=means, quats=quats, scales=scales, opacities=opacities, sh=sh)
+        if sh.shape[-1] != 3 or sh.shape[1] < (sh_degree + 1) ** 2 or not 0 <= sh_degree <= 3:
+            raise ValueError(f"SH of shape {tuple(sh.shape)} cannot be evaluated at degree {sh_degree} in 3 channels")
+        cam = camera_record(camera, near_plane, means.device)
+        means2d, conics, depths, colors, extents = _Project.apply(
+            means, quats, scales, sh, opacities.detach(), cam, sh_degree, camera.width, camera.height, self.launch
+        )
+        return Splats(means2d, conics, depths, opacities, colors, extents, ids)
+
+    def bin_splats(self, splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
+        """As :func:`grendel_py.render.intersect.bin_splats`, with the same result."""
+        device = splats.means2d.device
+        tile_ids = grid.all_tiles(device) if tile_ids is None else torch.unique(tile_ids.to(device))
+        n, n_sel = len(splats), tile_ids.shape[0]
+        slot_of_tile = torch.full((grid.n_tiles,), -1, dtype=torch.int32, device=device)
+        slot_of_tile[tile_ids] = torch.arange(n_sel, dtype=torch.int32, device=device)
+        means2d = splats.means2d.detach().contiguous()
+        extents = splats.extents.contiguous()
+        geometry = (means2d, extents, grid.width, grid.height, grid.nx, slot_of_tile)
+        counts = torch.empty(n, dtype=torch.int64, device=device)
+        self.launch("count_intersections", n, *geometry, counts)
+        ends = torch.cumsum(counts, 0)
+        m = int(ends[-1]) if n else 0
+        order = depth_order(splats.depths, splats.ids)
+        if n >= 1 << RANK_BITS:
+            raise ValueError(f"{n} splats in one camera exceed the 2^{RANK_BITS} that a sort key can rank")
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=device)
+        keys = torch.empty(m, dtype=torch.int64, device=device)
+        self.launch("emit_keys", n, *geometry, ends - counts, rank, keys)
+        keys = torch.sort(keys).values
+        offsets = torch.zeros(n_sel + 1, dtype=torch.int64, device=device)
+        self.launch("tile_ranges", m, keys, n_sel, offsets)
+        splat_index = order[keys & ((1 << RANK_BITS) - 1)]
+        return TileBins(tile_ids=tile_ids, splat_index=splat_index, offsets=offsets)
+
+    def rasterize_tiles(
+        self, splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
+        """As :func:`grendel_py.render.torch_backend.rasterize_tiles` (16 x 16 tiles, 3 channels, float32)."""
+        _require_float32(means2d=splats.means2d, conics=splats.conics, opacities=splats.opacities, colors=splats.colors)
+        if grid.tile_size != 16 or splats.colors.shape[1] != 3:
+            raise ValueError(f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {grid.tile_size}")
+        bins = self.bin_splats(splats, grid, tile_ids)
+        colors, alpha = _Rasterize.apply(
+            splats.means2d, splats.conics, splats.opacities, splats.colors, background.to(splats.means2d),
+            bins, grid.nx, self.launch,
+        )
+        return colors, alpha, bins

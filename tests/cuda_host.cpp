@@ -1,0 +1,100 @@
+// Host emulation of the kernels in cuda/: the same per-Gaussian, per-key and per-pixel functions (the .cuh
+// headers), driven by plain loops instead of CUDA threads, so the CPU tests check the kernels' math against the
+// torch spec. Element kernels take the kernel's own arguments; tile kernels take the number of tiles first.
+// What this cannot check is the CUDA plumbing itself (shared-memory batches, warp sums, atomics): the gpu tests do.
+#include <algorithm>
+#include <cmath>
+
+using std::ceil;
+using std::floor;
+using std::fmax;
+using std::fmin;
+
+#include "../cuda/bin.cuh"
+#include "../cuda/project.cuh"
+#include "../cuda/raster.cuh"
+
+using gp::i64;
+
+extern "C" {
+
+void project_forward(int n, const float* means, const float* quats, const float* scales, const float* opacities,
+                     const float* sh, int n_coeffs, int degree, const float* cam, int width, int height, float* means2d,
+                     float* conics, float* depths, float* colors, int* extents) {
+    for (int i = 0; i < n; ++i)
+        gp::project_forward_one(i, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, means2d,
+                                conics, depths, colors, extents);
+}
+
+void project_backward(int n, const float* means, const float* quats, const float* scales, const float* sh,
+                      int n_coeffs, int degree, const float* cam, const float* v_means2d, const float* v_conics,
+                      const float* v_depths, const float* v_colors, float* v_means, float* v_quats, float* v_scales,
+                      float* v_sh) {
+    for (int i = 0; i < n; ++i)
+        gp::project_backward_one(i, means, quats, scales, sh, n_coeffs, degree, cam, v_means2d, v_conics, v_depths,
+                                 v_colors, v_means, v_quats, v_scales, v_sh);
+}
+
+void count_intersections(int n, const float* means2d, const int* extents, int width, int height, int nx,
+                         const int* slot_of_tile, i64* counts) {
+    for (int i = 0; i < n; ++i) counts[i] = gp::count_one(i, means2d, extents, width, height, nx, slot_of_tile);
+}
+
+void emit_keys(int n, const float* means2d, const int* extents, int width, int height, int nx,
+               const int* slot_of_tile, const i64* starts, const i64* depth_rank, i64* keys) {
+    for (int i = 0; i < n; ++i)
+        gp::emit_one(i, means2d, extents, width, height, nx, slot_of_tile, starts[i], depth_rank[i], keys);
+}
+
+void tile_ranges(i64 m, const i64* keys, int n_slots, i64* offsets) {
+    for (i64 j = 0; j < m; ++j) gp::tile_range_one(j, m, keys, n_slots, offsets);
+}
+
+static void pixel_centre(i64 tile, int nx, int pix, float* px, float* py) {
+    *px = (float)((tile % nx) * gp::TILE + pix % gp::TILE) + 0.5f;
+    *py = (float)((tile / nx) * gp::TILE + pix / gp::TILE) + 0.5f;
+}
+
+void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, const i64* splat_index,
+                       const float* means2d, const float* conics, const float* opacities, const float* colors,
+                       const float* background, int nx, float* out_rgb, float* out_T, int* out_walked) {
+    for (int slot = 0; slot < n_tiles; ++slot)
+        for (int pix = 0; pix < gp::TILE_PIXELS; ++pix) {
+            float px, py;
+            pixel_centre(tile_ids[slot], nx, pix, &px, &py);
+            gp::PixelForward st;
+            st.init();
+            for (i64 k = offsets[slot]; k < offsets[slot + 1] && !st.done; ++k)
+                st.step(gp::load_splat(splat_index[k], means2d, conics, opacities, colors), px, py);
+            const i64 out = (i64)slot * gp::TILE_PIXELS + pix;
+            for (int ch = 0; ch < 3; ++ch) out_rgb[3 * out + ch] = st.rgb[ch] + st.T * background[ch];
+            out_T[out] = st.T;
+            out_walked[out] = st.walked;
+        }
+}
+
+void rasterize_backward(int n_tiles, const i64* tile_ids, const i64* offsets, const i64* splat_index,
+                        const float* means2d, const float* conics, const float* opacities, const float* colors,
+                        const float* background, int nx, const float* T_final, const int* walked, const float* g_rgb,
+                        const float* g_alpha, float* v_means2d, float* v_conics, float* v_opacities, float* v_colors) {
+    for (int slot = 0; slot < n_tiles; ++slot)
+        for (int pix = 0; pix < gp::TILE_PIXELS; ++pix) {
+            float px, py;
+            pixel_centre(tile_ids[slot], nx, pix, &px, &py);
+            const i64 me = (i64)slot * gp::TILE_PIXELS + pix;
+            gp::PixelBackward st;
+            st.init(T_final[me], g_rgb + 3 * me, g_alpha[me], background);
+            for (i64 k = offsets[slot] + walked[me] - 1; k >= offsets[slot]; --k) {
+                const i64 id = splat_index[k];
+                gp::SplatGrad g;
+                if (!st.step(gp::load_splat(id, means2d, conics, opacities, colors), px, py, &g)) continue;
+                v_means2d[2 * id] += g.mean[0];
+                v_means2d[2 * id + 1] += g.mean[1];
+                for (int q = 0; q < 3; ++q) v_conics[3 * id + q] += g.conic[q];
+                v_opacities[id] += g.opacity;
+                for (int q = 0; q < 3; ++q) v_colors[3 * id + q] += g.rgb[q];
+            }
+        }
+}
+
+}  // extern "C"
