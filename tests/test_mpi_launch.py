@@ -1,12 +1,14 @@
 """``mpiexec -n 2 grendel train`` on the CPU: the MPI rendezvous of :mod:`grendel_py.dist.runtime` gives the
 model ``torchrun --nproc-per-node 2`` gives, byte for byte.
 
-Three checks:
+The checks:
 
 - :func:`test_mpiexec_trains_the_torchrun_model` launches both jobs as subprocesses on a tiny scene.
-- :func:`test_mpi_world_init_distributed` is meant for ``mpiexec -n 2 python -m pytest --with-mpi
-  tests/test_mpi_launch.py -k mpi_world`` (pytest-mpi skips it without ``--with-mpi``).
-- :func:`test_pytest_with_mpi_under_mpiexec` runs that very command, so a plain ``pytest`` exercises it.
+- :func:`test_mpi_world_init_distributed` (rendezvous and an all-reduce) and
+  :func:`test_mpi_world_training_step` (one distributed forward + backward equal to one process's) are meant
+  for ``mpiexec -n 2 python -m pytest --with-mpi tests/test_mpi_launch.py -k mpi_world`` (pytest-mpi skips
+  them without ``--with-mpi``).
+- :func:`test_pytest_with_mpi_under_mpiexec` runs that very command, so a plain ``pytest`` (and CI) runs them.
 
 The subprocess tests skip only when mpi4py or ``mpiexec`` is missing (``pip install -e .[mpi]`` provides both).
 """
@@ -136,10 +138,29 @@ def test_mpi_world_init_distributed() -> None:
         shutdown(ctx)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_mpi_world_training_step() -> None:
+    """One distributed forward + backward (projection, tile table, exchange, rasterize, halo, loss) over MPI-
+    launched ranks gives the single process's loss, image and gradients (the check of test_dist_step)."""
+    if detect_launcher(os.environ) != "mpi":
+        pytest.skip("run under mpiexec: mpiexec -n 2 python -m pytest --with-mpi tests/test_mpi_launch.py -k mpi_world")
+    from mpi4py import MPI
+
+    from tests.test_dist_step import _check, _rank_job, _reference
+
+    ctx = init_distributed(timeout_s=60)
+    try:
+        results = MPI.COMM_WORLD.allgather(_rank_job(ctx))
+        _check(results, _reference())
+        assert sum(r[5] for r in results) > 0  # splats crossed ranks
+    finally:
+        shutdown(ctx)
+
+
 @needs_mpi
 @not_inside_a_job
 def test_pytest_with_mpi_under_mpiexec() -> None:
     cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "tests/test_mpi_launch.py",
            "-k", "mpi_world", "-q", "-p", "no:cacheprovider"]  # fmt: skip
     log = _run(cmd, REPO)
-    assert log.count("1 passed") == 2, log[-4000:]  # each rank ran the test, none skipped it
+    assert log.count("2 passed") == 2, log[-4000:]  # each rank ran both tests, none skipped them
