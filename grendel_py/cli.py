@@ -74,10 +74,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     cfg = _config(args, args.data)
     scene = _scene(cfg)
-    device = torch.device("cuda") if cfg.render.backend != "torch" and torch.cuda.is_available() else torch.device("cpu")
-    backend = resolve_backend(cfg.render.backend, device)
-    if backend == "torch":
-        device = torch.device("cpu")
+    backend = resolve_backend(cfg.render.backend, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda" if backend == "cupy" else "cpu")
     gaussians = read_ply(args.model).to(device)
     cameras = {"train": scene.train_cameras, "test": scene.test_cameras, "all": scene.cameras}[args.split]
     background = torch.tensor(cfg.render.background, device=device)

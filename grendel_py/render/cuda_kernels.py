@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from grendel_py.errors import InputError
@@ -113,8 +114,6 @@ class CupyKernels:
         check_args(name, args)
         if size == 0:
             return
-        import numpy as np
-
         cp = self._cupy
         kernel = KERNELS[name]
         if kernel.grid == "element":
