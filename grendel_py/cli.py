@@ -2,6 +2,8 @@
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
+``train`` exits with 75 when a signal stopped it after a checkpoint and 3 when another rank was lost
+(:mod:`grendel_py.errors`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from grendel_py.config import Config, load_config
-from grendel_py.errors import InputError
+from grendel_py.errors import EXIT_INPUT, EXIT_PREEMPTED, InputError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -89,24 +91,41 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from grendel_py.dist.runtime import init_distributed, shutdown
-    from grendel_py.train.checkpoint import find_checkpoint, run_dir_of
+    from grendel_py.dist.watchdog import Watchdog
+    from grendel_py.train.checkpoint import complete_checkpoints, find_checkpoint, run_dir_of
     from grendel_py.train.loop import train
+    from grendel_py.train.preempt import Preempted
 
     resume = None
     if args.resume is not None:
+        if args.auto_resume:
+            raise InputError(args.resume, "give either --resume RUN or --auto-resume (which resumes train.out), not both")
         resume = find_checkpoint(args.resume)
         run = run_dir_of(resume)
         config = args.config or run / "config.yaml"
         cfg = load_config(config, [*args.overrides, f"train.out={json.dumps(str(run))}"])
     else:
         cfg = _config(args)
+        if args.auto_resume and cfg.train.out:
+            found = complete_checkpoints(Path(cfg.train.out))
+            resume = found[-1] if found else None
     if not cfg.data.path:
         raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
     ctx = init_distributed(cfg.dist.timeout_s)
+    stopped = None
     try:
-        result = train(cfg, ctx, resume)
+        with Watchdog(ctx, cfg.dist.lost_rank_timeout_s):
+            try:
+                result = train(cfg, ctx, resume, restart=args.auto_resume)
+            except Preempted as e:
+                stopped = e
     finally:
         shutdown(ctx)
+    if stopped is not None:
+        if ctx.is_main:
+            print(f"{stopped}; continue with: grendel train --resume {cfg.train.out} (or the same command with --auto-resume)",
+                  file=sys.stderr)  # fmt: skip
+        return EXIT_PREEMPTED
     if ctx.is_main:
         test = result["test"]
         summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
@@ -207,11 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("train", help="train a model on a scene (one process, or W under torchrun / mpiexec)")
+    p = sub.add_parser("train", help="train a model on a scene (one process, or W under torchrun / mpiexec / srun)")
     p.add_argument(
         "--resume", type=Path, metavar="RUN",
         help="continue the run folder RUN from its newest checkpoint (or RUN/checkpoints/images_N from that one), "
         "on any number of ranks; its config.yaml applies, then overrides",
+    )  # fmt: skip
+    p.add_argument(
+        "--auto-resume", action="store_true",
+        help="continue train.out from its newest complete checkpoint if it has one, else start it afresh "
+        "(for jobs that are requeued: the same command every time)",
     )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
@@ -270,5 +294,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, always
+        return EXIT_INPUT

@@ -66,7 +66,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.sh_degree <= 3, "sh_degree", self.sh_degree, "an integer in 0..3")
-        _require(self.random_points > 0, "random_points", self.random_points, "an integer > 0")
+        _require(self.random_points >= 2, "random_points", self.random_points, "an integer >= 2")
         _require(0.0 < self.init_opacity < 1.0, "init_opacity", self.init_opacity, "a number in (0, 1)")
 
 
@@ -169,6 +169,7 @@ class DistConfig:
     batch_sampling: Literal["random", "owner-aware"] = "random"
     rebalance_threshold: float | None = 1.1
     timeout_s: float = 600.0
+    lost_rank_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         tol = self.tolerance
@@ -177,6 +178,8 @@ class DistConfig:
         t = self.rebalance_threshold
         _require(t is None or t >= 1.0, "rebalance_threshold", t, "a number >= 1 (largest / mean shard), or null")
         _require(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number of seconds > 0")
+        lost = self.lost_rank_timeout_s
+        _require(lost > 0, "lost_rank_timeout_s", lost, "a number of seconds > 0")
 
 
 @dataclass(frozen=True)
@@ -250,17 +253,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(path, "no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read config: {e}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "cannot read config: not UTF-8 text") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read config: {e.strerror or e}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InputError(path, f"invalid YAML: {e}") from None
+        raise InputError(path, f"invalid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InputError(path, f"expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: "line L, column C: <problem>"."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -272,7 +288,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise InputError(None, f"override {text!r}: value is not valid YAML: {e}") from None
+        raise InputError(None, f"override {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
 
 
 def _merge(data: dict[str, Any], keys: list[str], value: Any) -> None:

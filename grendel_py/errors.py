@@ -1,12 +1,16 @@
-"""The one exception type for bad user input.
+"""The one exception type for bad user input, and the exit statuses of the ``grendel`` command.
 
 Every reader and writer raises :class:`InputError` naming the file and the problem; the CLI turns it into
-a one-line message and a non-zero exit code.
+a one-line message and the exit status :data:`EXIT_INPUT`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+EXIT_INPUT = 2  # bad input: one line "error: <file>: <problem>", nothing written
+EXIT_LOST_RANK = 3  # another rank of the job died or hung: one line naming it; the last checkpoint is intact
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: run again with --auto-resume (EX_TEMPFAIL)
 
 
 class InputError(Exception):

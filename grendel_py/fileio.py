@@ -1,4 +1,8 @@
-"""Atomic file output: every file a run writes appears whole or not at all."""
+"""Atomic file output: every file a run writes appears whole or not at all.
+
+Output paths that cannot be written (a read-only folder, a parent that is a file, a name that is a folder)
+raise :class:`InputError` naming the output and the reason, before anything is created.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,67 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from grendel_py.errors import InputError
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its parents, if it is not a folder."""
+    found = next((p for p in (path, *path.parents) if p.exists()), None)
+    return None if found is None or found.is_dir() else found
+
+
+def os_problem(error: OSError, path: str | Path | None = None) -> str:
+    """A short reason for ``error`` raised on ``path`` (or below it), for one error line: "<ancestor> is a
+    file, not a folder" when a parent of ``path`` is a file, else the system's message ("Permission denied")."""
+    if path is not None and isinstance(error, (FileExistsError, NotADirectoryError)):
+        blocker = _file_in_the_way(Path(path))
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    return error.strerror or str(error)
+
+
+def ensure_folder(folder: str | Path, output: str | Path | None = None) -> None:
+    """Create ``folder`` and its missing parents. When that is impossible, InputError naming ``output`` ("cannot
+    write: <reason>") or, without one, ``folder`` ("cannot create folder: <reason>")."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = os_problem(e, folder)
+        if output is None:
+            raise InputError(folder, f"cannot create folder: {reason}") from None
+        if _file_in_the_way(folder) is None:
+            reason = f"cannot create folder {folder}: {reason}"
+        raise InputError(output, f"cannot write: {reason}") from None
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing (mode ``"wb"``, or ``"w"`` for UTF-8 text); on
     success fsync it and rename it onto ``path``, on error remove it. Creates missing parent directories;
-    the file gets the usual umask-based permissions."""
+    the file gets the usual umask-based permissions. InputError naming ``path`` when it cannot be written
+    there (errors raised by the caller's writes pass through unchanged)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(path, "is a folder; give a file name")
+    ensure_folder(path.parent, path)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise InputError(path, f"cannot write: {os_problem(e, path.parent)}") from None
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise InputError(path, f"cannot write: {os_problem(e)}") from None
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise InputError(path, f"cannot write: {os_problem(e, path)}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

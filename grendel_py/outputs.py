@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from grendel_py.errors import InputError
+from grendel_py.fileio import os_problem
 
 
 @contextlib.contextmanager
@@ -21,15 +22,22 @@ def staged_dir(out_dir: str | Path, replace: bool = False) -> Iterator[Path]:
     removed. ``out_dir`` must not exist or be an empty folder (InputError otherwise), unless ``replace``:
     then an existing folder is swapped out on success and deleted."""
     out_dir = Path(out_dir)
-    if not replace and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InputError(out_dir, "output folder exists and is not empty; choose a new path")
+    if not replace and out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputError(out_dir, "output folder is an existing file; choose a new path")
+        try:
+            used = any(out_dir.iterdir())
+        except OSError as e:
+            raise InputError(out_dir, f"cannot list output folder: {os_problem(e)}") from None
+        if used:
+            raise InputError(out_dir, "output folder exists and is not empty; choose a new path")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as e:
-        raise InputError(out_dir, f"cannot create output folder: {e.strerror}") from None
+        raise InputError(out_dir, f"cannot create output folder: {os_problem(e, out_dir.parent)}") from None
     try:
         yield tmp
         if out_dir.exists():

@@ -6,9 +6,25 @@ import io
 import os
 import socket
 import traceback
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+
+
+REPO = Path(__file__).resolve().parents[1]
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# an enclosing job's process-manager variables (SLURM_ too: Hydra would launch through srun); MPIR_CVAR_* settings stay
+_MPI_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCAL", "SLURM_")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment for a child job: CPU only, one thread per rank, no launcher variables inherited,
+    the repository importable; plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(_MPI_PREFIXES)}
+    path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=path, **extra)
+    return env
 
 
 def free_port() -> int:

@@ -115,7 +115,7 @@ def test_wrong_type(override: str, expected: str) -> None:
         ("data.downscale=0.5", "data.downscale: expected a number >= 1, got 0.5"),
         ("data.test_every=-2", "data.test_every: expected an integer >= 0"),
         ("model.sh_degree=4", "model.sh_degree: expected an integer in 0..3, got 4"),
-        ("model.random_points=0", "model.random_points: expected an integer > 0, got 0"),
+        ("model.random_points=1", "model.random_points: expected an integer >= 2, got 1"),
         ("model.init_opacity=1", "model.init_opacity: expected a number in (0, 1), got 1.0"),
         ("render.background=[0, 0, 1.5]", "render.background: expected 3 numbers in [0, 1], got (0.0, 0.0, 1.5)"),
     ],

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from grendel_py.config import ModelConfig
 from grendel_py.data.cameras import look_at
 from grendel_py.data.colmap import (
     ColmapCamera,
@@ -22,6 +23,7 @@ from grendel_py.data.colmap import (
 from grendel_py.data.dataset import Scene, describe, load_scene
 from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError
+from grendel_py.model.initialize import initial_gaussians
 
 FOX = Path("/work/shared/data/fox")
 
@@ -171,6 +173,59 @@ def test_missing_images_reported_first_in_name_order(tmp_path: Path) -> None:
     assert info.value.path == tmp_path / "images" / "img_02.png"
 
 
+def test_check_images_finds_truncated_and_corrupt_files(tmp_path: Path) -> None:
+    make_colmap_scene(tmp_path, n_images=3)
+    sparse = tmp_path / "sparse" / "0"
+    cameras, images, points = read_model(sparse)
+    for img in images.values():  # img_01 and img_02 become JPEGs
+        if img.name != "img_00.png":
+            png = tmp_path / "images" / img.name
+            img.name = png.with_suffix(".jpg").name
+            Image.open(png).save(tmp_path / "images" / img.name, quality=95)
+            png.unlink()
+    write_model(sparse, cameras, images, points)
+    trailer = tmp_path / "images" / "img_01.jpg"  # data after the end-of-image marker: decoded at 1/8 to be sure
+    trailer.write_bytes(trailer.read_bytes() + b"trailing bytes")
+    scene = load_scene(tmp_path)
+    scene.check_images()
+    png, jpg = tmp_path / "images" / "img_00.png", tmp_path / "images" / "img_02.jpg"
+    for path, damage in (
+        (png, lambda b: b[: len(b) // 2]),
+        (png, lambda b: b[:60] + bytes([b[60] ^ 0xFF]) + b[61:]),  # a flipped byte: the chunk checksum fails
+        (jpg, lambda b: b[: len(b) // 2]),
+    ):
+        good = path.read_bytes()
+        path.write_bytes(damage(good))
+        with pytest.raises(InputError, match="cannot read image: corrupt or truncated") as info:
+            scene.check_images()
+        assert info.value.path == path
+        path.write_bytes(good)
+    png.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="not an image file") as info:
+        scene.check_images()
+    assert info.value.path == png
+
+
+def test_bad_points_are_input_errors_naming_the_points_file(tmp_path: Path) -> None:
+    make_colmap_scene(tmp_path, n_images=2)
+    sparse = tmp_path / "sparse" / "0"
+    assert load_scene(tmp_path).points_path == sparse / "points3D.bin"
+    cameras, images, points = read_model(sparse)
+    points.xyz[1, 2] = np.inf
+    write_model(sparse, cameras, images, points)
+    with pytest.raises(InputError, match=r"non-finite coordinates in 1 3D point\(s\), the first \(#1\)") as info:
+        load_scene(tmp_path)
+    assert info.value.path == sparse / "points3D.bin"
+    one = ColmapPoints(points.ids[:1], np.zeros((1, 3)), points.rgb[:1], points.error[:1], np.zeros(2, np.int64),
+                       points.track_image_ids, points.track_point2D_idx)  # fmt: skip
+    write_model(sparse, cameras, images, one)
+    scene = load_scene(tmp_path)
+    with pytest.raises(InputError, match="only 1 3D point") as info:
+        initial_gaussians(ModelConfig(), scene, 0)
+    assert info.value.path == sparse / "points3D.bin"
+    assert len(initial_gaussians(ModelConfig(init="random", random_points=2), scene, 0)) == 2
+
+
 def test_bad_scenes_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no scene here"):
         load_scene(tmp_path)
@@ -192,6 +247,12 @@ def test_bad_scenes_are_input_errors(tmp_path: Path) -> None:
     make_colmap_scene(tmp_path / "ok", n_images=1)
     with pytest.raises(InputError, match="downscale"):
         load_scene(tmp_path / "ok", downscale=0)
+    make_colmap_scene(tmp_path / "no_images", n_images=1)
+    cameras, _, points = read_model(tmp_path / "no_images" / "sparse" / "0")
+    write_model(tmp_path / "no_images" / "sparse" / "0", cameras, {}, points)
+    with pytest.raises(InputError, match="no registered images") as info:
+        load_scene(tmp_path / "no_images")
+    assert info.value.path == tmp_path / "no_images" / "sparse" / "0" / "images.bin"
 
 
 def test_camera_from_another_scene(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.dist.runtime import detect_launcher, init_distributed, shutdown
-from tests.dist_util import free_port
+from tests.dist_util import child_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # a whole subprocess job; collectives inside it time out after dist.timeout_s
@@ -51,23 +51,10 @@ not_inside_a_job = pytest.mark.skipif(
     reason="starts its own 2-rank jobs: run pytest without mpiexec/torchrun",
 )
 
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# an enclosing job's process-manager variables (SLURM_ too: Hydra would launch through srun); MPIR_CVAR_* settings stay
-_MPI_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCAL", "SLURM_")
-
-
-def _env() -> dict[str, str]:
-    """This environment for a child job: CPU only, one thread per rank, no launcher variables inherited."""
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(_MPI_PREFIXES)}
-    path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=path)
-    return env
-
-
 def _run(cmd: list[str], cwd: Path) -> str:
     """Run ``cmd`` in its own process group (killed whole on timeout); return stdout+stderr, fail on exit != 0."""
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)

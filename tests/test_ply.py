@@ -124,6 +124,17 @@ def test_write_is_atomic_and_creates_dirs(tmp_path: Path, monkeypatch: pytest.Mo
     assert [p.name for p in target.parent.iterdir()] == ["m.ply"]
 
 
+def test_write_to_an_impossible_path_is_input_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="cannot write: .*notes.txt is a file, not a folder") as info:
+        write_ply(tmp_path / "notes.txt" / "sub" / "m.ply", _random(3, 0))
+    assert info.value.path == tmp_path / "notes.txt" / "sub" / "m.ply"
+    (tmp_path / "m.ply").mkdir()
+    with pytest.raises(InputError, match="is a folder") as info:
+        write_ply(tmp_path / "m.ply", _random(3, 0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ply", "notes.txt"]
+
+
 def test_write_rejects_invalid_gaussians(tmp_path: Path) -> None:
     g = _random(5, 1)
     g.opacity_logits[2] = float("nan")

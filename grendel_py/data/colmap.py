@@ -200,7 +200,8 @@ class _Cursor:
         (n,) = self.unpack(_U64, what)
         if n * min_record_bytes > len(self.data) - self.pos:
             raise InputError(
-                self.path, f"truncated: {what} says {n} records but only {len(self.data) - self.pos} bytes follow"
+                self.path,
+                f"corrupt or truncated: {what} says {n} records but only {len(self.data) - self.pos} bytes follow",
             )
         return int(n)
 

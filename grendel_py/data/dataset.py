@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from grendel_py.config import DataConfig
 from grendel_py.data.cameras import Camera
@@ -24,6 +24,7 @@ from grendel_py.data.transforms_json import (
     find_transforms,
     read_transforms,
     read_transforms_points,
+    transforms_points_file,
 )
 from grendel_py.data.undistort import (
     OpenCVIntrinsics,
@@ -47,8 +48,9 @@ class _ImageSource:
 @dataclass
 class Scene:
     """A loaded scene. Cameras are pinhole, sized after downscaling; ``points_xyz`` [P, 3] float32 and
-    ``points_rgb`` [P, 3] uint8 are the initial point cloud (None when the source has none); ``extent`` is
-    INRIA's scene radius: 1.1 x the largest distance of a training camera centre from their mean."""
+    ``points_rgb`` [P, 3] uint8 are the initial point cloud (None when the source has none), read from the
+    file ``points_path`` (None without one); ``extent`` is INRIA's scene radius: 1.1 x the largest distance
+    of a training camera centre from their mean."""
 
     train_cameras: list[Camera]
     test_cameras: list[Camera]
@@ -56,6 +58,7 @@ class Scene:
     points_rgb: torch.Tensor | None
     extent: float
     source: Path
+    points_path: Path | None = None
     _sources: dict[int, _ImageSource] = field(default_factory=dict, repr=False)
 
     @property
@@ -64,8 +67,10 @@ class Scene:
         return sorted(self.train_cameras + self.test_cameras, key=lambda c: c.uid)
 
     def check_images(self) -> None:
-        """Read every image's header (cheap: nothing is decoded) and raise InputError naming the first file
-        that is unreadable or whose size differs from its camera's."""
+        """Check every image file, mostly without decoding it, and raise InputError naming the first one that
+        is missing, unreadable, truncated or corrupt, or whose size differs from its camera's. Checked: every
+        file's header, the chunk checksums of PNGs; a JPEG that does not end in its end-of-image marker is
+        decoded at 1/8 scale."""
         for uid in sorted(self._sources):
             _check_header(self._sources[uid])
 
@@ -101,6 +106,8 @@ def load_scene(path: str | Path, *, downscale: float = 1.0, test_every: int = 8,
         views, points = _transforms_views(path)
     else:
         raise InputError(path, "no scene here: expected a COLMAP model (sparse/0, sparse or here) or transforms.json")
+    if points is not None:
+        _check_points(points[0], points[2])
     return _build_scene(path, views, points, downscale, test_every)
 
 
@@ -133,13 +140,24 @@ def describe(scene: Scene) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ readers
 
-_Points = tuple[np.ndarray, np.ndarray] | None
+_Points = tuple[np.ndarray, np.ndarray, Path] | None  # xyz [P, 3], rgb [P, 3], the file they come from
+
+
+def _check_points(xyz: np.ndarray, source: Path) -> None:
+    """InputError naming ``source`` if a point of the initial cloud has a non-finite coordinate."""
+    bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
+    if bad.size:
+        first = bad[0]
+        problem = f"non-finite coordinates in {bad.size} 3D point(s), the first (#{first}) at {xyz[first].tolist()}"
+        raise InputError(source, problem)
 
 
 def _colmap_views(sparse_dir: Path, image_root: Path) -> tuple[list[RawView], _Points]:
     ext = find_model_format(sparse_dir)
     cameras, images, points = read_model(sparse_dir)
     cameras_file, images_file = sparse_dir / f"cameras{ext}", sparse_dir / f"images{ext}"
+    if not images:
+        raise InputError(images_file, "the model has no registered images")
     views = []
     for img in images.values():
         cam = cameras.get(img.camera_id)
@@ -152,17 +170,20 @@ def _colmap_views(sparse_dir: Path, image_root: Path) -> tuple[list[RawView], _P
         intrinsics = opencv_intrinsics(cam, cameras_file)
         R = qvec_to_rotmat(img.qvec)
         views.append(RawView(img.name, image_root / img.name, cam.width, cam.height, intrinsics, R, img.tvec, None))
-    return views, ((points.xyz, points.rgb) if len(points) else None)
+    return views, ((points.xyz, points.rgb, sparse_dir / f"points3D{ext}") if len(points) else None)
 
 
 def _transforms_views(path: Path) -> tuple[list[RawView], _Points]:
-    return read_transforms(path), read_transforms_points(path)
+    points = read_transforms_points(path)
+    return read_transforms(path), None if points is None else (*points, transforms_points_file(path))
 
 
 # ------------------------------------------------------------------------------------------------ assembly
 
 
 def _build_scene(source: Path, views: list[RawView], points: _Points, downscale: float, test_every: int) -> Scene:
+    if not views:
+        raise InputError(source, "the scene has no images")
     views = sorted(views, key=lambda v: v.name)
     for a, b in zip(views, views[1:]):
         if a.name == b.name:
@@ -184,6 +205,7 @@ def _build_scene(source: Path, views: list[RawView], points: _Points, downscale:
         points_rgb=None if points is None else torch.from_numpy(np.ascontiguousarray(points[1], dtype=np.uint8)),
         extent=_extent(train or cameras),
         source=source,
+        points_path=None if points is None else points[2],
         _sources={uid: _ImageSource(v.image_path, v.width, v.height, v.intrinsics) for uid, v in enumerate(views)},
     )
 
@@ -219,14 +241,40 @@ def _check_size(src: _ImageSource, im: Image.Image) -> None:
 
 
 def _check_header(src: _ImageSource) -> None:
-    """Open the file's header only (no decoding) and check its size against the camera."""
+    """Check the file's size against the camera and that its data is complete, without a full decode: PNG
+    chunk checksums; a JPEG that does not end in its end-of-image marker is decoded at 1/8 scale."""
     try:
         with Image.open(src.path) as im:
             _check_size(src, im)
+            if im.format == "PNG":
+                im.verify()
+            elif im.format == "JPEG" and not _ends_with_jpeg_eoi(src.path):
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
     except FileNotFoundError as e:
         raise InputError(src.path, "image file is missing") from e
-    except OSError as e:
-        raise InputError(src.path, f"cannot read image: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow reports broken PNG chunks as SyntaxError
+        raise InputError(src.path, _image_problem(e)) from e
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    """Whether the file's last two bytes are the JPEG end-of-image marker FF D9 (a truncated file lacks it)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 2:
+            return False
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b"\xff\xd9"
+
+
+def _image_problem(error: BaseException) -> str:
+    """One line saying why Pillow could not read an image file."""
+    if isinstance(error, UnidentifiedImageError):
+        return "cannot read image: not an image file Pillow knows (corrupt, or an unsupported format)"
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot read image: {error.strerror}"
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return f"cannot read image: corrupt or truncated ({detail})"
 
 
 def _read_rgb(src: _ImageSource) -> torch.Tensor:
@@ -238,8 +286,8 @@ def _read_rgb(src: _ImageSource) -> torch.Tensor:
             pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     except FileNotFoundError as e:
         raise InputError(src.path, "image file is missing") from e
-    except OSError as e:
-        raise InputError(src.path, f"cannot read image: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(src.path, _image_problem(e)) from e
     if has_alpha:
         pixels = pixels[..., :3] * pixels[..., 3:]
     return torch.from_numpy(np.ascontiguousarray(pixels))

@@ -187,6 +187,12 @@ def read_transforms_points(path: str | Path) -> tuple[np.ndarray, np.ndarray] | 
 
     Returns ``xyz`` [P, 3] float64 and ``rgb`` [P, 3] uint8 (grey 128 when the ply has no colours).
     """
+    ply_path = transforms_points_file(path)
+    return None if ply_path is None else _read_ply_points(ply_path)
+
+
+def transforms_points_file(path: str | Path) -> Path | None:
+    """The point cloud file named by ``ply_file_path`` of the transforms scene at ``path``, or None."""
     files = find_transforms(path)
     if files is None:
         return None
@@ -196,18 +202,31 @@ def read_transforms_points(path: str | Path) -> tuple[np.ndarray, np.ndarray] | 
         return None
     if not isinstance(ply_name, str):
         raise InputError(json_path, f"ply_file_path must be a string, got {ply_name!r}")
-    return _read_ply_points(json_path.parent / ply_name)
+    return json_path.parent / ply_name
 
 
 def _read_ply_points(ply_path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        vertex = PlyData.read(str(ply_path))["vertex"]
-        xyz = np.stack([vertex[k] for k in ("x", "y", "z")], axis=1).astype(np.float64)
+        ply = PlyData.read(str(ply_path))
     except FileNotFoundError as e:
         raise InputError(ply_path, "point cloud file is missing") from e
-    except (OSError, KeyError, ValueError, PlyParseError) as e:
-        raise InputError(ply_path, f"cannot read vertices x, y, z: {e}") from e
+    except OSError as e:
+        raise InputError(ply_path, f"cannot read point cloud: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise InputError(ply_path, "not a valid PLY file: the header is not ASCII text") from e
+    except (PlyParseError, ValueError) as e:
+        raise InputError(ply_path, f"not a valid PLY file: {' '.join(str(e).split())}") from e
+    if "vertex" not in ply:
+        raise InputError(ply_path, "point cloud has no 'vertex' element")
+    vertex = ply["vertex"]
     names = vertex.data.dtype.names or ()
+    missing = [k for k in ("x", "y", "z") if k not in names]
+    if missing:
+        raise InputError(ply_path, f"point cloud vertices lack properties {', '.join(missing)}")
+    try:
+        xyz = np.stack([vertex[k] for k in ("x", "y", "z")], axis=1).astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(ply_path, f"point cloud vertices x, y, z are not numbers: {e}") from e
     if all(k in names for k in ("red", "green", "blue")):
         rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], axis=1).astype(np.uint8)
     else:

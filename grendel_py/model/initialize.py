@@ -11,11 +11,16 @@ from grendel_py.model.gaussians import Gaussians
 
 
 def initial_gaussians(cfg: ModelConfig, scene: Scene, seed: int) -> Gaussians:
-    """Gaussians from ``scene.points_xyz`` (``cfg.init == "points"``) or ``cfg.random_points`` uniform in the
-    cube of half side extent / 1.1 around the mean camera centre (``"random"``), SH degree ``cfg.sh_degree``."""
+    """Gaussians from ``scene.points_xyz`` (``cfg.init == "points"``; InputError for fewer than 2 points) or
+    ``cfg.random_points`` uniform in the cube of half side extent / 1.1 around the mean camera centre
+    (``"random"``), SH degree ``cfg.sh_degree``."""
     if cfg.init == "points":
         if scene.points_xyz is None:
             raise InputError(scene.source, "scene has no 3D points; use model.init=random")
+        if len(scene.points_xyz) < 2:
+            where = scene.points_path or scene.source
+            problem = "only 1 3D point; at least 2 are needed to initialise Gaussians (or use model.init=random)"
+            raise InputError(where, problem)
         return Gaussians.from_points(scene.points_xyz, scene.points_rgb, cfg.sh_degree, cfg.init_opacity)
     centers = torch.stack([c.center for c in scene.cameras]).float()
     mid, half = centers.mean(0), scene.extent / 1.1

@@ -98,8 +98,10 @@ def _read_vertices(path: str | Path) -> np.ndarray:
         raise InputError(path, "no such file") from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    except (PlyParseError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(path, f"not a valid PLY file: {e}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a valid PLY file: the header is not ASCII text") from None
+    except (PlyParseError, ValueError) as e:
+        raise InputError(path, f"not a valid PLY file: {' '.join(str(e).split())}") from None
     if "vertex" not in ply:
         found = ", ".join(el.name for el in ply.elements) or "none"
         raise InputError(path, f"no 'vertex' element (found: {found})")

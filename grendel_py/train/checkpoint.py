@@ -108,6 +108,14 @@ def complete_checkpoints(run_dir: Path) -> list[Manifest]:
     return [read_manifest(p) for p in sorted(found)]
 
 
+def interrupted_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders of ``run_dir`` without a manifest (their writing was interrupted)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX) and not (p / MANIFEST).is_file())
+
+
 def read_manifest(folder: Path) -> Manifest:
     """The manifest of the checkpoint ``folder``; InputError naming the file when it is missing or bad."""
     path = Path(folder) / MANIFEST

@@ -14,10 +14,12 @@ images, so the batch size can change freely.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,26 +34,33 @@ from grendel_py.dist.redistribute import redistribute, should_redistribute
 from grendel_py.dist.runtime import DistContext
 from grendel_py.dist.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
-from grendel_py.fileio import atomic_open
+from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
 from grendel_py.render import resolve_backend
-from grendel_py.train.checkpoint import MANIFEST, Manifest, complete_checkpoints, load_shards, run_dir_of, save_checkpoint
+from grendel_py.train.checkpoint import (
+    MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
+)  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
+from grendel_py.train.preempt import Preempted, StopSignals
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.balancer import TileBalancer
 
 
-def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict:
+def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart: bool = False) -> dict:
     """Train on ``cfg.data`` into the folder ``cfg.train.out`` (fresh, or continuing from the checkpoint
-    ``resume`` of that folder); returns the final metrics (on every rank)."""
-    # Checked before anything is written. The trainer keeps its model and images on the CPU (the GPU path of
-    # training is not wired yet), so ``auto`` renders with torch and ``cupy`` is refused here.
+    ``resume`` of that folder); returns the final metrics (on every rank). ``restart``: a fresh run may
+    replace what an earlier attempt left in the folder before its first checkpoint (``--auto-resume``).
+
+    SIGTERM or SIGUSR1 stop the run after the current iteration with a checkpoint: :class:`Preempted`.
+    Bad input raises :class:`InputError` on every rank before the run folder is created."""
+    # The trainer keeps its model and images on the CPU (the GPU path of training is not wired yet), so
+    # ``auto`` renders with torch and ``cupy`` is refused here.
     backend = resolve_backend(cfg.render.backend, torch.device("cpu"))
-    out = _prepare_run_dir(cfg, resume, ctx)
+    out = _check_run_dir(cfg, resume, restart)
     torch.manual_seed(cfg.seed)
     t = cfg.train
     scene = scene_from_config(cfg.data)
@@ -59,6 +68,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
     if not scene.train_cameras:
         raise InputError(scene.source, "scene has no training cameras")
     optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
+    _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background)
     images = _ImageCache(scene)
@@ -70,7 +80,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
     writer = _writer(out, seen, ctx)
     start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
     bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
-    try:
+    with StopSignals() as stop, _closing(bar, writer):
         while seen < t.images:
             tic = time.perf_counter()
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
@@ -88,10 +98,11 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
                 events["moved"] = redistribute(optimizer, densify, cfg.dist.ownership, ctx)
                 if d.batch_sampling == "owner-aware":
                     sampler.set_affinity(_affinity(shard, scene, ctx))
+            checkpoint = None
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
-                save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
+                checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
 
-            stats = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), balancer, ctx)
+            stats, stopping = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), stop.received is not None, balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
@@ -103,13 +114,15 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
                         writer.add_scalar(f"train/{key}", value, seen)
                 if "moved" in events:
                     writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
+            if stopping:  # every rank saw a stop signal's flag in the same all-reduce
+                if checkpoint is None:
+                    checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
+                raise Preempted(stop.received or "a stop signal on another rank", seen, checkpoint)
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx, backend=backend)
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
-    finally:
-        bar.close()
     elapsed = time.perf_counter() - start
     timing = {
         "train_seconds": elapsed,
@@ -127,6 +140,17 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None) -> dict
     return result
 
 
+@contextlib.contextmanager
+def _closing(bar: tqdm, writer) -> Iterator[None]:
+    """Close the progress bar and flush the TensorBoard writer however the loop ends."""
+    try:
+        yield
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.flush()
+
+
 def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: DistContext):
     """(optimizer over this rank's shard, densification, camera sampler, id allocator, images seen): from
     the initial Gaussians of the scene, or from the checkpoint ``resume`` (on any number of ranks)."""
@@ -134,6 +158,9 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
     sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
     if resume is None:
         model = initial_gaussians(cfg.model, scene, cfg.seed)
+        if len(model) < ctx.world_size:
+            raise InputError(scene.source, f"the initial model has {len(model)} Gaussians, fewer than the {ctx.world_size} ranks: "
+                             "use fewer ranks, or more points (model.init=random model.random_points=N)")  # fmt: skip
         shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank)  # redistributed below
         allocate_ids, seen = IdAllocator(int(model.ids.max()) + 1, ctx), 0
         del model
@@ -141,6 +168,8 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
         where = resume.folder / MANIFEST
         if resume.sh_degree != cfg.model.sh_degree:
             raise InputError(where, f"checkpoint has SH degree {resume.sh_degree}, the config {cfg.model.sh_degree}")
+        if sum(resume.shard_sizes) < ctx.world_size:
+            raise InputError(where, f"checkpoint holds {sum(resume.shard_sizes)} Gaussians, fewer than the {ctx.world_size} ranks")
         if any(i >= len(scene.train_cameras) for i in resume.sampler["order"]):
             raise InputError(where, "checkpoint was made on a scene with more training cameras than this one")
         loaded = load_shards(resume, ctx)
@@ -156,29 +185,57 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
     return optimizer, densify, sampler, allocate_ids, seen
 
 
-def _prepare_run_dir(cfg: Config, resume: Manifest | None, ctx: DistContext) -> Path:
-    """Check (every rank) and create (rank 0) the run folder; rank 0 saves the resolved config. A resumed
-    run keeps its folder; checkpoints newer than the one resumed from are removed."""
+_LEFTOVERS = {"config.yaml", "tb", "checkpoints"}  # what a run writes before its first complete checkpoint
+
+
+def _check_run_dir(cfg: Config, resume: Manifest | None, restart: bool) -> Path:
+    """The run folder ``cfg.train.out``, checked (every rank, before any work): a fresh run needs it absent or
+    empty (or, with ``restart``, holding only an earlier attempt's leftovers); a resumed run, the
+    checkpoint's own folder."""
     if not cfg.train.out:
         raise InputError(None, "train.out is not set: give the run's output folder, e.g. train.out=runs/demo")
     out = Path(cfg.train.out)
-    if resume is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "output folder exists and is not empty; choose a new path (or --resume it)")
+    if resume is None and out.exists():
+        if not out.is_dir():
+            raise InputError(out, "output folder is a file; choose a new path")
+        found = {p.name for p in out.iterdir()}
+        if found and not (restart and found <= _LEFTOVERS):
+            raise InputError(out, "output folder exists and is not empty; choose a new path (or --resume it)")
     if resume is not None and run_dir_of(resume).resolve() != out.resolve():
         raise InputError(out, f"train.out must be the folder of the checkpoint {resume.folder}")
-    if ctx.distributed:
-        dist.barrier()  # every rank has seen the folder before rank 0 changes it
-    if ctx.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(out, f"cannot create output folder: {e.strerror}") from None
-        save_config(cfg, out / "config.yaml")
-        if resume is not None:
-            for later in complete_checkpoints(out):
-                if later.images_seen > resume.images_seen:
-                    shutil.rmtree(later.folder)
     return out
+
+
+def _create_run_dir(out: Path, cfg: Config, resume: Manifest | None, ctx: DistContext) -> None:
+    """Rank 0 creates the run folder and saves the resolved config; a fresh run clears an earlier attempt's
+    leftovers, a resumed one removes checkpoints newer than its own and interrupted ones. Every rank raises
+    the same InputError when rank 0 cannot write there."""
+    if ctx.distributed:
+        dist.barrier()  # every rank has checked the folder before rank 0 changes it
+    problem: InputError | None = None
+    if ctx.is_main:
+        created = not out.exists()
+        try:
+            ensure_folder(out)
+            if resume is None:
+                for name in ("tb", "checkpoints"):
+                    shutil.rmtree(out / name, ignore_errors=True)
+            else:
+                for later in complete_checkpoints(out):
+                    if later.images_seen > resume.images_seen:
+                        shutil.rmtree(later.folder)
+                for folder in interrupted_checkpoints(out):
+                    shutil.rmtree(folder)
+            save_config(cfg, out / "config.yaml")
+        except InputError as e:
+            problem = e
+        except OSError as e:
+            problem = InputError(out, f"cannot write the run folder: {os_problem(e, out)}")
+        if problem and created:
+            shutil.rmtree(out, ignore_errors=True)
+    failed = ctx.reduce(torch.tensor([float(bool(problem))]), "max")
+    if float(failed) > 0:
+        raise problem or InputError(out, "rank 0 cannot write the run folder")
 
 
 def _writer(out: Path, seen: int, ctx: DistContext):
@@ -188,7 +245,7 @@ def _writer(out: Path, seen: int, ctx: DistContext):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"), purge_step=seen + 1 if seen else None)
+    return SummaryWriter(str(out / "tb"), purge_step=seen + 1)
 
 
 class _ImageCache:
@@ -204,22 +261,23 @@ class _ImageCache:
 
 
 def _batch_stats(
-    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, balancer: TileBalancer, ctx: DistContext
-) -> dict:
+    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop: bool, balancer: TileBalancer,
+    ctx: DistContext,
+) -> tuple[dict, bool]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
     Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds (one
     all-reduce), which calibrate ``balancer``; the tile assignment's balance (largest over mean work per rank,
-    work = intersections + 1 per tile)."""
+    work = intersections + 1 per tile). And whether any rank's ``stop`` is set (in the same all-reduce)."""
     sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     seconds = torch.zeros(ctx.world_size, dtype=torch.float64)
     seconds[ctx.rank] = rendered.raster_seconds
-    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
+    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved, stop], dtype=torch.float64)
     values = ctx.reduce(torch.cat([head, seconds]), "sum")
-    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[5:].numpy())
+    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[6:].numpy())
     mse = float(values[1]) / (3 * pixels)
     psnr = -10.0 * math.log10(max(mse, 1e-12))
-    return {
+    stats = {
         "loss": float(values[0]) / len(gts),
         "psnr": psnr,
         "gaussians": float(values[2]),
@@ -227,6 +285,7 @@ def _batch_stats(
         "moved_gaussians": float(values[4]),
         "balance": rendered.assignment.balance(balancer.work(rendered.table)),
     }
+    return stats, float(values[5]) > 0
 
 
 def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):

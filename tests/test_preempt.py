@@ -1,0 +1,177 @@
+"""Operations: a stop signal ends every rank with one consistent checkpoint and the requeue status, and the
+resumed run continues the very same loss curve; a rank that dies makes the others stop within
+``dist.lost_rank_timeout_s``, naming it, with the last checkpoint intact.
+
+The ranks run as separate ``grendel train`` processes given the torchrun variables (as ``srun`` or a
+scheduler would start them), so each one can be signalled or killed on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grendel_py.cli import main
+from grendel_py.dist.runtime import single_process
+from grendel_py.dist.watchdog import looks_like_peer_loss
+from grendel_py.errors import EXIT_LOST_RANK, EXIT_PREEMPTED
+from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
+from grendel_py.train.preempt import StopSignals
+from tests.dist_util import child_env, free_port
+
+TIMEOUT_S = 180  # a whole job
+
+
+@pytest.fixture(scope="module")
+def scene(object_scene_seed2: Path) -> Path:
+    return object_scene_seed2
+
+
+def _args(scene: Path, out: Path, images: int, *extra: str) -> list[str]:
+    """``grendel train`` words: batches of 2, a checkpoint every 10 images, the loss logged every batch,
+    densification and redistribution on, equal speeds (runs repeat bit for bit)."""
+    return [
+        f"data.path={scene}", "data.downscale=4", f"train.out={out}", f"train.images={images}",
+        "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1", "train.log_every=2",
+        "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.sh_degree_every=10", "model.sh_degree=1",
+        "densify.start_images=4", "densify.stop_images=30", "densify.every_images=6",
+        "densify.reset_opacity_every=18", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
+        "dist.timeout_s=60", *extra,
+    ]  # fmt: skip
+
+
+def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
+    """``grendel train args`` as ``world`` rank processes (one plain process for world 1)."""
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        launch = {} if world == 1 else dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "grendel_py", "train", *args], cwd=cwd, env=child_env(**launch),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        ))  # fmt: skip
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
+    """(exit status, stderr) of every rank; kills them all when one overruns ``timeout``."""
+    results = []
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"a rank ran past {timeout} s: {proc.args}")
+        results.append((proc.returncode, err))
+    return results
+
+
+def _run(world: int, args: list[str], cwd: Path) -> None:
+    for rank, (code, err) in enumerate(_finish(_start(world, args, cwd))):
+        assert code == 0, f"rank {rank} exit {code}:\n{err[-3000:]}"
+
+
+def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        ended = [p.returncode for p in procs if p.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"{path} never appeared (ranks ended: {ended}): {_finish(procs)[0][1][-3000:]}")
+        time.sleep(0.02)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def _assert_intact(run: Path, world: int) -> int:
+    """The newest checkpoint of ``run`` is complete and every shard reads; returns its images seen."""
+    manifest = find_checkpoint(run)
+    assert manifest.world_size == world
+    state = load_shards(manifest, single_process())  # reads and checks every rank's file
+    assert len(state["optimizer"]["ids"]) == sum(manifest.shard_sizes) > 0
+    return manifest.images_seen
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(scene: Path, tmp_path: Path, world: int) -> None:
+    images = 40
+    _run(world, _args(scene, tmp_path / "ref", images), tmp_path)
+
+    run = tmp_path / "run"
+    procs = _start(world, _args(scene, run, images, "--auto-resume"), tmp_path)
+    _wait_for(checkpoint_dir(run, 10) / "manifest.json", procs)
+    procs[-1].send_signal(signal.SIGTERM)  # one rank only: all must agree to stop at the same iteration
+    results = _finish(procs)
+    assert [code for code, _ in results] == [EXIT_PREEMPTED] * world, results[0][1][-3000:]
+    assert "stopped by SIGTERM" in results[-1][1] if world == 1 else "stopped by a stop signal on another rank" in results[0][1]
+    stopped_at = _assert_intact(run, world)
+    assert 10 <= stopped_at < images and not (run / "model.ply").exists()
+
+    _run(world, _args(scene, run, images, "--auto-resume"), tmp_path)  # the requeued job: the same command
+    assert (run / "model.ply").read_bytes() == (tmp_path / "ref" / "model.ply").read_bytes()
+    assert _losses(run) == _losses(tmp_path / "ref")  # steps before and after the stop
+    assert [m.images_seen for m in complete_checkpoints(run)][-1] == images
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_lost_rank_stops_the_others_naming_it(scene: Path, tmp_path: Path, victim: int) -> None:
+    run, timeout = tmp_path / "run", 2.0
+    procs = _start(2, _args(scene, run, 100_000, f"dist.lost_rank_timeout_s={timeout}"), tmp_path)
+    _wait_for(checkpoint_dir(run, 10) / "manifest.json", procs)
+    procs[victim].kill()
+    killed = time.monotonic()
+    code, err = _finish([procs[1 - victim]])[0]
+    waited = time.monotonic() - killed
+    assert code == EXIT_LOST_RANK, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and f"rank {victim} " in line, err[-3000:]
+    assert waited < timeout + 10, waited
+    assert _assert_intact(run, 2) >= 10
+    procs[victim].wait()
+
+
+def test_auto_resume_starts_afresh_over_an_attempt_without_checkpoint(scene: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoints" / "images_000000010").mkdir(parents=True)  # interrupted: no manifest
+    assert main(["train", *_args(scene, run, 10, "--auto-resume")]) == 0
+    assert _assert_intact(run, 1) == 10 and (run / "model.ply").is_file()
+    (run / "notes.txt").write_text("mine")  # not a leftover of a run: a new run there is refused
+    assert main(["train", *_args(scene, run / "x", 10), f"train.out={run}"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["train", *_args(scene, run, 10), "--auto-resume", "--resume", str(run)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_stop_signals_raise_a_flag_and_restore_the_handlers() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert stop.received is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop.received == "SIGUSR1"  # the first one
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_peer_loss_errors_are_told_from_local_ones() -> None:
+    assert looks_like_peer_loss(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    assert not looks_like_peer_loss(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
+    assert not looks_like_peer_loss(ValueError("connection"))
