@@ -35,13 +35,9 @@ from plyfile import PlyData, PlyElement
 
 from grendel_py.cli import main
 from grendel_py.data.colmap import qvec_to_rotmat, read_model, write_model
-from tests.dist_util import free_port
+from tests.dist_util import child_env, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120
-# Variables a child inherits; everything else (launcher and MPI variables, PYTHON*, TORCH_*, ...) is left out.
-_INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "LD_LIBRARY_PATH",
-              "VIRTUAL_ENV", "CONDA_PREFIX")  # fmt: skip
 GARBAGE_PROBLEM = r"corrupt|truncated|malformed|unknown|invalid"  # what a reader says depends on the bytes
 
 
@@ -70,12 +66,6 @@ def _run_inprocess(args: list[str]) -> Result:
     return Result(rc, out.getvalue(), err.getvalue())
 
 
-def _env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-    env.update(PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    return env
-
-
 def _drop_permission_override() -> None:
     """In the child, before exec: remove CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the bounding
     set, so that even root's process obeys file permission bits after exec."""
@@ -90,7 +80,7 @@ def _start(cmd: list, cwd: Path, env: dict[str, str] | None = None, unprivileged
     file permission bits even as root."""
     preexec = _drop_permission_override if unprivileged and os.geteuid() == 0 else None
     return subprocess.Popen(
-        [str(c) for c in cmd], cwd=cwd, env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
+        [str(c) for c in cmd], cwd=cwd, env=child_env(**(env or {})), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=preexec,
     )  # fmt: skip
 

@@ -54,10 +54,6 @@ SCRIPTS = {
 }
 PREEMPTED = "train_1node.sbatch"  # its job gets SIGUSR1 after its first checkpoint
 IMAGES = 30  # per job; a checkpoint every 10
-needs_auto_resume = pytest.mark.skipif(
-    "--auto-resume" not in (REPO / "grendel_py" / "cli.py").read_text(),
-    reason="the slurm/ scripts run `grendel train --auto-resume`, which grendel_py/cli.py does not have yet",
-)
 
 
 def _cannot_run() -> str | None:
@@ -195,7 +191,6 @@ def trained(cluster: Cluster, scene: Path, tmp_path_factory: pytest.TempPathFact
     return {script: (cluster.wait(job), runs[script]) for script, job in jobs.items()}
 
 
-@needs_auto_resume
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_batch_script_trains_on_two_ranks(trained: dict[str, tuple[dict, Path]], script: str) -> None:
     fields, run = trained[script]
@@ -203,13 +198,11 @@ def test_batch_script_trains_on_two_ranks(trained: dict[str, tuple[dict, Path]],
     assert complete_checkpoints(run)[-1].images_seen == IMAGES
 
 
-@needs_auto_resume
 def test_launches_train_the_same_model(trained: dict[str, tuple[dict, Path]]) -> None:
     models = {script: (run / "model.ply").read_bytes() for script, (_, run) in trained.items()}
     assert len(set(models.values())) == 1, {script: len(data) for script, data in models.items()}
 
 
-@needs_auto_resume
 def test_preempted_torchrun_job_requeued_itself(trained: dict[str, tuple[dict, Path]]) -> None:
     fields, _ = trained[PREEMPTED]
     log = _log(fields)
@@ -217,7 +210,6 @@ def test_preempted_torchrun_job_requeued_itself(trained: dict[str, tuple[dict, P
     assert "step stopped (status 1 after SIGUSR1): requeueing" in log, log[-4000:]
 
 
-@needs_auto_resume
 def test_preempted_srun_job_requeues_and_finishes(
     cluster: Cluster, scene: Path, tmp_path: Path, trained: dict[str, tuple[dict, Path]]
 ) -> None:
@@ -234,7 +226,6 @@ def test_preempted_srun_job_requeues_and_finishes(
     assert (run / "model.ply").read_bytes() == (trained["train_srun.sbatch"][1] / "model.ply").read_bytes()
 
 
-@needs_auto_resume
 def test_cancelled_job_is_not_requeued(cluster: Cluster, scene: Path, tmp_path: Path) -> None:
     """scancel sends SIGTERM to the batch shell too: the ranks checkpoint and exit 75, the job stays cancelled."""
     run = tmp_path / "run"

@@ -24,14 +24,13 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 import torch.distributed as dist
 
 from grendel_py.dist.runtime import DistContext
 from grendel_py.errors import EXIT_LOST_RANK
 
-_BEAT = "grendel/heartbeat/{}"
-_VERDICT = "grendel/lost"
 _PEER_LOSS_WORDS = ("gloo", "nccl", "connection", "socket", "timed out", "timeout", "broken pipe", "peer")
 
 
@@ -61,8 +60,12 @@ class Watchdog:
     def __enter__(self) -> Watchdog:
         if not self.ctx.distributed:
             return self
+        # keys of this job alone: a launcher's store outlives the job's restarts (torchrun --max-restarts)
+        run = [uuid.uuid4().hex if self.ctx.is_main else None]
+        dist.broadcast_object_list(run, src=0)
+        self._beat, self._verdict = f"grendel/{run[0]}/heartbeat/{{}}", f"grendel/{run[0]}/lost"
         self._store = dist.distributed_c10d._get_default_store()
-        self._store.set(_BEAT.format(self.ctx.rank), "0")
+        self._store.set(self._beat.format(self.ctx.rank), "0")
         dist.barrier()  # every heartbeat key exists before anyone reads one
         self._thread = threading.Thread(target=self._run, name="grendel-watchdog", daemon=True)
         self._thread.start()
@@ -84,11 +87,11 @@ class Watchdog:
         while not self._stop.wait(self.interval):
             try:
                 beat += 1
-                self._store.set(_BEAT.format(self.ctx.rank), str(beat))
-                if self._store.check([_VERDICT]):
-                    self.on_lost(self.ctx, self._store.get(_VERDICT).decode())
+                self._store.set(self._beat.format(self.ctx.rank), str(beat))
+                if self._store.check([self._verdict]):
+                    self.on_lost(self.ctx, self._store.get(self._verdict).decode())
                     return
-                value = self._store.get(_BEAT.format(neighbour))
+                value = self._store.get(self._beat.format(neighbour))
             except Exception as e:  # the store's host is gone; its errors come in assorted types
                 if self._stop.is_set():  # this rank is leaving anyway
                     return
@@ -100,7 +103,7 @@ class Watchdog:
             elif now - since > self.timeout_s:
                 verdict = f"rank {neighbour} is lost: no heartbeat for {now - since:.0f} s"
                 try:
-                    self._store.set(_VERDICT, verdict)
+                    self._store.set(self._verdict, verdict)
                 finally:
                     self.on_lost(self.ctx, verdict)
                 return
