@@ -15,6 +15,8 @@ restart.
 - :func:`test_preempted_srun_job_requeues_and_finishes`: the same with srun per task (srun exits 75).
 - :func:`test_cancelled_job_is_not_requeued`: ``scancel`` ends the job, though its ranks checkpoint and exit
   with the requeue status.
+- :func:`test_lost_task_stops_the_job_naming_it`: ``kill -9`` of one task; the other names it within
+  ``dist.lost_rank_timeout_s`` and the job fails, its last checkpoint complete.
 
 They skip, saying why, when not root or when SLURM or munge is not installed (``apt-get install -y
 --no-install-recommends slurm-wlm munge``; .ci/run installs them). Installed daemons that do not start are a
@@ -236,3 +238,31 @@ def test_cancelled_job_is_not_requeued(cluster: Cluster, scene: Path, tmp_path: 
     log = _log(fields)
     assert (fields["JobState"], fields["Restarts"]) == ("CANCELLED", "0"), log[-4000:]
     assert "step exited with status 75 as SLURM ends the job (not requeued" in log, log[-4000:]
+
+
+def _task_pid(job: str, rank: int) -> int:
+    """The process of task ``rank`` of ``job``'s step running grendel (found by its environment in /proc)."""
+    want = {f"SLURM_JOB_ID={job}".encode(), f"SLURM_PROCID={rank}".encode(), b"SLURM_STEP_ID=0"}
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"grendel_py" in (proc / "cmdline").read_bytes() and want <= set((proc / "environ").read_bytes().split(b"\0")):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    pytest.fail(f"no process of task {rank} of job {job}")
+
+
+def test_lost_task_stops_the_job_naming_it(cluster: Cluster, scene: Path, tmp_path: Path) -> None:
+    """kill -9 of task 1 (the node's OOM killer, say): task 0 stops within dist.lost_rank_timeout_s naming rank
+    1, the job fails without a requeue, and its last checkpoint is complete."""
+    run = tmp_path / "run"
+    args = _train_args(scene, run, 100_000, "train.checkpoint_every=10", "dist.lost_rank_timeout_s=3")
+    job = cluster.submit("train_srun.sbatch", tmp_path, args)
+    _first_checkpoint(cluster, job, run)
+    os.kill(_task_pid(job, 1), 9)
+    fields = cluster.wait(job, timeout=60)
+    log = _log(fields)
+    assert (fields["JobState"], fields["Restarts"]) == ("FAILED", "0"), log[-4000:]
+    assert re.search(r"^error: rank 1 is lost: no heartbeat for \d+ s \(seen by rank 0\); stopping$", log, re.M), log[-4000:]
+    manifest = complete_checkpoints(run)[-1]
+    assert manifest.images_seen >= 10 and all(manifest.shard_file(r).is_file() for r in range(2))
