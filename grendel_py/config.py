@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from grendel_py.errors import InputError
+from grendel_py.errors import InputError, one_line
 from grendel_py.fileio import atomic_open
 
 
@@ -273,7 +273,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None)
     if mark is None or problem is None:
-        return " ".join(str(error).split())
+        return one_line(str(error))
     context = getattr(error, "context", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}"
     return f"{where}: {problem}" + (f" ({context})" if context else "")

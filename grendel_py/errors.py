@@ -20,3 +20,8 @@ class InputError(Exception):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) as one space: a library's message in an error line."""
+    return " ".join(text.split())

@@ -1,13 +1,17 @@
-"""Run a function on W gloo ranks in separate processes, torchrun-style, and collect what each returns."""
+"""Run a function on W gloo ranks in separate processes, torchrun-style, and collect what each returns; start
+and finish child commands (``grendel``, torchrun, mpiexec) in a clean environment."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
+import subprocess
 import traceback
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -25,6 +29,29 @@ def child_env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=path, **extra)
     return env
+
+
+def start_child(cmd: list, cwd: Path, env: dict[str, str] | None = None, merge_output: bool = False,
+                preexec_fn=None) -> subprocess.Popen:  # fmt: skip
+    """Start ``cmd`` in ``child_env(**env)``, in its own session (so that a timeout kills its whole process
+    tree), stdout and stderr captured as text (stderr into stdout with ``merge_output``)."""
+    return subprocess.Popen(
+        [str(c) for c in cmd], cwd=cwd, env=child_env(**(env or {})), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
+
+
+def finish_child(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr ("" when merged) of ``proc``; past ``timeout`` seconds its process group
+    is killed and the test fails with the end of its output."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout:.0f} s: {' '.join(map(str, proc.args))}\n{(err or out)[-4000:]}")
+    return proc.returncode, out, err or ""
 
 
 def free_port() -> int:

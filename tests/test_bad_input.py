@@ -35,7 +35,7 @@ from plyfile import PlyData, PlyElement
 
 from grendel_py.cli import main
 from grendel_py.data.colmap import qvec_to_rotmat, read_model, write_model
-from tests.dist_util import child_env, free_port
+from tests.dist_util import finish_child, free_port, start_child
 
 TIMEOUT_S = 120
 GARBAGE_PROBLEM = r"corrupt|truncated|malformed|unknown|invalid"  # what a reader says depends on the bytes
@@ -79,21 +79,12 @@ def _start(cmd: list, cwd: Path, env: dict[str, str] | None = None, unprivileged
     """Start ``cmd`` in its own process group, in a clean environment (plus ``env``); ``unprivileged``: obeying
     file permission bits even as root."""
     preexec = _drop_permission_override if unprivileged and os.geteuid() == 0 else None
-    return subprocess.Popen(
-        [str(c) for c in cmd], cwd=cwd, env=child_env(**(env or {})), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=preexec,
-    )  # fmt: skip
+    return start_child(cmd, cwd, env, preexec_fn=preexec)
 
 
 def _finish(proc: subprocess.Popen) -> Result:
     """Wait for ``proc``; on timeout kill its whole process group and fail."""
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {TIMEOUT_S} s: {' '.join(map(str, proc.args))}\n{err[-4000:]}")
-    return Result(proc.returncode, out, err)
+    return Result(*finish_child(proc, TIMEOUT_S))
 
 
 def _run_process(cmd: list, cwd: Path) -> Result:

@@ -19,8 +19,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.dist.runtime import detect_launcher, init_distributed, shutdown
-from tests.dist_util import child_env, free_port
+from tests.dist_util import finish_child, free_port, start_child
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # a whole subprocess job; collectives inside it time out after dist.timeout_s
@@ -53,16 +51,8 @@ not_inside_a_job = pytest.mark.skipif(
 
 def _run(cmd: list[str], cwd: Path) -> str:
     """Run ``cmd`` in its own process group (killed whole on timeout); return stdout+stderr, fail on exit != 0."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out after {TIMEOUT_S} s: {' '.join(cmd)}\n{out[-4000:]}")
-    assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd)}\n{out[-4000:]}"
+    code, out, _ = finish_child(start_child(cmd, cwd, merge_output=True), TIMEOUT_S)
+    assert code == 0, f"exit {code}: {' '.join(cmd)}\n{out[-4000:]}"
     return out
 
 

@@ -23,7 +23,7 @@ from grendel_py.dist.watchdog import looks_like_peer_loss
 from grendel_py.errors import EXIT_LOST_RANK, EXIT_PREEMPTED
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train.preempt import StopSignals
-from tests.dist_util import child_env, free_port
+from tests.dist_util import finish_child, free_port, start_child
 
 TIMEOUT_S = 180  # a whole job
 
@@ -53,26 +53,23 @@ def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
     for rank in range(world):
         launch = {} if world == 1 else dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "grendel_py", "train", *args], cwd=cwd, env=child_env(**launch),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        ))  # fmt: skip
+        procs.append(start_child([sys.executable, "-m", "grendel_py", "train", *args], cwd, launch))
     return procs
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
-    """(exit status, stderr) of every rank; kills them all when one overruns ``timeout``."""
-    results = []
+    """(exit status, stderr) of every rank; all are killed when one overruns ``timeout``."""
     deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs:
+    results = []
+    try:
+        for p in procs:
+            code, _, err = finish_child(p, max(1.0, deadline - time.monotonic()))
+            results.append((code, err))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
                 p.kill()
-            pytest.fail(f"a rank ran past {timeout} s: {proc.args}")
-        results.append((proc.returncode, err))
-    return results
 
 
 def _run(world: int, args: list[str], cwd: Path) -> None:

@@ -32,7 +32,7 @@ from grendel_py.data.undistort import (
     undistort_image,
 )
 from grendel_py.data.views import RawView
-from grendel_py.errors import InputError
+from grendel_py.errors import InputError, one_line
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def _image_problem(error: BaseException) -> str:
         return "cannot read image: not an image file Pillow knows (corrupt, or an unsupported format)"
     if isinstance(error, OSError) and error.strerror:
         return f"cannot read image: {error.strerror}"
-    detail = " ".join(str(error).split()) or type(error).__name__
+    detail = one_line(str(error)) or type(error).__name__
     return f"cannot read image: corrupt or truncated ({detail})"
 
 

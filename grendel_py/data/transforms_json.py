@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from plyfile import PlyData, PlyParseError
 
 from grendel_py.data.undistort import OpenCVIntrinsics
 from grendel_py.data.views import RawView
 from grendel_py.errors import InputError
+from grendel_py.model.ply import read_ply_data
 
 SPLIT_FILES = (("transforms_train.json", "train"), ("transforms_test.json", "test"))
 SINGLE_FILE = "transforms.json"
@@ -206,16 +206,7 @@ def transforms_points_file(path: str | Path) -> Path | None:
 
 
 def _read_ply_points(ply_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        ply = PlyData.read(str(ply_path))
-    except FileNotFoundError as e:
-        raise InputError(ply_path, "point cloud file is missing") from e
-    except OSError as e:
-        raise InputError(ply_path, f"cannot read point cloud: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise InputError(ply_path, "not a valid PLY file: the header is not ASCII text") from e
-    except (PlyParseError, ValueError) as e:
-        raise InputError(ply_path, f"not a valid PLY file: {' '.join(str(e).split())}") from e
+    ply = read_ply_data(ply_path, missing="point cloud file is missing")
     if "vertex" not in ply:
         raise InputError(ply_path, "point cloud has no 'vertex' element")
     vertex = ply["vertex"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement, PlyParseError
 
-from grendel_py.errors import InputError
+from grendel_py.errors import InputError, one_line
 from grendel_py.fileio import atomic_open
 from grendel_py.model.gaussians import MAX_SH_DEGREE, Gaussians, num_sh_rest
 
@@ -90,18 +90,24 @@ def read_ply(path: str | Path) -> Gaussians:
     )
 
 
-def _read_vertices(path: str | Path) -> np.ndarray:
-    """The structured array of the ``vertex`` element of the PLY at ``path``."""
+def read_ply_data(path: str | Path, missing: str = "no such file") -> PlyData:
+    """The PLY file at ``path`` as plyfile parses it; InputError naming it when it is absent (``missing``),
+    unreadable or not a valid PLY."""
     try:
-        ply = PlyData.read(str(path), mmap=False)
+        return PlyData.read(str(path), mmap=False)
     except FileNotFoundError:
-        raise InputError(path, "no such file") from None
+        raise InputError(path, missing) from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a valid PLY file: the header is not ASCII text") from None
     except (PlyParseError, ValueError) as e:
-        raise InputError(path, f"not a valid PLY file: {' '.join(str(e).split())}") from None
+        raise InputError(path, f"not a valid PLY file: {one_line(str(e))}") from None
+
+
+def _read_vertices(path: str | Path) -> np.ndarray:
+    """The structured array of the ``vertex`` element of the PLY at ``path``."""
+    ply = read_ply_data(path)
     if "vertex" not in ply:
         found = ", ".join(el.name for el in ply.elements) or "none"
         raise InputError(path, f"no 'vertex' element (found: {found})")
