@@ -2,8 +2,9 @@
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
-``train`` exits with 75 when a signal stopped it after a checkpoint and 3 when another rank was lost
-(:mod:`grendel_py.errors`).
+``train`` exits with 75 when SIGTERM or SIGUSR1 stopped it after a checkpoint, 130 after Ctrl-C (with a
+checkpoint, unless pressed twice), and 3 when another rank was lost (:mod:`grendel_py.errors`); any command
+interrupted by Ctrl-C outside training prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from grendel_py.config import Config, load_config
-from grendel_py.errors import EXIT_INPUT, EXIT_PREEMPTED, InputError
+from grendel_py.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PREEMPTED, InputError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ctx.is_main:
             print(f"{stopped}; continue with: grendel train --resume {cfg.train.out} (or the same command with --auto-resume)",
                   file=sys.stderr)  # fmt: skip
-        return EXIT_PREEMPTED
+        return EXIT_INTERRUPTED if stopped.signal_name == "SIGINT" else EXIT_PREEMPTED
     if ctx.is_main:
         test = result["test"]
         summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
@@ -296,3 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, always
         return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -11,6 +11,7 @@ from pathlib import Path
 EXIT_INPUT = 2  # bad input: one line "error: <file>: <problem>", nothing written
 EXIT_LOST_RANK = 3  # another rank of the job died or hung: one line naming it; the last checkpoint is intact
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: run again with --auto-resume (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): after writing a checkpoint, or at once on a second Ctrl-C
 
 
 class InputError(Exception):

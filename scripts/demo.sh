@@ -4,8 +4,8 @@
 # run (model.ply, metrics.json, renders/ with render | ground truth, tb/ for TensorBoard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+source scripts/env.sh
 rm -rf out/demo  # this script's own previous output
 grendel synth out/demo/scene --preset object --seed 0
 # two ranks (gloo on CPU, NCCL with GPUs): the Gaussians are split in two spatial shards, tiles are shared
-python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train --config configs/demo.yaml
+python -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train --config configs/demo.yaml

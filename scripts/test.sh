@@ -4,5 +4,5 @@
 # .ci/run installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh dev,mpi
-python3 -m pytest -q "$@"
+source scripts/env.sh dev,mpi
+python -m pytest -q "$@"

@@ -539,6 +539,16 @@ def test_output_file_is_a_folder(scene: Path, good_ply: Path, tmp_path: Path, co
 RANKS = 3  # the smallest model has 2 Gaussians (model.random_points >= 2), so 3 ranks are the fewest to outnumber it
 
 
+@pytest.mark.parametrize("process", [False, True], ids=["inprocess", "process"])
+def test_batch_larger_than_the_training_cameras(scene: Path, tmp_path: Path, process: bool) -> None:
+    out = tmp_path / "run"
+    n = json.loads(_run_inprocess(["info", scene, *_data(scene)[1:]]).out)["train_cameras"]
+    res = grendel([*_train_args(scene, out), f"train.batch_size={n + 1}"], tmp_path, process=process)
+    line = assert_input_error(res, [scene, f"train.batch_size={n + 1}"], "more than")
+    assert f"{n} training cameras" in line, line
+    assert_no_output(tmp_path, out)
+
+
 def _ranks_args(scene: Path, out: Path) -> list[str]:
     return [*_train_args(scene, out), "model.init=random", "model.random_points=2"]
 

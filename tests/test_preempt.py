@@ -9,6 +9,7 @@ scheduler would start them), so each one can be signalled or killed on its own.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,13 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from grendel_py.cli import main
 from grendel_py.dist.runtime import single_process
 from grendel_py.dist.watchdog import looks_like_peer_loss
-from grendel_py.errors import EXIT_LOST_RANK, EXIT_PREEMPTED
+from grendel_py.errors import EXIT_INTERRUPTED, EXIT_LOST_RANK, EXIT_PREEMPTED
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
-from grendel_py.train.preempt import StopSignals
+from grendel_py.train import preempt
+from grendel_py.train.preempt import STOP_SIGNALS, StopSignals, agreed_signal
 from tests.dist_util import finish_child, free_port, start_child
 
 TIMEOUT_S = 180  # a whole job
@@ -53,7 +56,7 @@ def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
     for rank in range(world):
         launch = {} if world == 1 else dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
-        procs.append(start_child([sys.executable, "-m", "grendel_py", "train", *args], cwd, launch))
+        procs.append(start_child([sys.executable, "-m", "grendel_py", "train", *args], cwd, launch, preexec_fn=_default_interrupt))
     return procs
 
 
@@ -105,18 +108,40 @@ def _assert_intact(run: Path, world: int) -> int:
     return manifest.images_seen
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(scene: Path, tmp_path: Path, world: int) -> None:
+def _default_interrupt() -> None:
+    """In the child, before exec: Ctrl-C's default action, whatever the parent ignores (a shell's background job
+    ignores SIGINT, and so would its children)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# (ranks, signal, which ranks get it, how often): SIGTERM to one rank only (all must agree to stop at the same
+# iteration); Ctrl-C reaches every rank from the terminal and once more from torchrun, which forwards it
+STOPS = {
+    "sigterm-1": (1, signal.SIGTERM, [0], 1),
+    "sigterm-2": (2, signal.SIGTERM, [1], 1),
+    "ctrl-c-2": (2, signal.SIGINT, [0, 1], 2),
+}
+
+
+@pytest.mark.parametrize("case", list(STOPS))
+def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(scene: Path, tmp_path: Path, case: str) -> None:
+    world, sig, targets, times = STOPS[case]
     images = 40
     _run(world, _args(scene, tmp_path / "ref", images), tmp_path)
 
     run = tmp_path / "run"
     procs = _start(world, _args(scene, run, images, "--auto-resume"), tmp_path)
     _wait_for(checkpoint_dir(run, 10) / "manifest.json", procs)
-    procs[-1].send_signal(signal.SIGTERM)  # one rank only: all must agree to stop at the same iteration
+    for _ in range(times):
+        for rank in targets:
+            procs[rank].send_signal(sig)
     results = _finish(procs)
-    assert [code for code, _ in results] == [EXIT_PREEMPTED] * world, results[0][1][-3000:]
-    assert "stopped by SIGTERM" in results[-1][1] if world == 1 else "stopped by a stop signal on another rank" in results[0][1]
+    status = EXIT_INTERRUPTED if sig == signal.SIGINT else EXIT_PREEMPTED
+    assert [code for code, _ in results] == [status] * world, results[0][1][-3000:]
+    line = results[0][1].strip().splitlines()[-1]  # rank 0 says how to go on
+    where = "" if 0 in targets else " on another rank"
+    assert re.match(rf"stopped by {sig.name}{where} after \d+ images; checkpoint .*; continue with: grendel train "
+                    rf"--resume {run} ", line), line  # fmt: skip
     stopped_at = _assert_intact(run, world)
     assert 10 <= stopped_at < images and not (run / "model.ply").exists()
 
@@ -124,6 +149,17 @@ def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(sc
     assert (run / "model.ply").read_bytes() == (tmp_path / "ref" / "model.ply").read_bytes()
     assert _losses(run) == _losses(tmp_path / "ref")  # steps before and after the stop
     assert [m.images_seen for m in complete_checkpoints(run)][-1] == images
+
+
+def test_ctrl_c_outside_training_prints_one_line(tmp_path: Path) -> None:
+    """Ctrl-C while a command works (here the synthetic city, about 40 s): one line, 130, no partial output."""
+    proc = start_child([sys.executable, "-m", "grendel_py", "synth", tmp_path / "city", "--preset", "city"], tmp_path,
+                       preexec_fn=_default_interrupt)  # fmt: skip
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish_child(proc, TIMEOUT_S)
+    assert (code, out, err) == (EXIT_INTERRUPTED, "", "interrupted\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("victim", [1, 0])
@@ -166,6 +202,42 @@ def test_stop_signals_raise_a_flag_and_restore_the_handlers() -> None:
         time.sleep(0.01)
         assert stop.received == "SIGUSR1"  # the first one
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_ctrl_c_aborts_unless_it_is_the_echo_of_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preempt, "REPEAT_S", 0.2)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a launcher forwarding the terminal's Ctrl-C: the same request
+        time.sleep(0.01)
+        assert stop.received == "SIGINT"
+        time.sleep(0.25)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+
+
+def test_ranks_agree_on_the_stop_signal() -> None:
+    with StopSignals() as stop:
+        assert agreed_signal(stop.flags()) is None
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        mine = stop.flags()
+    other = torch.tensor([float(s == signal.SIGTERM) for s in STOP_SIGNALS], dtype=torch.float64)
+    assert agreed_signal(mine) == "SIGINT"
+    assert agreed_signal(mine + other) == "SIGTERM"  # a preemption, whatever else: the job is requeued
+
+
+def test_an_ignored_interrupt_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert stop.received is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_peer_loss_errors_are_told_from_local_ones() -> None:

@@ -45,7 +45,7 @@ from grendel_py.train.checkpoint import (
     MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
 )  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
-from grendel_py.train.preempt import Preempted, StopSignals
+from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.balancer import TileBalancer
 
@@ -55,7 +55,8 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     ``resume`` of that folder); returns the final metrics (on every rank). ``restart``: a fresh run may
     replace what an earlier attempt left in the folder before its first checkpoint (``--auto-resume``).
 
-    SIGTERM or SIGUSR1 stop the run after the current iteration with a checkpoint: :class:`Preempted`.
+    SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) stop the run after the current iteration with a checkpoint:
+    :class:`Preempted`.
     Bad input raises :class:`InputError` on every rank before the run folder is created."""
     # The trainer keeps its model and images on the CPU (the GPU path of training is not wired yet), so
     # ``auto`` renders with torch and ``cupy`` is refused here.
@@ -67,6 +68,9 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     scene.check_images()
     if not scene.train_cameras:
         raise InputError(scene.source, "scene has no training cameras")
+    if t.batch_size > len(scene.train_cameras):
+        raise InputError(scene.source, f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
+                         f"training cameras; use train.batch_size<={len(scene.train_cameras)}")  # fmt: skip
     optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
@@ -102,7 +106,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
                 checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
 
-            stats, stopping = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), stop.received is not None, balancer, ctx)
+            stats, stopping = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
@@ -114,10 +118,10 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                         writer.add_scalar(f"train/{key}", value, seen)
                 if "moved" in events:
                     writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
-            if stopping:  # every rank saw a stop signal's flag in the same all-reduce
+            if stopping:  # every rank saw the stop signals' flags in the same all-reduce
                 if checkpoint is None:
                     checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
-                raise Preempted(stop.received or "a stop signal on another rank", seen, checkpoint)
+                raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx, backend=backend)
                 if writer is not None:
@@ -261,20 +265,22 @@ class _ImageCache:
 
 
 def _batch_stats(
-    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop: bool, balancer: TileBalancer,
-    ctx: DistContext,
-) -> tuple[dict, bool]:
+    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop_flags: torch.Tensor,
+    balancer: TileBalancer, ctx: DistContext,
+) -> tuple[dict, str | None]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
     Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds (one
     all-reduce), which calibrate ``balancer``; the tile assignment's balance (largest over mean work per rank,
-    work = intersections + 1 per tile). And whether any rank's ``stop`` is set (in the same all-reduce)."""
+    work = intersections + 1 per tile). And the stop signal the ranks agree on (:func:`agreed_signal` of the
+    ``stop_flags`` summed in the same all-reduce), or None."""
     sums = region_squared_errors(rendered, gts).sum()
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     seconds = torch.zeros(ctx.world_size, dtype=torch.float64)
     seconds[ctx.rank] = rendered.raster_seconds
-    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved, stop], dtype=torch.float64)
-    values = ctx.reduce(torch.cat([head, seconds]), "sum")
-    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[6:].numpy())
+    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
+    values = ctx.reduce(torch.cat([head, stop_flags, seconds]), "sum")
+    flags = len(head) + len(stop_flags)
+    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[flags:].numpy())
     mse = float(values[1]) / (3 * pixels)
     psnr = -10.0 * math.log10(max(mse, 1e-12))
     stats = {
@@ -285,7 +291,7 @@ def _batch_stats(
         "moved_gaussians": float(values[4]),
         "balance": rendered.assignment.balance(balancer.work(rendered.table)),
     }
-    return stats, float(values[5]) > 0
+    return stats, agreed_signal(values[len(head):flags])
 
 
 def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):
