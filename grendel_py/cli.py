@@ -91,8 +91,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from grendel_py.dist.runtime import init_distributed, shutdown
-    from grendel_py.dist.watchdog import Watchdog
+    from grendel_py.parallel.runtime import init_distributed, shutdown
+    from grendel_py.parallel.watchdog import Watchdog
     from grendel_py.train.checkpoint import complete_checkpoints, find_checkpoint, run_dir_of
     from grendel_py.train.loop import train
     from grendel_py.train.preempt import Preempted
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             resume = found[-1] if found else None
     if not cfg.data.path:
         raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
-    ctx = init_distributed(cfg.dist.timeout_s)
+    ctx = init_distributed(cfg.dist.timeout_s, device=cfg.train.device, share_gpus=cfg.dist.share_gpus)
     stopped = None
     try:
         with Watchdog(ctx, cfg.dist.lost_rank_timeout_s):

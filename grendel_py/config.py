@@ -74,7 +74,7 @@ class ModelConfig:
 class RenderConfig:
     """Rasteriser choice and background colour (RGB in [0, 1])."""
 
-    backend: Literal["torch", "cupy", "auto"] = "torch"
+    backend: Literal["torch", "cupy", "auto"] = "auto"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
@@ -144,6 +144,7 @@ class TrainConfig:
     eval_renders: int = 4
     checkpoint_every: int = 5000
     keep_checkpoints: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.images > 0, "images", self.images, "an integer > 0")
@@ -170,6 +171,7 @@ class DistConfig:
     rebalance_threshold: float | None = 1.1
     timeout_s: float = 600.0
     lost_rank_timeout_s: float = 60.0
+    share_gpus: bool = False
 
     def __post_init__(self) -> None:
         tol = self.tolerance

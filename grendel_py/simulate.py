@@ -8,7 +8,7 @@ iteration reports:
 
 - ``bytes_per_iter``: what the forward splat exchange would move, summed over ranks: 64 bytes per (splat,
   rank) pair where the rank renders a tile the splat's box touches and does not own the splat (exactly what
-  :func:`grendel_py.dist.exchange.exchange_splats` sends; the backward pass sends as many gradients back);
+  :func:`grendel_py.parallel.exchange.exchange_splats` sends; the backward pass sends as many gradients back);
 - ``balance``: largest over mean intersections rasterized per rank;
 - ``model_time``: modelled iteration seconds, the max over ranks of ``intersection_seconds x (intersections
   + 1 per tile) + max(bytes sent, bytes received) / link bandwidth``.

@@ -119,6 +119,11 @@ class Assignment:
         start = sum(g.n_tiles for g in self.grids[:slot])
         return torch.from_numpy(self.rank[start : start + self.grids[slot].n_tiles].copy())
 
+    def tiles_of(self, slot: int, rank: int) -> torch.Tensor:
+        """Ids of the tiles of camera ``slot`` that ``rank`` renders, int64 ascending (found on the host)."""
+        start = sum(g.n_tiles for g in self.grids[:slot])
+        return torch.from_numpy(np.flatnonzero(self.rank[start : start + self.grids[slot].n_tiles] == rank))
+
     def work(self, per_tile: np.ndarray) -> np.ndarray:
         """Sum of a flat per-tile quantity over each rank's tiles, float64 [world_size]."""
         return np.bincount(self.rank, weights=np.asarray(per_tile, dtype=np.float64), minlength=self.world_size)

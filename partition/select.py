@@ -6,7 +6,7 @@ all-reduces of a [groups, 256] histogram (one per byte of key, then of id) and n
 ``reduce`` = :func:`local_reduce` (one holder of all rows) it is an ordinary selection.
 
 ``reduce(tensor, op)`` returns the element-wise ``op`` ("sum", "min" or "max") of ``tensor`` over every
-holder of rows, the same result on each; :meth:`grendel_py.dist.runtime.DistContext.reduce` is one.
+holder of rows, the same result on each; :meth:`grendel_py.parallel.runtime.DistContext.reduce` is one.
 """
 
 from __future__ import annotations

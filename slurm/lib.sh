@@ -26,7 +26,7 @@ threads_per_rank() {
 }
 
 # job_port: a TCP port for this job's rendezvous, RDZV_PORT if set, else 12000 + (16 * job id) mod 20000 (below
-# Linux's ephemeral ports; the port grendel_py.dist.runtime.slurm_port gives the job's step 0).
+# Linux's ephemeral ports; the port grendel_py.parallel.runtime.slurm_port gives the job's step 0).
 job_port() {
     echo "${RDZV_PORT:-$((12000 + (16 * SLURM_JOB_ID) % 20000))}"
 }

@@ -64,7 +64,7 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a GPU machine
     torch.set_num_threads(1)
-    from grendel_py.dist.runtime import init_distributed, shutdown
+    from grendel_py.parallel.runtime import init_distributed, shutdown
 
     ctx = init_distributed(timeout_s=60)
     try:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
-from grendel_py.dist.ids import IdAllocator
-from grendel_py.dist.runtime import init_distributed
+from grendel_py.parallel.ids import IdAllocator
+from grendel_py.parallel.runtime import init_distributed
 from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grendel_py.dist.runtime import init_distributed
-from grendel_py.dist.step import batch_loss
+from grendel_py.parallel.runtime import init_distributed
+from grendel_py.parallel.step import batch_loss
 from partition.balancer import TileBalancer
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render

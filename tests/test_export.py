@@ -1,4 +1,4 @@
-"""Tests for grendel_py.dist.export: one PLY from W shards equals the single-rank model, byte for byte."""
+"""Tests for grendel_py.parallel.export: one PLY from W shards equals the single-rank model, byte for byte."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from grendel_py.dist import export
-from grendel_py.dist.export import ply_header, write_merged_ply
-from grendel_py.dist.runtime import DistContext, init_distributed
+from grendel_py.parallel import export
+from grendel_py.parallel.export import ply_header, write_merged_ply
+from grendel_py.parallel.runtime import DistContext, init_distributed
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, read_ply, write_ply
 from tests.dist_util import run_ranks

@@ -1,4 +1,4 @@
-"""``mpiexec -n 2 grendel train`` on the CPU: the MPI rendezvous of :mod:`grendel_py.dist.runtime` gives the
+"""``mpiexec -n 2 grendel train`` on the CPU: the MPI rendezvous of :mod:`grendel_py.parallel.runtime` gives the
 model ``torchrun --nproc-per-node 2`` gives, byte for byte.
 
 The checks:
@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import detect_launcher, init_distributed, shutdown
+from grendel_py.parallel.runtime import detect_launcher, init_distributed, shutdown
 from tests.dist_util import finish_child, free_port, start_child
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from grendel_py.cli import main
-from grendel_py.dist.runtime import single_process
-from grendel_py.dist.watchdog import looks_like_peer_loss
+from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.watchdog import looks_like_peer_loss
 from grendel_py.errors import EXIT_INTERRUPTED, EXIT_LOST_RANK, EXIT_PREEMPTED
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train import preempt
@@ -223,9 +222,9 @@ def test_ranks_agree_on_the_stop_signal() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         mine = stop.flags()
-    other = torch.tensor([float(s == signal.SIGTERM) for s in STOP_SIGNALS], dtype=torch.float64)
+    other = [float(s == signal.SIGTERM) for s in STOP_SIGNALS]
     assert agreed_signal(mine) == "SIGINT"
-    assert agreed_signal(mine + other) == "SIGTERM"  # a preemption, whatever else: the job is requeued
+    assert agreed_signal([a + b for a, b in zip(mine, other)]) == "SIGTERM"  # a preemption, whatever else: requeued
 
 
 def test_an_ignored_interrupt_stays_ignored() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import (
+from grendel_py.parallel.runtime import (
     DistContext, detect_launcher, first_host, init_distributed, slurm_port, slurm_rendezvous,
 )  # fmt: skip
 from tests.dist_util import run_ranks

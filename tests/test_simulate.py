@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from grendel_py.dist.step import render_batch
+from grendel_py.parallel.step import render_batch
 from grendel_py.simulate import SimScene, city_scene, exchange_bytes, run_config, sweep, _table
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners

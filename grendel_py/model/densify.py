@@ -42,7 +42,7 @@ SPLIT_SCALE_DIVISOR = 0.8 * SPLIT_CHILDREN
 class DensifyStrategy:
     """Densification state and schedule for a scene of ``extent``; ``seed`` drives split sampling.
 
-    With the model sharded over ranks, ``reduce`` (:meth:`~grendel_py.dist.runtime.DistContext.reduce`)
+    With the model sharded over ranks, ``reduce`` (:meth:`~grendel_py.parallel.runtime.DistContext.reduce`)
     spans them: ``cfg.max_gaussians`` then caps the whole model, and when the cap binds the Gaussians with
     the largest gradients (ties: lowest id) grow, whichever rank holds them.
 
@@ -170,13 +170,10 @@ class DensifyStrategy:
             prune |= (max_radius2d > c.max_screen_size) | too_big_world
         return prune
 
-    def state_dict(self) -> dict[str, Any]:
-        """The statistics (the split sampling is stateless)."""
-        return {
-            "grad2d_sum": self.grad2d_sum.clone(),
-            "count": self.count.clone(),
-            "max_radius2d": self.max_radius2d.clone(),
-        }
+    def state_dict(self, device: torch.device | None = None) -> dict[str, Any]:
+        """Copies of the statistics on ``device`` (default: where they live); the split sampling is stateless."""
+        stats = {"grad2d_sum": self.grad2d_sum, "count": self.count, "max_radius2d": self.max_radius2d}
+        return {k: v.to(device or v.device, copy=True) for k, v in stats.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""

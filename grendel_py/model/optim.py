@@ -137,16 +137,21 @@ class GaussianOptimizer:
             self.optimizer.state[new] = state
         setattr(self.gaussians, name, new)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, device: torch.device | None = None) -> dict[str, Any]:
         """Parameters, ids and per-field Adam state ({"step", "exp_avg", "exp_avg_sq"}, {} before the first
-        step), as detached tensors. Learning rates and the batch rule are not saved: they come from the
-        loading optimizer's config (call :meth:`update_lr` after loading)."""
-        params = {n: getattr(self.gaussians, n).detach().clone() for n in TRAINABLE}
+        step), as detached copies on ``device`` (default: where each lives; a checkpoint copies straight to
+        the CPU, without a second copy on the GPU first). Learning rates and the batch rule are not saved:
+        they come from the loading optimizer's config (call :meth:`update_lr` after loading)."""
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(device or t.device, copy=True)
+
+        params = {n: copy(getattr(self.gaussians, n)) for n in TRAINABLE}
         adam = {}
         for name in TRAINABLE:
             state = self.optimizer.state.get(getattr(self.gaussians, name), {})
-            adam[name] = {k: v.detach().clone() for k, v in state.items()}
-        return {"params": params, "ids": self.gaussians.ids.clone(), "adam": adam}
+            adam[name] = {k: copy(v) for k, v in state.items()}
+        return {"params": params, "ids": copy(self.gaussians.ids), "adam": adam}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output into this optimizer and its model (any size; this device)."""

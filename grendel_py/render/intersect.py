@@ -66,8 +66,20 @@ def expand_tiles(splats: Splats, grid: TileGrid, order: torch.Tensor | None = No
 
 
 def tile_counts_per_tile(splats: Splats, grid: TileGrid) -> torch.Tensor:
-    """Intersections per tile of the whole image, int64 [n_tiles]: the exact rasterization work of each tile."""
-    return torch.bincount(expand_tiles(splats, grid)[1], minlength=grid.n_tiles)
+    """Intersections per tile of the whole image, int64 [n_tiles]: the exact rasterization work of each tile.
+
+    Each splat's tile box adds 1 to its tiles through a 2D difference table (+1 and -1 at its corners) and
+    prefix sums, without listing the pairs: O(N + tiles), and no size that depends on the data (no host
+    synchronisation on a GPU)."""
+    tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
+    nonempty = ((tx1 >= tx0) & (ty1 >= ty0)).to(torch.int64)
+    nx, ny = grid.nx, grid.ny
+    x0, x1 = tx0.clamp(0, nx), (tx1 + 1).clamp(0, nx)  # empty boxes add 0 (anywhere in the table)
+    y0, y1 = ty0.clamp(0, ny), (ty1 + 1).clamp(0, ny)
+    corners = torch.cat([y0 * (nx + 1) + x0, y0 * (nx + 1) + x1, y1 * (nx + 1) + x0, y1 * (nx + 1) + x1])
+    signs = torch.cat([nonempty, -nonempty, -nonempty, nonempty])
+    diff = torch.zeros((ny + 1) * (nx + 1), dtype=torch.int64, device=nonempty.device).index_add_(0, corners, signs)
+    return diff.view(ny + 1, nx + 1).cumsum(0).cumsum(1)[:ny, :nx].reshape(-1)
 
 
 def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
@@ -80,10 +92,10 @@ def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = N
     selected = torch.full((grid.n_tiles,), -1, dtype=torch.long, device=device)
     selected[tile_ids] = torch.arange(tile_ids.shape[0], device=device)
     slot = selected[tiles]
-    keep = slot >= 0
+    keep = torch.nonzero(slot >= 0).squeeze(1)
     slot, rows = slot[keep], rows[keep]
     by_tile = torch.argsort(slot, stable=True)  # stable: keeps depth order within a tile
-    per_tile = torch.bincount(slot, minlength=tile_ids.shape[0])
+    per_tile = torch.zeros(tile_ids.shape[0], dtype=torch.long, device=device).index_add_(0, slot, torch.ones_like(slot))
     offsets = torch.zeros(tile_ids.shape[0] + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
     return TileBins(tile_ids=tile_ids, splat_index=order[rows[by_tile]], offsets=offsets)

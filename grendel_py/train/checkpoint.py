@@ -8,7 +8,7 @@ manifest is an interrupted checkpoint and is ignored. Rank 0 then deletes all bu
 
 Resuming on the same world size loads each rank's own file: the run continues exactly as if it had not
 stopped. On another world size rank r loads the files r, r + W, r + 2W, ... and the caller redistributes
-(:func:`grendel_py.dist.redistribute.redistribute`), so the Adam state travels with its Gaussians.
+(:func:`grendel_py.parallel.redistribute.redistribute`), so the Adam state travels with its Gaussians.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import DensifyStrategy
@@ -72,8 +72,8 @@ def save_checkpoint(
         "rank": ctx.rank,
         "world_size": ctx.world_size,
         "images_seen": images_seen,
-        "optimizer": _to_cpu(optimizer.state_dict()),
-        "densify": _to_cpu(densify.state_dict()),
+        "optimizer": optimizer.state_dict(torch.device("cpu")),
+        "densify": densify.state_dict(torch.device("cpu")),
     }
     with atomic_open(folder / f"rank_{ctx.rank:05d}.pt") as f:
         torch.save(state, f)
@@ -221,10 +221,3 @@ def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
     ids = torch.cat([o["ids"] for o in opts])
     return {"optimizer": {"params": params, "ids": ids, "adam": adam}, "densify": densify}
 
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value

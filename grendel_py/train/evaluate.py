@@ -13,7 +13,7 @@ from tqdm import tqdm
 from grendel_py.config import Config
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene, scene_from_config
-from grendel_py.dist.runtime import DistContext, single_process
+from grendel_py.parallel.runtime import DistContext, single_process
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
@@ -67,7 +67,7 @@ def evaluate_sharded(
     result), rendered with the (resolved) ``backend``. Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
     (only rank 0 needs one)."""
-    from grendel_py.dist.step import (
+    from grendel_py.parallel.step import (
         region_squared_errors,
         region_ssim_sums,
         render_batch,
@@ -78,7 +78,7 @@ def evaluate_sharded(
     views = []
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
-            gt = scene.load_image(cam)
+            gt = scene.load_image(cam).to(shard.device)
             rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
@@ -98,7 +98,7 @@ def evaluate_sharded(
 
 def _save_gathered(rendered, cam: Camera, gt: torch.Tensor, renders_dir: Path | None, ctx: DistContext) -> None:
     """Gather every rank's tiles of ``cam`` on rank 0 and save "render | ground truth"."""
-    mine = (rendered.tile_ids[0], rendered.tile_colors[0])
+    mine = (rendered.tile_ids[0].cpu(), rendered.tile_colors[0].cpu())  # object collectives carry CPU payloads
     parts = [None] * ctx.world_size if ctx.is_main else None
     if ctx.distributed:
         dist.gather_object(mine, parts, dst=0)
@@ -108,4 +108,4 @@ def _save_gathered(rendered, cam: Camera, gt: torch.Tensor, renders_dir: Path | 
         grid = TileGrid(cam.width, cam.height)
         tiles = torch.cat([p[0] for p in parts])
         image = grid.tiles_to_image(torch.cat([p[1] for p in parts]), tiles).clamp(0.0, 1.0)
-        save_png(torch.cat([image, gt.to(image)], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+        save_png(torch.cat([image, gt.cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")

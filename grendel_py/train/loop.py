@@ -1,9 +1,9 @@
 """Training, read top to bottom: one iteration = one batch of cameras, on one rank or on W.
 
 Each rank owns a spatially compact shard of the Gaussians (with its Adam state and densification
-statistics); :func:`grendel_py.dist.step.batch_loss` renders the batch across the ranks and returns this
+statistics); :func:`grendel_py.parallel.step.batch_loss` renders the batch across the ranks and returns this
 rank's share of the loss; backward returns every gradient to the owner; each rank steps and densifies its
-own shard, and the shards are re-partitioned (:mod:`grendel_py.dist.redistribute`) when densification has
+own shard, and the shards are re-partitioned (:mod:`grendel_py.parallel.redistribute`) when densification has
 unbalanced them. With one process the same code runs without a process group.
 
 The run folder (``train.out``) gets the resolved ``config.yaml`` first, TensorBoard scalars under ``tb/`` and
@@ -22,17 +22,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
-from grendel_py.dist.export import write_merged_ply
-from grendel_py.dist.ids import IdAllocator
-from grendel_py.dist.redistribute import redistribute, should_redistribute
-from grendel_py.dist.runtime import DistContext
-from grendel_py.dist.step import batch_loss, region_squared_errors
+from grendel_py.parallel.export import write_merged_ply
+from grendel_py.parallel.ids import IdAllocator
+from grendel_py.parallel.redistribute import redistribute, should_redistribute
+from grendel_py.parallel.runtime import DistContext
+from grendel_py.parallel.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 from grendel_py.model.densify import DensifyStrategy
@@ -58,9 +59,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) stop the run after the current iteration with a checkpoint:
     :class:`Preempted`.
     Bad input raises :class:`InputError` on every rank before the run folder is created."""
-    # The trainer keeps its model and images on the CPU (the GPU path of training is not wired yet), so
-    # ``auto`` renders with torch and ``cupy`` is refused here.
-    backend = resolve_backend(cfg.render.backend, torch.device("cpu"))
+    backend = resolve_backend(cfg.render.backend, ctx.device)
     out = _check_run_dir(cfg, resume, restart)
     torch.manual_seed(cfg.seed)
     t = cfg.train
@@ -74,7 +73,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
-    background = torch.tensor(cfg.render.background)
+    background = torch.tensor(cfg.render.background, device=ctx.device)
     images = _ImageCache(scene)
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
@@ -89,7 +88,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             tic = time.perf_counter()
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
-            gts = [images[cam] for cam in cameras]
+            gts = [images[cam].to(ctx.device, non_blocking=True) for cam in cameras]
             loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer, backend)
             loss.backward()
             for cam, splats in zip(cameras, rendered.splats):
@@ -165,7 +164,7 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
         if len(model) < ctx.world_size:
             raise InputError(scene.source, f"the initial model has {len(model)} Gaussians, fewer than the {ctx.world_size} ranks: "
                              "use fewer ranks, or more points (model.init=random model.random_points=N)")  # fmt: skip
-        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank)  # redistributed below
+        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank).to(ctx.device)  # redistributed below
         allocate_ids, seen = IdAllocator(int(model.ids.max()) + 1, ctx), 0
         del model
     else:
@@ -177,13 +176,13 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
         if any(i >= len(scene.train_cameras) for i in resume.sampler["order"]):
             raise InputError(where, "checkpoint was made on a scene with more training cameras than this one")
         loaded = load_shards(resume, ctx)
-        shard = Gaussians(**loaded["optimizer"]["params"], ids=loaded["optimizer"]["ids"])
+        shard = Gaussians(**loaded["optimizer"]["params"], ids=loaded["optimizer"]["ids"]).to(ctx.device)
         sampler.load_state_dict(resume.sampler)
         allocate_ids, seen = IdAllocator(resume.next_id, ctx), resume.images_seen
     optimizer = GaussianOptimizer(shard, cfg.optim, scene.extent, cfg.train.batch_size)
     if resume is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
-        densify.load_state_dict(loaded["densify"])
+        optimizer.load_state_dict(loaded["optimizer"])  # onto the shard's device
+        densify.load_state_dict({k: v.to(ctx.device) for k, v in loaded["densify"].items()})
     if resume is None or resume.world_size != ctx.world_size:
         redistribute(optimizer, densify, cfg.dist.ownership, ctx)
     return optimizer, densify, sampler, allocate_ids, seen
@@ -265,7 +264,7 @@ class _ImageCache:
 
 
 def _batch_stats(
-    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop_flags: torch.Tensor,
+    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop_flags: list[float],
     balancer: TileBalancer, ctx: DistContext,
 ) -> tuple[dict, str | None]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
@@ -273,31 +272,31 @@ def _batch_stats(
     all-reduce), which calibrate ``balancer``; the tile assignment's balance (largest over mean work per rank,
     work = intersections + 1 per tile). And the stop signal the ranks agree on (:func:`agreed_signal` of the
     ``stop_flags`` summed in the same all-reduce), or None."""
-    sums = region_squared_errors(rendered, gts).sum()
+    device = loss.device
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
-    seconds = torch.zeros(ctx.world_size, dtype=torch.float64)
-    seconds[ctx.rank] = rendered.raster_seconds
-    head = torch.tensor([float(loss.detach()), float(sums), n_local, rendered.bytes_sent, moved], dtype=torch.float64)
-    values = ctx.reduce(torch.cat([head, stop_flags, seconds]), "sum")
-    flags = len(head) + len(stop_flags)
-    balancer.observe(rendered.assignment, rendered.table, float(values[3]), values[flags:].numpy())
-    mse = float(values[1]) / (3 * pixels)
-    psnr = -10.0 * math.log10(max(mse, 1e-12))
+    seconds = [0.0] * ctx.world_size
+    seconds[ctx.rank] = rendered.raster_seconds()
+    device_part = torch.stack([loss.detach().double(), region_squared_errors(rendered, gts).sum()])
+    host_part = torch.tensor([n_local, rendered.bytes_sent, moved, *stop_flags, *seconds], dtype=torch.float64)
+    values = ctx.reduce(torch.cat([device_part, host_part.to(device)]), "sum").tolist()  # the one host sync
+    loss_sum, squared, gaussians, exchanged, moved_sum = values[:5]
+    flags = values[5 : 5 + len(stop_flags)]
+    balancer.observe(rendered.assignment, rendered.table, exchanged, np.array(values[5 + len(stop_flags) :]))
     stats = {
-        "loss": float(values[0]) / len(gts),
-        "psnr": psnr,
-        "gaussians": float(values[2]),
-        "exchange_bytes": float(values[3]),
-        "moved_gaussians": float(values[4]),
+        "loss": loss_sum / len(gts),
+        "psnr": -10.0 * math.log10(max(squared / (3 * pixels), 1e-12)),
+        "gaussians": gaussians,
+        "exchange_bytes": exchanged,
+        "moved_gaussians": moved_sum,
         "balance": rendered.assignment.balance(balancer.work(rendered.table)),
     }
-    return stats, agreed_signal(values[len(head):flags])
+    return stats, agreed_signal(flags)
 
 
 def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):
     """Every training camera's share of visible Gaussians on each rank, [n_cameras, W] (same on every rank)."""
     labels = torch.full((len(shard),), ctx.rank, dtype=torch.int64)
-    counts = camera_affinity(shard.means, labels, ctx.world_size, scene.train_cameras)
+    counts = camera_affinity(shard.means.detach().cpu(), labels, ctx.world_size, scene.train_cameras)
     return normalize_affinity(ctx.reduce(torch.from_numpy(counts), "sum").numpy())
 
 

@@ -21,8 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # in order of precedence when ranks disagree
 REPEAT_S = 2.0
 
@@ -61,9 +59,9 @@ class StopSignals:
         if self.received is None:
             self.received = sig.name
 
-    def flags(self) -> torch.Tensor:
-        """One float64 per signal of :data:`STOP_SIGNALS`: 1 when this rank got it; sum it over the ranks."""
-        return torch.tensor([float(s in self._seen) for s in STOP_SIGNALS], dtype=torch.float64)
+    def flags(self) -> list[float]:
+        """One number per signal of :data:`STOP_SIGNALS`: 1 when this rank got it; sum them over the ranks."""
+        return [float(s in self._seen) for s in STOP_SIGNALS]
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -78,10 +76,10 @@ class StopSignals:
         self._previous = {}
 
 
-def agreed_signal(summed_flags) -> str | None:
+def agreed_signal(summed_flags: list[float]) -> str | None:
     """The signal every rank stops on, from the sum over ranks of :meth:`StopSignals.flags` (the same on every
     rank): the first of :data:`STOP_SIGNALS` that any rank got, or None."""
     for s, count in zip(STOP_SIGNALS, summed_flags):
-        if float(count) > 0:
+        if count > 0:
             return s.name
     return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.render.intersect import expand_tiles
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
@@ -33,6 +33,13 @@ class _AllToAllRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return _all_to_all(grad, ctx.recv, ctx.send), None, None
+
+
+def count_values(values: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0..n-1 occurs in the int64 ``values`` (values >= n are ignored), int64 [n]. Unlike
+    ``bincount`` its size does not depend on the data, so it costs no host synchronisation on a GPU."""
+    counts = values.new_zeros(n + 1)
+    return counts.index_add_(0, values.clamp_max(n), torch.ones_like(values))[:n]
 
 
 def exchange_counts(send_counts: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -66,6 +73,13 @@ def route_splats(splats: Splats, grid: TileGrid, owners: torch.Tensor) -> tuple[
     return key % n, key // n
 
 
+def pack_splats(s: Splats) -> torch.Tensor:
+    """The float part of each splat on the wire, [N, 12]: means2d, conics, opacity, colour, depth (no
+    gradient) and extents (small integers, exact in float)."""
+    fields = [s.means2d, s.conics, s.opacities[:, None], s.colors, s.depths.detach()[:, None], s.extents.to(s.means2d.dtype)]
+    return torch.cat(fields, dim=1)
+
+
 @dataclass
 class Received:
     """Splats that arrived for each camera slot of the batch, and the bytes this rank sent."""
@@ -84,33 +98,35 @@ def exchange_splats(
     splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2: small integers, exact in
     float) and 2 int64 (global id, camera slot).
     """
-    w = ctx.world_size
-    floats, ints, counts = [], [], torch.zeros(w, dtype=torch.int64)
+    w, n_slots = ctx.world_size, len(splats)
+    floats, ints, keys = [], [], []
     for slot, (s, grid, own) in enumerate(zip(splats, grids, owners)):
         rows, ranks = route_splats(s, grid, own)
-        packed = torch.cat(
-            [s.means2d, s.conics, s.opacities[:, None], s.colors, s.depths.detach()[:, None], s.extents.to(s.means2d.dtype)],
-            dim=1,
-        )
-        floats.append((ranks, packed[rows]))
+        floats.append(pack_splats(s)[rows])
         ints.append(torch.stack([s.ids[rows], torch.full_like(rows, slot)], dim=1))
-        counts += torch.bincount(ranks, minlength=w)
-    ranks = torch.cat([r for r, _ in floats])
-    order = torch.argsort(ranks, stable=True)  # by destination rank, then camera slot, then row
-    send_f = torch.cat([f for _, f in floats])[order]
+        keys.append(ranks * n_slots + slot)
+    keys = torch.cat(keys)
+    order = torch.argsort(keys, stable=True)  # by destination rank, then camera slot, then row
+    send_f = torch.cat(floats)[order]
     send_i = torch.cat(ints)[order]
-    recv_counts = exchange_counts(counts, ctx)
-    send, recv = counts.tolist(), recv_counts.tolist()
+    counts = count_values(keys, w * n_slots)  # rows for each (rank, slot)
+    counts_in = exchange_counts(counts, ctx)  # rows from each (rank, slot): W equal chunks of n_slots
+    host = torch.cat([counts, counts_in]).view(2, w, n_slots).tolist()  # the one host synchronisation
+    send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
     got_f = all_to_all_rows(send_f, send, recv, ctx)
     got_i = all_to_all_rows(send_i, send, recv, ctx)
+    # rows arrive by sending rank, then slot: regroup them by slot
+    slot_of_row = torch.repeat_interleave(
+        torch.arange(n_slots, device=keys.device).repeat(w), counts_in, output_size=sum(recv)
+    )  # fmt: skip
+    by_slot = torch.argsort(slot_of_row, stable=True).split([sum(col) for col in zip(*host[1])])
     per_camera = []
-    for slot in range(len(splats)):
-        mine = got_i[:, 1] == slot
-        f = got_f[mine]
+    for rows in by_slot:
+        f = got_f[rows]
         per_camera.append(
             Splats(
                 means2d=f[:, 0:2], conics=f[:, 2:5], opacities=f[:, 5], colors=f[:, 6:9], depths=f[:, 9],
-                extents=f[:, 10:12].round().to(torch.int32), ids=got_i[mine, 0],
+                extents=f[:, 10:12].round().to(torch.int32), ids=got_i[rows, 0],
             )
         )  # fmt: skip
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)

@@ -18,8 +18,13 @@ Four launchers are recognised (:func:`detect_launcher`, in this order):
   variables count proxies, not ranks: there the MPI variables disagree and MPI decides.
 - Nothing: a single process (no process group is created).
 
-The process group routes CUDA tensors to NCCL and CPU tensors to gloo when CUDA is available (gloo only
-otherwise); each process uses the GPU of its local rank.
+Devices (:func:`_device`): with ``device`` "auto" (the default) or "cuda" each process uses the GPU of its
+local rank, and the process group routes CUDA tensors to NCCL and CPU tensors (metadata, statistics) to
+gloo; with "cpu", or "auto" without CUDA, gloo alone. Rank r of a node takes GPU ``r mod G`` of the
+G it sees: all of the node's GPUs (torchrun), or only its own (``srun --gpus-per-task=1`` and other per-rank
+bindings show each rank one GPU). After joining, the ranks compare their GPUs' UUIDs: two ranks on one GPU
+are refused (NCCL cannot run them and they would halve each other's speed) unless ``share_gpus`` is set,
+which makes the ranks share GPUs over gloo alone, for testing the device path with one GPU, not for speed.
 """
 
 from __future__ import annotations
@@ -77,10 +82,9 @@ class DistContext:
         return out
 
 
-def single_process() -> DistContext:
-    """The context of a process that works alone (no process group)."""
-    device, _ = _device(0)
-    return DistContext(0, 1, 0, device, "none", "single")
+def single_process(device: str = "auto") -> DistContext:
+    """The context of a process that works alone (no process group), on ``device`` ("auto", "cpu", "cuda")."""
+    return DistContext(0, 1, 0, _device(0, device, False)[0], "none", "single")
 
 
 def detect_launcher(env: Mapping[str, str]) -> str:
@@ -119,34 +123,69 @@ def slurm_port(job_id: int, step_id: int) -> int:
     return SLURM_PORT_BASE + (16 * job_id + step_id) % SLURM_PORT_SPAN
 
 
-def _device(local_rank: int) -> tuple[torch.device, str]:
-    """This rank's GPU (by local rank) and a process group that routes CUDA tensors to NCCL and CPU tensors
-    to gloo: the training loop still exchanges CPU tensors, which NCCL alone cannot carry."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device()), "cpu:gloo,cuda:nccl"
-    return torch.device("cpu"), "gloo"
+def _device(local_rank: int, want: str, share_gpus: bool) -> tuple[torch.device, str]:
+    """This rank's device and the process group's backend (module docstring); ``want`` is "auto", "cpu" or
+    "cuda". Makes the GPU the current one, so that kernels and NCCL use it."""
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu"), "gloo"
+    if not torch.cuda.is_available():
+        raise InputError(None, f"train.device=cuda but torch {torch.__version__} sees no CUDA GPU "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use train.device=auto or cpu")  # fmt: skip
+    n = torch.cuda.device_count()
+    if local_rank >= n > 1 and not share_gpus:  # several GPUs visible, but fewer than the ranks of the node
+        raise InputError(None, _too_many_ranks(f"local rank {local_rank} has no GPU of its own: this process sees {n}"))
+    torch.cuda.set_device(local_rank % n)
+    return torch.device("cuda", local_rank % n), ("gloo" if share_gpus else "cpu:gloo,cuda:nccl")
 
 
-def init_distributed(timeout_s: float = 600.0, env: Mapping[str, str] | None = None) -> DistContext:
+def _too_many_ranks(what: str) -> str:
+    return (f"{what}; start at most one rank per GPU (torchrun --nproc-per-node G, srun --gpus-per-task=1), "
+            "or set dist.share_gpus=true to let ranks share GPUs over gloo")  # fmt: skip
+
+
+def shared_gpus(gpus: list[tuple[str, str]]) -> list[tuple[int, int, str, str]]:
+    """(first rank, other rank, host, GPU UUID) for each rank whose (host, UUID) in ``gpus`` (by rank) an
+    earlier rank already uses."""
+    first: dict[tuple[str, str], int] = {}
+    return [(first[g], r, *g) for r, g in enumerate(gpus) if first.setdefault(g, r) != r]
+
+
+def _check_one_rank_per_gpu(ctx: DistContext, share_gpus: bool) -> None:
+    """Refuse (on every rank, before any NCCL operation) ranks that ended up on the same GPU."""
+    gpus: list = [None] * ctx.world_size
+    dist.all_gather_object(gpus, (socket.gethostname(), str(torch.cuda.get_device_properties(ctx.device).uuid)))
+    clashes = shared_gpus(gpus)
+    if clashes and not share_gpus:
+        a, b, host, uuid = clashes[0]
+        dist.destroy_process_group()
+        raise InputError(None, _too_many_ranks(f"ranks {a} and {b} both use GPU {uuid} on {host}"))
+
+
+def init_distributed(
+    timeout_s: float = 600.0, env: Mapping[str, str] | None = None, device: str = "auto", share_gpus: bool = False
+) -> DistContext:
     """Join the job this process was launched into and return its context.
 
-    ``timeout_s`` bounds collective operations (a rank that dies makes the others fail after it).
+    ``timeout_s`` bounds collective operations (a rank that dies makes the others fail after it); ``device``
+    ("auto", "cpu", "cuda") and ``share_gpus`` choose the rank's device (module docstring).
     """
     env = os.environ if env is None else env
     launcher = detect_launcher(env)
     if launcher == "single":
-        return single_process()
+        return single_process(device)
     timeout = timedelta(seconds=timeout_s)
     if launcher == "torchrun":
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-        device, backend = _device(local)
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+        address = "env://"
     else:
         rank, world, local, address = slurm_rendezvous(env) if launcher == "slurm" else _mpi_rendezvous()
-        device, backend = _device(local)
-        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
-    return DistContext(rank, world, local, device, backend, launcher)
+    dev, backend = _device(local, device, share_gpus)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
+    ctx = DistContext(rank, world, local, dev, backend, launcher)
+    if dev.type == "cuda":
+        _check_one_rank_per_gpu(ctx, share_gpus)  # over gloo: object collectives carry CPU payloads
+        dist.all_reduce(torch.zeros(1, device=dev))  # NCCL's communicator starts now, not in the first step
+    return ctx
 
 
 def slurm_rendezvous(env: Mapping[str, str]) -> tuple[int, int, int, str]:

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from grendel_py.data.cameras import Camera
-from grendel_py.dist.exchange import exchange_splats
-from grendel_py.dist.halo import Region, exchange_halos
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.exchange import exchange_splats
+from grendel_py.parallel.halo import Region, exchange_halos
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project, rasterize
 from grendel_py.render.intersect import tile_counts_per_tile
@@ -41,7 +43,8 @@ class Rendered:
     """This rank's part of a batch: the projected splats of its shard per camera (``means2d`` grads kept for
     densification), its tiles and their colours per camera, its regions (with halos), the tile table and
     assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
-    sent and the seconds it spent rasterizing (forward)."""
+    sent, and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
+    which waits for the rasterization to finish)."""
 
     splats: list[Splats]
     tile_ids: list[torch.Tensor]
@@ -51,14 +54,14 @@ class Rendered:
     assignment: Assignment
     tie: torch.Tensor
     bytes_sent: int
-    raster_seconds: float
+    raster_seconds: Callable[[], float]
 
 
 def tile_table(splats: list[Splats], grids: list[TileGrid], ctx: DistContext) -> TileTable:
     """Step 2: the batch's tile table, from every rank's intersections per tile."""
     counts = torch.cat([tile_counts_per_tile(s, g) for s, g in zip(splats, grids)])
     if not ctx.distributed:
-        return TileTable.from_counts(grids, counts[None].numpy())
+        return TileTable.from_counts(grids, counts[None].cpu().numpy())
     keys = majority_keys(counts, ctx.rank, ctx.world_size)
     dist.all_reduce(counts)
     dist.all_reduce(keys, op=dist.ReduceOp.MAX)
@@ -84,29 +87,72 @@ def render_batch(
             s.means2d.retain_grad()
     table = tile_table(splats, grids, ctx)
     plan = balancer.plan(table)
-    owners = [plan.owner_table(b) for b in range(len(grids))]
-    visible = [s.select(s.visible) for s in splats]
+    device = background.device
+    owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
+    visible = _visible(splats)
     received = exchange_splats(visible, grids, owners, ctx)
 
     tile_ids, tile_colors = [], []
-    tic = time.perf_counter()
-    for b, (grid, own) in enumerate(zip(grids, owners)):
-        mine = torch.nonzero(own == ctx.rank).squeeze(1)
-        colors, _, bins = rasterize(received.per_camera[b], grid, background, mine, backend)
-        tile_ids.append(bins.tile_ids)
-        tile_colors.append(colors)
-    raster_seconds = time.perf_counter() - tic
+    with _Stopwatch(background.device) as raster_seconds:
+        for b, grid in enumerate(grids):
+            mine = plan.tiles_of(b, ctx.rank).to(device, non_blocking=True)
+            colors, _, bins = rasterize(received.per_camera[b], grid, background, mine, backend)
+            tile_ids.append(bins.tile_ids)
+            tile_colors.append(colors)
     regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
     return Rendered(splats, tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
 
 
+def _visible(splats: list[Splats]) -> list[Splats]:
+    """Each camera's splats that reach its image, selected by integer index: two host synchronisations for the
+    whole batch (a boolean select would cost one per field and camera, and as many again in backward)."""
+    masks = [s.visible for s in splats]
+    rows = torch.nonzero(torch.cat(masks)).squeeze(1)
+    counts = torch.stack([m.sum() for m in masks]).tolist()
+    starts = itertools.accumulate([len(s) for s in splats[:-1]], initial=0)
+    return [s.select(r - start) for s, r, start in zip(splats, rows.split(counts), starts)]
+
+
+class _Stopwatch:
+    """Seconds spent in a ``with`` block: wall time on the CPU; on a GPU, the time between two CUDA events
+    recorded on the current stream (the launches are asynchronous, so wall time would measure their
+    overhead). Call the object for the seconds; on a GPU that waits for the block's work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self) -> _Stopwatch:
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.tic = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.seconds = time.perf_counter() - self.tic
+
+    def __call__(self) -> float:
+        if self.cuda:
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1000.0
+        return self.seconds
+
+
 def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
-    """The ground truth under ``region.canvas`` (zeros outside the image)."""
+    """The ground truth under ``region.canvas`` (zeros outside the image): the region's crop of the photo,
+    padded only where the canvas reaches past the photo's edges."""
     h, w = region.owned.shape
-    gt_pad = F.pad(gt.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
-    return gt_pad[region.y0 : region.y0 + h + 2 * HALO, region.x0 : region.x0 + w + 2 * HALO]
+    height, width = gt.shape[:2]
+    top, left, bottom, right = region.y0 - HALO, region.x0 - HALO, region.y0 + h + HALO, region.x0 + w + HALO
+    crop = gt[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+    pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+    return F.pad(crop.permute(2, 0, 1), pad).permute(1, 2, 0)
 
 
 def batch_loss(
@@ -140,16 +186,16 @@ def _owned_pairs(rendered: Rendered, images: list[torch.Tensor]):
 def region_squared_errors(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
     """Per camera, the squared error summed over this rank's pixels and channels, float64 [B]
     (all-reduce over ranks and divide by 3 H W for the whole image's MSE)."""
-    sums = torch.zeros(len(images), dtype=torch.float64)
+    sums = torch.zeros(len(images), dtype=torch.float64, device=images[0].device)
     core = (slice(HALO, -HALO), slice(HALO, -HALO))
     for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
-        sums[b] = ((canvas[core] - gt_halo[core]) ** 2).sum(-1)[owned].double().sum()
+        sums[b] = torch.where(owned, ((canvas[core] - gt_halo[core]) ** 2).sum(-1), 0.0).double().sum()
     return sums
 
 
 def region_ssim_sums(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
     """Per camera, SSIM summed over this rank's pixels, float64 [B] (all-reduce, divide by H W)."""
-    sums = torch.zeros(len(images), dtype=torch.float64)
+    sums = torch.zeros(len(images), dtype=torch.float64, device=images[0].device)
     for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
-        sums[b] = ssim_map_valid(canvas, gt_halo)[owned].double().sum()
+        sums[b] = torch.where(owned, ssim_map_valid(canvas, gt_halo), 0.0).double().sum()
     return sums

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from grendel_py.dist.exchange import all_to_all_rows, exchange_counts
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.exchange import all_to_all_rows, exchange_counts
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from partition.spatial import sharded_owners

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.runtime import DistContext
 
 MAX_COPIES = 2
 """A Gaussian gives at most this many copies per densification (a split makes two children)."""

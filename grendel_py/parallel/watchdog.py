@@ -28,7 +28,7 @@ import uuid
 
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.errors import EXIT_LOST_RANK
 
 _PEER_LOSS_WORDS = ("gloo", "nccl", "connection", "socket", "timed out", "timeout", "broken pipe", "peer")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from grendel_py.dist.runtime import DistContext
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, ply_records
 

@@ -1,0 +1,215 @@
+"""The measurements of bench/gpu_check.sh, one subcommand each; every one prints one JSON object.
+
+    python bench/gpu_check.py facts
+    python bench/gpu_check.py parity [--n 200000] [--width 1920 --height 1080] [--device cuda]
+    python bench/gpu_check.py step [--n 1000000] [--width 1920 --height 1080] [--batch 1,4] [--device cuda]
+
+- facts: the machine (GPU name, memory, driver), Python, torch, CUDA, CuPy and the project's commit.
+- parity: one scene rendered by the ``torch`` spec and the ``cupy`` kernels on the GPU: images, alpha, bins
+  (tile ids, splat order, offsets: must be equal) and the gradient of every parameter for a random output
+  gradient, as max errors relative to the spec's largest value, with the bounds the kernel tests use.
+- step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
+  batches of 1080p views: seconds per iteration (CUDA events), the share of it the GPU spent in kernels
+  (torch.profiler's device time; CuPy's kernels are seen through CUPTI), peak memory, and the host
+  synchronisations per iteration (grendel_py.host_syncs).
+
+With ``--device cpu`` and small sizes the same code runs on a CPU machine (bench/gpu_check.sh --dry-run), so
+CI checks everything here that does not need a GPU; parity is skipped there (CuPy needs CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.render_speed import bench_scene  # noqa: E402
+from grendel_py.config import OptimConfig  # noqa: E402
+from grendel_py.data.cameras import Camera, look_at  # noqa: E402
+from grendel_py.host_syncs import HostSyncCounter  # noqa: E402
+from grendel_py.model.optim import TRAINABLE, GaussianOptimizer  # noqa: E402
+from grendel_py.parallel.runtime import single_process  # noqa: E402
+from grendel_py.parallel.step import batch_loss  # noqa: E402
+from grendel_py.render import project, rasterize, resolve_backend  # noqa: E402
+from partition.balancer import TileBalancer  # noqa: E402
+from partition.tiles import TileGrid  # noqa: E402
+
+# the kernel tests' bounds (tests/test_kernels.py): relative to the spec's largest magnitude
+IMAGE_ATOL, GRAD_ATOL = 1e-5, 1e-4
+
+
+def facts() -> dict:
+    """The machine and the software: what a result is to be read against."""
+    cuda = torch.cuda.is_available()
+    out = {
+        "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "host": platform.node(), "cpu_threads": torch.get_num_threads(), "cuda_available": cuda,
+        "cupy": _version("cupy"), "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+    }  # fmt: skip
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        out.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
+                   gpus=torch.cuda.device_count(), driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))  # fmt: skip
+    return out
+
+
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(__import__(module), "__version__", "unknown")
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git(*args: str) -> str | None:
+    return _run(["git", "-C", str(ROOT), *args])
+
+
+def _params(gaussians) -> list[torch.Tensor]:
+    return [getattr(gaussians, f) for f in TRAINABLE]
+
+
+def _render_with(backend: str, n: int, width: int, height: int, device: str) -> dict:
+    """Forward and backward of ``backend`` on the bench scene with a fixed random output gradient."""
+    gaussians, camera = bench_scene(n, width, height, device)
+    for p in _params(gaussians):
+        p.requires_grad_(True)
+    grid = TileGrid(width, height)
+    background = torch.tensor([0.1, 0.2, 0.3], device=device)
+    splats = project(gaussians, camera, 3, backend)
+    colors, alpha, bins = rasterize(splats, grid, background, None, backend)
+    g = torch.Generator(device=device).manual_seed(1)
+    weights = torch.rand(colors.shape, generator=g, device=device), torch.rand(alpha.shape, generator=g, device=device)
+    ((colors * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
+    return {
+        "colors": colors.detach(), "alpha": alpha.detach(), "tile_ids": bins.tile_ids, "splat_index": bins.splat_index,
+        "offsets": bins.offsets, "grads": {f: getattr(gaussians, f).grad for f in TRAINABLE},
+        "intersections": int(bins.offsets[-1]),
+    }  # fmt: skip
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over max |b| (0 for two empty tensors)."""
+    if b.numel() == 0:
+        return 0.0
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+
+def parity(n: int, width: int, height: int, device: str) -> dict:
+    if device != "cuda" or not torch.cuda.is_available() or _version("cupy") is None:
+        return {"skipped": "needs a CUDA GPU and CuPy"}
+    spec, kernels = (_render_with(b, n, width, height, device) for b in ("torch", "cupy"))
+    bins_equal = all(torch.equal(spec[k], kernels[k]) for k in ("tile_ids", "splat_index", "offsets"))
+    errors = {"colors": _rel(kernels["colors"], spec["colors"]), "alpha": _rel(kernels["alpha"], spec["alpha"])}
+    errors.update({f"grad_{f}": _rel(kernels["grads"][f], spec["grads"][f]) for f in TRAINABLE})
+    ok = bins_equal and all(v <= (IMAGE_ATOL if k in ("colors", "alpha") else GRAD_ATOL) for k, v in errors.items())
+    return {"n": n, "width": width, "height": height, "intersections": spec["intersections"], "bins_equal": bins_equal,
+            "max_rel_error": errors, "ok": ok}  # fmt: skip
+
+
+def _views(batch: int, width: int, height: int) -> list[Camera]:
+    """``batch`` cameras on a circle around the bench scene."""
+    f = 0.5 * height / math.tan(math.radians(53.0) / 2)
+    cams = []
+    for b in range(batch):
+        a = 2 * math.pi * b / max(batch, 1)
+        R, t = look_at(torch.tensor([3.0 * math.sin(a), -0.5, -3.0 * math.cos(a)]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
+        cams.append(Camera(b, f"view{b}", width, height, f, f, width / 2, height / 2, R, t))
+    return cams
+
+
+def step(n: int, width: int, height: int, batch: int, device: str, iterations: int) -> dict:
+    """Seconds per training iteration, kernel share, peak memory and host syncs of one rank."""
+    ctx = single_process("cuda" if device == "cuda" else "cpu")
+    cuda = ctx.device.type == "cuda"
+    gaussians, _ = bench_scene(n, width, height, str(ctx.device))
+    backend = resolve_backend("auto", ctx.device)
+    optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=batch)
+    shard = optimizer.gaussians
+    cameras = _views(batch, width, height)
+    g = torch.Generator().manual_seed(2)
+    images = [torch.rand(height, width, 3, generator=g).to(ctx.device) for _ in cameras]
+    background = torch.zeros(3, device=ctx.device)
+    balancer = TileBalancer("locality", 1, calibrate=False)
+
+    def iteration() -> None:
+        loss, _ = batch_loss(shard, cameras, images, background, 3, 0.2, ctx, balancer, backend)
+        loss.backward()
+        optimizer.step()
+
+    iteration()  # warm-up: kernels compiled, allocator filled
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with HostSyncCounter() as syncs:
+        iteration()
+    times, kernel_share = [], None
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iterations):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                iteration()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000.0)
+            else:
+                tic = time.perf_counter()
+                iteration()
+                times.append(time.perf_counter() - tic)
+    if cuda:
+        device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages())
+        kernel_share = device_us / 1e6 / sum(times)
+    times.sort()
+    return {
+        "n": n, "width": width, "height": height, "batch": batch, "backend": backend, "device": str(ctx.device),
+        "iterations": iterations, "seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
+        "kernel_share": kernel_share, "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    sub.add_parser("facts")
+    for name, n in (("parity", 200_000), ("step", 1_000_000)):
+        p = sub.add_parser(name)
+        p.add_argument("--n", type=int, default=n)
+        p.add_argument("--width", type=int, default=1920)
+        p.add_argument("--height", type=int, default=1080)
+        p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+        if name == "step":
+            p.add_argument("--batch", default="1,4", help="batch sizes, comma separated")
+            p.add_argument("--iterations", type=int, default=5)
+    args = ap.parse_args(argv)
+    if args.what == "facts":
+        result = facts()
+    elif args.what == "parity":
+        result = parity(args.n, args.width, args.height, args.device)
+    else:
+        batches = [int(b) for b in args.batch.split(",")]
+        result = {"runs": [step(args.n, args.width, args.height, b, args.device, args.iterations) for b in batches]}
+    print(json.dumps(result))
+    return 1 if result.get("ok") is False else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# GPU validation of grendel_py in one command, for the lent one-GPU machine (planned for under 8 minutes;
+# every step has its own time limit, so a hung step cannot eat the lease):
+#
+#   bash bench/gpu_check.sh [--out DIR] [--wheels DIR]      # on the GPU machine, from the repository root
+#   bash bench/gpu_check.sh --dry-run [--out DIR]           # anywhere: the CPU-possible parts (CI runs this)
+#   bash bench/gpu_check.sh --fetch-wheels [--wheels DIR]   # here, with PyPI: fill DIR (default .whl) with the
+#                                                           # wheels the GPU machine lacks (Python 3.12, x86-64)
+#
+# The GPU machine has torch (CUDA), CuPy, numpy, scipy, pillow, pyyaml, tqdm, tensorboard and pytest but no
+# network; a module it lacks (plyfile) is installed from the wheels folder (carry it: run --carry .whl) into a
+# temporary site folder. The project itself runs from the checkout (PYTHONPATH), not installed.
+#
+# Steps, each recorded with its status, seconds and result in DIR/gpu_check.json (default DIR: $OUT when
+# set, else bench/results/gpu_check), the full log in DIR/gpu_check.log:
+#   facts    GPU, driver, Python, torch, CUDA, CuPy, commit
+#   wheels   which required modules were missing and where they came from
+#   pytest   python -m pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU)
+#   parity   cupy vs torch on the GPU at 1920x1080, 200k Gaussians: images, bins, every gradient
+#   demo     the demo scene trained on the GPU with cupy, one rank; test PSNR beside the CPU reference
+#            (bench/results/demo_cpu.json; expected within 0.2 dB)
+#   share    the same on two ranks sharing the GPU over gloo (dist.share_gpus): must grow the one-rank model
+#   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory, host syncs
+# --dry-run runs facts, wheels (lookup only), a tiny demo and a tiny step on the CPU, and records the GPU
+# steps as skipped: what CI can check of this script without a GPU. Exit status: 0 when every step that ran
+# passed, 1 otherwise, 2 for bad arguments.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+usage() {
+    sed -n '2,9p' "$0" >&2
+    exit 2
+}
+
+OUT_DIR=${OUT:-$ROOT/bench/results/gpu_check}
+WHEELS=$ROOT/.whl
+MODE=gpu
+while (($#)); do
+    case $1 in
+        --out) OUT_DIR=${2:?--out needs a folder}; shift 2 ;;
+        --wheels) WHEELS=${2:?--wheels needs a folder}; shift 2 ;;
+        --dry-run) MODE=dry; shift ;;
+        --fetch-wheels) MODE=fetch; shift ;;
+        -h | --help) usage ;;
+        *) echo "gpu_check: unknown argument '$1'" >&2; usage ;;
+    esac
+done
+
+PY=${PYTHON:-python3}
+# import name -> PyPI name, for what the project needs at run time and pytest (the GPU image lacks some)
+REQUIRED=(torch:torch numpy:numpy scipy:scipy PIL:pillow plyfile:plyfile yaml:pyyaml tqdm:tqdm
+    tensorboard:tensorboard pytest:pytest)
+
+if [[ $MODE == fetch ]]; then
+    mkdir -p "$WHEELS"
+    for pair in "${REQUIRED[@]}"; do
+        name=${pair#*:}
+        case $name in torch | numpy | scipy | pillow | tensorboard | pytest | pyyaml | tqdm) continue ;; esac  # on the GPU image
+        version=$("$PY" -c "from importlib.metadata import version; print(version('$name'))" 2>/dev/null) || {
+            echo "gpu_check: $name is not installed here; install the project first (bash scripts/test.sh)" >&2; exit 1; }
+        "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d "$WHEELS" "$name==$version" || exit 1
+    done
+    ls "$WHEELS"
+    echo "gpu_check: carry $(realpath --relative-to="$ROOT" "$WHEELS") to the GPU machine (device run: carry=[\".whl\"])"
+    exit 0
+fi
+
+mkdir -p "$OUT_DIR" || exit 2
+LOG=$OUT_DIR/gpu_check.log
+STEPS=$(mktemp -d)
+WORK=$(mktemp -d)
+trap 'rm -rf "$STEPS" "$WORK"' EXIT
+: >"$LOG"
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+FAILED=0
+
+# record NAME STATUS SECONDS [JSON]: one step's entry (JSON: its result, an object; default null).
+record() {
+    "$PY" - "$STEPS/$(printf '%02d' "$(ls "$STEPS" | wc -l)")_$1.json" "$1" "$2" "$3" "${4:-null}" <<'PY'
+import json, sys
+path, name, status, seconds, result = sys.argv[1:]
+json.dump({"step": name, "status": status, "seconds": round(float(seconds), 1), "result": json.loads(result)}, open(path, "w"))
+PY
+    [[ $2 == failed ]] && FAILED=1
+    echo "gpu_check: $1: $2 ($3 s)" | tee -a "$LOG"
+}
+
+# step NAME LIMIT CMD...: run CMD with a time limit, its output in the log; its last stdout line, when it
+# is a JSON object, is the step's result.
+step() {
+    local name=$1 limit=$2 start=$SECONDS status=passed out code
+    shift 2
+    echo "=== $name: $*" >>"$LOG"
+    timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.out" 2>>"$LOG"
+    code=$?
+    cat "$WORK/$name.out" >>"$LOG"
+    out=$(tail -n 1 "$WORK/$name.out")
+    case $code in
+        0) ;;
+        124 | 137) status=failed; out="{\"error\": \"over its limit of $limit s\"}" ;;
+        *) status=failed ;;
+    esac
+    [[ $out == \{* ]] || out="{\"last_line\": $("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$out")}"
+    record "$name" "$status" $((SECONDS - start)) "$out"
+}
+
+skip() {
+    record "$1" skipped 0 "{\"reason\": \"$2\"}"
+}
+
+# the modules the GPU machine may lack, installed from $WHEELS into a temporary site folder
+wheels() {
+    local start=$SECONDS missing=() from=() pair module name wheel
+    for pair in "${REQUIRED[@]}"; do
+        module=${pair%%:*} name=${pair#*:}
+        "$PY" -c "import $module" 2>/dev/null && continue
+        missing+=("$name")
+        wheel=$(ls "$WHEELS"/"${name//-/_}"-*.whl "$WHEELS"/"$name"-*.whl 2>/dev/null | head -n 1)
+        from+=("${wheel:-none}")
+    done
+    local json
+    json=$("$PY" -c 'import json, sys; n = len(sys.argv) // 2; print(json.dumps({"missing": sys.argv[1:n + 1], "wheels": sys.argv[n + 1:]}))' \
+        "${missing[@]}" "${from[@]}")
+    if ((${#missing[@]} == 0)); then
+        record wheels passed $((SECONDS - start)) "$json"
+        return 0
+    fi
+    if [[ " ${from[*]} " == *" none "* ]]; then
+        echo "gpu_check: no wheel in $WHEELS for: ${missing[*]}; fill it here with: bash bench/gpu_check.sh --fetch-wheels" | tee -a "$LOG"
+        record wheels failed $((SECONDS - start)) "$json"
+        return 1
+    fi
+    if [[ $MODE == dry ]]; then
+        record wheels passed $((SECONDS - start)) "$json"  # lookup only: nothing installed on a dry run
+        return 0
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${from[@]}" >>"$LOG" 2>&1 || {
+        record wheels failed $((SECONDS - start)) "$json"; return 1; }
+    export PYTHONPATH=$PYTHONPATH:$WORK/site
+    record wheels passed $((SECONDS - start)) "$json"
+}
+
+# demo NAME LIMIT LAUNCH... -- OVERRIDES...: train the demo scene; the result joins metrics.json's numbers
+# and the CPU reference.
+demo() {
+    local name=$1 limit=$2 run=$WORK/$1
+    shift 2
+    step "$name" "$limit" bash -c '
+        run=$1; shift
+        "$@" train.out="$run" >&2 || exit 1
+        "$PY" - "$run/metrics.json" "$ROOT/bench/results/demo_cpu.json" <<"PY"
+import json, sys
+m = json.load(open(sys.argv[1]))
+ref = json.load(open(sys.argv[2]))
+out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m["train_seconds"],
+       "seconds_per_iteration": m["seconds_per_iteration"], "num_gaussians": m["num_gaussians"],
+       "test_psnr": m["test"]["psnr"], "test_ssim": m["test"]["ssim"], "cpu_reference": ref}
+print(json.dumps(out))
+PY
+    ' _ "$run" "$@"
+}
+
+# report: DIR/gpu_check.json from the steps recorded so far (written whole or not at all).
+report() {
+    "$PY" - "$STEPS" "$OUT_DIR/gpu_check.json" "$MODE" <<'PY'
+import json, pathlib, sys
+steps, out, mode = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+entries = [json.loads(p.read_text()) for p in sorted(steps.glob("*.json"))]
+report = {"mode": mode, "steps": entries}
+by = {e["step"]: e for e in entries}
+demo, share = by.get("demo", {}).get("result") or {}, by.get("share", {}).get("result") or {}
+if "test_psnr" in demo and demo.get("cpu_reference"):
+    report["demo_psnr_minus_cpu_reference"] = demo["test_psnr"] - demo["cpu_reference"]["test_psnr"]
+if "test_psnr" in demo and "test_psnr" in share:
+    report["share_psnr_minus_demo"] = share["test_psnr"] - demo["test_psnr"]
+    report["share_gaussians_minus_demo"] = share["num_gaussians"] - demo["num_gaussians"]
+tmp = pathlib.Path(out).with_suffix(".json.tmp")
+tmp.write_text(json.dumps(report, indent=1) + "\n")
+tmp.replace(out)
+PY
+    echo "gpu_check: wrote $OUT_DIR/gpu_check.json ($MODE)" | tee -a "$LOG"
+}
+
+export PY ROOT
+step facts 60 "$PY" bench/gpu_check.py facts
+wheels || { report; exit 1; }  # nothing else can run without its modules
+if [[ $MODE == dry ]]; then
+    skip pytest "dry run: no GPU"
+    skip parity "dry run: no GPU"
+    step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
+    demo demo 300 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
+        train.eval_every=0 train.checkpoint_every=0 train.device=cpu render.backend=torch
+    skip share "dry run: no GPU"
+    step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
+else
+    step pytest 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+    step parity 60 "$PY" bench/gpu_check.py parity
+    step synth 60 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
+    demo demo 110 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
+        render.backend=cupy
+    demo share 130 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
+        --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda render.backend=cupy dist.share_gpus=true
+    step step 90 "$PY" bench/gpu_check.py step
+fi
+
+report
+exit $FAILED

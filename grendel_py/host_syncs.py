@@ -1,0 +1,120 @@
+"""Counting the host synchronisations of a piece of work: the operations that, on a GPU, make the CPU wait
+for the device (a value read back, an output whose size depends on the data, a copy to the host).
+
+:class:`HostSyncCounter` is a ``TorchDispatchMode``: it sees every aten operation and counts those that
+force a synchronisation on CUDA, by kind; ``Tensor.tolist`` and ``Tensor.numpy`` are counted too (they are
+no aten operations). On the CPU it counts the operations that WOULD synchronise on a GPU, so the budget of
+the training loop is tested on machines without one (tests/test_host_syncs.py), and bench/gpu_check.sh
+counts the same on a GPU. ``numpy()`` of a tensor that never left the host (a tile table built with numpy)
+counts as well: on the GPU path such tensors should not exist in the hot loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+_ALWAYS = {
+    aten._local_scalar_dense.default: "item",  # .item(), float(t), int(t), bool(t), if t: ...
+    aten.nonzero.default: "nonzero",
+    aten.masked_select.default: "masked_select",
+    aten._unique2.default: "unique",
+    aten._unique.default: "unique",
+    aten.unique_dim.default: "unique",
+    aten.unique_consecutive.default: "unique",
+    aten.bincount.default: "bincount",  # its length is max + 1 of the data
+}
+_REPEAT = {aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor}
+_INDEX = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+_COPY = {aten._to_copy.default, aten.copy_.default}
+
+
+def _device_of(x) -> torch.device | None:
+    return x.device if isinstance(x, torch.Tensor) else None
+
+
+def _kind(func, args, kwargs) -> str | None:
+    """The kind of synchronisation ``func(*args, **kwargs)`` forces on CUDA, or None."""
+    if func in _ALWAYS:
+        return _ALWAYS[func]
+    if func in _REPEAT:
+        return None if kwargs.get("output_size") is not None else "repeat_interleave"
+    if func in _INDEX:
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return "bool_index"
+        return None
+    if func in _COPY:
+        src = args[1] if func is aten.copy_.default else args[0]
+        dst = args[0].device if func is aten.copy_.default else kwargs.get("device")
+        if _device_of(src) is not None and src.device.type == "cuda" and dst is not None and torch.device(dst).type == "cpu":
+            return "to_cpu"
+    return None
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_OURS = (str(_ROOT / "grendel_py"), str(_ROOT / "partition"))
+
+
+def _site() -> str:
+    """``file:line`` of the innermost frame of this project's code that called the operation being counted."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_OURS) and name != __file__:
+            return f"{Path(name).relative_to(_ROOT)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """``with HostSyncCounter() as c: ...`` then ``c.total``, ``c.kinds`` (a Counter by kind) and ``c.sites``
+    (a Counter by "kind at file:line" of the project's code that asked for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kinds: Counter[str] = Counter()
+        self.sites: Counter[str] = Counter()
+        self._patched: dict[str, object] = {}
+
+    def _count(self, kind: str) -> None:
+        self.kinds[kind] += 1
+        self.sites[f"{kind} at {_site()}"] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _kind(func, args, kwargs)
+        if kind is not None:
+            self._count(kind)
+        return func(*args, **kwargs)
+
+    def __enter__(self) -> HostSyncCounter:
+        for name in ("tolist", "numpy"):
+            original = getattr(torch.Tensor, name)
+            self._patched[name] = torch.Tensor.__dict__.get(name)  # None: inherited from the C base class
+
+            def counted(tensor, *a, _original=original, _name=name, **k):
+                self._count(_name)
+                return _original(tensor, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        for name, own in self._patched.items():
+            if own is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, own)
+        self._patched = {}
+        super().__exit__(*exc)

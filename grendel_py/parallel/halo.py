@@ -1,0 +1,144 @@
+"""Pixel halos: each rank renders only its own tiles, then receives the rendered pixels within 5 px of its
+region from the ranks that own them, so SSIM windows at split lines see the real neighbours. Gradients of
+the loss with respect to those halo pixels go back to their owners (the exchange is differentiable).
+
+Every rank derives every other rank's needs from the tile owner tables, so no request round is needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from grendel_py.parallel.exchange import all_to_all_rows, count_values
+from grendel_py.parallel.runtime import DistContext
+from grendel_py.train.loss import HALO
+from partition.tiles import TILE_SIZE, TileGrid
+
+
+@dataclass
+class Region:
+    """What a rank holds of one camera: ``canvas`` [h + 2 HALO, w + 2 HALO, C] covers the bounding box of its
+    pixels plus the halo (image coordinates of its top-left pixel: ``y0 - HALO``, ``x0 - HALO``); it holds the
+    rank's rendered pixels, the halo pixels received from other ranks and zeros elsewhere (also outside the
+    image, like SSIM's zero padding). ``owned`` [h, w] marks the rank's own pixels inside the box."""
+
+    canvas: torch.Tensor
+    owned: torch.Tensor
+    y0: int
+    x0: int
+
+
+def _pixel_owner(grid: TileGrid, owners: torch.Tensor) -> torch.Tensor:
+    """Rank owning each pixel, int64 [H, W]."""
+    return grid.tiles_to_image(owners[:, None, None].expand(-1, grid.tile_size**2, 1), None)[..., 0]
+
+
+def _near_owners(grid: TileGrid, owners: torch.Tensor) -> torch.Tensor:
+    """int64 [8, H, W]: for each pixel and each of the 8 tiles around its own, the rank owning that tile when
+    the pixel lies within HALO of it (box distance), else -1. A halo narrower than a tile reaches no farther
+    tile, so these are all the ranks whose pixels lie within HALO of the pixel (besides its own tile's)."""
+    ts = grid.tile_size
+    table = owners.new_full((grid.ny + 2, grid.nx + 2), -1)
+    table[1:-1, 1:-1] = owners.view(grid.ny, grid.nx)
+    y = torch.arange(grid.height, device=owners.device)
+    x = torch.arange(grid.width, device=owners.device)
+    reach_y = {-1: y % ts < HALO, 0: torch.ones_like(y, dtype=torch.bool), 1: y % ts >= ts - HALO}
+    reach_x = {-1: x % ts < HALO, 0: torch.ones_like(x, dtype=torch.bool), 1: x % ts >= ts - HALO}
+    near = []
+    for dy, dx in _AROUND:
+        neighbour = table[(y // ts + 1 + dy)[:, None], (x // ts + 1 + dx)[None, :]]
+        near.append(torch.where(reach_y[dy][:, None] & reach_x[dx][None, :], neighbour, -1))
+    return torch.stack(near)
+
+
+_AROUND = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+assert HALO < TILE_SIZE, "the halo must not reach past the adjacent tiles"
+
+
+def _sorted_keys(keys: torch.Tensor, valid: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """The distinct ``keys`` where ``valid``, sorted, followed by at most one ``sentinel`` (no host sync for
+    the filtering: the caller cuts the sentinel off once it knows the counts)."""
+    return torch.unique(torch.where(valid, keys, sentinel))
+
+
+def _tile_boxes(grids: list[TileGrid], owners: list[torch.Tensor], rank: int) -> torch.Tensor:
+    """int64 [B, 4]: the box (ty0, ty1, tx0, tx1) of ``rank``'s tiles in each camera (half-open; empty boxes
+    when it owns none)."""
+    boxes = []
+    for grid, own in zip(grids, owners):
+        mine = (own == rank).view(grid.ny, grid.nx)
+        rows, cols = mine.any(dim=1).to(torch.int64), mine.any(dim=0).to(torch.int64)
+        first_row, first_col = rows.argmax(), cols.argmax()
+        last_row, last_col = grid.ny - rows.flip(0).argmax(), grid.nx - cols.flip(0).argmax()
+        boxes.append(torch.stack([first_row, last_row, first_col, last_col]))
+    return torch.stack(boxes)
+
+
+def exchange_halos(
+    tile_colors: list[torch.Tensor], tile_ids: list[torch.Tensor], grids: list[TileGrid], owners: list[torch.Tensor],
+    ctx: DistContext,
+) -> tuple[list[Region | None], torch.Tensor]:
+    """Assemble this rank's region of every camera slot b from its rendered tiles ``tile_colors[b]``
+    [T_b, P, C] (tiles ``tile_ids[b]``) and the halo pixels other ranks send. Returns the regions (None for
+    cameras where this rank owns nothing) and the received halo values (every rank must keep them in its
+    loss's graph so that all ranks join the backward exchange).
+
+    The pixels to send and to receive are found at once for the whole batch from the tile owners (which
+    every rank knows), as keys ``rank * P + pixel`` over the batch's P pixels: sorted, they give each peer's
+    pixels in the order both sides agree on (camera, then row-major). One read of their counts and of the
+    regions' boxes is the only host synchronisation besides the two sorts."""
+    me, w = ctx.rank, ctx.world_size
+    proto = tile_colors[0]
+    c, device = proto.shape[-1], proto.device
+    sizes = [g.width * g.height for g in grids]
+    starts, total = [0, *itertools.accumulate(sizes)][:-1], sum(sizes)  # each camera's first pixel in the batch
+    images, mine_px, send_keys, send_ok, recv_keys, recv_ok = [], [], [], [], [], []
+    for colors, tiles, grid, own, start in zip(tile_colors, tile_ids, grids, owners, starts):
+        po = _pixel_owner(grid, own)
+        near = _near_owners(grid, own)
+        pixel = torch.arange(start, start + grid.width * grid.height, device=device).view(grid.height, grid.width)
+        mine = po == me
+        mine_px.append(mine)
+        send_keys.append((near * total + pixel).reshape(-1))  # my pixels near a tile of q != me
+        send_ok.append(((near >= 0) & (near != me) & mine).reshape(-1))
+        recv_keys.append((po * total + pixel).reshape(-1))  # q's pixels near a tile of mine
+        recv_ok.append(((near == me).any(dim=0) & ~mine).reshape(-1))
+        images.append(grid.tiles_to_image(colors, tiles))
+    sentinel = w * total
+    send = _sorted_keys(torch.cat(send_keys), torch.cat(send_ok), sentinel)
+    recv = _sorted_keys(torch.cat(recv_keys), torch.cat(recv_ok), sentinel)
+    recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
+    host = torch.cat([
+        count_values(send // total, w), count_values(recv // total, w), count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
+        _tile_boxes(grids, owners, me).reshape(-1),
+    ]).tolist()  # fmt: skip
+    send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w : 2 * w + len(grids)]
+    boxes = [host[2 * w + len(grids) + 4 * b : 2 * w + len(grids) + 4 * b + 4] for b in range(len(grids))]
+    send, recv, recv_camera = send[: sum(send_counts)], recv[: sum(recv_counts)], recv_camera[: sum(recv_counts)]
+
+    flat = torch.cat([image.reshape(-1, c) for image in images])
+    received = all_to_all_rows(flat[send % total], send_counts, recv_counts, ctx)
+    by_camera = torch.argsort(recv_camera, stable=True)  # received rows: by sending rank, then camera
+    received_at = (recv % total)[by_camera].split(per_camera)
+    received_rows = by_camera.split(per_camera)
+
+    regions: list[Region | None] = []
+    for b, (grid, image, tiles, mine) in enumerate(zip(grids, images, tile_ids, mine_px)):
+        if tiles.numel() == 0:
+            regions.append(None)
+            continue
+        ts = grid.tile_size
+        ty0, ty1, tx0, tx1 = boxes[b]
+        y0, y1, x0, x1 = ty0 * ts, min(ty1 * ts, grid.height), tx0 * ts, min(tx1 * ts, grid.width)
+        padded = F.pad(image.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
+        canvas = padded[y0 : y1 + 2 * HALO, x0 : x1 + 2 * HALO]
+        if per_camera[b]:
+            at = received_at[b] - starts[b]
+            ys, xs = at // grid.width - y0 + HALO, at % grid.width - x0 + HALO
+            canvas = canvas.index_put((ys, xs), received[received_rows[b]], accumulate=True)
+        regions.append(Region(canvas, mine[y0:y1, x0:x1], y0, x0))
+    return regions, received
