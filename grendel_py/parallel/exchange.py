@@ -2,18 +2,19 @@
 
 :func:`all_to_all_rows` is the differentiable primitive (one ``all_to_all_single`` with split sizes, whose
 backward is the reverse all-to-all); :func:`route_splats` decides which rank receives which splat of which
-camera; :func:`exchange_splats` packs, moves and unpacks them.
+camera (for the whole batch at once); :func:`exchange_splats` packs, moves and unpacks them.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render.intersect import expand_tiles
+from grendel_py.render.intersect import expand_spans, tile_spans
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
 
@@ -61,16 +62,28 @@ def all_to_all_rows(x: torch.Tensor, send_counts: list[int], recv_counts: list[i
     return _all_to_all(x, send_counts, recv_counts)
 
 
-def route_splats(splats: Splats, grid: TileGrid, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (splat, rank) pair such that the splat's tile box touches a tile the rank owns.
-
-    ``owners`` [n_tiles] int64 is the rank of each tile of this camera. Returns (splat rows, ranks), int64
-    each, sorted by rank then row, without duplicates.
-    """
-    rows, tiles = expand_tiles(splats, grid)
-    n = max(len(splats), 1)
-    key = torch.unique(owners[tiles] * n + rows)  # sorted: by rank, then row
+def route_splats(
+    splats: list[Splats], grids: list[TileGrid], owners: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (splat, rank) pair such that the splat's tile box touches a tile the rank owns, for all the
+    cameras of a batch at once (``owners[b]`` [n_tiles] int64: the rank of each tile of camera b). Returns
+    (rows into the cameras' splats concatenated, ranks), int64 each, sorted by rank then row (so by rank,
+    camera, row), without duplicates: two host synchronisations for the batch."""
+    spans = [tile_spans(s, g) for s, g in zip(splats, grids)]
+    tx0, tx1, ty0, ty1 = (torch.cat(v) for v in zip(*spans))
+    device = tx0.device
+    sizes = [len(s) for s in splats]
+    nx = torch.cat([torch.full((n,), g.nx, device=device) for n, g in zip(sizes, grids)])
+    first_tile = torch.cat([torch.full((n,), t, device=device) for n, t in zip(sizes, _starts([g.n_tiles for g in grids]))])
+    rows, tiles = expand_spans(tx0, tx1, ty0, ty1, nx)
+    n = max(sum(sizes), 1)
+    key = torch.unique(torch.cat(owners)[first_tile[rows] + tiles] * n + rows)  # sorted: by rank, then row
     return key % n, key // n
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    """Where each part begins when parts of ``sizes`` are laid end to end."""
+    return list(itertools.accumulate(sizes[:-1], initial=0))
 
 
 def pack_splats(s: Splats) -> torch.Tensor:
@@ -99,17 +112,13 @@ def exchange_splats(
     float) and 2 int64 (global id, camera slot).
     """
     w, n_slots = ctx.world_size, len(splats)
-    floats, ints, keys = [], [], []
-    for slot, (s, grid, own) in enumerate(zip(splats, grids, owners)):
-        rows, ranks = route_splats(s, grid, own)
-        floats.append(pack_splats(s)[rows])
-        ints.append(torch.stack([s.ids[rows], torch.full_like(rows, slot)], dim=1))
-        keys.append(ranks * n_slots + slot)
-    keys = torch.cat(keys)
-    order = torch.argsort(keys, stable=True)  # by destination rank, then camera slot, then row
-    send_f = torch.cat(floats)[order]
-    send_i = torch.cat(ints)[order]
-    counts = count_values(keys, w * n_slots)  # rows for each (rank, slot)
+    rows, ranks = route_splats(splats, grids, owners)  # by destination rank, then camera slot, then row
+    device = rows.device
+    slot_of = torch.cat([torch.full((len(s),), b, device=device) for b, s in enumerate(splats)])
+    slots = slot_of[rows]
+    send_f = torch.cat([pack_splats(s) for s in splats])[rows]
+    send_i = torch.stack([torch.cat([s.ids for s in splats])[rows], slots], dim=1)
+    counts = count_values(ranks * n_slots + slots, w * n_slots)  # rows for each (rank, slot)
     counts_in = exchange_counts(counts, ctx)  # rows from each (rank, slot): W equal chunks of n_slots
     host = torch.cat([counts, counts_in]).view(2, w, n_slots).tolist()  # the one host synchronisation
     send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
@@ -117,16 +126,16 @@ def exchange_splats(
     got_i = all_to_all_rows(send_i, send, recv, ctx)
     # rows arrive by sending rank, then slot: regroup them by slot
     slot_of_row = torch.repeat_interleave(
-        torch.arange(n_slots, device=keys.device).repeat(w), counts_in, output_size=sum(recv)
+        torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv)
     )  # fmt: skip
     by_slot = torch.argsort(slot_of_row, stable=True).split([sum(col) for col in zip(*host[1])])
     per_camera = []
-    for rows in by_slot:
-        f = got_f[rows]
+    for picked in by_slot:
+        f = got_f[picked]
         per_camera.append(
             Splats(
                 means2d=f[:, 0:2], conics=f[:, 2:5], opacities=f[:, 5], colors=f[:, 6:9], depths=f[:, 9],
-                extents=f[:, 10:12].round().to(torch.int32), ids=got_i[rows, 0],
+                extents=f[:, 10:12].round().to(torch.int32), ids=got_i[picked, 0],
             )
         )  # fmt: skip
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)

@@ -65,6 +65,26 @@ def _sorted_keys(keys: torch.Tensor, valid: torch.Tensor, sentinel: int) -> torc
     return torch.unique(torch.where(valid, keys, sentinel))
 
 
+def _halo_keys(
+    grids: list[TileGrid], owners: list[torch.Tensor], pixel_owners: list[torch.Tensor], starts: list[int], total: int,
+    me: int, sentinel: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted keys ``rank * total + pixel`` (pixel: index among the batch's ``total`` pixels, camera b's
+    from ``starts[b]``) of the pixels this rank sends (its own, near a tile of ``rank``) and receives (those of
+    ``rank``, near a tile of its own), each followed by at most one ``sentinel``."""
+    send_keys, send_ok, recv_keys, recv_ok = [], [], [], []
+    for grid, own, po, start in zip(grids, owners, pixel_owners, starts):
+        near = _near_owners(grid, own)
+        pixel = torch.arange(start, start + grid.width * grid.height, device=own.device).view(grid.height, grid.width)
+        mine = po == me
+        send_keys.append((near * total + pixel).reshape(-1))
+        send_ok.append(((near >= 0) & (near != me) & mine).reshape(-1))
+        recv_keys.append((po * total + pixel).reshape(-1))
+        recv_ok.append(((near == me).any(dim=0) & ~mine).reshape(-1))
+    send = _sorted_keys(torch.cat(send_keys), torch.cat(send_ok), sentinel)
+    return send, _sorted_keys(torch.cat(recv_keys), torch.cat(recv_ok), sentinel)
+
+
 def _tile_boxes(grids: list[TileGrid], owners: list[torch.Tensor], rank: int) -> torch.Tensor:
     """int64 [B, 4]: the box (ty0, ty1, tx0, tx1) of ``rank``'s tiles in each camera (half-open; empty boxes
     when it owns none)."""
@@ -96,21 +116,13 @@ def exchange_halos(
     c, device = proto.shape[-1], proto.device
     sizes = [g.width * g.height for g in grids]
     starts, total = [0, *itertools.accumulate(sizes)][:-1], sum(sizes)  # each camera's first pixel in the batch
-    images, mine_px, send_keys, send_ok, recv_keys, recv_ok = [], [], [], [], [], []
-    for colors, tiles, grid, own, start in zip(tile_colors, tile_ids, grids, owners, starts):
-        po = _pixel_owner(grid, own)
-        near = _near_owners(grid, own)
-        pixel = torch.arange(start, start + grid.width * grid.height, device=device).view(grid.height, grid.width)
-        mine = po == me
-        mine_px.append(mine)
-        send_keys.append((near * total + pixel).reshape(-1))  # my pixels near a tile of q != me
-        send_ok.append(((near >= 0) & (near != me) & mine).reshape(-1))
-        recv_keys.append((po * total + pixel).reshape(-1))  # q's pixels near a tile of mine
-        recv_ok.append(((near == me).any(dim=0) & ~mine).reshape(-1))
-        images.append(grid.tiles_to_image(colors, tiles))
+    pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
+    images = [grid.tiles_to_image(colors, tiles) for grid, colors, tiles in zip(grids, tile_colors, tile_ids)]
     sentinel = w * total
-    send = _sorted_keys(torch.cat(send_keys), torch.cat(send_ok), sentinel)
-    recv = _sorted_keys(torch.cat(recv_keys), torch.cat(recv_ok), sentinel)
+    if ctx.distributed:
+        send, recv = _halo_keys(grids, owners, pixel_owners, starts, total, me, sentinel)
+    else:  # one rank: no halo
+        send = recv = torch.zeros(0, dtype=torch.int64, device=device)
     recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
     host = torch.cat([
         count_values(send // total, w), count_values(recv // total, w), count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
@@ -127,7 +139,7 @@ def exchange_halos(
     received_rows = by_camera.split(per_camera)
 
     regions: list[Region | None] = []
-    for b, (grid, image, tiles, mine) in enumerate(zip(grids, images, tile_ids, mine_px)):
+    for b, (grid, image, tiles, po) in enumerate(zip(grids, images, tile_ids, pixel_owners)):
         if tiles.numel() == 0:
             regions.append(None)
             continue
@@ -140,5 +152,5 @@ def exchange_halos(
             at = received_at[b] - starts[b]
             ys, xs = at // grid.width - y0 + HALO, at % grid.width - x0 + HALO
             canvas = canvas.index_put((ys, xs), received[received_rows[b]], accumulate=True)
-        regions.append(Region(canvas, mine[y0:y1, x0:x1], y0, x0))
+        regions.append(Region(canvas, (po == me)[y0:y1, x0:x1], y0, x0))
     return regions, received

@@ -57,12 +57,23 @@ def expand_tiles(splats: Splats, grid: TileGrid, order: torch.Tensor | None = No
     tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
     if order is not None:
         tx0, tx1, ty0, ty1 = (v[order] for v in (tx0, tx1, ty0, ty1))
+    return expand_spans(tx0, tx1, ty0, ty1, grid.nx)
+
+
+def expand_spans(
+    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, ty1: torch.Tensor, nx: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ty1] (int64 [N] each), rows in
+    order, each row's tiles row-major; tile id = ty * nx + tx, ``nx`` one grid width or one per row (rows of
+    several cameras at once; add each camera's first tile to the ids). One host synchronisation (the number of
+    pairs)."""
     width = (tx1 - tx0 + 1).clamp_min(0)
     counts = width * (ty1 - ty0 + 1).clamp_min(0)
     rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
     local = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
     w = width[rows]
-    return rows, (ty0[rows] + local // w) * grid.nx + tx0[rows] + local % w
+    row_nx = nx[rows] if isinstance(nx, torch.Tensor) else nx
+    return rows, (ty0[rows] + local // w) * row_nx + tx0[rows] + local % w
 
 
 def tile_counts_per_tile(splats: Splats, grid: TileGrid) -> torch.Tensor:
