@@ -114,15 +114,18 @@ class Assignment:
         if n and not (0 <= self.rank.min() and self.rank.max() < self.world_size):
             raise ValueError(f"assignment names a rank outside 0..{self.world_size - 1}")
 
+    def _of_camera(self, slot: int) -> np.ndarray:
+        """The entries of camera ``slot``."""
+        start = sum(g.n_tiles for g in self.grids[:slot])
+        return self.rank[start : start + self.grids[slot].n_tiles]
+
     def owner_table(self, slot: int) -> torch.Tensor:
         """Rank rendering each tile of camera ``slot``, int64 [n_tiles] (row-major)."""
-        start = sum(g.n_tiles for g in self.grids[:slot])
-        return torch.from_numpy(self.rank[start : start + self.grids[slot].n_tiles].copy())
+        return torch.from_numpy(self._of_camera(slot).copy())
 
     def tiles_of(self, slot: int, rank: int) -> torch.Tensor:
         """Ids of the tiles of camera ``slot`` that ``rank`` renders, int64 ascending (found on the host)."""
-        start = sum(g.n_tiles for g in self.grids[:slot])
-        return torch.from_numpy(np.flatnonzero(self.rank[start : start + self.grids[slot].n_tiles] == rank))
+        return torch.from_numpy(np.flatnonzero(self._of_camera(slot) == rank))
 
     def work(self, per_tile: np.ndarray) -> np.ndarray:
         """Sum of a flat per-tile quantity over each rank's tiles, float64 [world_size]."""

@@ -74,14 +74,14 @@ def route_splats(
     device = tx0.device
     sizes = [len(s) for s in splats]
     nx = torch.cat([torch.full((n,), g.nx, device=device) for n, g in zip(sizes, grids)])
-    first_tile = torch.cat([torch.full((n,), t, device=device) for n, t in zip(sizes, _starts([g.n_tiles for g in grids]))])
+    first_tile = torch.cat([torch.full((n,), t, device=device) for n, t in zip(sizes, part_starts([g.n_tiles for g in grids]))])
     rows, tiles = expand_spans(tx0, tx1, ty0, ty1, nx)
     n = max(sum(sizes), 1)
     key = torch.unique(torch.cat(owners)[first_tile[rows] + tiles] * n + rows)  # sorted: by rank, then row
     return key % n, key // n
 
 
-def _starts(sizes: list[int]) -> list[int]:
+def part_starts(sizes: list[int]) -> list[int]:
     """Where each part begins when parts of ``sizes`` are laid end to end."""
     return list(itertools.accumulate(sizes[:-1], initial=0))
 

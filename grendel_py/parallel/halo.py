@@ -7,13 +7,12 @@ Every rank derives every other rank's needs from the tile owner tables, so no re
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from grendel_py.parallel.exchange import all_to_all_rows, count_values
+from grendel_py.parallel.exchange import all_to_all_rows, count_values, part_starts
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.train.loss import HALO
 from partition.tiles import TILE_SIZE, TileGrid
@@ -115,7 +114,7 @@ def exchange_halos(
     proto = tile_colors[0]
     c, device = proto.shape[-1], proto.device
     sizes = [g.width * g.height for g in grids]
-    starts, total = [0, *itertools.accumulate(sizes)][:-1], sum(sizes)  # each camera's first pixel in the batch
+    starts, total = part_starts(sizes), sum(sizes)  # each camera's first pixel in the batch
     pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
     images = [grid.tiles_to_image(colors, tiles) for grid, colors, tiles in zip(grids, tile_colors, tile_ids)]
     sentinel = w * total

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from grendel_py.data.cameras import Camera
-from grendel_py.parallel.exchange import exchange_splats
+from grendel_py.parallel.exchange import exchange_splats, part_starts
 from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
@@ -93,7 +92,7 @@ def render_batch(
     received = exchange_splats(visible, grids, owners, ctx)
 
     tile_ids, tile_colors = [], []
-    with _Stopwatch(background.device) as raster_seconds:
+    with _Stopwatch(device) as raster_seconds:
         for b, grid in enumerate(grids):
             mine = plan.tiles_of(b, ctx.rank).to(device, non_blocking=True)
             colors, _, bins = rasterize(received.per_camera[b], grid, background, mine, backend)
@@ -111,7 +110,7 @@ def _visible(splats: list[Splats]) -> list[Splats]:
     masks = [s.visible for s in splats]
     rows = torch.nonzero(torch.cat(masks)).squeeze(1)
     counts = torch.stack([m.sum() for m in masks]).tolist()
-    starts = itertools.accumulate([len(s) for s in splats[:-1]], initial=0)
+    starts = part_starts([len(s) for s in splats])
     return [s.select(r - start) for s, r, start in zip(splats, rows.split(counts), starts)]
 
 
