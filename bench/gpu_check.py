@@ -182,7 +182,7 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         "n": n, "width": width, "height": height, "batch": batch, "backend": backend, "device": str(ctx.device),
         "iterations": iterations, "seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
         "kernel_share": kernel_share, "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds),
+        "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds), "host_syncs_by_site": dict(syncs.sites),
     }  # fmt: skip
 
 

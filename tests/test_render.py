@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.render import project, rasterize, render
+from grendel_py.render import project, rasterize, rasterize_batch, render
 from grendel_py.render.composite import composite_tiles
-from grendel_py.render.intersect import bin_splats, expand_tiles, tile_counts_per_tile, tile_spans
-from grendel_py.render.projection import ALPHA_MIN, DILATION
+from grendel_py.render.intersect import BatchTiles, bin_splats, distinct_sorted, expand_tiles, tile_counts_per_tile, tile_spans
+from grendel_py.render.projection import ALPHA_MIN, DILATION, Splats
 from grendel_py.render.sh import eval_sh
 from partition.tiles import TileGrid
 from tests.render_scenes import loop_composite, random_gaussians, small_camera
@@ -66,7 +67,7 @@ def test_gradcheck_composite(shift: float) -> None:
     inputs = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
 
     def f(m, c, o, col, bg):
-        return composite_tiles(m, c, o, col, bg, bins, grid, chunk_pairs=8 * 256 * 3, min_chunk=1)
+        return composite_tiles(m, c, o, col, bg, bins, BatchTiles([grid], [None], m.device), chunk_pairs=8 * 256 * 3, min_chunk=1)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
 
@@ -76,7 +77,7 @@ def test_chunking_does_not_change_result() -> None:
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
-    args = (splats.means2d, splats.conics, splats.opacities, splats.colors, BG, bins, grid)
+    args = (splats.means2d, splats.conics, splats.opacities, splats.colors, BG, bins, BatchTiles([grid], [None], BG.device))
     ref = composite_tiles(*args, chunk_pairs=1 << 30)  # one chunk
     for pairs, min_chunk in ((1, 1), (7 * 256, 1), (1, 32), (40 * 256, 5)):
         out = composite_tiles(*args, chunk_pairs=pairs, min_chunk=min_chunk)
@@ -206,3 +207,53 @@ def test_rasterize_returns_requested_tiles_only() -> None:
     colors, alpha, bins = rasterize(splats, grid, BG, torch.tensor([5, 2, 2]))
     assert bins.tile_ids.tolist() == [2, 5]
     assert colors.shape == (2, 256, 3) and alpha.shape == (2, 256)
+
+
+def _concat(parts: list[Splats]) -> Splats:
+    return Splats(**{f.name: torch.cat([getattr(s, f.name) for s in parts]) for f in dataclasses.fields(Splats)})
+
+
+def test_a_batch_renders_as_its_cameras_one_by_one() -> None:
+    """rasterize_batch over cameras of different sizes and tile selections (all, a subset, none) gives each
+    camera's tiles, bins and gradients as rasterizing it alone does."""
+    cams = [small_camera(37, 29, uid=0), small_camera(50, 33, uid=1), small_camera(21, 45, uid=2), small_camera(40, 20, uid=3)]
+    grids = [TileGrid(c.width, c.height) for c in cams]
+    gen = torch.Generator().manual_seed(3)
+    selections = [None, torch.randperm(grids[1].n_tiles, generator=gen)[:5].sort().values, torch.zeros(0, dtype=torch.long), torch.tensor([1, 3])]
+    base = random_gaussians(150, seed=9, opacity_shift=2.0)
+    weights = [torch.randn(g.n_tiles, 256, 3, dtype=torch.float64, generator=gen) for g in grids]
+
+    def run(batched: bool):
+        leaves = _leaf(base)
+        model = Gaussians(*leaves, ids=base.ids)
+        splats = [project(model, cam) for cam in cams]
+        if batched:
+            tiles = BatchTiles(grids, selections, BG.device)
+            colors, alpha, bins = rasterize_batch(_concat(splats), [len(s) for s in splats], tiles, BG)
+            per_camera = tiles.split(colors)
+            ids = tiles.tile_ids
+        else:
+            outs = [rasterize(s, g, BG, t) for s, g, t in zip(splats, grids, selections)]
+            per_camera, ids = [o[0] for o in outs], [o[2].tile_ids for o in outs]
+        loss = sum((c * w[i]).sum() for c, w, i in zip(per_camera, weights, ids))
+        loss.backward()
+        return [c.detach() for c in per_camera], ids, [p.grad for p in leaves]
+
+    (batch_colors, batch_ids, batch_grads), (one_colors, one_ids, one_grads) = run(True), run(False)
+    assert [len(t) for t in batch_ids] == [grids[0].n_tiles, 5, 0, 2]
+    for a, b, ia, ib in zip(batch_colors, one_colors, batch_ids, one_ids):
+        assert torch.equal(ia, ib)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    for a, b in zip(batch_grads, one_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_distinct_sorted_is_unique_with_padding() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 7, 500):
+        keys = torch.randint(0, 40, (n,), generator=gen)
+        keys[torch.rand(n, generator=gen) < 0.3] = 99  # the sentinel
+        got = distinct_sorted(keys, 99)
+        want = torch.unique(keys[keys != 99])
+        assert got.shape == keys.shape
+        assert torch.equal(got[: len(want)], want) and bool((got[len(want) :] == 99).all())

@@ -54,3 +54,18 @@ def test_owner_aware_batches_spread_over_ranks_and_keep_epochs() -> None:
     assert [again.next_batch() for _ in range(n // w)] == batches
     with pytest.raises(ValueError, match="affinity"):
         sampler.set_affinity(np.ones((n + 1, w)))
+
+
+@pytest.mark.parametrize("owner_aware", [False, True])
+def test_peek_shows_the_next_batch_without_drawing_it(owner_aware: bool) -> None:
+    """The image prefetcher peeks at the next batch; peeking changes nothing, also across epoch boundaries."""
+    import numpy as np
+
+    sampler = CameraSampler(9, 4, seed=2)
+    if owner_aware:
+        sampler.set_affinity(np.eye(3)[np.arange(9) % 3])
+    for _ in range(10):
+        state = sampler.state_dict()
+        peeked = sampler.peek_batch()
+        assert sampler.state_dict() == state
+        assert sampler.next_batch() == peeked

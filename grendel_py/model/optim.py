@@ -6,6 +6,8 @@ require grad, and :meth:`GaussianOptimizer.keep`, :meth:`~GaussianOptimizer.appe
 :meth:`~GaussianOptimizer.reset_field` swap those tensors (and ``ids``) for new ones while keeping the Adam
 moments row-aligned, as INRIA 3DGS's ``_prune_optimizer`` / ``cat_tensors_to_optimizer`` /
 ``replace_tensor_to_optimizer`` do. Adam step counts are per group; rows that join keep the group's count.
+On the CPU and CUDA the step is torch's fused Adam, whose step counts live on the model's device: the
+unfused one reads each group's count back to the host (one synchronisation per field and step on a GPU).
 
 Grendel's batch rule for B images per step: lr x sqrt(B), betas (0.9, 0.999) ** B, eps / sqrt(B).
 """
@@ -23,6 +25,9 @@ from grendel_py.model.gaussians import Gaussians
 
 TRAINABLE = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
 """The fields optimised, one param group each, in this order."""
+
+FUSED_DEVICES = ("cpu", "cuda")
+"""Device types with torch's fused Adam (elsewhere, e.g. the ``meta`` device of the tests, the default one)."""
 
 BETAS = (0.9, 0.999)
 """Adam betas for one image per step."""
@@ -55,8 +60,10 @@ class GaussianOptimizer:
             setattr(gaussians, name, _leaf(getattr(gaussians, name)))
         base = self._base_lrs()
         groups = [{"params": [getattr(gaussians, n)], "name": n, "lr": base[n] * self.lr_scale} for n in TRAINABLE]
+        self.fused = gaussians.means.device.type in FUSED_DEVICES
         self.optimizer = torch.optim.Adam(
             groups,
+            fused=self.fused,
             betas=(BETAS[0] ** batch_size, BETAS[1] ** batch_size),
             eps=cfg.eps / self.lr_scale,
         )
@@ -164,7 +171,7 @@ class GaussianOptimizer:
             saved = state["adam"][name]
             if saved:
                 self.optimizer.state[new] = {
-                    "step": saved["step"].clone(),
+                    "step": saved["step"].to(device if self.fused else "cpu", torch.float32, copy=True),
                     "exp_avg": saved["exp_avg"].to(device, torch.float32),
                     "exp_avg_sq": saved["exp_avg_sq"].to(device, torch.float32),
                 }

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from grendel_py.parallel.exchange import all_to_all_rows, count_values, part_starts
+from grendel_py.parallel.exchange import all_to_all_rows
 from grendel_py.parallel.runtime import DistContext
+from grendel_py.render.intersect import count_values, distinct_sorted, part_starts
 from grendel_py.train.loss import HALO
 from partition.tiles import TILE_SIZE, TileGrid
 
@@ -58,19 +59,13 @@ _AROUND = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0,
 assert HALO < TILE_SIZE, "the halo must not reach past the adjacent tiles"
 
 
-def _sorted_keys(keys: torch.Tensor, valid: torch.Tensor, sentinel: int) -> torch.Tensor:
-    """The distinct ``keys`` where ``valid``, sorted, followed by at most one ``sentinel`` (no host sync for
-    the filtering: the caller cuts the sentinel off once it knows the counts)."""
-    return torch.unique(torch.where(valid, keys, sentinel))
-
-
 def _halo_keys(
     grids: list[TileGrid], owners: list[torch.Tensor], pixel_owners: list[torch.Tensor], starts: list[int], total: int,
     me: int, sentinel: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sorted keys ``rank * total + pixel`` (pixel: index among the batch's ``total`` pixels, camera b's
     from ``starts[b]``) of the pixels this rank sends (its own, near a tile of ``rank``) and receives (those of
-    ``rank``, near a tile of its own), each followed by at most one ``sentinel``."""
+    ``rank``, near a tile of its own), each followed by ``sentinel`` padding."""
     send_keys, send_ok, recv_keys, recv_ok = [], [], [], []
     for grid, own, po, start in zip(grids, owners, pixel_owners, starts):
         near = _near_owners(grid, own)
@@ -80,8 +75,8 @@ def _halo_keys(
         send_ok.append(((near >= 0) & (near != me) & mine).reshape(-1))
         recv_keys.append((po * total + pixel).reshape(-1))
         recv_ok.append(((near == me).any(dim=0) & ~mine).reshape(-1))
-    send = _sorted_keys(torch.cat(send_keys), torch.cat(send_ok), sentinel)
-    return send, _sorted_keys(torch.cat(recv_keys), torch.cat(recv_ok), sentinel)
+    send = distinct_sorted(torch.where(torch.cat(send_ok), torch.cat(send_keys), sentinel), sentinel)
+    return send, distinct_sorted(torch.where(torch.cat(recv_ok), torch.cat(recv_keys), sentinel), sentinel)
 
 
 def _tile_boxes(grids: list[TileGrid], owners: list[torch.Tensor], rank: int) -> torch.Tensor:

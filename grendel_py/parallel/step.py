@@ -24,12 +24,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from grendel_py.data.cameras import Camera
-from grendel_py.parallel.exchange import exchange_splats, part_starts
+from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.render import project, rasterize
-from grendel_py.render.intersect import tile_counts_per_tile
+from grendel_py.render import project, rasterize_batch
+from grendel_py.render.intersect import BatchTiles, tile_counts_per_tile
 from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
@@ -57,14 +57,15 @@ class Rendered:
 
 
 def tile_table(splats: list[Splats], grids: list[TileGrid], ctx: DistContext) -> TileTable:
-    """Step 2: the batch's tile table, from every rank's intersections per tile."""
+    """Step 2: the batch's tile table, from every rank's intersections per tile (one read to the host)."""
     counts = torch.cat([tile_counts_per_tile(s, g) for s, g in zip(splats, grids)])
     if not ctx.distributed:
         return TileTable.from_counts(grids, counts[None].cpu().numpy())
     keys = majority_keys(counts, ctx.rank, ctx.world_size)
     dist.all_reduce(counts)
     dist.all_reduce(keys, op=dist.ReduceOp.MAX)
-    return TileTable.from_reduced(grids, counts, keys, ctx.world_size)
+    total, keys = torch.stack([counts, keys]).cpu().numpy()
+    return TileTable.from_reduced(grids, total, keys, ctx.world_size)
 
 
 def render_batch(
@@ -88,30 +89,16 @@ def render_batch(
     plan = balancer.plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
-    visible = _visible(splats)
-    received = exchange_splats(visible, grids, owners, ctx)
+    received = exchange_splats(splats, grids, owners, ctx)
 
-    tile_ids, tile_colors = [], []
+    tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
-        for b, grid in enumerate(grids):
-            mine = plan.tiles_of(b, ctx.rank).to(device, non_blocking=True)
-            colors, _, bins = rasterize(received.per_camera[b], grid, background, mine, backend)
-            tile_ids.append(bins.tile_ids)
-            tile_colors.append(colors)
-    regions, halo_values = exchange_halos(tile_colors, tile_ids, grids, owners, ctx)
+        colors, _, _ = rasterize_batch(received.splats, received.parts, tiles, background, backend)
+    tile_colors = tiles.split(colors)
+    regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
-    tie = halo_values.sum() + sum(s.means2d.sum() + s.colors.sum() for s in received.per_camera)
-    return Rendered(splats, tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
-
-
-def _visible(splats: list[Splats]) -> list[Splats]:
-    """Each camera's splats that reach its image, selected by integer index: two host synchronisations for the
-    whole batch (a boolean select would cost one per field and camera, and as many again in backward)."""
-    masks = [s.visible for s in splats]
-    rows = torch.nonzero(torch.cat(masks)).squeeze(1)
-    counts = torch.stack([m.sum() for m in masks]).tolist()
-    starts = part_starts([len(s) for s in splats])
-    return [s.select(r - start) for s, r, start in zip(splats, rows.split(counts), starts)]
+    tie = halo_values.sum() + received.splats.means2d.sum() + received.splats.colors.sum()
+    return Rendered(splats, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
 
 
 class _Stopwatch:

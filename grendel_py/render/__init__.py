@@ -18,7 +18,7 @@ import torch
 from grendel_py.data.cameras import Camera
 from grendel_py.errors import InputError
 from grendel_py.render import cupy_backend, torch_backend
-from grendel_py.render.intersect import TileBins
+from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
 
@@ -77,11 +77,23 @@ def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: st
 def rasterize(
     splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None, backend: str = "torch"
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
-    """Composite ``splats`` over the tiles ``tile_ids`` (all when None) of ``grid``.
+    """Composite ``splats`` over the tiles ``tile_ids`` (all when None; any order, repeats allowed) of ``grid``.
 
-    Returns (colors [T, P, C], alpha [T, P], bins) with P = tile_size**2 pixels per tile, row-major.
+    Returns (colors [T, P, C], alpha [T, P], bins) for the sorted distinct tiles ``bins.tile_ids``, with
+    P = tile_size**2 pixels per tile, row-major.
     """
-    return get_backend(backend).rasterize_tiles(splats, grid, background, tile_ids)
+    device = splats.means2d.device
+    tiles = BatchTiles([grid], [None if tile_ids is None else torch.unique(tile_ids.to(device))], device)
+    return rasterize_batch(splats, [len(splats)], tiles, background, backend)
+
+
+def rasterize_batch(
+    splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor, backend: str = "torch"
+) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
+    """Composite the splats of several cameras at once: ``splats`` holds ``parts[b]`` rows for camera b, one
+    camera after another; ``tiles`` selects each camera's tiles. Returns (colors [T, P, C], alpha [T, P],
+    bins) for the selected tiles in ``tiles.ids`` order (``tiles.split`` cuts them per camera)."""
+    return get_backend(backend).rasterize_batch(splats, parts, tiles, background)
 
 
 def render(

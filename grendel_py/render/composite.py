@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from grendel_py.render.intersect import TileBins
+from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import ALPHA_MIN
-from partition.tiles import TileGrid
 
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
@@ -30,39 +29,59 @@ def composite_tiles(
     colors: torch.Tensor,
     background: torch.Tensor,
     bins: TileBins,
-    grid: TileGrid,
+    tiles: BatchTiles,
     chunk_pairs: int = 1 << 19,
     min_chunk: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite the binned splats over the selected tiles.
 
     means2d [N, 2], conics [N, 3], opacities [N], colors [N, C], background [C]; ``bins`` from
-    :func:`grendel_py.render.intersect.bin_splats`. Returns (colors [T, tile_size**2, C], alpha [T, tile_size**2])
-    for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in all float inputs.
+    :func:`grendel_py.render.intersect.bin_batch` over ``tiles``. Returns (colors [T, tile_size**2, C], alpha
+    [T, tile_size**2]) for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in
+    all float inputs.
     """
-    return _Composite.apply(means2d, conics, opacities, colors, background, bins, grid, (chunk_pairs, min_chunk))
+    return _Composite.apply(means2d, conics, opacities, colors, background, bins, tiles, (chunk_pairs, min_chunk))
 
 
 class _Layout:
-    """Padded per-tile splat table and pixel centres shared by forward and backward."""
+    """Padded per-tile splat table, pixel centres and chunk schedule shared by forward and backward.
 
-    def __init__(self, bins: TileBins, grid: TileGrid, n_splats: int, dtype: torch.dtype):
+    The schedule is planned on the host from the intersections per tile (one read, usually done by the
+    binning already): tiles in decreasing order of their splat count, so the tiles still holding splats at
+    depth slot k are a prefix of that order, whose length is known without asking the device. Pixels that
+    terminated early stay in their chunks with zero weight (dropping them would need a read per chunk)."""
+
+    def __init__(self, bins: TileBins, tiles: BatchTiles, n_splats: int, dtype: torch.dtype):
         device = bins.splat_index.device
         n_tiles = bins.tile_ids.shape[0]
-        counts = bins.counts
-        k_max = int(counts.max()) if n_tiles else 0
-        self.k_max = k_max
-        self.counts = counts
-        table = torch.full((n_tiles, k_max), n_splats, dtype=torch.long, device=device)
-        tile_of = torch.repeat_interleave(torch.arange(n_tiles, device=device), counts)
-        pos = torch.arange(bins.splat_index.shape[0], device=device) - bins.offsets[tile_of]
-        table[tile_of, pos] = bins.splat_index
+        counts = bins.host_counts if bins.host_counts is not None else bins.counts.tolist()
+        self.k_max = max(counts, default=0)
+        table = torch.full((n_tiles, self.k_max), n_splats, dtype=torch.long, device=device)
+        m = sum(counts)
+        tile_of = torch.repeat_interleave(torch.arange(n_tiles, device=device), bins.counts, output_size=m)
+        pos = torch.arange(m, device=device) - bins.offsets[tile_of]
+        table[tile_of, pos] = bins.splat_index[:m]
         self.table = table
-        x0, y0 = grid.tile_origins(bins.tile_ids)
-        offs = torch.arange(grid.tile_size, device=device, dtype=dtype) + 0.5
+        by_count = sorted(range(n_tiles), key=lambda t: -counts[t])  # stable: ties in tile order
+        self.by_count = torch.tensor(by_count, dtype=torch.long).to(device, non_blocking=True)
+        self.sorted_counts = [counts[t] for t in by_count]
+        x0, y0 = tiles.origins()
+        ts = tiles.grids[0].tile_size
+        offs = torch.arange(ts, device=device, dtype=dtype) + 0.5
         self.px = x0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre x of each tile column
         self.py = y0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre y of each tile row
-        self.ts = grid.tile_size
+        self.ts = ts
+
+    def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
+        """(active tiles, k0, k1) of each chunk: the tiles with more than k0 splats, depth slots [k0, k1)."""
+        out, k0, n_active = [], 0, len(self.sorted_counts)
+        while k0 < self.k_max:
+            while n_active and self.sorted_counts[n_active - 1] <= k0:
+                n_active -= 1
+            k1 = min(self.k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
+            out.append((self.by_count[:n_active], k0, k1))
+            k0 = k1
+        return out
 
 
 def _pad(t: torch.Tensor, value: float) -> torch.Tensor:
@@ -111,11 +130,11 @@ class _Chunk:
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, grid: TileGrid, sizing):
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, tiles: BatchTiles, sizing):
         chunk_pairs, min_chunk = sizing
         dtype, device = means2d.dtype, means2d.device
-        n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], grid.tile_size**2, colors.shape[1]
-        lay = _Layout(bins, grid, means2d.shape[0], dtype)
+        n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], tiles.grids[0].tile_size ** 2, colors.shape[1]
+        lay = _Layout(bins, tiles, means2d.shape[0], dtype)
         params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
         colors_p = _pad(colors, 0.0)
 
@@ -123,12 +142,7 @@ class _Composite(torch.autograd.Function):
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
         saved = []
-        k0 = 0
-        while k0 < lay.k_max:
-            act = torch.nonzero((lay.counts > k0) & (t_run > 0).any(dim=1)).squeeze(1)
-            if act.numel() == 0:
-                break
-            k1 = min(lay.k_max, k0 + max(min_chunk, chunk_pairs // (act.numel() * n_pix)))
+        for act, k0, k1 in lay.chunks(n_pix, chunk_pairs, min_chunk):
             t_start = t_run[act]
             ch = _Chunk(lay, act, k0, k1, params, t_start)
             accum[act] += torch.bmm(ch.weight, colors_p[ch.s])
@@ -138,7 +152,6 @@ class _Composite(torch.autograd.Function):
             t_final[act] = running * t_last + (1.0 - running) * t_final[act]
             t_run[act] = t_last * (n_valid == ch.valid.shape[-1]).to(dtype)
             saved.append((act, k0, k1, t_start))
-            k0 = k1
         out = accum + t_final[..., None] * background
         ctx.lay, ctx.saved = lay, saved
         ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final)

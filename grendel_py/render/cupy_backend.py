@@ -10,12 +10,11 @@ import torch
 
 from grendel_py.data.cameras import Camera
 from grendel_py.render.cuda_kernels import cupy_kernels
-from grendel_py.render.intersect import TileBins
+from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.render.projection import Splats
-from partition.tiles import TileGrid
 
-__all__ = ["project", "rasterize_tiles"]
+__all__ = ["project", "rasterize_batch"]
 
 
 def _backend(device: torch.device) -> KernelBackend:
@@ -39,8 +38,8 @@ def project(
     return _backend(means.device).project(means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane)
 
 
-def rasterize_tiles(
-    splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None
+def rasterize_batch(
+    splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
-    """As :func:`grendel_py.render.torch_backend.rasterize_tiles`, on the GPU."""
-    return _backend(splats.means2d.device).rasterize_tiles(splats, grid, background, tile_ids)
+    """As :func:`grendel_py.render.torch_backend.rasterize_batch`, on the GPU."""
+    return _backend(splats.means2d.device).rasterize_batch(splats, parts, tiles, background)

@@ -1,7 +1,7 @@
 """The renderer's two halves on the CUDA kernels of ``cuda/``, with torch autograd around them.
 
 :class:`KernelBackend` takes a kernel launcher (``launch(name, size, *args)``, see
-:mod:`grendel_py.render.cuda_kernels`) and offers the backend interface: ``project`` and ``rasterize_tiles``
+:mod:`grendel_py.render.cuda_kernels`) and offers the backend interface: ``project`` and ``rasterize_batch``
 with the torch spec's signatures and results. Binning: each visible splat gets a 64-bit key per selected tile
 it touches, ``slot << 32 | rank`` with ``rank`` its place in (depth, global id) order, so one radix sort of the
 keys (torch.sort) yields the spec's (tile, depth, id) order with no ties, whatever the splats' arrival order.
@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from grendel_py.data.cameras import Camera
-from grendel_py.render.intersect import TileBins, depth_order
+from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts
 from grendel_py.render.projection import Splats
-from partition.tiles import TileGrid
 
 CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
 RANK_BITS = 32
@@ -82,8 +81,11 @@ class _Project(torch.autograd.Function):
 
 
 class _Rasterize(torch.autograd.Function):
+    """The tile kernels over a batch: one launch per camera (its tile ids are local to its grid), each over its
+    slice of the batch's tiles and offsets; the splat arrays are the batch's."""
+
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, nx: int, launch):
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, tiles: BatchTiles, launch):
         n_tiles = bins.tile_ids.shape[0]
         means2d, conics, opacities, colors, background = (
             t.contiguous() for t in (means2d, conics, opacities, colors, background)
@@ -91,12 +93,13 @@ class _Rasterize(torch.autograd.Function):
         rgb = means2d.new_empty(n_tiles, 256, 3)
         t_final = means2d.new_empty(n_tiles, 256)
         walked = torch.empty(n_tiles, 256, dtype=torch.int32, device=means2d.device)
-        launch(
-            "rasterize_forward", n_tiles, bins.tile_ids, bins.offsets, bins.splat_index, means2d, conics, opacities,
-            colors, background, nx, rgb, t_final, walked,
-        )
+        for grid, ids, s0, s1 in _cameras(tiles):
+            launch(
+                "rasterize_forward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
+                colors, background, grid.nx, rgb[s0:s1], t_final[s0:s1], walked[s0:s1],
+            )
         ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final, walked)
-        ctx.bins, ctx.nx, ctx.launch = bins, nx, launch
+        ctx.bins, ctx.tiles, ctx.launch = bins, tiles, launch
         ctx.mark_non_differentiable(walked)
         return rgb, 1.0 - t_final
 
@@ -107,17 +110,24 @@ class _Rasterize(torch.autograd.Function):
         g_rgb = t_final.new_zeros(*t_final.shape, 3) if g_rgb is None else g_rgb.contiguous()
         g_alpha = _zeros_if_none(g_alpha, t_final)
         v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
-        ctx.launch(
-            "rasterize_backward", bins.tile_ids.shape[0], bins.tile_ids, bins.offsets, bins.splat_index, means2d,
-            conics, opacities, colors, background, ctx.nx, t_final, walked, g_rgb, g_alpha,
-            v_means2d, v_conics, v_opacities, v_colors,
-        )
+        for grid, ids, s0, s1 in _cameras(ctx.tiles):
+            ctx.launch(
+                "rasterize_backward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
+                colors, background, grid.nx, t_final[s0:s1], walked[s0:s1], g_rgb[s0:s1], g_alpha[s0:s1],
+                v_means2d, v_conics, v_opacities, v_colors,
+            )
         v_background = (g_rgb * t_final[..., None]).sum(dim=(0, 1))
         return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None
 
 
+def _cameras(tiles: BatchTiles):
+    """(grid, its selected tile ids, first and end slot of its tiles in the batch) of each camera."""
+    for grid, ids, s0, n in zip(tiles.grids, tiles.tile_ids, part_starts(tiles.sizes), tiles.sizes):
+        yield grid, ids, s0, s0 + n
+
+
 class KernelBackend:
-    """``project`` and ``rasterize_tiles`` of the renderer interface, run by the kernels behind ``launch``."""
+    """``project`` and ``rasterize_batch`` of the renderer interface, run by the kernels behind ``launch``."""
 
     def __init__(self, launch):
         self.launch = launch
@@ -144,43 +154,51 @@ class KernelBackend:
         )
         return Splats(means2d, conics, depths, opacities, colors, extents, ids)
 
-    def bin_splats(self, splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
-        """As :func:`grendel_py.render.intersect.bin_splats`, with the same result."""
+    def bin_batch(self, splats: Splats, parts: list[int], tiles: BatchTiles) -> TileBins:
+        """As :func:`grendel_py.render.intersect.bin_batch`, with the same tiles, offsets and splat order: the
+        key kernels run once per camera over its rows, writing into the batch's arrays (its part of the tile
+        slot table maps its tiles to batch slots), then one sort. One host synchronisation (the number of
+        keys)."""
         device = splats.means2d.device
-        tile_ids = grid.all_tiles(device) if tile_ids is None else torch.unique(tile_ids.to(device))
-        n, n_sel = len(splats), tile_ids.shape[0]
-        slot_of_tile = torch.full((grid.n_tiles,), -1, dtype=torch.int32, device=device)
-        slot_of_tile[tile_ids] = torch.arange(n_sel, dtype=torch.int32, device=device)
+        n, n_sel = len(splats), tiles.ids.shape[0]
+        if n >= 1 << RANK_BITS:
+            raise ValueError(f"{n} splats in one batch exceed the 2^{RANK_BITS} that a sort key can rank")
+        slot_of_tile = tiles.slot_of_tile(torch.int32)
         means2d = splats.means2d.detach().contiguous()
         extents = splats.extents.contiguous()
-        geometry = (means2d, extents, grid.width, grid.height, grid.nx, slot_of_tile)
+        cameras = [
+            (r0, r0 + m, (m, means2d[r0 : r0 + m], extents[r0 : r0 + m], g.width, g.height, g.nx, slot_of_tile[f:]))
+            for r0, m, g, f in zip(part_starts(parts), parts, tiles.grids, tiles.first)
+        ]  # fmt: skip
         counts = torch.empty(n, dtype=torch.int64, device=device)
-        self.launch("count_intersections", n, *geometry, counts)
+        for r0, r1, geometry in cameras:
+            self.launch("count_intersections", *geometry, counts[r0:r1])
         ends = torch.cumsum(counts, 0)
         m = int(ends[-1]) if n else 0
-        order = depth_order(splats.depths, splats.ids)
-        if n >= 1 << RANK_BITS:
-            raise ValueError(f"{n} splats in one camera exceed the 2^{RANK_BITS} that a sort key can rank")
+        order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
         rank = torch.empty_like(order)
         rank[order] = torch.arange(n, device=device)
+        starts = ends - counts
         keys = torch.empty(m, dtype=torch.int64, device=device)
-        self.launch("emit_keys", n, *geometry, ends - counts, rank, keys)
+        for r0, r1, geometry in cameras:
+            self.launch("emit_keys", *geometry, starts[r0:r1], rank[r0:r1], keys)
         keys = torch.sort(keys).values
         offsets = torch.zeros(n_sel + 1, dtype=torch.int64, device=device)
         self.launch("tile_ranges", m, keys, n_sel, offsets)
         splat_index = order[keys & ((1 << RANK_BITS) - 1)]
-        return TileBins(tile_ids=tile_ids, splat_index=splat_index, offsets=offsets)
+        return TileBins(tile_ids=tiles.ids, splat_index=splat_index, offsets=offsets)
 
-    def rasterize_tiles(
-        self, splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None
+    def rasterize_batch(
+        self, splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
-        """As :func:`grendel_py.render.torch_backend.rasterize_tiles` (16 x 16 tiles, 3 channels, float32)."""
+        """As :func:`grendel_py.render.torch_backend.rasterize_batch` (16 x 16 tiles, 3 channels, float32)."""
         _require_float32(means2d=splats.means2d, conics=splats.conics, opacities=splats.opacities, colors=splats.colors)
-        if grid.tile_size != 16 or splats.colors.shape[1] != 3:
-            raise ValueError(f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {grid.tile_size}")
-        bins = self.bin_splats(splats, grid, tile_ids)
+        sizes = {g.tile_size for g in tiles.grids}
+        if sizes != {16} or splats.colors.shape[1] != 3:
+            raise ValueError(f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {sorted(sizes)}")
+        bins = self.bin_batch(splats, parts, tiles)
         colors, alpha = _Rasterize.apply(
             splats.means2d, splats.conics, splats.opacities, splats.colors, background.to(splats.means2d),
-            bins, grid.nx, self.launch,
+            bins, tiles, self.launch,
         )
         return colors, alpha, bins

@@ -5,19 +5,19 @@ from __future__ import annotations
 import torch
 
 from grendel_py.render.composite import composite_tiles
-from grendel_py.render.intersect import TileBins, bin_splats
+from grendel_py.render.intersect import BatchTiles, TileBins, bin_batch
 from grendel_py.render.projection import Splats, project
-from partition.tiles import TileGrid
 
-__all__ = ["project", "rasterize_tiles"]
+__all__ = ["project", "rasterize_batch"]
 
 
-def rasterize_tiles(
-    splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None
+def rasterize_batch(
+    splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
-    """Bin, sort and composite ``splats`` over the selected tiles -> (colors [T, P, C], alpha [T, P], bins)."""
-    bins = bin_splats(splats, grid, tile_ids)
+    """Bin, sort and composite the splats of a batch (``parts[b]`` rows for camera b, one camera after
+    another) over the selected tiles -> (colors [T, P, C], alpha [T, P], bins), tiles in ``tiles.ids`` order."""
+    bins = bin_batch(splats, parts, tiles)
     colors, alpha = composite_tiles(
-        splats.means2d, splats.conics, splats.opacities, splats.colors, background, bins, grid
+        splats.means2d, splats.conics, splats.opacities, splats.colors, background, bins, tiles
     )
     return colors, alpha, bins

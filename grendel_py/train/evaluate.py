@@ -18,6 +18,7 @@ from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
+from grendel_py.train.images import to_float, to_uint8
 from partition.tiles import TileGrid
 
 Split = Literal["test", "train", "all"]
@@ -78,7 +79,7 @@ def evaluate_sharded(
     views = []
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
-            gt = scene.load_image(cam).to(shard.device)
+            gt = to_float(to_uint8(scene.load_image(cam)).to(shard.device))  # the 8-bit photo, as in training
             rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:

@@ -46,6 +46,7 @@ from grendel_py.train.checkpoint import (
     MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
 )  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
+from grendel_py.train.images import GroundTruth
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.balancer import TileBalancer
@@ -74,7 +75,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
-    images = _ImageCache(scene)
+    images = GroundTruth(scene, ctx.device)
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
@@ -88,8 +89,10 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             tic = time.perf_counter()
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
-            gts = [images[cam].to(ctx.device, non_blocking=True) for cam in cameras]
+            gts = images.batch(cameras)
             loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer, backend)
+            if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
+                images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
             loss.backward()
             for cam, splats in zip(cameras, rendered.splats):
                 densify.observe(splats, splats.means2d.grad, cam.width, cam.height)
@@ -249,18 +252,6 @@ def _writer(out: Path, seen: int, ctx: DistContext):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(out / "tb"), purge_step=seen + 1)
-
-
-class _ImageCache:
-    """Ground-truth images, loaded (decoded, undistorted, downscaled) once per camera."""
-
-    def __init__(self, scene: Scene):
-        self.scene, self.cache = scene, {}
-
-    def __getitem__(self, camera) -> torch.Tensor:
-        if camera.uid not in self.cache:
-            self.cache[camera.uid] = self.scene.load_image(camera)
-        return self.cache[camera.uid]
 
 
 def _batch_stats(

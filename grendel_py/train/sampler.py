@@ -13,6 +13,8 @@ every rank busy with its own splats; every camera is still drawn once per epoch.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -73,6 +75,12 @@ class CameraSampler:
             if load is not None:
                 load += self._affinity[camera]
         return batch
+
+    def peek_batch(self) -> list[int]:
+        """The batch :meth:`next_batch` would return now, without drawing it."""
+        probe = copy.copy(self)
+        probe._order = list(self._order)
+        return probe.next_batch()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "order": list(self._order)}
