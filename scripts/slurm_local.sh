@@ -7,7 +7,8 @@
 #
 # Needs root and the Debian packages slurm-wlm and munge (apt-get install --no-install-recommends slurm-wlm
 # munge). No systemd and no cgroups are needed: proctrack/linuxproc, task/none, no accounting. The node is
-# this machine as `slurmd -C` sees it (all CPUs and memory), in the default partition "debug". Ports are free
+# this machine as `slurmd -C` sees it (all CPUs and memory) plus 2 stand-in GPUs (character devices made with
+# mknod that no driver answers: jobs asking for GPUs run, on the CPU), in the default partition "debug". Ports are free
 # ones picked at start, so it does not clash with a SLURM the machine may already run. On failure `start`
 # prints the daemons' log tails and exits 1.
 set -euo pipefail
@@ -21,7 +22,9 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# write_conf DIR: DIR/slurm.conf for this host.
+GPUS=2  # GPUs the node claims to have
+
+# write_conf DIR: DIR/slurm.conf and DIR/gres.conf for this host.
 write_conf() {
     local dir=$1 host node
     host=$(hostname -s)
@@ -60,9 +63,17 @@ MinJobAge=600
 MailProg=/bin/true
 # job ids, and the rendezvous ports derived from them, differ between clusters started side by side
 FirstJobId=$((1 + RANDOM % 1250))
-$node State=UNKNOWN
+# two stand-in GPUs (device files with NVIDIA's major number, see gres.conf), so that the batch scripts' GPU
+# lines are accepted here: jobs get SLURM_GPUS_ON_NODE and friends, and train on the CPU (torch sees no CUDA)
+GresTypes=gpu
+$node Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    local i
+    for ((i = 0; i < GPUS; i++)); do
+        [[ -e $dir/dev/gpu$i ]] || mknod "$dir/dev/gpu$i" c 195 "$i"  # no driver behind them
+    done
+    echo "Name=gpu File=$dir/dev/gpu[0-$((GPUS - 1))]" >"$dir/gres.conf"
 }
 
 log_tails() {
@@ -98,7 +109,7 @@ node_idle() {
 start() {
     local dir=$1
     [[ $(id -u) == 0 ]] || { echo "slurm_local: must run as root" >&2; exit 1; }
-    mkdir -p "$dir"/{munge,state,spool,run,log}
+    mkdir -p "$dir"/{munge,state,spool,run,log,dev}
     head -c 1024 /dev/urandom >"$dir/munge/munge.key"
     chmod 600 "$dir/munge/munge.key"
     # --force: start despite a stale socket or a world-writable /tmp above the folder

@@ -48,11 +48,12 @@ LOCAL_CLUSTER = REPO / "scripts" / "slurm_local.sh"
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun")
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 JOB_TIMEOUT_S = 150  # a job from submission to its end, requeue included
-# each script's sbatch options and environment for 2 CPU ranks on the one node (the scripts ask for 2 cores)
+# each script's sbatch options and environment for 2 ranks on the one node, one per GPU as on a GPU cluster (the
+# node's 2 GPUs are a count only: the ranks train on its 2 cores)
 SCRIPTS = {
-    "train_srun.sbatch": ((), {}),  # its defaults: 2 tasks per node
-    "train_1node.sbatch": ((), {"RANKS_PER_NODE": "2"}),
-    "train_multinode.sbatch": (("--nodes=1",), {"RANKS_PER_NODE": "2"}),
+    "train_srun.sbatch": ((), {}),  # its defaults: 2 tasks per node, a GPU per task
+    "train_1node.sbatch": (("--gpus-per-node=2",), {}),  # 2 ranks: the GPUs allocated
+    "train_multinode.sbatch": (("--nodes=1", "--gpus-per-node=2"), {}),
 }
 PREEMPTED = "train_1node.sbatch"  # its job gets SIGUSR1 after its first checkpoint
 IMAGES = 30  # per job; a checkpoint every 10
@@ -197,6 +198,8 @@ def trained(cluster: Cluster, scene: Path, tmp_path_factory: pytest.TempPathFact
 def test_batch_script_trains_on_two_ranks(trained: dict[str, tuple[dict, Path]], script: str) -> None:
     fields, run = trained[script]
     _check_run(fields, run, IMAGES)
+    gpus = fields.get("TresPerTask") or fields.get("TresPerNode")  # the script's GPU line (or sbatch's option)
+    assert gpus in ("gres:gpu:1", "gres:gpu:2"), fields
     assert complete_checkpoints(run)[-1].images_seen == IMAGES
 
 
