@@ -4,11 +4,14 @@ Rules (INRIA 3DGS / gsplat): pixel (i, j) is evaluated at its centre (i + 0.5, j
 ``alpha = min(0.99, o * exp(-0.5 d^T conic d))``; a splat with alpha < 1/255 is skipped; compositing stops
 before the splat that would bring the transmittance T below 1e-4; ``C = sum_j alpha_j T_j c_j + T_final * bg``.
 
-The work is vectorised over tiles and over chunks of splats in depth order: a chunk computes alpha for all
-its (pixel, splat) pairs at once, carries T between chunks, and drops tiles whose pixels have all
-terminated. A chunk holds about ``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile), so few live
-tiles get long chunks and Python overhead stays small next to the arithmetic. The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored)
-and uses the closed-form gradients of the compositing equation, so memory stays O(pixels + splats).
+The work is vectorised over tiles (of one camera or of a whole batch) and over chunks of splats in depth
+order: a chunk computes alpha for all its (pixel, splat) pairs at once and carries T between chunks. The
+chunks are planned on the host from the intersections per tile (tiles whose lists have ended drop out), so
+no chunk asks the device for a size; pixels that terminated stay with zero weight. A chunk holds about
+``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile), so few live tiles get long chunks and Python
+overhead stays small next to the arithmetic. The backward pass walks the chunks back to front recomputing
+alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing equation, so memory
+stays O(pixels + splats).
 """
 
 from __future__ import annotations
