@@ -3,14 +3,14 @@
 
 extern "C" __global__ void count_intersections(int n, const float* means2d, const int* extents, int width,
                                                int height, int nx, const int* slot_of_tile, long long* counts) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         counts[i] = gp::count_one(i, means2d, extents, width, height, nx, slot_of_tile);
 }
 
 extern "C" __global__ void emit_keys(int n, const float* means2d, const int* extents, int width, int height, int nx,
                                      const int* slot_of_tile, const long long* starts, const long long* depth_rank,
                                      long long* keys) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         gp::emit_one(i, means2d, extents, width, height, nx, slot_of_tile, starts[i], depth_rank[i], keys);
 }
 

@@ -11,7 +11,7 @@ namespace gp {
 inline constexpr int SLOT_SHIFT = 32;
 
 // Inclusive tile ranges of splat i's pixel box; false when it is culled or off the image.
-GP_HD bool tile_span(int i, const float* means2d, const int* extents, int width, int height, i64* tx0, i64* tx1,
+GP_HD bool tile_span(i64 i, const float* means2d, const int* extents, int width, int height, i64* tx0, i64* tx1,
                      i64* ty0, i64* ty1) {
     const int ex = extents[2 * i], ey = extents[2 * i + 1];
     if (ex <= 0 || ey <= 0) return false;
@@ -26,7 +26,7 @@ GP_HD bool tile_span(int i, const float* means2d, const int* extents, int width,
 }
 
 // Number of selected tiles (slot_of_tile >= 0) that splat i touches.
-GP_HD i64 count_one(int i, const float* means2d, const int* extents, int width, int height, int nx,
+GP_HD i64 count_one(i64 i, const float* means2d, const int* extents, int width, int height, int nx,
                     const int* slot_of_tile) {
     i64 tx0, tx1, ty0, ty1;
     if (!tile_span(i, means2d, extents, width, height, &tx0, &tx1, &ty0, &ty1)) return 0;
@@ -37,7 +37,7 @@ GP_HD i64 count_one(int i, const float* means2d, const int* extents, int width, 
 }
 
 // Write splat i's keys from position start, row-major over its tile box.
-GP_HD void emit_one(int i, const float* means2d, const int* extents, int width, int height, int nx,
+GP_HD void emit_one(i64 i, const float* means2d, const int* extents, int width, int height, int nx,
                     const int* slot_of_tile, i64 start, i64 depth_rank, i64* keys) {
     i64 tx0, tx1, ty0, ty1;
     if (!tile_span(i, means2d, extents, width, height, &tx0, &tx1, &ty0, &ty1)) return;

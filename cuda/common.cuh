@@ -32,6 +32,25 @@ GP_HD Vec3 vec3(float x, float y, float z) {
     return v;
 }
 
+// Products and sums rounded one by one, never contracted into an FMA: for values that several kernels must
+// compute to the same bits (a splat's alpha decides whether the backward pass un-composites it, and the
+// compiler may contract the same expression differently where it is inlined into different kernels).
+GP_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+GP_HD float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+
 GP_HD float dot3(Vec3 a, Vec3 b) { return a.x * b.x + a.y * b.y + a.z * b.z; }
 
 // Row-major 3x3 matrix.

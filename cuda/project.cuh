@@ -167,8 +167,52 @@ GP_HD Projected project_geometry(const Cam& cam, Vec3 mean, const float* quat, V
     return P;
 }
 
+// Colour from the SH coefficients ``coeffs`` [>= SH_BASES<D>][3] of degree D at view direction dir:
+// max(sum_k basis_k coeffs_k + 0.5, 0) per channel.
+template <int D>
+GP_HD void sh_color(Vec3 dir, const float* coeffs, float* rgb) {
+    constexpr int NB = SH_BASES<D>;
+    float basis[NB];
+    sh_basis<D>(dir, basis, nullptr);
+    for (int ch = 0; ch < 3; ++ch) {
+        float v = 0.f;
+        for (int kk = 0; kk < NB; ++kk) v += basis[kk] * coeffs[3 * kk + ch];
+        rgb[ch] = fmaxf(v + 0.5f, 0.f);
+    }
+}
+
+// Backward of sh_color: the gradients of all n_coeffs coefficients into v_coeffs (zero past degree D) and
+// the returned gradient of the view direction, from the colour gradient v_rgb.
+template <int D>
+GP_HD Vec3 sh_color_backward(Vec3 dir, const float* coeffs, int n_coeffs, const float* v_rgb, float* v_coeffs) {
+    constexpr int NB = SH_BASES<D>;
+    float basis[NB];
+    Vec3 dbasis[NB];
+    sh_basis<D>(dir, basis, dbasis);
+    float v_raw[3];
+    for (int ch = 0; ch < 3; ++ch) {
+        float v = 0.f;
+        for (int kk = 0; kk < NB; ++kk) v += basis[kk] * coeffs[3 * kk + ch];
+        v_raw[ch] = v + 0.5f >= 0.f ? v_rgb[ch] : 0.f;
+    }
+    Vec3 v_dir = vec3(0.f, 0.f, 0.f);
+    for (int kk = 0; kk < NB; ++kk) {
+        float along = 0.f;
+        for (int ch = 0; ch < 3; ++ch) {
+            v_coeffs[3 * kk + ch] = basis[kk] * v_raw[ch];
+            along += v_raw[ch] * coeffs[3 * kk + ch];
+        }
+        v_dir.x += along * dbasis[kk].x;
+        v_dir.y += along * dbasis[kk].y;
+        v_dir.z += along * dbasis[kk].z;
+    }
+    for (int kk = NB; kk < n_coeffs; ++kk)
+        for (int ch = 0; ch < 3; ++ch) v_coeffs[3 * kk + ch] = 0.f;
+    return v_dir;
+}
+
 // Forward: pixel mean, conic, depth, colour and integer half sizes of Gaussian i.
-GP_HD void project_forward_one(int i, const float* means, const float* quats, const float* scales,
+GP_HD void project_forward_one(i64 i, const float* means, const float* quats, const float* scales,
                                const float* opacities, const float* sh, int n_coeffs, int degree, const float* cam_rec,
                                int width, int height, float* means2d, float* conics, float* depths, float* colors,
                                int* extents) {
@@ -195,19 +239,18 @@ GP_HD void project_forward_one(int i, const float* means, const float* quats, co
 
     float norm;
     const Vec3 dir = normalized(vec3(mean.x - cam.center.x, mean.y - cam.center.y, mean.z - cam.center.z), &norm);
-    float basis[16];
-    sh_basis(degree, dir, basis, nullptr);
-    const float* coeffs = sh + (i64)i * n_coeffs * 3;
-    for (int ch = 0; ch < 3; ++ch) {
-        float v = 0.f;
-        for (int kk = 0; kk < sh_bases(degree); ++kk) v += basis[kk] * coeffs[3 * kk + ch];
-        colors[3 * i + ch] = fmaxf(v + 0.5f, 0.f);
+    const float* coeffs = sh + i * n_coeffs * 3;
+    switch (degree) {
+        case 0: sh_color<0>(dir, coeffs, colors + 3 * i); break;
+        case 1: sh_color<1>(dir, coeffs, colors + 3 * i); break;
+        case 2: sh_color<2>(dir, coeffs, colors + 3 * i); break;
+        default: sh_color<3>(dir, coeffs, colors + 3 * i); break;
     }
 }
 
 // Backward: gradients of the means, quaternions, scales and SH of Gaussian i from those of its pixel mean,
 // conic, depth and colour (opacities only set the integer extents and get none here).
-GP_HD void project_backward_one(int i, const float* means, const float* quats, const float* scales, const float* sh,
+GP_HD void project_backward_one(i64 i, const float* means, const float* quats, const float* scales, const float* sh,
                                 int n_coeffs, int degree, const float* cam_rec, const float* v_means2d,
                                 const float* v_conics, const float* v_depths, const float* v_colors, float* v_means,
                                 float* v_quats, float* v_scales, float* v_sh) {
@@ -221,31 +264,14 @@ GP_HD void project_backward_one(int i, const float* means, const float* quats, c
     // Colour: SH coefficients and view direction.
     float norm;
     const Vec3 dir = normalized(vec3(mean.x - cam.center.x, mean.y - cam.center.y, mean.z - cam.center.z), &norm);
-    float basis[16];
-    Vec3 dbasis[16];
-    sh_basis(degree, dir, basis, dbasis);
-    const float* coeffs = sh + (i64)i * n_coeffs * 3;
-    float* v_coeffs = v_sh + (i64)i * n_coeffs * 3;
-    const int nb = sh_bases(degree);
-    float v_raw[3];
-    for (int ch = 0; ch < 3; ++ch) {
-        float v = 0.f;
-        for (int kk = 0; kk < nb; ++kk) v += basis[kk] * coeffs[3 * kk + ch];
-        v_raw[ch] = v + 0.5f >= 0.f ? v_colors[3 * i + ch] : 0.f;
-    }
-    Vec3 v_dir = vec3(0.f, 0.f, 0.f);
-    for (int kk = 0; kk < n_coeffs; ++kk) {
-        float along = 0.f;
-        for (int ch = 0; ch < 3; ++ch) {
-            const float g = kk < nb ? basis[kk] * v_raw[ch] : 0.f;
-            v_coeffs[3 * kk + ch] = g;
-            if (kk < nb) along += v_raw[ch] * coeffs[3 * kk + ch];
-        }
-        if (kk < nb) {
-            v_dir.x += along * dbasis[kk].x;
-            v_dir.y += along * dbasis[kk].y;
-            v_dir.z += along * dbasis[kk].z;
-        }
+    const float* coeffs = sh + i * n_coeffs * 3;
+    float* v_coeffs = v_sh + i * n_coeffs * 3;
+    Vec3 v_dir;
+    switch (degree) {
+        case 0: v_dir = sh_color_backward<0>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
+        case 1: v_dir = sh_color_backward<1>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
+        case 2: v_dir = sh_color_backward<2>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
+        default: v_dir = sh_color_backward<3>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
     }
     Vec3 v_mean = normalized_vjp(dir, norm, v_dir);
 

@@ -11,14 +11,24 @@ struct Splat2D {
     float rgb[3];
 };
 
+// The exponent -0.5 d^T conic d at offset (dx, dy), rounded operation by operation (no FMA), so that every
+// kernel computes it to the same bits: ((-0.5 a dx) dx - (b dx) dy) - (0.5 c dy) dy, as C evaluates it.
+GP_HD float splat_power(const Splat2D& s, float dx, float dy) {
+    const float xx = mul_rn(mul_rn(mul_rn(-0.5f, s.a), dx), dx);
+    const float xy = mul_rn(mul_rn(s.b, dx), dy);
+    const float yy = mul_rn(mul_rn(mul_rn(0.5f, s.c), dy), dy);
+    return sub_rn(sub_rn(xx, xy), yy);
+}
+
 // opacity * exp(power) at the pixel centre (px, py), before the 0.99 clamp; gauss, dx, dy are kept for
-// the backward pass (dx = mx - px, dy = my - py).
+// the backward pass (dx = mx - px, dy = my - py). The forward and the backward pass decide from this value
+// whether a splat counts (alpha >= 1/255), so it is computed without contractions (splat_power, mul_rn):
+// both passes get the same bits wherever the compiler inlines it.
 GP_HD float splat_raw(const Splat2D& s, float px, float py, float* gauss, float* dx, float* dy) {
-    *dx = s.mx - px;
-    *dy = s.my - py;
-    const float power = -0.5f * s.a * *dx * *dx - s.b * *dx * *dy - 0.5f * s.c * *dy * *dy;
-    *gauss = expf(power);
-    return *gauss * s.opacity;
+    *dx = sub_rn(s.mx, px);
+    *dy = sub_rn(s.my, py);
+    *gauss = expf(splat_power(s, *dx, *dy));
+    return mul_rn(*gauss, s.opacity);
 }
 
 // Forward state of one pixel: transmittance, colour so far, splats walked (including skipped ones).

@@ -120,3 +120,56 @@ def test_compiles_with_nvrtc(source: str) -> None:
     NVRTC.nvrtcGetProgramLog(program, log)
     NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
     assert status == 0 and "warning" not in log.value.decode(), log.value.decode()
+
+
+_POWER_PROBE = """
+#include "raster.cuh"
+extern "C" __global__ void rounded(const gp::Splat2D* s, const float* d, float* out) {
+    const int i = threadIdx.x;
+    out[i] = gp::splat_power(s[i], d[2 * i], d[2 * i + 1]);
+}
+extern "C" __global__ void plain(const gp::Splat2D* s, const float* d, float* out) {
+    const int i = threadIdx.x;
+    const float dx = d[2 * i], dy = d[2 * i + 1];
+    out[i] = -0.5f * s[i].a * dx * dx - s[i].b * dx * dy - 0.5f * s[i].c * dy * dy;
+}
+"""
+
+
+def _ptx_float_ops(ptx: str, kernel: str) -> list[str]:
+    body = re.search(rf"\.entry {kernel}\b.*?\n}}", ptx, re.DOTALL)
+    assert body, kernel
+    return re.findall(r"^\s*((?:fma|mul|add|sub)[.\w]*f32)\b", body.group(0), re.MULTILINE)
+
+
+@needs_nvcc
+def test_alpha_is_computed_without_contractions(tmp_path: Path) -> None:
+    """The forward and the backward rasterize kernels decide from a splat's alpha whether it counts; nvcc
+    contracts the plain expression of its exponent into an FMA (differently where it is inlined), so
+    ``splat_power`` rounds each operation (``__fmul_rn`` / ``__fsub_rn``): its PTX has only .rn multiplies
+    and subtractions, which ptxas may not fuse."""
+    source = tmp_path / "probe.cu"
+    source.write_text(_POWER_PROBE)
+    ptx = tmp_path / "probe.ptx"
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-ptx", "-I", str(CUDA_DIR), "-o", str(ptx), str(source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    rounded, plain = _ptx_float_ops(text, "rounded"), _ptx_float_ops(text, "plain")
+    assert rounded and set(rounded) <= {"mul.rn.f32", "sub.rn.f32"}, rounded
+    assert any(op.startswith("fma") for op in plain), plain  # what the rounding prevents
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", SOURCES)
+def test_kernels_keep_everything_in_registers(source: str, tmp_path: Path) -> None:
+    """No kernel has a stack frame or spills (ptxas -v, sm_90): per-thread arrays indexed at run time live in
+    slow local memory (project_backward's SH basis did, 256 bytes, before its loops were templated on the
+    degree)."""
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"), str(CUDA_DIR / source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pattern = r"Compiling entry function '(\w+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores"
+    frames = re.findall(pattern, proc.stderr, re.DOTALL)
+    assert {name for name, *_ in frames} == {k for k, v in KERNELS.items() if v.source == source}, proc.stderr
+    assert all(frame == spill == "0" for _, frame, spill in frames), frames

@@ -37,6 +37,16 @@ def camera_record(camera: Camera, near_plane: float, device: torch.device) -> to
     return record.to(device)
 
 
+MAX_ITEMS = (1 << 31) - 1
+"""The most Gaussians or splats one kernel launch takes: the kernels count items in a 32-bit int (their
+indices into the arrays are 64-bit)."""
+
+
+def _require_countable(n: int, what: str) -> None:
+    if n > MAX_ITEMS:
+        raise ValueError(f"{n} {what} in one kernel launch exceed the kernels' limit of {MAX_ITEMS} (2^31 - 1); use more ranks")
+
+
 def _require_float32(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.dtype != torch.float32:
@@ -145,6 +155,7 @@ class KernelBackend:
         near_plane: float = 0.01,
     ) -> Splats:
         """As :func:`grendel_py.render.projection.project` (3 colour channels, float32)."""
+        _require_countable(means.shape[0], "Gaussians")
         _require_float32(means=means, quats=quats, scales=scales, opacities=opacities, sh=sh)
         if sh.shape[-1] != 3 or sh.shape[1] < (sh_degree + 1) ** 2 or not 0 <= sh_degree <= 3:
             raise ValueError(f"SH of shape {tuple(sh.shape)} cannot be evaluated at degree {sh_degree} in 3 channels")
@@ -163,6 +174,8 @@ class KernelBackend:
         n, n_sel = len(splats), tiles.ids.shape[0]
         if n >= 1 << RANK_BITS:
             raise ValueError(f"{n} splats in one batch exceed the 2^{RANK_BITS} that a sort key can rank")
+        for m in parts:
+            _require_countable(m, "splats of one camera")
         slot_of_tile = tiles.slot_of_tile(torch.int32)
         means2d = splats.means2d.detach().contiguous()
         extents = splats.extents.contiguous()
