@@ -4,6 +4,9 @@ Each test runs on two implementations of the kernels behind the same :class:`Ker
 
 - ``host``: the kernels' math (cuda/*.cuh) in plain loops, compiled with the host C++ compiler
   (tests/host_kernels.py); runs on every machine with g++ and checks the formulas and the Python driver.
+- ``runtime``: the unmodified kernels (cuda/*.cu) on the CPU under CUDA's execution model (fibers as a
+  block's threads, barriers, warp ops, atomics; tests/host_runtime.py), with seeded interleavings; checks the
+  CUDA plumbing on every machine with g++ and turns barrier or warp divergence into errors.
 - ``cupy``: the real kernels on a GPU through CuPy (marker ``gpu``, skipped without CUDA and CuPy); also
   checks the CUDA plumbing (shared-memory batches, early exit, warp sums, atomics).
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import zlib
 
 import pytest
 import torch
@@ -25,16 +29,18 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import torch_backend
 from grendel_py.render.intersect import BatchTiles, bin_splats
-from grendel_py.render.kernel_backend import KernelBackend
+from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend
 from grendel_py.render.projection import Splats
 from grendel_py.simulate import city_scene
 from partition.tiles import TileGrid
 from tests.host_kernels import HostKernels, compiler
+from tests.host_runtime import RuntimeKernels, available
 from tests.render_scenes import random_gaussians, small_camera
 
 HAS_GPU = torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
 IMPLS = [
     pytest.param("host", marks=pytest.mark.skipif(compiler() is None, reason="needs a host C++ compiler (g++)")),
+    pytest.param("runtime", marks=pytest.mark.skipif(not available(), reason="needs g++ on x86-64")),
     pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU and CuPy")]),
 ]
 SCENES = ["random", "dense", "city"]
@@ -46,6 +52,9 @@ SPLAT_FIELDS = ("means2d", "conics", "depths", "opacities", "colors", "extents",
 def impl(request) -> tuple[KernelBackend, torch.device]:
     if request.param == "host":
         return KernelBackend(HostKernels().launch), torch.device("cpu")
+    if request.param == "runtime":  # each test its own interleavings (the seed is in the runtime's errors)
+        seed = zlib.crc32(request.node.name.encode())
+        return KernelBackend(RuntimeKernels(seed, workers=2).launch), torch.device("cpu")
     from grendel_py.render.cuda_kernels import cupy_kernels
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -274,6 +283,27 @@ def test_rejects_what_the_kernels_cannot_compute(impl) -> None:
     splats, _ = _spec_splats("random", device)
     with pytest.raises(ValueError, match="16 x 16"):
         _rasterize(kernels, splats, TileGrid(cam.width, cam.height, tile_size=8), torch.zeros(3, device=device))
+
+
+def _project_meta(kernels: KernelBackend, n: int, cam: Camera) -> None:
+    """Project ``n`` Gaussians that exist as shapes only (the meta device: no memory)."""
+    meta = torch.device("meta")
+    means, scales, opacities = torch.empty(n, 3, device=meta), torch.empty(n, 3, device=meta), torch.empty(n, device=meta)
+    quats, sh, ids = torch.empty(n, 4, device=meta), torch.empty(n, 1, 3, device=meta), torch.empty(n, dtype=torch.long, device=meta)
+    kernels.project(means, quats, scales, opacities, sh, 0, cam, ids)
+
+
+def test_counts_past_the_kernels_int_are_refused() -> None:
+    """The kernels count items in a 32-bit int (their indices are 64-bit): 2^31 - 1 Gaussians still launch,
+    one more is refused, naming the limit."""
+    launched: list[int] = []
+    kernels = KernelBackend(lambda name, size, *args: launched.append(size))
+    _, cam = _scene("random")
+    _project_meta(kernels, MAX_ITEMS, cam)
+    assert launched == [MAX_ITEMS]
+    with pytest.raises(ValueError, match=r"2\^31 - 1"):
+        _project_meta(kernels, MAX_ITEMS + 1, cam)
+    assert launched == [MAX_ITEMS]
 
 
 class _FakeCupy:
