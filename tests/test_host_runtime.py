@@ -2,11 +2,16 @@
 small kernels of tests/cuda_runtime/probe_kernels.cu: shared memory, barriers, warp ops and atomics give
 CUDA's results under every seed (and with blocks on two OS threads), seeds change the interleaving, and
 barrier or warp divergence raises a RuntimeError that names kernel, block, threads and call sites. Last, the
-real rasterize kernels under more seeds against the host emulation."""
+real rasterize kernels under more seeds against the host emulation, and every runtime run of the kernel
+tests again under AddressSanitizer and UndefinedBehaviorSanitizer."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +21,12 @@ from grendel_py.render.intersect import BatchTiles
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
-from tests.host_kernels import HostKernels
+from tests.host_kernels import HostKernels, compiler
 from tests.host_runtime import RUNTIME_DIR, RuntimeKernels, RuntimeLibrary, available
 from tests.render_scenes import random_gaussians, small_camera
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs g++ on x86-64")
+REPO = Path(__file__).resolve().parents[1]
 
 SIGNATURES = {
     RUNTIME_DIR / "probe_kernels.cu": {
@@ -219,3 +225,32 @@ def test_rasterize_kernels_match_the_host_emulation(seed: int) -> None:
     assert torch.equal(c_got, c_ref) and torch.equal(a_got, a_ref)
     for got, ref in zip(g_got, g_ref):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+def _sanitizer_env(sanitize: str) -> dict[str, str] | None:
+    """The environment that builds the runtime with ``-fsanitize=sanitize`` and stops at the first report;
+    None when a needed sanitizer runtime is missing."""
+    env = {**os.environ, "GP_RUNTIME_SANITIZE": sanitize, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    if "address" in sanitize:
+        asan = subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(asan) or not os.path.exists(asan):
+            return None
+        env.update(LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
+    return env
+
+
+@pytest.mark.parametrize("sanitize", ["address,undefined"])
+def test_real_kernels_under_sanitizers(sanitize: str) -> None:
+    """The runtime's runs of the real kernels against the spec (tests/test_kernels.py), again in a process
+    whose runtime library is built with AddressSanitizer and UndefinedBehaviorSanitizer: an out-of-bounds
+    access to a tensor, an overflow or a bad float-to-int conversion in any kernel ends the run (checked by
+    hand: a rasterize_forward reading one splat past its tile's list stops with a heap-buffer-overflow
+    report)."""
+    env = _sanitizer_env(sanitize)
+    if env is None:
+        pytest.skip("the compiler has no AddressSanitizer runtime (libasan.so)")
+    # --capture=no: a sanitizer report ends the process, and pytest's captured output would go with it
+    cmd = [sys.executable, "-m", "pytest", "-q", "--capture=no", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "runtime"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout, proc.stdout[-2000:]
