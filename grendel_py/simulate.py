@@ -7,7 +7,7 @@ Gaussians (array-order as in Grendel, or kd spatial shards), a batch sampler and
 iteration reports:
 
 - ``bytes_per_iter``: what the forward splat exchange would move, summed over ranks: 64 bytes per (splat,
-  rank) pair where the rank renders a tile the splat's box touches and does not own the splat (exactly what
+  rank) pair where the rank renders a tile the splat reaches and does not own the splat (exactly what
   :func:`grendel_py.parallel.exchange.exchange_splats` sends; the backward pass sends as many gradients back);
 - ``balance``: largest over mean intersections rasterized per rank;
 - ``model_time``: modelled iteration seconds, the max over ranks of ``intersection_seconds x (intersections
@@ -37,7 +37,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.render import project
-from grendel_py.render.intersect import expand_tiles
+from grendel_py.render.intersect import tile_pairs
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.assign import Assignment, TileTable, majority
 from partition.balancer import SPLAT_BYTES, TileBalancer
@@ -55,6 +55,7 @@ class SimScene:
     name: str
     model: Gaussians
     cameras: list[Camera]
+    cull: bool = True  # False: every tile of the splats' boxes (the binning before exact tile culling)
     _pairs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def intersections(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +64,10 @@ class SimScene:
             cam = self.cameras[k]
             with torch.no_grad():
                 splats = project(self.model, cam, 0)
-                rows, tiles = expand_tiles(splats, TileGrid(cam.width, cam.height))
-            self._pairs[k] = (rows.numpy(), tiles.numpy())
+                grid = TileGrid(cam.width, cam.height)
+                rows, tiles = tile_pairs(splats, [len(splats)], [grid], self.cull)
+                kept = tiles < grid.n_tiles
+            self._pairs[k] = (rows[kept].numpy(), tiles[kept].numpy())
         return self._pairs[k]
 
 

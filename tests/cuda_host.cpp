@@ -35,15 +35,17 @@ void project_backward(int n, const float* means, const float* quats, const float
                                  v_colors, v_means, v_quats, v_scales, v_sh);
 }
 
-void count_intersections(int n, const float* means2d, const int* extents, int width, int height, int nx,
-                         const int* slot_of_tile, i64* counts) {
-    for (int i = 0; i < n; ++i) counts[i] = gp::count_one(i, means2d, extents, width, height, nx, slot_of_tile);
+void count_intersections(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
+                         int width, int height, int nx, const int* slot_of_tile, i64* counts) {
+    for (int i = 0; i < n; ++i)
+        counts[i] = gp::count_one(i, means2d, conics, opacities, extents, width, height, nx, slot_of_tile);
 }
 
-void emit_keys(int n, const float* means2d, const int* extents, int width, int height, int nx,
-               const int* slot_of_tile, const i64* starts, const i64* depth_rank, i64* keys) {
+void emit_keys(int n, const float* means2d, const float* conics, const float* opacities, const int* extents, int width,
+               int height, int nx, const int* slot_of_tile, const i64* starts, const i64* depth_rank, i64* keys) {
     for (int i = 0; i < n; ++i)
-        gp::emit_one(i, means2d, extents, width, height, nx, slot_of_tile, starts[i], depth_rank[i], keys);
+        gp::emit_one(i, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts[i], depth_rank[i],
+                     keys);
 }
 
 void tile_ranges(i64 m, const i64* keys, int n_slots, i64* offsets) {

@@ -26,8 +26,15 @@ def _train_job(ctx, scene: str, out: str) -> dict:
 
 
 def _match(a, b) -> torch.Tensor:
-    """Index into b of the Gaussian nearest to each of a's (by mean); must be a bijection."""
-    nearest = torch.cdist(a.means.double(), b.means.double()).argmin(dim=1)
+    """Index into b of the Gaussian nearest to each of a's (by mean, scales, rotation, opacity and base
+    colour: a clone starts at its source's mean, so the mean alone can confuse the two); a bijection."""
+
+    def features(g) -> torch.Tensor:
+        quats = torch.nn.functional.normalize(g.quats.double(), dim=-1)
+        quats = quats * torch.where(quats[:, :1] < 0, -1.0, 1.0)  # q and -q are the same rotation
+        return torch.cat([g.means, g.log_scales, quats, g.opacity_logits[:, None], g.sh0.flatten(1)], dim=1).double()
+
+    nearest = torch.cdist(features(a), features(b)).argmin(dim=1)
     assert len(set(nearest.tolist())) == len(a)
     return nearest
 

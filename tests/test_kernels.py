@@ -28,8 +28,8 @@ import torch
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import torch_backend
-from grendel_py.render.intersect import BatchTiles, bin_splats
-from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend
+from grendel_py.render.intersect import BatchTiles, bin_batch, bin_splats
+from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend, _Rasterize
 from grendel_py.render.projection import Splats
 from grendel_py.simulate import city_scene
 from partition.tiles import TileGrid
@@ -216,6 +216,31 @@ def test_rasterize_matches_spec(impl, scene: str) -> None:
             assert float(a_ref.max()) > 1 - 1e-3  # pixels that reached the early stop
         for what, got, ref in zip(("means2d", "conics", "opacities", "colors", "background"), g_got, g_ref):
             _close_scaled(got, ref, 1e-3, 1e-4, f"{name} d/d {what}")
+
+
+@pytest.mark.parametrize("scene", SCENES)
+def test_culling_changes_no_pixel_or_gradient(impl, scene: str) -> None:
+    """The tile kernels over the culled bins and over the whole boxes' bins give the same bits in colours and
+    alpha (a culled splat is one that each pixel of the tile skips, and the kernels composite pixel by pixel
+    in list order), and the same gradients up to the order of their atomic sums. The culled bins hold fewer
+    intersections."""
+    kernels, device = impl
+    splats, grid = _spec_splats(scene, device)
+    tiles = _tiles(grid, None, device)
+    results = []
+    for cull in (True, False):
+        bins = bin_batch(splats, [len(splats)], tiles, cull)
+        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
+        colors, alpha = _Rasterize.apply(*leaves, bg, bins, tiles, kernels.launch)
+        loss = (colors * _weights(colors.shape, 6, device)).sum() + (alpha * _weights(alpha.shape, 7, device)).sum()
+        loss.backward()
+        results.append((bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
+    (m_cull, *culled), (m_box, *box) = results
+    assert m_cull < m_box
+    assert torch.equal(culled[0], box[0]) and torch.equal(culled[1], box[1])
+    for what, got, ref in zip(("means2d", "conics", "opacities", "colors", "background"), culled[2], box[2]):
+        _close_scaled(got, ref, 1e-5, 1e-6, f"d/d {what}")
 
 
 @pytest.mark.parametrize("scene", SCENES)

@@ -2,7 +2,8 @@
 
 :func:`all_to_all_rows` is the differentiable primitive (one ``all_to_all_single`` with split sizes, whose
 backward is the reverse all-to-all); :func:`route_keys` decides which rank receives which splat of which
-camera (for the whole batch at once); :func:`exchange_splats` packs, moves and unpacks them.
+camera (for the whole batch at once, from the batch's (splat, tile) pairs); :func:`exchange_splats` packs,
+moves and unpacks them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render.intersect import count_values, distinct_sorted, expand_spans, part_starts, per_row, tile_spans
+from grendel_py.render.intersect import count_values, distinct_sorted, per_row
 from grendel_py.render.projection import Splats
-from partition.tiles import TileGrid
 
 
 def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
@@ -54,20 +54,19 @@ def all_to_all_rows(x: torch.Tensor, send_counts: list[int], recv_counts: list[i
     return _all_to_all(x, send_counts, recv_counts)
 
 
-def route_keys(splats: list[Splats], grids: list[TileGrid], owners: list[torch.Tensor], world_size: int) -> torch.Tensor:
-    """Every (splat, rank) pair such that the splat's tile box touches a tile the rank owns, for all the cameras
-    of a batch at once (``owners[b]`` [n_tiles] int64: the rank of each tile of camera b), as keys
-    ``rank * n + row`` (rows into the cameras' splats concatenated, n of them): sorted, without duplicates,
-    then padded with ``world_size * n`` to a length that does not depend on the owners. One host
-    synchronisation for the batch (the number of (splat, tile) pairs); the caller learns the number of real
-    keys from counts it reads anyway."""
-    parts = [len(s) for s in splats]
-    device = owners[0].device
-    tx0, tx1, ty0, ty1 = (torch.cat(v) for v in zip(*(tile_spans(s, g) for s, g in zip(splats, grids))))
-    rows, tiles = expand_spans(tx0, tx1, ty0, ty1, per_row(parts, [g.nx for g in grids], device))
-    n = max(sum(parts), 1)
-    first = per_row(parts, part_starts([g.n_tiles for g in grids]), device)
-    return distinct_sorted(torch.cat(owners)[first[rows] + tiles] * n + rows, world_size * n)  # by rank, then row
+def route_keys(pairs: tuple[torch.Tensor, torch.Tensor], n: int, owners: list[torch.Tensor], world_size: int) -> torch.Tensor:
+    """Every (splat, rank) pair such that the splat reaches a tile the rank owns, for all the cameras of a
+    batch at once: ``pairs`` from :func:`grendel_py.render.intersect.tile_pairs` over the batch's ``n`` rows,
+    ``owners[b]`` [n_tiles] int64 the rank of each tile of camera b. As keys ``rank * n + row``: sorted,
+    without duplicates, then padded with ``world_size * n`` to the number of pairs (a length that does not
+    depend on the owners or the culling). No host synchronisation; the caller learns the number of real keys
+    from counts it reads anyway."""
+    rows, tiles = pairs
+    n = max(n, 1)
+    owner = torch.cat(owners)
+    culled = tiles >= owner.shape[0]
+    keys = torch.where(culled, world_size * n, owner[tiles.clamp_max(owner.shape[0] - 1)] * n + rows)
+    return distinct_sorted(keys, world_size * n)  # by rank, then row
 
 
 def pack_splats(s: Splats) -> torch.Tensor:
@@ -88,29 +87,30 @@ class Received:
 
 
 def exchange_splats(
-    splats: list[Splats], grids: list[TileGrid], owners: list[torch.Tensor], ctx: DistContext
+    splats: Splats, parts: list[int], pairs: tuple[torch.Tensor, torch.Tensor], owners: list[torch.Tensor], ctx: DistContext
 ) -> Received:
-    """Send each camera's projected splats to the ranks whose tiles they touch; return what this rank gets.
+    """Send each camera's projected splats to the ranks whose tiles they reach; return what this rank gets.
 
-    ``splats[b]``, ``grids[b]``, ``owners[b]`` describe camera slot b (owners: rank of each tile). Gradients
-    with respect to means2d, conics, opacities and colors flow back to the sending rank. On the wire per
-    splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2: small integers, exact in
-    float) and 2 int64 (global id, camera slot). Two host synchronisations: the routing's, and one read of
-    the split sizes.
+    ``splats`` holds ``parts[b]`` rows for camera slot b, one slot after another; ``pairs`` are their
+    (splat, tile) pairs (:func:`grendel_py.render.intersect.tile_pairs`); ``owners[b]``: the rank of each
+    tile of slot b. Gradients with respect to means2d, conics, opacities and colors flow back to the sending
+    rank. On the wire per splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2:
+    small integers, exact in float) and 2 int64 (global id, camera slot). One host synchronisation: the read
+    of the split sizes.
     """
-    w, n_slots = ctx.world_size, len(splats)
-    keys = route_keys(splats, grids, owners, w)  # by destination rank, then camera slot, then row
+    w, n_slots = ctx.world_size, len(parts)
+    n = max(len(splats), 1)
+    keys = route_keys(pairs, len(splats), owners, w)  # by destination rank, then camera slot, then row
     device = keys.device
-    n = max(sum(len(s) for s in splats), 1)
     rows, ranks = keys % n, keys // n
-    slots = per_row([len(s) for s in splats], list(range(n_slots)), device)[rows]
+    slots = per_row(parts, list(range(n_slots)), device)[rows]
     counts = count_values(ranks * n_slots + slots, w * n_slots)  # rows for each (rank, slot); padding: none
     counts_in = exchange_counts(counts, ctx)  # rows from each (rank, slot): W equal chunks of n_slots
     host = torch.cat([counts, counts_in]).view(2, w, n_slots).tolist()  # the one read of sizes
     send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
     rows, slots = rows[: sum(send)], slots[: sum(send)]
-    send_f = torch.cat([pack_splats(s) for s in splats])[rows]
-    send_i = torch.stack([torch.cat([s.ids for s in splats])[rows], slots], dim=1)
+    send_f = pack_splats(splats.select(rows))
+    send_i = torch.stack([splats.ids[rows], slots], dim=1)
     got_f = all_to_all_rows(send_f, send, recv, ctx)
     got_i = all_to_all_rows(send_i, send, recv, ctx)
     # rows arrive by sending rank, then slot: regroup them by slot

@@ -1,10 +1,12 @@
 """One distributed forward pass over a batch of cameras, ending in this rank's share of the loss.
 
 1. Project: this rank's shard of Gaussians into every camera of the batch.
-2. Cost: per-tile intersection counts of the shard, summed over ranks (the exact work of this iteration for
-   every tile), and max-reduced bids that name the rank owning most of each tile's splats: two all-reduces.
+2. Cost: the shard's (splat, tile) pairs, culled to the tiles each splat's ellipse reaches; per-tile counts
+   of them, summed over ranks (the exact work of this iteration for every tile), and max-reduced bids that
+   name the rank owning most of each tile's splats: two all-reduces.
 3. Assign: tiles to ranks from that table (partition.balancer), identically on every rank.
-4. Exchange: each projected splat goes to the ranks whose tiles its box touches (sparse all-to-all).
+4. Exchange: each projected splat goes to the ranks whose tiles it reaches, from the same pairs (sparse
+   all-to-all).
 5. Rasterize: this rank's tiles, from the splats it received, sorted by (depth, global id), so the pixels are
    the ones a single rank would compute.
 6. Halo: rendered pixels within 5 px of this rank's region come from their owners.
@@ -29,7 +31,7 @@ from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project, rasterize_batch
-from grendel_py.render.intersect import BatchTiles, tile_counts_per_tile
+from grendel_py.render.intersect import BatchTiles, count_values, tile_pairs
 from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
@@ -56,9 +58,9 @@ class Rendered:
     raster_seconds: Callable[[], float]
 
 
-def tile_table(splats: list[Splats], grids: list[TileGrid], ctx: DistContext) -> TileTable:
-    """Step 2: the batch's tile table, from every rank's intersections per tile (one read to the host)."""
-    counts = torch.cat([tile_counts_per_tile(s, g) for s, g in zip(splats, grids)])
+def tile_table(pairs: tuple[torch.Tensor, torch.Tensor], grids: list[TileGrid], ctx: DistContext) -> TileTable:
+    """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs`` (one read to the host)."""
+    counts = count_values(pairs[1], sum(g.n_tiles for g in grids))  # culled pairs (id past the end) are not counted
     if not ctx.distributed:
         return TileTable.from_counts(grids, counts[None].cpu().numpy())
     keys = majority_keys(counts, ctx.rank, ctx.world_size)
@@ -85,11 +87,13 @@ def render_batch(
     if torch.is_grad_enabled():
         for s in splats:
             s.means2d.retain_grad()
-    table = tile_table(splats, grids, ctx)
+    batch, parts = Splats.cat(splats), [len(s) for s in splats]
+    pairs = tile_pairs(batch, parts, grids)
+    table = tile_table(pairs, grids, ctx)
     plan = balancer.plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
-    received = exchange_splats(splats, grids, owners, ctx)
+    received = exchange_splats(batch, parts, pairs, owners, ctx)
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:

@@ -1,8 +1,10 @@
 """Tile binning and depth sorting: the spec of the key-emission and sort stages.
 
-Each visible splat is listed in every selected tile that its pixel box touches. The list is ordered by
-(tile, depth, global id), so the compositing order of a tile never depends on how the splats were split
-among ranks or in which order they arrived.
+Each visible splat is listed in every selected tile of its pixel box that its ellipse reaches: where
+``opacity * G >= 1/255`` can hold at one of the tile's pixel centres (:func:`tile_reached`, exact tile
+culling). A splat left out of a tile would have been skipped at each of its pixels, so images and gradients
+are those of the whole box. The list is ordered by (tile, depth, global id), so the compositing order of a
+tile never depends on how the splats were split among ranks or in which order they arrived.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grendel_py.render.projection import Splats, pixel_box
+from grendel_py.render.projection import ALPHA_MIN, Splats, pixel_box
 from partition.tiles import TileGrid
 
 
@@ -76,8 +78,9 @@ class BatchTiles:
         self.ids = torch.cat([t + f for t, f in zip(self.tile_ids, self.first)])  # batch tile ids [T]
 
     def slot_of_tile(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-        """For each batch tile, its place among the selected tiles, or -1, ``dtype`` [total]."""
-        slots = torch.full((self.total,), -1, dtype=dtype, device=self.ids.device)
+        """For each batch tile, its place among the selected tiles, or -1, ``dtype`` [total + 1]; the last
+        entry (-1) is for the tile id that :func:`tile_pairs` gives culled pairs."""
+        slots = torch.full((self.total + 1,), -1, dtype=dtype, device=self.ids.device)
         slots[self.ids] = torch.arange(self.ids.shape[0], dtype=dtype, device=self.ids.device)
         return slots
 
@@ -108,15 +111,6 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
     return tx0, tx1, ty0, ty1
 
 
-def expand_tiles(splats: Splats, grid: TileGrid, order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (splat, tile) pair of the splats' tile boxes: (rows, tile ids), int64 [M] each. Rows index
-    ``order`` (default: the splats in array order) and come in that order, each splat's tiles row-major."""
-    tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
-    if order is not None:
-        tx0, tx1, ty0, ty1 = (v[order] for v in (tx0, tx1, ty0, ty1))
-    return expand_spans(tx0, tx1, ty0, ty1, grid.nx)
-
-
 def expand_spans(
     tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, ty1: torch.Tensor, nx: int | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,23 +127,6 @@ def expand_spans(
     return rows, (ty0[rows] + local // w) * row_nx + tx0[rows] + local % w
 
 
-def tile_counts_per_tile(splats: Splats, grid: TileGrid) -> torch.Tensor:
-    """Intersections per tile of the whole image, int64 [n_tiles]: the exact rasterization work of each tile.
-
-    Each splat's tile box adds 1 to its tiles through a 2D difference table (+1 and -1 at its corners) and
-    prefix sums, without listing the pairs: O(N + tiles), and no size that depends on the data (no host
-    synchronisation on a GPU)."""
-    tx0, tx1, ty0, ty1 = tile_spans(splats, grid)
-    nonempty = ((tx1 >= tx0) & (ty1 >= ty0)).to(torch.int64)
-    nx, ny = grid.nx, grid.ny
-    x0, x1 = tx0.clamp(0, nx), (tx1 + 1).clamp(0, nx)  # empty boxes add 0 (anywhere in the table)
-    y0, y1 = ty0.clamp(0, ny), (ty1 + 1).clamp(0, ny)
-    corners = torch.cat([y0 * (nx + 1) + x0, y0 * (nx + 1) + x1, y1 * (nx + 1) + x0, y1 * (nx + 1) + x1])
-    signs = torch.cat([nonempty, -nonempty, -nonempty, nonempty])
-    diff = torch.zeros((ny + 1) * (nx + 1), dtype=torch.int64, device=nonempty.device).index_add_(0, corners, signs)
-    return diff.view(ny + 1, nx + 1).cumsum(0).cumsum(1)[:ny, :nx].reshape(-1)
-
-
 def per_row(parts: list[int], values: list[int], device: torch.device) -> torch.Tensor:
     """int64 [sum(parts)]: ``values[b]`` repeated ``parts[b]`` times (a per-camera value for each row of rows
     laid out camera by camera; sizes known on the host, so no synchronisation)."""
@@ -163,26 +140,90 @@ def batch_spans(splats: Splats, parts: list[int], grids: list[TileGrid]) -> tupl
     return tuple(torch.cat(v) for v in zip(*spans))
 
 
-def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles) -> TileBins:
-    """List the splats of each selected tile of a batch, front to back: ``splats`` hold ``parts[b]`` rows for
-    camera b, one after another. The tiles of the result are ``tiles.ids``. Two host synchronisations for
-    the whole batch: the number of (splat, tile) pairs, and the intersections per tile (kept in
-    ``host_counts`` for the compositor)."""
+CULL_SLACK = 1e-3
+"""Absolute slack of :func:`tile_reached`, in units of the exponent (0.1% of alpha at the 1/255 cutoff)."""
+CULL_SLACK_REL = 1e-5
+"""Slack of :func:`tile_reached` relative to the size of the exponent's terms over the tile: the renderers
+compute the exponent in float32 at each pixel (about 6 roundings, 4e-7 of the terms at worst) and may
+cancel large terms of thin, tilted splats; 25 times that keeps the test conservative for both backends."""
+
+
+def tile_reached(
+    means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, tile_size: int
+) -> torch.Tensor:
+    """Whether each splat can reach alpha 1/255 at a pixel centre of tile (tx, ty): bool [M] for splats
+    means2d [M, 2], conics [M, 3], opacities [M] and tiles tx, ty [M] (int64).
+
+    The exponent q(d) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 (d = mean - pixel centre) is convex, so its
+    minimum over the tile's rectangle of pixel centres is the mean (0) when the rectangle holds it, else it
+    lies on the edge facing the mean: on the column dx = X (X: the rectangle's dx closest to 0) at
+    dy = -b X / c, or on the row dy = Y at dx = -b Y / a, each clamped to the rectangle. The splat reaches the
+    tile where that minimum is at most ln(opacity * 255), plus :data:`CULL_SLACK` and :data:`CULL_SLACK_REL`
+    times the exponent's largest terms over the tile, so that rounding never drops a tile that a renderer
+    would composite. cuda/bin.cuh (``tile_reached``) computes the same in the same order."""
+    mx, my = means2d.detach().unbind(-1)
+    a, b, c = conics.detach().unbind(-1)
+    x0, y0 = (tx * tile_size).to(mx.dtype), (ty * tile_size).to(mx.dtype)
+    dx_lo, dx_hi = mx - (x0 + (tile_size - 0.5)), mx - (x0 + 0.5)
+    dy_lo, dy_hi = my - (y0 + (tile_size - 0.5)), my - (y0 + 0.5)
+    zero = torch.zeros_like(mx)
+    x_near, y_near = torch.clamp(zero, dx_lo, dx_hi), torch.clamp(zero, dy_lo, dy_hi)
+    dy_best = torch.clamp(-b * x_near / c, dy_lo, dy_hi)
+    dx_best = torch.clamp(-b * y_near / a, dx_lo, dx_hi)
+
+    def exponent(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        return 0.5 * a * dx * dx + b * dx * dy + 0.5 * c * dy * dy
+
+    q_min = torch.minimum(exponent(x_near, dy_best), exponent(dx_best, y_near))
+    dx_far, dy_far = torch.maximum(dx_lo.abs(), dx_hi.abs()), torch.maximum(dy_lo.abs(), dy_hi.abs())
+    terms = 0.5 * a * dx_far * dx_far + 0.5 * c * dy_far * dy_far + b.abs() * dx_far * dy_far
+    return q_min <= torch.log(opacities.detach() / ALPHA_MIN) + CULL_SLACK + CULL_SLACK_REL * terms
+
+
+def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (row, batch tile) pair of a batch's splats (``parts[b]`` rows for camera b, one camera after
+    another) whose tile box holds the tile: (rows ascending, each row's tiles row-major; batch tile ids
+    ``first[b] + tile``, numbered as in :class:`BatchTiles`), int64 [M] each. Pairs whose tile the splat's
+    ellipse does not reach (:func:`tile_reached`) get the tile id ``sum(n_tiles)``, one past the last: callers
+    sort or count them away, so no size depends on the test. ``cull=False`` keeps every tile of the boxes
+    (binning without exact culling; the benchmark and the tests compare with it). One host synchronisation
+    (the number of pairs)."""
     device = splats.means2d.device
-    tx0, tx1, ty0, ty1 = batch_spans(splats, parts, tiles.grids)
+    tx0, tx1, ty0, ty1 = batch_spans(splats, parts, grids)
+    nx = per_row(parts, [g.nx for g in grids], device)
+    rows, local = expand_spans(tx0, tx1, ty0, ty1, nx)
+    tiles = per_row(parts, part_starts([g.n_tiles for g in grids]), device)[rows] + local
+    if cull:
+        row_nx = nx[rows]
+        sizes = {g.tile_size for g in grids}
+        if len(sizes) != 1:
+            raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
+        reached = tile_reached(
+            splats.means2d[rows], splats.conics[rows], splats.opacities[rows], local % row_nx, local // row_nx, sizes.pop()
+        )  # fmt: skip
+        tiles = torch.where(reached, tiles, sum(g.n_tiles for g in grids))
+    return rows, tiles
+
+
+def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = True) -> TileBins:
+    """List the splats of each selected tile of a batch, front to back: ``splats`` hold ``parts[b]`` rows for
+    camera b, one after another. The tiles of the result are ``tiles.ids``; ``cull`` as in
+    :func:`tile_pairs`. Two host synchronisations for the whole batch: the number of (splat, tile) pairs,
+    and the intersections per tile (kept in ``host_counts`` for the compositor)."""
+    device = splats.means2d.device
+    n, n_sel = max(len(splats), 1), tiles.ids.shape[0]
+    rows, batch_tile = tile_pairs(splats, parts, tiles.grids, cull)
+    slot = tiles.slot_of_tile()[batch_tile]
+    slot = torch.where(slot >= 0, slot, n_sel)  # unselected tiles and culled pairs sort last
     order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
-    nx = per_row(parts, [g.nx for g in tiles.grids], device)[order]
-    first = per_row(parts, tiles.first, device)[order]
-    rows, local = expand_spans(tx0[order], tx1[order], ty0[order], ty1[order], nx)
-    n_sel = tiles.ids.shape[0]
-    slot = tiles.slot_of_tile()[first[rows] + local]
-    slot = torch.where(slot >= 0, slot, n_sel)  # unselected tiles sort last
-    by_tile = torch.argsort(slot, stable=True)  # stable: keeps depth order within a tile
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=device)
+    keys = torch.sort(slot * n + rank[rows]).values  # by tile, then depth rank: unique keys
     per_tile = count_values(slot, n_sel)
     host_counts = per_tile.tolist()
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
-    index = order[rows[by_tile[: sum(host_counts)]]]
+    index = order[keys[: sum(host_counts)] % n]
     return TileBins(tile_ids=tiles.ids, splat_index=index, offsets=offsets, host_counts=host_counts)
 
 

@@ -3,7 +3,7 @@
 :class:`KernelBackend` takes a kernel launcher (``launch(name, size, *args)``, see
 :mod:`grendel_py.render.cuda_kernels`) and offers the backend interface: ``project`` and ``rasterize_batch``
 with the torch spec's signatures and results. Binning: each visible splat gets a 64-bit key per selected tile
-it touches, ``slot << 32 | rank`` with ``rank`` its place in (depth, global id) order, so one radix sort of the
+its ellipse reaches (the spec's exact tile culling), ``slot << 32 | rank`` with ``rank`` its place in (depth, global id) order, so one radix sort of the
 keys (torch.sort) yields the spec's (tile, depth, id) order with no ties, whatever the splats' arrival order.
 Everything is float32; the kernels composite 3 colour channels over 16 x 16 tiles.
 """
@@ -177,10 +177,9 @@ class KernelBackend:
         for m in parts:
             _require_countable(m, "splats of one camera")
         slot_of_tile = tiles.slot_of_tile(torch.int32)
-        means2d = splats.means2d.detach().contiguous()
-        extents = splats.extents.contiguous()
+        fields = [t.detach().contiguous() for t in (splats.means2d, splats.conics, splats.opacities, splats.extents)]
         cameras = [
-            (r0, r0 + m, (m, means2d[r0 : r0 + m], extents[r0 : r0 + m], g.width, g.height, g.nx, slot_of_tile[f:]))
+            (r0, r0 + m, (m, *(t[r0 : r0 + m] for t in fields), g.width, g.height, g.nx, slot_of_tile[f:]))
             for r0, m, g, f in zip(part_starts(parts), parts, tiles.grids, tiles.first)
         ]  # fmt: skip
         counts = torch.empty(n, dtype=torch.int64, device=device)

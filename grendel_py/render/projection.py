@@ -48,6 +48,11 @@ class Splats:
         """The splats at ``index`` (bool mask or integer indices)."""
         return Splats(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    @staticmethod
+    def cat(parts: list["Splats"]) -> "Splats":
+        """The rows of ``parts`` one after another (differentiable, like ``torch.cat``)."""
+        return Splats(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Splats)})
+
 
 def quats_to_rotmats(quats: torch.Tensor) -> torch.Tensor:
     """Rotation matrices [N, 3, 3] from quaternions (w, x, y, z) [N, 4], normalised here."""

@@ -1,0 +1,131 @@
+"""Exact tile culling (render/intersect.py ``tile_reached``): conservative at every pixel the renderers
+composite, tight against an independent minimum, and without effect on images and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grendel_py.render.composite import composite_tiles
+from grendel_py.render.intersect import CULL_SLACK, CULL_SLACK_REL, BatchTiles, bin_batch, tile_pairs
+from grendel_py.render.projection import ALPHA_MIN, DILATION, Splats
+from partition.tiles import TileGrid
+
+
+def needle_splats(n: int, width: int, height: int, seed: int, dtype: torch.dtype = torch.float32) -> Splats:
+    """Random splats as projection makes them, many thin and tilted (long sigma up to 60 px, short down to
+    the dilation), some centred off the image, opacities from below 1/255 to 1; boxes as in projection."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    means2d = torch.stack([uniform(-40, width + 40, n), uniform(-40, height + 40, n)], -1)
+    long, short, angle = uniform(0.5, 60, n), uniform(0.0, 3, n), uniform(0, math.pi, n)
+    cos, sin = angle.cos(), angle.sin()
+    var_x = long**2 * cos**2 + short**2 * sin**2 + DILATION
+    var_y = long**2 * sin**2 + short**2 * cos**2 + DILATION
+    cov_xy = (long**2 - short**2) * cos * sin
+    det = var_x * var_y - cov_xy**2
+    conics = torch.stack([var_y / det, -cov_xy / det, var_x / det], -1)
+    opacities = uniform(0.002, 1.0, n)
+    k = 2 * torch.log(torch.clamp_min(opacities / ALPHA_MIN, 1.0))
+    extents = torch.stack([torch.ceil(torch.sqrt(k * var_x)), torch.ceil(torch.sqrt(k * var_y))], -1).to(torch.int32)
+    return Splats(
+        means2d.to(dtype), conics.to(dtype), uniform(1, 10, n).to(dtype), opacities.to(dtype),
+        uniform(0, 1, n, 3).to(dtype), extents, torch.arange(n) * 7 + 3,
+    )  # fmt: skip
+
+
+def pixel_reach(splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: TileGrid) -> torch.Tensor:
+    """Whether any pixel centre of each pair's tile gets alpha >= 1/255, bool [M], from the exponent in
+    float32 in the compositor's order, the kernels' order (cuda/raster.cuh splat_power) and in float64."""
+    ts = grid.tile_size
+    offs = torch.arange(ts, dtype=torch.float64) + 0.5
+    px = ((tiles % grid.nx) * ts).double()[:, None, None] + offs[None, None, :]  # [M, 1, ts]
+    py = ((tiles // grid.nx) * ts).double()[:, None, None] + offs[None, :, None]  # [M, ts, 1]
+    reached = torch.zeros(rows.shape[0], dtype=torch.bool)
+    for dtype in (torch.float32, torch.float64):
+        m = splats.means2d[rows].to(dtype)
+        a, b, c = splats.conics[rows].to(dtype).unbind(-1)
+        o = splats.opacities[rows].to(dtype)
+        dx = m[:, 0, None, None] - px.to(dtype)
+        dy = m[:, 1, None, None] - py.to(dtype)
+        a, b, c, o = (v[:, None, None] for v in (a, b, c, o))
+        composite = (-0.5 * a) * dx * dx + (-b * dx) * dy + (-0.5 * c) * dy * dy
+        kernels = ((-0.5 * a) * dx) * dx - (b * dx) * dy - ((0.5 * c) * dy) * dy
+        for power in (composite, kernels):
+            reached |= (o * power.exp() >= ALPHA_MIN).flatten(1).any(1)
+    return reached
+
+
+def rectangle_minimum(splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: TileGrid) -> tuple[torch.Tensor, ...]:
+    """In float64, independently of the two-edge shortcut: the exponent's minimum over each tile's rectangle
+    of pixel centres (0 if it holds the mean, else the least of the four edges' clamped minima), and the
+    size of its terms over the rectangle (the scale of the culling's relative slack)."""
+    ts = grid.tile_size
+    m = splats.means2d[rows].double()
+    a, b, c = splats.conics[rows].double().unbind(-1)
+    x0, y0 = ((tiles % grid.nx) * ts).double(), ((tiles // grid.nx) * ts).double()
+    dx = torch.stack([m[:, 0] - (x0 + ts - 0.5), m[:, 0] - (x0 + 0.5)], -1)  # [M, 2]: lo, hi
+    dy = torch.stack([m[:, 1] - (y0 + ts - 0.5), m[:, 1] - (y0 + 0.5)], -1)
+
+    def q(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.5 * a * x * x + b * x * y + 0.5 * c * y * y
+
+    inside = (dx[:, 0] <= 0) & (dx[:, 1] >= 0) & (dy[:, 0] <= 0) & (dy[:, 1] >= 0)
+    edges = []
+    for k in range(2):
+        edges.append(q(dx[:, k], torch.clamp(-b * dx[:, k] / c, dy[:, 0], dy[:, 1])))
+        edges.append(q(torch.clamp(-b * dy[:, k] / a, dx[:, 0], dx[:, 1]), dy[:, k]))
+    q_min = torch.where(inside, 0.0, torch.stack(edges).min(0).values)
+    far_x, far_y = dx.abs().max(-1).values, dy.abs().max(-1).values
+    return q_min, 0.5 * a * far_x**2 + 0.5 * c * far_y**2 + b.abs() * far_x * far_y
+
+
+@pytest.mark.parametrize("seed, size", [(0, (300, 200)), (1, (97, 61)), (2, (16, 16))])
+def test_culling_keeps_every_reached_tile_and_drops_the_rest(seed: int, size: tuple[int, int]) -> None:
+    grid = TileGrid(*size)
+    splats = needle_splats(400, *size, seed)
+    rows, tiles = tile_pairs(splats, [len(splats)], [grid], cull=False)
+    _, culled = tile_pairs(splats, [len(splats)], [grid])
+    kept = culled < grid.n_tiles
+    assert torch.equal(culled[kept], tiles[kept])  # the culled pairs are the box pairs, minus some
+
+    reached = pixel_reach(splats, rows, tiles, grid)
+    assert reached.any()
+    assert not (reached & ~kept).any(), "a tile that a renderer composites was culled"
+
+    q_min, terms = rectangle_minimum(splats, rows, tiles, grid)
+    bound = torch.log(splats.opacities[rows].double() / ALPHA_MIN) + CULL_SLACK + CULL_SLACK_REL * terms
+    decided = (q_min - bound).abs() > 1e-5 * (1 + terms)  # away from float32's rounding of the test itself
+    assert torch.equal(kept[decided], (q_min <= bound)[decided])
+    assert int(decided.sum()) >= 0.99 * rows.shape[0]
+    if size != (16, 16):
+        assert int(kept.sum()) < 0.6 * rows.shape[0]  # needles: most of their boxes is culled
+
+
+def test_culled_binning_renders_the_same_image_and_gradients() -> None:
+    """The torch compositor over the culled bins and over the whole boxes' bins: the same pixels, alpha
+    and gradients up to float64 summation order (the dropped splats contribute exact zeros)."""
+    grid = TileGrid(131, 77)
+    splats = needle_splats(600, grid.width, grid.height, 5, torch.float64)
+    tiles = BatchTiles([grid], [None], torch.device("cpu"))
+    results = []
+    for cull in (True, False):
+        bins = bin_batch(splats, [len(splats)], tiles, cull)
+        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+        colors, alpha = composite_tiles(*leaves, bg, bins, tiles)
+        gen = torch.Generator().manual_seed(1)
+        loss = (colors * torch.rand(colors.shape, generator=gen, dtype=torch.float64)).sum() + (alpha * alpha).sum()
+        loss.backward()
+        results.append((bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
+    (m_cull, c_cull, a_cull, g_cull), (m_box, c_box, a_box, g_box) = results
+    assert m_cull < 0.6 * m_box
+    torch.testing.assert_close(c_cull, c_box, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a_cull, a_box, rtol=1e-12, atol=1e-14)
+    for got, ref in zip(g_cull, g_box):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
