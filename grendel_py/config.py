@@ -49,10 +49,13 @@ class DataConfig:
     downscale: float = 1.0
     test_every: int = 8
     images_dir: str = "images"
+    cache_dir: str = ""  # decoded photos (grendel_py.data.photo_cache); "": grendel_py_photos in the node's temp folder
+    cache_map_gb: float = 4.0  # photo cache entries a rank keeps mapped at most
 
     def __post_init__(self) -> None:
         _require(self.downscale >= 1.0, "downscale", self.downscale, "a number >= 1")
         _require(self.test_every >= 0, "test_every", self.test_every, "an integer >= 0 (0: no test split)")
+        _require(self.cache_map_gb > 0, "cache_map_gb", self.cache_map_gb, "a number > 0")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
-"""Ground-truth photos for training (grendel_py.train.images): 8-bit on the host, decoded once, converted on
-the rank's device; on a GPU uploaded ahead on a side stream."""
+"""Ground-truth photos for training (grendel_py.train.images): 8-bit from the node's photo cache, decoded
+once, prefetched on a background thread in the sampler's order, read region by region on the rank's device."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from grendel_py.data.dataset import load_scene
+from grendel_py.data.photo_cache import PhotoCache
+from grendel_py.errors import InputError
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
+from grendel_py.train.sampler import CameraSampler
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +40,79 @@ def test_uint8_round_trip() -> None:
     assert to_uint8(x).tolist() == [0, 0, 255, 0, 255]
 
 
-def test_batches_are_the_8bit_photos_decoded_once(scene, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_regions_are_the_8bit_photos_decoded_once(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     decoded = _count_decodes(scene, monkeypatch)
     cams = scene.train_cameras[:3]
-    images = GroundTruth(scene, torch.device("cpu"))
-    images.prefetch(cams[:2])  # decodes ahead
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    images.prefetch(cams[:2])  # decodes ahead, on the background thread
+    photos = images.batch(cams)
     assert decoded == [c.uid for c in cams[:2]]
-    first = images.batch(cams)
-    again = images.batch(cams[::-1])
-    assert decoded == [c.uid for c in cams]  # each photo decoded once
-    assert all(img.dtype == torch.uint8 for img in images.host.values())
-    for cam, got, back in zip(cams, first, again[::-1]):
-        assert got.dtype == torch.float32 and got.shape == (cam.height, cam.width, 3)
-        assert torch.equal(got, back)
-        exact = scene.load_image(cam)
-        assert float((got - exact).abs().max()) <= 0.5 / 255 + 1e-7
-        assert torch.equal(got, to_float(to_uint8(exact)))
+    exact = {c.uid: scene.load_image(c) for c in cams}
+    decoded.clear()
+    for cam, photo in zip(cams, photos):
+        assert photo.shape == (cam.height, cam.width, 3)
+        for ys, xs in [(slice(0, cam.height), slice(0, cam.width)), (slice(3, 20), slice(7, 8))]:
+            got = photo[ys, xs]
+            assert got.dtype == torch.float32
+            assert float((got - exact[cam.uid][ys, xs]).abs().max()) <= 0.5 / 255 + 1e-7
+            assert torch.equal(got, to_float(to_uint8(exact[cam.uid][ys, xs])))
+            assert photo[ys, xs] is got  # the loss and the metrics read it once
+    assert decoded == [cams[2].uid]  # the one photo not prefetched, decoded on first read
+    images.close()
 
 
-def test_batches_land_on_the_rank_device(scene) -> None:
-    """On the meta device (not the CPU, no data) the photos come out on the rank's device."""
-    images = GroundTruth(scene, torch.device("meta"))
-    assert {img.device.type for img in images.batch(scene.train_cameras[:2])} == {"meta"}
+def test_prefetch_follows_the_sampler(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The background thread warms the cameras of ``peek_batch`` in its order, and they are the next batch."""
+    warmed: list[tuple[int, str]] = []
+    warm = PhotoCache.warm
+
+    def recording(self, camera):
+        warmed.append((camera.uid, threading.current_thread().name))
+        return warm(self, camera)
+
+    monkeypatch.setattr(PhotoCache, "warm", recording)
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    sampler = CameraSampler(len(scene.train_cameras), 3, seed=4)
+    for _ in range(4):
+        ahead = [scene.train_cameras[i].uid for i in sampler.peek_batch()]
+        images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
+        batch = images.batch([scene.train_cameras[i] for i in sampler.next_batch()])
+        assert [p.camera.uid for p in batch] == ahead
+        assert [uid for uid, _ in warmed[-3:]] == ahead
+        assert all(name.startswith("photos") for _, name in warmed)
+    images.close()
+
+
+def test_a_failed_prefetch_raises_in_the_training_thread(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def broken(self, camera):
+        raise InputError(Path("photo.png"), "truncated")
+
+    monkeypatch.setattr(PhotoCache, "warm", broken)
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    images.prefetch(scene.train_cameras[:1])
+    with pytest.raises(InputError, match="truncated"):
+        images.batch(scene.train_cameras[:1])
+    images.close()
+
+
+def test_regions_land_on_the_rank_device(scene, tmp_path: Path) -> None:
+    """On the meta device (not the CPU, no data) the pixels come out on the rank's device."""
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("meta"))
+    assert {p[0:4, 0:5].device.type for p in images.batch(scene.train_cameras[:2])} == {"meta"}
+    images.close()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_prefetched_uploads_on_the_gpu(scene) -> None:
+def test_regions_uploaded_to_the_gpu(scene, tmp_path: Path) -> None:
     device = torch.device("cuda", torch.cuda.current_device())
-    cams = scene.train_cameras[:4]
-    host = GroundTruth(scene, torch.device("cpu")).batch(cams)
-    images = GroundTruth(scene, device)
-    images.prefetch(cams[:2])
-    assert set(images.pending) == {c.uid for c in cams[:2]}
-    assert all(img.is_pinned() for img in images.host.values())
-    images.prefetch(cams[2:3])  # a mispredicted camera: dropped at the next batch
-    got = images.batch([cams[0], cams[1], cams[3]])
-    assert not images.pending
-    for cam_index, image in zip((0, 1, 3), got):
-        assert image.device == device
-        assert torch.equal(image.cpu(), host[cam_index])
+    cams = scene.train_cameras[:3]
+    cache = PhotoCache(tmp_path, scene)
+    host = GroundTruth(cache, torch.device("cpu")).batch(cams)
+    images = GroundTruth(cache, device)
+    images.prefetch(cams)
+    for cam, photo, ref in zip(cams, images.batch(cams), host):
+        got = photo[2 : cam.height - 1, 5:40]
+        assert got.device == device
+        assert torch.equal(got.cpu(), ref[2 : cam.height - 1, 5:40])
+    images.close()

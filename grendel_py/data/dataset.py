@@ -36,7 +36,7 @@ from grendel_py.errors import InputError, one_line
 
 
 @dataclass(frozen=True)
-class _ImageSource:
+class ImageSource:
     """What :meth:`Scene.load_image` needs about a camera's file: its path, raw size and distortion."""
 
     path: Path
@@ -59,7 +59,7 @@ class Scene:
     extent: float
     source: Path
     points_path: Path | None = None
-    _sources: dict[int, _ImageSource] = field(default_factory=dict, repr=False)
+    _sources: dict[int, ImageSource] = field(default_factory=dict, repr=False)
 
     @property
     def cameras(self) -> list[Camera]:
@@ -74,12 +74,17 @@ class Scene:
         for uid in sorted(self._sources):
             _check_header(self._sources[uid])
 
-    def load_image(self, camera: Camera) -> torch.Tensor:
-        """The camera's photo as float32 [H, W, 3] in [0, 1]: alpha composited over black, undistorted to the
-        pinhole model, and area-downscaled to the camera's size."""
+    def image_source(self, camera: Camera) -> ImageSource:
+        """The camera's image file, raw size and distortion; ValueError for a camera of another scene."""
         src = self._sources.get(camera.uid)
         if src is None:
             raise ValueError(f"camera {camera.uid} ({camera.name}) is not part of scene {self.source}")
+        return src
+
+    def load_image(self, camera: Camera) -> torch.Tensor:
+        """The camera's photo as float32 [H, W, 3] in [0, 1]: alpha composited over black, undistorted to the
+        pinhole model, and area-downscaled to the camera's size."""
+        src = self.image_source(camera)
         image = _read_rgb(src)
         if src.intrinsics.is_distorted:
             image = undistort_image(image, *src.intrinsics)
@@ -206,7 +211,7 @@ def _build_scene(source: Path, views: list[RawView], points: _Points, downscale:
         extent=_extent(train or cameras),
         source=source,
         points_path=None if points is None else points[2],
-        _sources={uid: _ImageSource(v.image_path, v.width, v.height, v.intrinsics) for uid, v in enumerate(views)},
+        _sources={uid: ImageSource(v.image_path, v.width, v.height, v.intrinsics) for uid, v in enumerate(views)},
     )
 
 
@@ -235,12 +240,12 @@ def _extent(cameras: list[Camera]) -> float:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def _check_size(src: _ImageSource, im: Image.Image) -> None:
+def _check_size(src: ImageSource, im: Image.Image) -> None:
     if im.size != (src.width, src.height):
         raise InputError(src.path, f"image is {im.width}x{im.height} but its camera says {src.width}x{src.height}")
 
 
-def _check_header(src: _ImageSource) -> None:
+def _check_header(src: ImageSource) -> None:
     """Check the file's size against the camera and that its data is complete, without a full decode: PNG
     chunk checksums; a JPEG that does not end in its end-of-image marker is decoded at 1/8 scale."""
     try:
@@ -277,7 +282,7 @@ def _image_problem(error: BaseException) -> str:
     return f"cannot read image: corrupt or truncated ({detail})"
 
 
-def _read_rgb(src: _ImageSource) -> torch.Tensor:
+def _read_rgb(src: ImageSource) -> torch.Tensor:
     """The file as float32 [H, W, 3] in [0, 1], alpha composited over black; its size must match the camera."""
     try:
         with Image.open(src.path) as im:

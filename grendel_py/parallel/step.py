@@ -10,9 +10,9 @@
 5. Rasterize: this rank's tiles, from the splats it received, sorted by (depth, global id), so the pixels are
    the ones a single rank would compute.
 6. Halo: rendered pixels within 5 px of this rank's region come from their owners.
-7. Loss: L1 and D-SSIM over this rank's pixels, each camera normalised by its full pixel count, so the sum
-   over ranks is the single-rank loss (summed over the batch). Backward returns every gradient to the
-   Gaussian's owner through the two exchanges in reverse.
+7. Loss: L1 and D-SSIM over this rank's pixels (the only ground-truth pixels it reads), each camera
+   normalised by its full pixel count, so the sum over ranks is the single-rank loss (summed over the
+   batch). Backward returns every gradient to the Gaussian's owner through the two exchanges in reverse.
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ class _Stopwatch:
         return self.seconds
 
 
-def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
+def ground_truth_region(region: Region, gt) -> torch.Tensor:
     """The ground truth under ``region.canvas`` (zeros outside the image): the region's crop of the photo,
-    padded only where the canvas reaches past the photo's edges."""
+    padded only where the canvas reaches past the photo's edges. ``gt``: the photo, float32 [H, W, 3] on the
+    device, or a :class:`grendel_py.train.images.Photo`, which reads only the crop."""
     h, w = region.owned.shape
     height, width = gt.shape[:2]
     top, left, bottom, right = region.y0 - HALO, region.x0 - HALO, region.y0 + h + HALO, region.x0 + w + HALO
@@ -148,7 +149,7 @@ def ground_truth_region(region: Region, gt: torch.Tensor) -> torch.Tensor:
 def batch_loss(
     shard: Gaussians,
     cameras: list[Camera],
-    images: list[torch.Tensor],
+    images: list,
     background: torch.Tensor,
     sh_degree: int,
     lambda_dssim: float,
@@ -156,7 +157,9 @@ def batch_loss(
     balancer: TileBalancer | None = None,
     backend: str = "torch",
 ) -> tuple[torch.Tensor, Rendered]:
-    """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered."""
+    """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered.
+    ``images``: each camera's photo, as a tensor or a :class:`grendel_py.train.images.Photo` (then only the
+    rank's regions are read, once the tile plan is known)."""
     rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend)
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
@@ -166,26 +169,26 @@ def batch_loss(
     return loss + 0.0 * rendered.tie, rendered
 
 
-def _owned_pairs(rendered: Rendered, images: list[torch.Tensor]):
+def _owned_pairs(rendered: Rendered, images: list):
     """(camera slot, render canvas clamped to [0, 1], ground truth canvas, owned mask) per camera this rank holds."""
     for b, (region, gt) in enumerate(zip(rendered.regions, images)):
         if region is not None:
             yield b, region.canvas.detach().clamp(0.0, 1.0), ground_truth_region(region, gt), region.owned
 
 
-def region_squared_errors(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
+def region_squared_errors(rendered: Rendered, images: list) -> torch.Tensor:
     """Per camera, the squared error summed over this rank's pixels and channels, float64 [B]
     (all-reduce over ranks and divide by 3 H W for the whole image's MSE)."""
-    sums = torch.zeros(len(images), dtype=torch.float64, device=images[0].device)
+    sums = torch.zeros(len(images), dtype=torch.float64, device=rendered.tie.device)
     core = (slice(HALO, -HALO), slice(HALO, -HALO))
     for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
         sums[b] = torch.where(owned, ((canvas[core] - gt_halo[core]) ** 2).sum(-1), 0.0).double().sum()
     return sums
 
 
-def region_ssim_sums(rendered: Rendered, images: list[torch.Tensor]) -> torch.Tensor:
+def region_ssim_sums(rendered: Rendered, images: list) -> torch.Tensor:
     """Per camera, SSIM summed over this rank's pixels, float64 [B] (all-reduce, divide by H W)."""
-    sums = torch.zeros(len(images), dtype=torch.float64, device=images[0].device)
+    sums = torch.zeros(len(images), dtype=torch.float64, device=rendered.tie.device)
     for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
         sums[b] = torch.where(owned, ssim_map_valid(canvas, gt_halo), 0.0).double().sum()
     return sums

@@ -1,24 +1,26 @@
-"""Ground-truth photos for training: decoded once into uint8 on the host, uploaded per batch to the rank's device.
+"""Ground-truth photos for training: read from the node's photo cache one region at a time, on the rank's device.
 
-A photo is kept as uint8 [H, W, 3] (a quarter of float32; INRIA 3DGS trains on 8-bit photos too), in pinned
-memory when the rank trains on a GPU, and converted to float32 in [0, 1] on the device. On a GPU,
-:meth:`GroundTruth.prefetch` starts the next batch's copies on a side stream while the current step computes;
-:meth:`GroundTruth.batch` makes the compute stream wait for them. On the CPU the same calls only decode ahead.
-Decoding runs on the calling thread (streaming photos from a disk cache, and only each rank's regions, is the
-large-scene image pipeline's job).
+Photos come from :class:`grendel_py.data.photo_cache.PhotoCache` (decoded once per node into uint8 files on
+local disk, memory-mapped), so what a rank holds does not grow with the number of photos. A batch is a list
+of :class:`Photo`: a photo's shape and, once the iteration's tile plan says which pixels the rank owns, the
+pixels of a region (its tiles plus the SSIM halo), copied out of the map (through pinned memory when the
+rank trains on a GPU) and converted to float32 in [0, 1] on the device. :meth:`GroundTruth.prefetch` runs on
+a background thread: for the next batch (the sampler's ``peek_batch``) it decodes the photos missing from
+the cache and asks the OS to read them ahead, while the current step computes. ``wait_seconds`` adds up the
+time the training thread spent waiting for photos (the prefetch it needed, and its region reads).
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import torch
 
 from grendel_py.data.cameras import Camera
-from grendel_py.data.dataset import Scene
+from grendel_py.data.photo_cache import PhotoCache, to_uint8
 
-
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """A float image in [0, 1] as uint8, rounded to the nearest level."""
-    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+__all__ = ["GroundTruth", "Photo", "to_float", "to_uint8"]
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:
@@ -26,41 +28,57 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32).div_(255.0)
 
 
+class Photo:
+    """A training photo that reads its pixels when sliced: ``photo[y0:y1, x0:x1]`` is float32 [h, w, 3] on
+    the rank's device (slices within the photo, steps of 1). The last region read is kept, since the loss and
+    the logged metrics ask for the same one."""
+
+    def __init__(self, source: GroundTruth, camera: Camera):
+        self.source, self.camera = source, camera
+        self.shape = (camera.height, camera.width, 3)
+        self._last: tuple[tuple[int, int, int, int], torch.Tensor] | None = None
+
+    def __getitem__(self, index: tuple[slice, slice]) -> torch.Tensor:
+        ys, xs = index
+        key = (ys.start or 0, self.shape[0] if ys.stop is None else ys.stop, xs.start or 0, self.shape[1] if xs.stop is None else xs.stop)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.source.read(self.camera, *key))
+        return self._last[1]
+
+
 class GroundTruth:
-    """The training photos of ``scene`` for a rank whose tensors live on ``device``."""
+    """The training photos in ``cache`` for a rank whose tensors live on ``device``."""
 
-    def __init__(self, scene: Scene, device: torch.device):
-        self.scene, self.device = scene, device
-        self.host: dict[int, torch.Tensor] = {}
+    def __init__(self, cache: PhotoCache, device: torch.device):
+        self.cache, self.device = cache, device
         self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.pending: dict[int, torch.Tensor] = {}
-
-    def _host(self, camera: Camera) -> torch.Tensor:
-        if camera.uid not in self.host:
-            image = to_uint8(self.scene.load_image(camera))
-            self.host[camera.uid] = image.pin_memory() if self.cuda else image
-        return self.host[camera.uid]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photos")
+        self.ahead: Future | None = None
+        self.wait_seconds = 0.0
 
     def prefetch(self, cameras: list[Camera]) -> None:
-        """Decode the photos of ``cameras`` if needed and, on a GPU, start copying them to the device."""
-        for cam in cameras:
-            image = self._host(cam)
-            if self.cuda and cam.uid not in self.pending:
-                with torch.cuda.stream(self.stream):
-                    self.pending[cam.uid] = image.to(self.device, non_blocking=True)
+        """Start making the photos of ``cameras`` ready on the background thread (decode if missing, read ahead)."""
+        self.ahead = self.pool.submit(lambda: [self.cache.warm(c) for c in cameras])
 
-    def batch(self, cameras: list[Camera]) -> list[torch.Tensor]:
-        """The photos of ``cameras`` on the device, float32 [H, W, 3] in [0, 1]."""
-        self.prefetch(cameras)
-        if not self.cuda:
-            return [to_float(self.host[cam.uid].to(self.device)) for cam in cameras]
-        current = torch.cuda.current_stream(self.device)
-        current.wait_stream(self.stream)
-        out = []
-        for cam in cameras:
-            image = self.pending.pop(cam.uid)
-            image.record_stream(current)  # allocated on the side stream, used and freed on this one
-            out.append(to_float(image))
-        self.pending.clear()  # copies for cameras the sampler did not draw after all (its affinity changed)
+    def batch(self, cameras: list[Camera]) -> list[Photo]:
+        """The photos of ``cameras``, after the prefetch in flight (if any) has finished."""
+        tic = time.perf_counter()
+        if self.ahead is not None:
+            self.ahead.result()  # raises what the background thread raised
+            self.ahead = None
+        self.wait_seconds += time.perf_counter() - tic
+        return [Photo(self, cam) for cam in cameras]
+
+    def read(self, camera: Camera, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Rows y0:y1, columns x0:x1 of the camera's photo as float32 on the device."""
+        tic = time.perf_counter()
+        pixels = torch.from_numpy(self.cache.region(camera, y0, y1, x0, x1))
+        if self.cuda:
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        out = to_float(pixels.to(self.device))
+        self.wait_seconds += time.perf_counter() - tic
         return out
+
+    def close(self) -> None:
+        """Stop the background thread (after its current prefetch)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)

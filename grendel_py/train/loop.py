@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
+from grendel_py.data.photo_cache import PhotoCache
 from grendel_py.parallel.export import write_merged_ply
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import redistribute, should_redistribute
@@ -46,7 +48,7 @@ from grendel_py.train.checkpoint import (
     MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
 )  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
-from grendel_py.train.images import GroundTruth
+from grendel_py.train.images import GroundTruth, Photo
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.balancer import TileBalancer
@@ -71,11 +73,12 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     if t.batch_size > len(scene.train_cameras):
         raise InputError(scene.source, f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
                          f"training cameras; use train.batch_size<={len(scene.train_cameras)}")  # fmt: skip
+    photos = PhotoCache(cfg.data.cache_dir or Path(tempfile.gettempdir()) / "grendel_py_photos", scene, int(cfg.data.cache_map_gb * 2**30))
     optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
-    images = GroundTruth(scene, ctx.device)
+    images = GroundTruth(photos, ctx.device)
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
@@ -84,9 +87,9 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     writer = _writer(out, seen, ctx)
     start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
     bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
-    with StopSignals() as stop, _closing(bar, writer):
+    with StopSignals() as stop, _closing(bar, writer, images):
         while seen < t.images:
-            tic = time.perf_counter()
+            tic, waited = time.perf_counter(), images.wait_seconds
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = images.batch(cameras)
@@ -110,6 +113,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
 
             stats, stopping = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
+            stats["data_seconds"] = images.wait_seconds - waited  # this rank's wait for photos
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
             rate = (seen - first) / (time.perf_counter() - start)
@@ -147,12 +151,13 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
 
 
 @contextlib.contextmanager
-def _closing(bar: tqdm, writer) -> Iterator[None]:
-    """Close the progress bar and flush the TensorBoard writer however the loop ends."""
+def _closing(bar: tqdm, writer, images: GroundTruth) -> Iterator[None]:
+    """Close the progress bar, stop the photo prefetcher and flush the TensorBoard writer however the loop ends."""
     try:
         yield
     finally:
         bar.close()
+        images.close()
         if writer is not None:
             writer.flush()
 
@@ -255,7 +260,7 @@ def _writer(out: Path, seen: int, ctx: DistContext):
 
 
 def _batch_stats(
-    loss: torch.Tensor, rendered, gts: list[torch.Tensor], n_local: int, moved: int, stop_flags: list[float],
+    loss: torch.Tensor, rendered, gts: list[Photo], n_local: int, moved: int, stop_flags: list[float],
     balancer: TileBalancer, ctx: DistContext,
 ) -> tuple[dict, str | None]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
