@@ -16,6 +16,8 @@
 #   facts    GPU, driver, Python, torch, CUDA, CuPy, commit
 #   wheels   which required modules were missing and where they came from
 #   pytest   python -m pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU)
+#   racecheck, memcheck   compute-sanitizer on the kernel tests of one scene through CuPy: shared-memory
+#            races and out-of-bounds or misaligned accesses, which the CPU's host runtime cannot see
 #   parity   cupy vs torch on the GPU at 1920x1080, 200k Gaussians: images, bins, every gradient
 #   demo     the demo scene trained on the GPU with cupy, one rank; test PSNR beside the CPU reference
 #            (bench/results/demo_cpu.json; expected within 0.2 dB)
@@ -189,6 +191,8 @@ step facts 60 "$PY" bench/gpu_check.py facts
 wheels || { report; exit 1; }  # nothing else can run without its modules
 if [[ $MODE == dry ]]; then
     skip pytest "dry run: no GPU"
+    skip racecheck "dry run: no GPU"
+    skip memcheck "dry run: no GPU"
     skip parity "dry run: no GPU"
     step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
     demo demo 300 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
@@ -197,6 +201,10 @@ if [[ $MODE == dry ]]; then
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
 else
     step pytest 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+    for tool in racecheck memcheck; do
+        step $tool 75 compute-sanitizer --tool $tool --error-exitcode 1 "$PY" -m pytest -q -p no:cacheprovider \
+            tests/test_kernels.py -k "cupy and random and (rasterize_matches_spec or binning_matches_spec)"
+    done
     step parity 60 "$PY" bench/gpu_check.py parity
     step synth 60 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
     demo demo 110 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \

@@ -26,9 +26,9 @@ def test_dry_run_writes_its_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "gpu_check.log").read_text()[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "pytest", "parity", "synth", "demo", "share", "step"]
+    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "pytest", "racecheck", "memcheck", "parity", "synth", "demo", "share", "step"]
     assert report["mode"] == "dry" and steps["facts"]["result"]["torch"]
-    assert {steps[n]["status"] for n in ("pytest", "parity", "share")} == {"skipped"}
+    assert {steps[n]["status"] for n in ("pytest", "racecheck", "memcheck", "parity", "share")} == {"skipped"}
     demo = steps["demo"]["result"]
     assert demo["images"] == 8 and demo["cpu_reference"]["test_psnr"] > 28
     assert report["demo_psnr_minus_cpu_reference"] == demo["test_psnr"] - demo["cpu_reference"]["test_psnr"]

@@ -12,6 +12,7 @@ import torch
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.photo_cache import PhotoCache
 from grendel_py.errors import InputError
+from tests.decode_counter import count_decodes
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
 from grendel_py.train.sampler import CameraSampler
 
@@ -19,18 +20,6 @@ from grendel_py.train.sampler import CameraSampler
 @pytest.fixture(scope="module")
 def scene(object_scene_seed2: Path):
     return load_scene(object_scene_seed2, downscale=2)
-
-
-def _count_decodes(scene, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    decoded: list[int] = []
-    load = type(scene).load_image
-
-    def counting(self, camera):
-        decoded.append(camera.uid)
-        return load(self, camera)
-
-    monkeypatch.setattr(type(scene), "load_image", counting)
-    return decoded
 
 
 def test_uint8_round_trip() -> None:
@@ -41,7 +30,7 @@ def test_uint8_round_trip() -> None:
 
 
 def test_regions_are_the_8bit_photos_decoded_once(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    decoded = _count_decodes(scene, monkeypatch)
+    decoded = count_decodes(scene, monkeypatch)
     cams = scene.train_cameras[:3]
     images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
     images.prefetch(cams[:2])  # decodes ahead, on the background thread

@@ -14,6 +14,7 @@ import torch
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.photo_cache import BAND_ROWS, PhotoCache, to_uint8
 from grendel_py.errors import InputError
+from tests.decode_counter import count_decodes
 
 
 @pytest.fixture
@@ -22,21 +23,9 @@ def scene_dir(object_scene_seed2: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(object_scene_seed2, tmp_path / "scene"))
 
 
-def _decodes(monkeypatch: pytest.MonkeyPatch, scene) -> list[int]:
-    decoded: list[int] = []
-    load = type(scene).load_image
-
-    def counting(self, camera):
-        decoded.append(camera.uid)
-        return load(self, camera)
-
-    monkeypatch.setattr(type(scene), "load_image", counting)
-    return decoded
-
-
 def test_photos_are_decoded_once_per_node(scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scene = load_scene(scene_dir, downscale=2)
-    decoded = _decodes(monkeypatch, scene)
+    decoded = count_decodes(scene, monkeypatch)
     cams = scene.train_cameras[:3]
     first = PhotoCache(tmp_path / "cache", scene)
     photos = [np.array(first.photo(c)) for c in cams]
@@ -53,7 +42,7 @@ def test_photos_are_decoded_once_per_node(scene_dir: Path, tmp_path: Path, monke
 
 def test_a_changed_photo_or_option_gets_a_new_entry(scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scene = load_scene(scene_dir, downscale=2)
-    decoded = _decodes(monkeypatch, scene)
+    decoded = count_decodes(scene, monkeypatch)
     cam = scene.train_cameras[0]
     cache = PhotoCache(tmp_path / "cache", scene)
     old_path, old = cache.path(cam), np.array(cache.photo(cam))
@@ -83,7 +72,7 @@ def test_a_damaged_entry_is_rebuilt(damage: str, scene_dir: Path, tmp_path: Path
     else:
         data[:4] = b"JUNK"
     path.write_bytes(bytes(data))
-    decoded = _decodes(monkeypatch, scene)
+    decoded = count_decodes(scene, monkeypatch)
     assert np.array_equal(PhotoCache(tmp_path / "cache", scene).photo(cam), good)
     assert decoded == [cam.uid]
     assert path.read_bytes() != bytes(data)
@@ -100,7 +89,7 @@ def test_a_region_read_checks_only_its_bands(scene_dir: Path, tmp_path: Path, mo
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01  # last row
     path.write_bytes(bytes(data))
-    decoded = _decodes(monkeypatch, scene)
+    decoded = count_decodes(scene, monkeypatch)
     fresh = PhotoCache(tmp_path / "cache", scene)
     assert np.array_equal(fresh.region(cam, 0, BAND_ROWS, 0, cam.width), whole[:BAND_ROWS])
     assert decoded == []

@@ -84,6 +84,26 @@ def test_chunking_does_not_change_result() -> None:
         torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-13)
 
 
+def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
+    """The compositor's plan: every (tile, depth slot) with a splat in exactly one chunk, chunks of at most
+    ``chunk_pairs`` pairs (or one tile), also when the live tiles times ``min_chunk`` exceed the budget."""
+    from grendel_py.render.composite import _Layout
+
+    cam = small_camera(48, 40)
+    splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    lay = _Layout(bins, BatchTiles([grid], [None], BG.device), len(splats), torch.float64)
+    counts = bins.counts.tolist()
+    for pairs, min_chunk in ((1, 1), (3 * 256 * 4, 4), (256 * 8, 32), (1 << 30, 32)):
+        covered = torch.zeros(len(counts), lay.k_max, dtype=torch.int64)
+        for tiles, k0, k1 in lay.chunks(256, pairs, min_chunk):
+            assert len(tiles) * 256 * (k1 - k0) <= max(pairs, 256 * (k1 - k0))
+            covered[tiles, k0:k1] += 1
+        want = (torch.arange(lay.k_max)[None, :] < torch.tensor(counts)[:, None]).long()
+        assert torch.equal(covered * want, want), (pairs, min_chunk)
+
+
 def test_tile_subsets_partition_image_and_gradients() -> None:
     """Rendering disjoint tile subsets gives the full image's pixels, and their gradients add up to the
     full image's gradients: the property the distributed engine relies on."""
@@ -245,3 +265,36 @@ def test_distinct_sorted_is_unique_with_padding() -> None:
         want = torch.unique(keys[keys != 99])
         assert got.shape == keys.shape
         assert torch.equal(got[: len(want)], want) and bool((got[len(want) :] == 99).all())
+
+
+@pytest.mark.parametrize("piece", [1 << 18, 64])
+def test_checkpointed_projection_gives_the_plain_gradients(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """render.project keeps only its inputs and outputs for autograd and recomputes the rest, in pieces of
+    ``PROJECT_ROWS`` Gaussians: the same outputs and gradients, bit for bit, as the backend's projection
+    recorded whole, and nothing saved per Gaussian but the parameters themselves."""
+    import grendel_py.render as render_module
+    from grendel_py.render import torch_backend
+
+    monkeypatch.setattr(render_module, "PROJECT_ROWS", piece)
+
+    cam = small_camera(64, 48)
+    g = random_gaussians(300, seed=11)
+    leaves = _leaf(g)
+    model = Gaussians(*leaves, ids=g.ids)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        s = project(model, cam)
+    params = {p.untyped_storage().data_ptr() for p in leaves}
+    assert all(t.untyped_storage().data_ptr() in params for t in saved if t.numel() >= len(g))
+    weights = [torch.rand(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype) for i, t in enumerate((s.means2d, s.conics, s.colors, s.depths, s.opacities))]
+
+    def loss(splats):
+        fields = (splats.means2d, splats.conics, splats.colors, splats.depths, splats.opacities)
+        return sum((f * w).sum() for f, w in zip(fields, weights))
+
+    grads = torch.autograd.grad(loss(s), leaves)
+    plain = torch_backend.project(model.means, model.quats, model.scales(), model.opacities(), model.sh(), model.sh_degree, cam, model.ids)
+    for a, b in zip((s.means2d, s.conics, s.colors, s.depths), (plain.means2d, plain.conics, plain.colors, plain.depths)):
+        assert torch.equal(a, b)
+    for got, want in zip(grads, torch.autograd.grad(loss(plain), leaves)):
+        assert torch.equal(got, want)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
 from grendel_py.parallel.exchange import exchange_splats
@@ -165,7 +166,10 @@ def batch_loss(
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:
             gt_halo = ground_truth_region(region, gt)
-            loss = loss + region_loss(region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
+            args = (region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
+            # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel), and
+            # recomputes them camera by camera in the backward pass, to the same bits
+            loss = loss + (checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args))
     return loss + 0.0 * rendered.tie, rendered
 
 

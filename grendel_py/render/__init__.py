@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
 from grendel_py.errors import InputError
@@ -59,19 +60,29 @@ class RenderResult:
     bins: TileBins
 
 
+PROJECT_ROWS = 1 << 18
+"""Gaussians per checkpointed piece of :func:`project`: the backward pass recomputes one piece at a time."""
+
+
 def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch") -> Splats:
-    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0)."""
+    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0).
+
+    When autograd records, the projection is checkpointed in pieces of :data:`PROJECT_ROWS` Gaussians: the
+    graph keeps the model's parameters themselves and the outputs, and the backward pass recomputes one
+    piece at a time everything in between (activated scales, the SH coefficients side by side, covariances,
+    the SH basis), to the bits the forward computed. Recorded whole, the torch backend would keep about 640
+    bytes per Gaussian and camera, and its backward would briefly need as much again."""
     degree = gaussians.sh_degree if sh_degree is None else sh_degree
-    return get_backend(backend).project(
-        gaussians.means,
-        gaussians.quats,
-        gaussians.scales(),
-        gaussians.opacities(),
-        gaussians.sh(),
-        degree,
-        camera,
-        gaussians.ids,
-    )
+    ops = get_backend(backend)
+
+    def run(rows: slice) -> Splats:
+        g = gaussians.select(rows)
+        return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids)
+
+    if not torch.is_grad_enabled() or len(gaussians) == 0:
+        return run(slice(None))
+    pieces = [checkpoint(run, slice(r, r + PROJECT_ROWS), use_reentrant=False) for r in range(0, len(gaussians), PROJECT_ROWS)]
+    return pieces[0] if len(pieces) == 1 else Splats.cat(pieces)
 
 
 def rasterize(

@@ -8,10 +8,10 @@ The work is vectorised over tiles (of one camera or of a whole batch) and over c
 order: a chunk computes alpha for all its (pixel, splat) pairs at once and carries T between chunks. The
 chunks are planned on the host from the intersections per tile (tiles whose lists have ended drop out), so
 no chunk asks the device for a size; pixels that terminated stay with zero weight. A chunk holds about
-``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile), so few live tiles get long chunks and Python
-overhead stays small next to the arithmetic. The backward pass walks the chunks back to front recomputing
-alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing equation, so memory
-stays O(pixels + splats).
+``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile; many live tiles are split into groups), so
+few live tiles get long chunks, Python overhead stays small next to the arithmetic, and memory is bounded.
+The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored) and uses the
+closed-form gradients of the compositing equation, so memory stays O(pixels + splats + chunk_pairs).
 """
 
 from __future__ import annotations
@@ -76,13 +76,17 @@ class _Layout:
         self.ts = ts
 
     def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
-        """(active tiles, k0, k1) of each chunk: the tiles with more than k0 splats, depth slots [k0, k1)."""
+        """(tiles, k0, k1) of each chunk: depth slots [k0, k1) of some of the tiles with more than k0 splats.
+        When even ``min_chunk`` slots of every such tile would exceed ``chunk_pairs`` pairs, the tiles are
+        split into groups (tiles are independent, so this changes no result), which keeps a chunk's memory
+        at about ``chunk_pairs`` pairs however many tiles a batch has."""
         out, k0, n_active = [], 0, len(self.sorted_counts)
         while k0 < self.k_max:
             while n_active and self.sorted_counts[n_active - 1] <= k0:
                 n_active -= 1
             k1 = min(self.k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
-            out.append((self.by_count[:n_active], k0, k1))
+            group = max(1, chunk_pairs // (n_pix * (k1 - k0)))
+            out += [(self.by_count[t0 : min(t0 + group, n_active)], k0, k1) for t0 in range(0, n_active, group)]
             k0 = k1
         return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import resource
 import shutil
 import tempfile
 import time
@@ -140,6 +141,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
         "seconds_per_iteration": elapsed / max(iterations, 1),
         "exchange_bytes_per_iteration": exchanged / max(iterations, 1),
         "mean_balance": balance / max(iterations, 1),
+        **_per_rank_usage(images.wait_seconds / max(iterations, 1), ctx),
     }
     result = _finish(out, cfg, scene, shard, background, backend, timing, ctx)
     if writer is not None:
@@ -287,6 +289,18 @@ def _batch_stats(
         "balance": rendered.assignment.balance(balancer.work(rendered.table)),
     }
     return stats, agreed_signal(flags)
+
+
+def _per_rank_usage(data_seconds: float, ctx: DistContext) -> dict[str, list[float]]:
+    """Every rank's peak resident memory (bytes; of the process, since it started), peak device memory on a
+    GPU (bytes allocated by torch) and seconds per iteration waiting for photos, in rank order (one all-reduce)."""
+    own = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, data_seconds]  # ru_maxrss: KiB on Linux
+    if ctx.device.type == "cuda":
+        own.append(float(torch.cuda.max_memory_allocated(ctx.device)))
+    values = torch.zeros(len(own), ctx.world_size, dtype=torch.float64, device=ctx.device)
+    values[:, ctx.rank] = torch.tensor(own, dtype=torch.float64)
+    names = ["peak_rss_bytes", "data_seconds_per_iteration", "peak_device_bytes"]
+    return dict(zip(names, ctx.reduce(values, "sum").tolist()))
 
 
 def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):

@@ -1,0 +1,99 @@
+"""Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
+
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--iterations 2]
+
+One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
+around them: loss, backward, densification statistics, Adam. Counted: parameters, gradients, Adam state,
+densification statistics and every per-iteration buffer, i.e. the peak resident set size after the photos
+(random 8-bit images, excluded as the issue asks) and the rest of the process were set up, divided by N.
+Gaussians are small (sigma ``--scale`` of the scene's half size at most), so the CPU renderer stays fast
+enough; the per-Gaussian cost of projection does not depend on their size. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu_check import _views  # noqa: E402
+from grendel_py.config import DensifyConfig, OptimConfig  # noqa: E402
+from grendel_py.model.densify import DensifyStrategy  # noqa: E402
+from grendel_py.model.gaussians import Gaussians  # noqa: E402
+from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
+from grendel_py.parallel.runtime import single_process  # noqa: E402
+from grendel_py.parallel.step import batch_loss  # noqa: E402
+from partition.balancer import TileBalancer  # noqa: E402
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gaussians", type=int, default=2_000_000)
+    p.add_argument("--width", type=int, default=1920)
+    p.add_argument("--height", type=int, default=1080)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
+    args = p.parse_args()
+    ctx = single_process("cpu")
+    n = args.gaussians
+    cameras = _views(args.batch, args.width, args.height)
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255) for _ in cameras]
+    background = torch.zeros(3)
+    balancer = TileBalancer("locality", 1, calibrate=False)
+    baseline = rss_bytes()  # photos and the process: not counted
+
+    gaussians = Gaussians(
+        means=torch.rand(n, 3, generator=g) * 2 - 1,
+        log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
+        quats=torch.randn(n, 4, generator=g),
+        opacity_logits=torch.randn(n, generator=g) * 2,
+        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
+        shN=torch.randn(n, 15, 3, generator=g) * 0.05,
+        ids=torch.arange(n),
+    )
+    optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=args.batch)
+    shard = optimizer.gaussians
+    densify = DensifyStrategy(DensifyConfig(), extent=2.0, seed=0)
+    seconds = []
+    for _ in range(args.iterations + 1):
+        tic = time.perf_counter()
+        loss, rendered = batch_loss(shard, cameras, photos, background, 3, 0.2, ctx, balancer)
+        loss.backward()
+        for cam, splats in zip(cameras, rendered.splats):
+            densify.observe(splats, splats.means2d.grad, cam.width, cam.height)
+        del loss, rendered
+        optimizer.step()
+        seconds.append(time.perf_counter() - tic)
+    steady = rss_bytes() - baseline
+    peak = peak_rss_bytes() - baseline
+    print(json.dumps({
+        "gaussians": n, "width": args.width, "height": args.height, "batch": args.batch, "sh_degree": 3,
+        "iterations": args.iterations + 1, "seconds_per_iteration": seconds,
+        "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
+        "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
