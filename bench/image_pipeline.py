@@ -1,13 +1,13 @@
 """Host memory and data waiting of training ranks as the number of photos grows (issue 17, item 3).
 
-    python bench/image_pipeline.py --out bench/results/image_pipeline [--views 200,2000] [--ranks 2] [--epochs 1]
+    python bench/image_pipeline.py --out bench/results/image_pipeline [--views 200,2000] [--ranks 2] [--images N]
 
 For each view count, a scene of that many 1920x1080 views is written (a transforms.json; the poses go round
 the synthetic city's centre on rings at three heights; each photo is one of ``--distinct`` pictures of the
 city rendered by ``grendel synth --preset city`` and enlarged to 1920x1080, saved as its own JPEG file, so
 every view is decoded and cached on its own). The photos do not match the poses: the measure is memory and
-waiting, not quality. Then ``--ranks`` gloo ranks train on it with torchrun for ``--epochs`` passes over the
-views (batch ``--batch``, a small random model, no densification), twice: a cold photo cache, then a warm
+waiting, not quality. Then ``--ranks`` gloo ranks train on it with torchrun on ``--images`` photos (default:
+one pass over the views; batch ``--batch``, a small random model, no densification), twice: a cold photo cache, then a warm
 one. Reported per run: every rank's peak resident memory, its seconds per iteration spent waiting for
 photos and its share of the step, from the run's metrics.json. Writes OUT.json and OUT.md.
 """
@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--distinct", type=int, default=50, help="distinct city pictures among the views")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the views per run")
+    p.add_argument("--images", type=int, default=0, help="photos per run, the same for every view count (0: one pass over the views)")
     args = p.parse_args()
     pictures = city_pictures(args.work, args.distinct)
     results = {"command": "python bench/image_pipeline.py " + " ".join(sys.argv[1:]), "runs": []}
@@ -98,7 +98,7 @@ def main() -> int:
         if not (scene / "transforms.json").is_file():
             write_scene(scene, views, pictures)
         shutil.rmtree(cache, ignore_errors=True)
-        images = max(args.batch, round(args.epochs * views / args.batch) * args.batch)
+        images = max(args.batch, round((args.images or views) / args.batch) * args.batch)
         for state in ("cold", "warm"):
             m = train(scene, args.work / f"run_{views}_{state}", cache, args.ranks, images, args.batch)
             results["runs"].append({

@@ -74,23 +74,25 @@ class DensifyStrategy:
         elif len(self.count) != n:
             raise ValueError(f"densify state has {len(self.count)} rows but the model has {n} Gaussians")
 
-    def observe(self, splats: Splats, means2d_grad: torch.Tensor | None, width: int, height: int) -> None:
+    def observe(self, splats: Splats, means2d_grad: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int, width: int, height: int) -> None:
         """Accumulate one rendered camera's statistics, after backward.
 
-        ``means2d_grad`` [N, 2] is the gradient of ``splats.means2d`` (pixels), rows aligned with the model
-        (None: no gradient reached it). For visible splats: grad2d_sum += |grad x (width / 2, height / 2)|
-        (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
+        ``splats`` are Gaussians of a model of ``n_gaussians``: ``rows`` [len(splats)] int64, distinct, gives
+        each splat's row in the model. ``means2d_grad`` [len(splats), 2] is the gradient of ``splats.means2d``
+        (pixels; None: no gradient reached it). For visible splats: grad2d_sum += |grad x (width / 2,
+        height / 2)| (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
         """
         device = splats.extents.device
-        self._check_size(len(splats), device)
+        self._check_size(n_gaussians, device)
         visible = splats.visible
         if means2d_grad is not None:
             scale = torch.tensor([width / 2.0, height / 2.0], device=device)
             norms = torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
-            self.grad2d_sum += torch.where(visible, norms, torch.zeros_like(norms))
-        self.count += visible.to(torch.int32)
+            self.grad2d_sum.index_add_(0, rows, torch.where(visible, norms, torch.zeros_like(norms)))
+        self.count.index_add_(0, rows, visible.to(torch.int32))
         radii = splats.extents.max(dim=1).values.float()
-        self.max_radius2d = torch.where(visible, torch.maximum(self.max_radius2d, radii), self.max_radius2d)
+        old = self.max_radius2d[rows]
+        self.max_radius2d[rows] = torch.where(visible, torch.maximum(old, radii), old)
 
     def step(
         self,

@@ -1,6 +1,7 @@
 """One distributed forward pass over a batch of cameras, ending in this rank's share of the loss.
 
-1. Project: this rank's shard of Gaussians into every camera of the batch.
+1. Project: the Gaussians of this rank's shard that each camera of the batch sees (the others are dropped
+   before autograd records anything), into one table of splats for the batch.
 2. Cost: the shard's (splat, tile) pairs, culled to the tiles each splat's ellipse reaches; per-tile counts
    of them, summed over ranks (the exact work of this iteration for every tile), and max-reduced bids that
    name the rank owning most of each tile's splats: two all-reduces.
@@ -31,7 +32,7 @@ from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.render import project, rasterize_batch
+from grendel_py.render import project_batch, rasterize_batch
 from grendel_py.render.intersect import BatchTiles, count_values, tile_pairs
 from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
@@ -42,13 +43,16 @@ from partition.tiles import TileGrid
 
 @dataclass
 class Rendered:
-    """This rank's part of a batch: the projected splats of its shard per camera (``means2d`` grads kept for
-    densification), its tiles and their colours per camera, its regions (with halos), the tile table and
+    """This rank's part of a batch: the projected splats of its shard (``parts[b]`` rows for camera b, one
+    camera after another, the model row of each in ``rows``; ``means2d`` grads kept for densification,
+    see :meth:`per_camera`), its tiles and their colours per camera, its regions (with halos), the tile table and
     assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
     sent, and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
     which waits for the rasterization to finish)."""
 
-    splats: list[Splats]
+    splats: Splats
+    parts: list[int]
+    rows: torch.Tensor
     tile_ids: list[torch.Tensor]
     tile_colors: list[torch.Tensor]
     regions: list[Region | None]
@@ -57,6 +61,15 @@ class Rendered:
     tie: torch.Tensor
     bytes_sent: int
     raster_seconds: Callable[[], float]
+
+    def per_camera(self):
+        """(splats, their ``means2d`` gradient or None, their model rows) for each camera of the batch."""
+        grad = self.splats.means2d.grad
+        start = 0
+        for n in self.parts:
+            rows = slice(start, start + n)
+            yield self.splats.select(rows), None if grad is None else grad[rows], self.rows[rows]
+            start += n
 
 
 def tile_table(pairs: tuple[torch.Tensor, torch.Tensor], grids: list[TileGrid], ctx: DistContext) -> TileTable:
@@ -84,11 +97,9 @@ def render_batch(
     ``locality`` strategy with fixed equal speeds); ``backend`` is the render backend (a resolved name)."""
     balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
-    splats = [project(shard, cam, sh_degree, backend) for cam in cameras]
+    batch, parts, rows = project_batch(shard, cameras, sh_degree, backend)
     if torch.is_grad_enabled():
-        for s in splats:
-            s.means2d.retain_grad()
-    batch, parts = Splats.cat(splats), [len(s) for s in splats]
+        batch.means2d.retain_grad()
     pairs = tile_pairs(batch, parts, grids)
     table = tile_table(pairs, grids, ctx)
     plan = balancer.plan(table)
@@ -103,7 +114,7 @@ def render_batch(
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + received.splats.means2d.sum() + received.splats.colors.sum()
-    return Rendered(splats, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
+    return Rendered(batch, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
 
 
 class _Stopwatch:

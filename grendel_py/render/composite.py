@@ -47,7 +47,7 @@ def composite_tiles(
 
 
 class _Layout:
-    """Padded per-tile splat table, pixel centres and chunk schedule shared by forward and backward.
+    """Per-tile splat lists, pixel centres and chunk schedule shared by forward and backward.
 
     The schedule is planned on the host from the intersections per tile (one read, usually done by the
     binning already): tiles in decreasing order of their splat count, so the tiles still holding splats at
@@ -59,12 +59,9 @@ class _Layout:
         n_tiles = bins.tile_ids.shape[0]
         counts = bins.host_counts if bins.host_counts is not None else bins.counts.tolist()
         self.k_max = max(counts, default=0)
-        table = torch.full((n_tiles, self.k_max), n_splats, dtype=torch.long, device=device)
-        m = sum(counts)
-        tile_of = torch.repeat_interleave(torch.arange(n_tiles, device=device), bins.counts, output_size=m)
-        pos = torch.arange(m, device=device) - bins.offsets[tile_of]
-        table[tile_of, pos] = bins.splat_index[:m]
-        self.table = table
+        # Slot k of tile t is splat_index[offsets[t] + k] while k < counts[t], the sentinel row n_splats after:
+        # gathered chunk by chunk, never as a padded [tiles, k_max] table (which a single deep tile inflates).
+        self.splat_index, self.offsets, self.counts, self.n_splats = bins.splat_index, bins.offsets, bins.counts, n_splats
         by_count = sorted(range(n_tiles), key=lambda t: -counts[t])  # stable: ties in tile order
         self.by_count = torch.tensor(by_count, dtype=torch.long).to(device, non_blocking=True)
         self.sorted_counts = [counts[t] for t in by_count]
@@ -74,6 +71,15 @@ class _Layout:
         self.px = x0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre x of each tile column
         self.py = y0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre y of each tile row
         self.ts = ts
+
+    def slots(self, act: torch.Tensor, k0: int, k1: int) -> torch.Tensor:
+        """Splat rows in depth slots [k0, k1) of the tiles ``act`` (positions in ``tile_ids``), [Ta, k1 - k0];
+        the sentinel row ``n_splats`` past a tile's list."""
+        k = torch.arange(k0, k1, device=act.device)
+        pos = self.offsets[act][:, None] + k
+        inside = k < self.counts[act][:, None]
+        rows = self.splat_index[pos.clamp_max(max(self.splat_index.shape[0] - 1, 0))]
+        return torch.where(inside, rows, self.n_splats)
 
     def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
         """(tiles, k0, k1) of each chunk: depth slots [k0, k1) of some of the tiles with more than k0 splats.
@@ -106,7 +112,7 @@ class _Chunk:
 
     def __init__(self, lay: _Layout, act: torch.Tensor, k0: int, k1: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
         means2d, conics, opacities = params
-        s = lay.table[act, k0:k1]  # [Ta, S]
+        s = lay.slots(act, k0, k1)  # [Ta, S]
         ta, n_pix, n_s = s.shape[0], lay.ts * lay.ts, s.shape[1]
         self.s = s
         m = means2d[s]  # [Ta, S, 2]
