@@ -81,6 +81,32 @@ def train(scene: Path, run: Path, cache: Path, ranks: int, images: int, batch: i
     return json.loads((run / "metrics.json").read_text())
 
 
+def run_record(views: int, cache: str, images: int, m: dict) -> dict:
+    """One run's line of the report, from its metrics.json."""
+    return {
+        "views": views, "cache": cache, "images": images, "iterations": m["iterations"],
+        "seconds_per_iteration": m["seconds_per_iteration"], "peak_rss_bytes": m["peak_rss_bytes"],
+        "data_seconds_per_iteration": m["data_seconds_per_iteration"],
+    }  # fmt: skip
+
+
+def write_report(results: dict, out: Path) -> None:
+    """OUT.json (the raw numbers) and OUT.md (a table)."""
+    lines = ["# Photo pipeline: memory and waiting versus the number of views", "", f"Command: `{results['command']}`", "",
+             "| views | cache | images | s/iteration | peak RSS per rank (GB) | waiting for photos, s/iteration per rank | share of the step |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results["runs"]:
+        rss = ", ".join(f"{b / 1e9:.2f}" for b in r["peak_rss_bytes"])
+        wait = ", ".join(f"{s:.3f}" for s in r["data_seconds_per_iteration"])
+        share = ", ".join(f"{s / r['seconds_per_iteration']:.2%}" for s in r["data_seconds_per_iteration"])
+        lines.append(f"| {r['views']} | {r['cache']} | {r['images']} | {r['seconds_per_iteration']:.2f} | {rss} | {wait} | {share} |")
+    with atomic_open(out.with_suffix(".json"), "w") as f:
+        f.write(json.dumps(results, indent=1) + "\n")
+    with atomic_open(out.with_suffix(".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
@@ -101,24 +127,8 @@ def main() -> int:
         images = max(args.batch, round((args.images or views) / args.batch) * args.batch)
         for state in ("cold", "warm"):
             m = train(scene, args.work / f"run_{views}_{state}", cache, args.ranks, images, args.batch)
-            results["runs"].append({
-                "views": views, "cache": state, "images": images, "iterations": m["iterations"],
-                "seconds_per_iteration": m["seconds_per_iteration"], "peak_rss_bytes": m["peak_rss_bytes"],
-                "data_seconds_per_iteration": m["data_seconds_per_iteration"],
-            })  # fmt: skip
-    lines = ["# Photo pipeline: memory and waiting versus the number of views", "", f"Command: `{results['command']}`", "",
-             "| views | cache | images | s/iteration | peak RSS per rank (GB) | waiting for photos, s/iteration per rank | share of the step |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in results["runs"]:
-        rss = ", ".join(f"{b / 1e9:.2f}" for b in r["peak_rss_bytes"])
-        wait = ", ".join(f"{s:.3f}" for s in r["data_seconds_per_iteration"])
-        share = ", ".join(f"{s / r['seconds_per_iteration']:.1%}" for s in r["data_seconds_per_iteration"])
-        lines.append(f"| {r['views']} | {r['cache']} | {r['images']} | {r['seconds_per_iteration']:.2f} | {rss} | {wait} | {share} |")
-    with atomic_open(args.out.with_suffix(".json"), "w") as f:
-        f.write(json.dumps(results, indent=1) + "\n")
-    with atomic_open(args.out.with_suffix(".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            results["runs"].append(run_record(views, state, images, m))
+            write_report(results, args.out)  # after every run, so an interrupted bench keeps what it measured
     return 0
 
 
