@@ -6,7 +6,7 @@ Gaussians (array-order as in Grendel, or kd spatial shards), a batch sampler and
 (:class:`partition.balancer.TileBalancer`, fed the same tables the training loop all-reduces), every
 iteration reports:
 
-- ``bytes_per_iter``: what the forward splat exchange would move, summed over ranks: 64 bytes per (splat,
+- ``bytes_per_iter``: what the forward splat exchange would move, summed over ranks: 56 bytes per (splat,
   rank) pair where the rank renders a tile the splat reaches and does not own the splat (exactly what
   :func:`grendel_py.parallel.exchange.exchange_splats` sends; the backward pass sends as many gradients back);
 - ``balance``: largest over mean intersections rasterized per rank;

@@ -34,7 +34,7 @@ from partition.assign import (
 )
 
 TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
-SPLAT_BYTES = 64  # one splat on the wire: 12 float32 + 2 int64 (grendel_py.parallel.exchange)
+SPLAT_BYTES = 56  # one splat on the wire: 12 float32 + 1 int64 (grendel_py.parallel.exchange)
 _PRIOR_BYTES_PER_REMOTE = SPLAT_BYTES / 4.0  # before the first measurement: a splat covers about 4 tiles
 
 

@@ -21,7 +21,7 @@ from grendel_py.model.densify import DensifyStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from grendel_py.parallel import runtime
-from grendel_py.parallel.exchange import pack_splats
+from grendel_py.parallel.exchange import send_splats
 from grendel_py.parallel.step import _Stopwatch
 from grendel_py.render import project
 from grendel_py.train.loss import HALO, region_loss
@@ -51,15 +51,16 @@ def test_the_stand_in_device_catches_mixed_devices() -> None:
         torch.zeros(3, device=DEV) + torch.zeros(3)
 
 
-def test_projection_and_packing_stay_on_the_device() -> None:
+def test_projection_and_sending_stay_on_the_device() -> None:
     g = _model()
     for name in TRAINABLE:
         getattr(g, name).requires_grad_(True)
     splats = project(g, CAMERA, 2, "torch")
     assert _devices(*vars(splats).values()) == {DEV}
-    packed = pack_splats(splats)
-    assert packed.device == DEV and packed.shape == (64, 12)
-    packed.sum().backward()
+    rows = torch.arange(64, device=DEV)
+    sent = send_splats(splats, rows, [64], [64], rows, runtime.DistContext(0, 1, 0, DEV, "none", "single"))
+    assert _devices(*vars(sent).values()) == {DEV} and len(sent) == 64
+    (sent.means2d.sum() + sent.conics.sum() + sent.opacities.sum() + sent.colors.sum()).backward()
     assert _devices(*(getattr(g, n).grad for n in TRAINABLE)) == {DEV}
 
 

@@ -20,7 +20,10 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import write_ply
 from grendel_py.outputs import save_png
 from grendel_py.render import render
-from grendel_py.train.evaluate import evaluate, run_eval
+from grendel_py.data.photo_cache import PhotoCache
+from grendel_py.parallel.runtime import single_process
+from grendel_py.train.evaluate import evaluate, evaluate_sharded, run_eval
+from grendel_py.train.images import GroundTruth
 from grendel_py.train.metrics import psnr, ssim
 from tests.render_scenes import random_gaussians
 
@@ -96,6 +99,23 @@ def test_side_by_side_renders(scene_dir: Path, tmp_path: Path) -> None:
     photo = np.asarray(Image.open(scene_dir / "images" / "img_01.png"))
     assert np.array_equal(pair[:, WIDTH:], photo)
     assert np.abs(pair[:, :WIDTH].astype(int) - photo).max() <= 1
+
+
+def test_evaluation_reads_regions_from_the_photo_cache(scene_dir: Path, tmp_path: Path) -> None:
+    """Training evaluates its test views through the photo cache (regions, no whole decoded photos): the
+    same numbers as decoding each photo, and the views cached for the next evaluation."""
+    scene = load_scene(scene_dir)
+    gaussians = random_gaussians(60, seed=3, dtype=torch.float32, opacity_shift=0.5)
+    direct = evaluate(gaussians, scene, scene.cameras, torch.zeros(3))
+    cache = PhotoCache(tmp_path / "cache", scene)
+    photos = GroundTruth(cache, torch.device("cpu"))
+    (tmp_path / "renders").mkdir()
+    cached = evaluate_sharded(gaussians, photos.photo, scene.cameras, torch.zeros(3), single_process(), tmp_path / "renders", 1)
+    assert [(v["psnr"], v["ssim"]) for v in cached["views"]] == [(v["psnr"], v["ssim"]) for v in direct["views"]]
+    assert math.isfinite(cached["psnr"]) and cached["psnr"] < 40.0  # not the true model: the errors are not zero
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(cache.path(c).name for c in scene.cameras)
+    assert [p.name for p in (tmp_path / "renders").iterdir()] == ["00000_img_00.png"]
+    assert photos.wait_seconds > 0.0
 
 
 def test_empty_split_is_input_error(scene_dir: Path) -> None:

@@ -93,7 +93,7 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
-    lay = _Layout(bins, BatchTiles([grid], [None], BG.device), len(splats), torch.float64)
+    lay = _Layout(bins, BatchTiles([grid], [None], BG.device), torch.float64)
     counts = bins.counts.tolist()
     for pairs, min_chunk in ((1, 1), (3 * 256 * 4, 4), (256 * 8, 32), (1 << 30, 32)):
         covered = torch.zeros(len(counts), lay.k_max, dtype=torch.int64)
@@ -268,14 +268,13 @@ def test_distinct_sorted_is_unique_with_padding() -> None:
 
 
 @pytest.mark.parametrize("piece", [1 << 18, 64])
-def test_checkpointed_projection_gives_the_plain_gradients(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """render.project keeps only its inputs and outputs for autograd and recomputes the rest, in pieces of
     ``PROJECT_ROWS`` Gaussians: the same outputs and gradients, bit for bit, as the backend's projection
     recorded whole, and nothing saved per Gaussian but the parameters themselves."""
-    import grendel_py.render as render_module
-    from grendel_py.render import torch_backend
+    from grendel_py.render import batch_projection, torch_backend
 
-    monkeypatch.setattr(render_module, "PROJECT_ROWS", piece)
+    monkeypatch.setattr(batch_projection, "PROJECT_ROWS", piece)
 
     cam = small_camera(64, 48)
     g = random_gaussians(300, seed=11)
@@ -305,11 +304,10 @@ def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(piec
     """project_batch keeps, per camera, exactly the rows project gives a non-zero extent (Gaussians off
     screen, behind the camera or too faint are dropped before autograd records anything), with the same
     values bit for bit, and the batch renders to the same pixels and gradients as projecting everything."""
-    import grendel_py.render as render_module
     from grendel_py.data.cameras import look_at
-    from grendel_py.render import project_batch, visible_rows
+    from grendel_py.render import batch_projection, project_batch, visible_rows
 
-    monkeypatch.setattr(render_module, "PROJECT_ROWS", piece)
+    monkeypatch.setattr(batch_projection, "PROJECT_ROWS", piece)
     base = random_gaussians(400, seed=12, opacity_shift=1.0)
     base.means = base.means * 3.0  # many off screen, some behind the cameras (3.7 units away)
     base.opacity_logits[::7] = -9.0  # too faint for alpha 1/255 anywhere

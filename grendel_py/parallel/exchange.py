@@ -69,11 +69,60 @@ def route_keys(pairs: tuple[torch.Tensor, torch.Tensor], n: int, owners: list[to
     return distinct_sorted(keys, world_size * n)  # by rank, then row
 
 
-def pack_splats(s: Splats) -> torch.Tensor:
-    """The float part of each splat on the wire, [N, 12]: means2d, conics, opacity, colour, depth (no
-    gradient) and extents (small integers, exact in float)."""
-    fields = [s.means2d, s.conics, s.opacities[:, None], s.colors, s.depths.detach()[:, None], s.extents.to(s.means2d.dtype)]
-    return torch.cat(fields, dim=1)
+WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))
+"""The float columns of a splat on the wire, in this order: 12 floats (extents are small integers, exact in
+float); the first four fields (9 floats) carry gradients back."""
+GRAD_FIELDS, GRAD_COLUMNS = 4, 9
+
+
+def pack_splats(s: Splats, rows: torch.Tensor) -> torch.Tensor:
+    """The float part of the splats ``rows`` on the wire, [len(rows), 12], without autograd."""
+    out = s.means2d.new_empty((rows.shape[0], sum(w for _, w in WIRE)))
+    col = 0
+    for name, width in WIRE:
+        out[:, col : col + width] = getattr(s, name).detach().index_select(0, rows).view(-1, width)
+        col += width
+    return out
+
+
+class _SendSplats(torch.autograd.Function):
+    """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
+    field (views of one received table). Backward: the gradients of the four differentiable fields, packed
+    into 9 columns in arrival order, sent back the reverse way and added to the rows they came from (a splat
+    sent to several ranks gets the sum)."""
+
+    @staticmethod
+    def forward(ctx, route, *fields):
+        rows, send, recv, by_slot, dist_ctx = route
+        splats = Splats(**{name: f for (name, _), f in zip(WIRE, fields)}, ids=rows)
+        got = all_to_all_rows(pack_splats(splats, rows), send, recv, dist_ctx)
+        if by_slot is not None:
+            got = got[by_slot]
+        ctx.route, ctx.n = route, fields[0].shape[0]
+        outs, col = [], 0
+        for name, width in WIRE:
+            outs.append(got[:, col] if width == 1 else got[:, col : col + width])
+            col += width
+        ctx.mark_non_differentiable(*outs[GRAD_FIELDS:])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        rows, send, recv, by_slot, dist_ctx = ctx.route
+        ref = next(g for g in grads[:GRAD_FIELDS] if g is not None)
+        buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
+        col = 0
+        for g, (_, width) in zip(grads[:GRAD_FIELDS], WIRE):
+            if g is not None:
+                buf[slice(None) if by_slot is None else by_slot, col : col + width] = g.reshape(-1, width)
+            col += width
+        back = all_to_all_rows(buf, recv, send, dist_ctx)
+        out, col = [], 0
+        for _, width in WIRE[:GRAD_FIELDS]:
+            g = ref.new_zeros((ctx.n, width)).index_put_((rows,), back[:, col : col + width], accumulate=True)
+            out.append(g[:, 0] if width == 1 else g)
+            col += width
+        return (None, *out, None, None)
 
 
 @dataclass
@@ -95,8 +144,9 @@ def exchange_splats(
     (splat, tile) pairs (:func:`grendel_py.render.intersect.tile_pairs`); ``owners[b]``: the rank of each
     tile of slot b. Gradients with respect to means2d, conics, opacities and colors flow back to the sending
     rank. On the wire per splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2:
-    small integers, exact in float) and 2 int64 (global id, camera slot). One host synchronisation: the read
-    of the split sizes.
+    small integers, exact in float) and 1 int64 (global id); the receiver knows each row's camera slot from
+    the counts. One host synchronisation: the read of the split sizes. Autograd keeps no copy of the splats
+    sent; the gradients go back as 9 floats per splat.
     """
     w, n_slots = ctx.world_size, len(parts)
     n = max(len(splats), 1)
@@ -109,20 +159,28 @@ def exchange_splats(
     host = torch.cat([counts, counts_in]).view(2, w, n_slots).tolist()  # the one read of sizes
     send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
     rows, slots = rows[: sum(send)], slots[: sum(send)]
-    send_f = pack_splats(splats.select(rows))
-    send_i = torch.stack([splats.ids[rows], slots], dim=1)
-    got_f = all_to_all_rows(send_f, send, recv, ctx)
-    got_i = all_to_all_rows(send_i, send, recv, ctx)
-    # rows arrive by sending rank, then slot: regroup them by slot
-    slot_of_row = torch.repeat_interleave(
-        torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv)
-    )  # fmt: skip
-    by_slot = torch.argsort(slot_of_row, stable=True)
-    f, ids = got_f[by_slot], got_i[by_slot, 0]
-    received = Splats(
-        means2d=f[:, 0:2], conics=f[:, 2:5], opacities=f[:, 5], colors=f[:, 6:9], depths=f[:, 9],
-        extents=f[:, 10:12].round().to(torch.int32), ids=ids,
-    )  # fmt: skip
+    by_slot = None  # on one rank the rows arrive by slot already
+    if ctx.distributed:  # rows arrive by sending rank, then slot: regroup them by slot
+        slot_of_row = torch.repeat_interleave(
+            torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv)
+        )  # fmt: skip
+        by_slot = torch.argsort(slot_of_row, stable=True)
+    received = send_splats(splats, rows, send, recv, by_slot, ctx)
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)
-    bytes_sent = sent_elsewhere * (send_f.shape[1] * send_f.element_size() + 2 * send_i.element_size())
+    bytes_sent = sent_elsewhere * (sum(w for _, w in WIRE) * splats.means2d.element_size() + splats.ids.element_size())
     return Received(received, [sum(col) for col in zip(*host[1])], bytes_sent)
+
+
+def send_splats(
+    splats: Splats, rows: torch.Tensor, send: list[int], recv: list[int], by_slot: torch.Tensor | None, ctx: DistContext
+) -> Splats:
+    """The splats ``rows`` (grouped by destination rank, ``send[q]`` for rank q) sent, and what arrives
+    (``recv[q]`` from rank q) reordered by ``by_slot`` when given; differentiable in means2d, conics,
+    opacities and colors (see :class:`_SendSplats`)."""
+    fields = [getattr(splats, name) for name, _ in WIRE]
+    means2d, conics, opacities, colors, depths, extents = _SendSplats.apply((rows, send, recv, by_slot, ctx), *fields)
+    ids = all_to_all_rows(splats.ids[rows], send, recv, ctx)
+    return Splats(
+        means2d=means2d, conics=conics, opacities=opacities, colors=colors, depths=depths,
+        extents=extents.round().to(torch.int32), ids=ids if by_slot is None else ids[by_slot],
+    )  # fmt: skip

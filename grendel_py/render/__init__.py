@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
 from grendel_py.errors import InputError
-from grendel_py.render import cupy_backend, torch_backend
+from grendel_py.render import batch_projection, cupy_backend, torch_backend
+from grendel_py.render.batch_projection import project_rows
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
@@ -60,64 +60,18 @@ class RenderResult:
     bins: TileBins
 
 
-PROJECT_ROWS = 1 << 18
-"""Gaussians per checkpointed piece of :func:`project`: the backward pass recomputes one piece at a time."""
-
-
-def _project_rows(gaussians, rows, camera: Camera, degree: int, ops: ModuleType) -> Splats:
-    g = gaussians.select(rows)
-    return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids)
-
-
-def _project_checkpointed(gaussians, rows: torch.Tensor | None, camera: Camera, degree: int, ops: ModuleType) -> list[Splats]:
-    """The projection of ``gaussians`` (all when ``rows`` is None, else the rows ``rows``) as checkpointed
-    pieces of :data:`PROJECT_ROWS` when autograd records; one piece otherwise."""
-    n = len(gaussians) if rows is None else rows.shape[0]
-    if not torch.is_grad_enabled() or n <= PROJECT_ROWS:
-        pieces = [(slice(None) if rows is None else rows)]
-    else:
-        pieces = [slice(r, r + PROJECT_ROWS) if rows is None else rows[r : r + PROJECT_ROWS] for r in range(0, n, PROJECT_ROWS)]
-    if not torch.is_grad_enabled():
-        return [_project_rows(gaussians, pieces[0], camera, degree, ops)]
-    return [checkpoint(_project_rows, gaussians, p, camera, degree, ops, use_reentrant=False) for p in pieces]
-
-
 def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch") -> Splats:
-    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0).
-
-    When autograd records, the projection is checkpointed in pieces of :data:`PROJECT_ROWS` Gaussians: the
-    graph keeps the model's parameters themselves and the outputs, and the backward pass recomputes one
-    piece at a time everything in between (activated scales, the SH coefficients side by side, covariances,
-    the SH basis), to the bits the forward computed. Recorded whole, the torch backend would keep about 640
-    bytes per Gaussian and camera, and its backward would briefly need as much again."""
+    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0). When autograd
+    records, only the parameters are kept and the backward recomputes the rest in pieces
+    (:func:`grendel_py.render.batch_projection.project_rows`)."""
     degree = gaussians.sh_degree if sh_degree is None else sh_degree
-    pieces = _project_checkpointed(gaussians, None, camera, degree, get_backend(backend))
-    return pieces[0] if len(pieces) == 1 else Splats.cat(pieces)
+    return project_rows(gaussians, [None], [len(gaussians)], [camera], degree, get_backend(backend))
 
 
 def visible_rows(gaussians, cameras: list[Camera], backend: str = "torch") -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int64, ascending) of the Gaussians :func:`project` gives a non-zero extent, and
-    their numbers (one read to the host for all cameras). Found without autograd by the same projection
-    without colours (SH degree 0), in the same pieces of :data:`PROJECT_ROWS` as :func:`project`."""
-    ops = get_backend(backend)
-    masks = []
-    with torch.no_grad():
-        for cam in cameras:
-            parts = []
-            for r in range(0, len(gaussians), PROJECT_ROWS):
-                g = gaussians.select(slice(r, r + PROJECT_ROWS))
-                parts.append(ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids).visible)
-            masks.append(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=gaussians.device))
-    counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
-    return [_true_rows(m, c) for m, c in zip(masks, counts)], counts
-
-
-def _true_rows(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """The indices of the ``count`` true entries of ``mask``, ascending, without a host synchronisation."""
-    slot = torch.where(mask, torch.cumsum(mask, 0) - 1, count)  # the false entries all land in slot ``count``
-    rows = torch.empty(count + 1, dtype=torch.long, device=mask.device)
-    rows.scatter_(0, slot, torch.arange(mask.shape[0], device=mask.device))
-    return rows[:count]
+    their numbers (one read to the host for all cameras); no autograd."""
+    return batch_projection.visible_rows(gaussians, cameras, get_backend(backend))
 
 
 def project_batch(gaussians, cameras: list[Camera], sh_degree: int, backend: str = "torch") -> tuple[Splats, list[int], torch.Tensor]:
@@ -125,12 +79,9 @@ def project_batch(gaussians, cameras: list[Camera], sh_degree: int, backend: str
     :class:`Splats` with ``parts[b]`` rows for camera b, one camera after another, and the model row of each
     splat, int64. The rows dropped are exactly those :func:`project` culls, so the pictures and gradients
     are the same (up to the last bit: a SIMD kernel may round a gathered row differently), but autograd
-    keeps (and the exchange and binning handle) only visible splats. Checkpointed
-    in pieces as :func:`project`. One host synchronisation."""
+    keeps (and the exchange and binning handle) only visible splats. One host synchronisation."""
     rows, parts = visible_rows(gaussians, cameras, backend)
-    ops = get_backend(backend)
-    pieces = [p for r, cam in zip(rows, cameras) for p in _project_checkpointed(gaussians, r, cam, sh_degree, ops)]
-    return (pieces[0] if len(pieces) == 1 else Splats.cat(pieces)), parts, torch.cat(rows)
+    return project_rows(gaussians, rows, parts, cameras, sh_degree, get_backend(backend)), parts, torch.cat(rows)
 
 
 def rasterize(

@@ -54,14 +54,14 @@ class _Layout:
     depth slot k are a prefix of that order, whose length is known without asking the device. Pixels that
     terminated early stay in their chunks with zero weight (dropping them would need a read per chunk)."""
 
-    def __init__(self, bins: TileBins, tiles: BatchTiles, n_splats: int, dtype: torch.dtype):
+    def __init__(self, bins: TileBins, tiles: BatchTiles, dtype: torch.dtype):
         device = bins.splat_index.device
         n_tiles = bins.tile_ids.shape[0]
         counts = bins.host_counts if bins.host_counts is not None else bins.counts.tolist()
         self.k_max = max(counts, default=0)
-        # Slot k of tile t is splat_index[offsets[t] + k] while k < counts[t], the sentinel row n_splats after:
-        # gathered chunk by chunk, never as a padded [tiles, k_max] table (which a single deep tile inflates).
-        self.splat_index, self.offsets, self.counts, self.n_splats = bins.splat_index, bins.offsets, bins.counts, n_splats
+        # Slot k of tile t is splat_index[offsets[t] + k] while k < counts[t]: gathered chunk by chunk, never
+        # as a padded [tiles, k_max] table (which a single deep tile inflates).
+        self.splat_index, self.offsets, self.counts = bins.splat_index, bins.offsets, bins.counts
         by_count = sorted(range(n_tiles), key=lambda t: -counts[t])  # stable: ties in tile order
         self.by_count = torch.tensor(by_count, dtype=torch.long).to(device, non_blocking=True)
         self.sorted_counts = [counts[t] for t in by_count]
@@ -72,14 +72,16 @@ class _Layout:
         self.py = y0.to(dtype)[:, None] + offs  # [T, ts] pixel-centre y of each tile row
         self.ts = ts
 
-    def slots(self, act: torch.Tensor, k0: int, k1: int) -> torch.Tensor:
-        """Splat rows in depth slots [k0, k1) of the tiles ``act`` (positions in ``tile_ids``), [Ta, k1 - k0];
-        the sentinel row ``n_splats`` past a tile's list."""
+    def slots(self, act: torch.Tensor, k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Splat rows in depth slots [k0, k1) of the tiles ``act`` (positions in ``tile_ids``), [Ta, k1 - k0],
+        and a float mask of the slots inside each tile's list. A slot past a tile's list holds some valid
+        row, which the mask gives zero opacity: its alpha is below 1/255, so it adds nothing, forward or
+        backward (no padded copy of the splat tables with a zero row)."""
         k = torch.arange(k0, k1, device=act.device)
         pos = self.offsets[act][:, None] + k
         inside = k < self.counts[act][:, None]
-        rows = self.splat_index[pos.clamp_max(max(self.splat_index.shape[0] - 1, 0))]
-        return torch.where(inside, rows, self.n_splats)
+        rows = self.splat_index[pos.clamp_max(self.splat_index.shape[0] - 1)]
+        return rows, inside.to(self.px.dtype)
 
     def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
         """(tiles, k0, k1) of each chunk: depth slots [k0, k1) of some of the tiles with more than k0 splats.
@@ -97,11 +99,6 @@ class _Layout:
         return out
 
 
-def _pad(t: torch.Tensor, value: float) -> torch.Tensor:
-    """Append one sentinel row (index N) used by the padding slots of the splat table."""
-    return torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), value)])
-
-
 class _Chunk:
     """Per-pair quantities of one chunk of S splats over Ta active tiles.
 
@@ -112,7 +109,7 @@ class _Chunk:
 
     def __init__(self, lay: _Layout, act: torch.Tensor, k0: int, k1: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
         means2d, conics, opacities = params
-        s = lay.slots(act, k0, k1)  # [Ta, S]
+        s, inside = lay.slots(act, k0, k1)  # [Ta, S]
         ta, n_pix, n_s = s.shape[0], lay.ts * lay.ts, s.shape[1]
         self.s = s
         m = means2d[s]  # [Ta, S, 2]
@@ -126,7 +123,7 @@ class _Chunk:
         power = torch.addcmul(ax[:, None, :, :], bx[:, None, :, :], self.dy[:, :, None, :])
         power += cy[:, :, None, :]
         self.gauss = power.exp_()  # [Ta, row, col, S]
-        self.raw = self.gauss * opacities[s][:, None, None, :]  # opacity * G before the clamp
+        self.raw = self.gauss * (opacities[s] * inside)[:, None, None, :]  # opacity * G before the clamp
         self.above_min = torch.ge(self.raw, ALPHA_MIN, out=torch.empty_like(self.raw))
         alpha = self.raw.clamp(max=ALPHA_MAX).mul_(self.above_min).view(ta, n_pix, n_s)
         self.alpha = alpha
@@ -147,9 +144,8 @@ class _Composite(torch.autograd.Function):
         chunk_pairs, min_chunk = sizing
         dtype, device = means2d.dtype, means2d.device
         n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], tiles.grids[0].tile_size ** 2, colors.shape[1]
-        lay = _Layout(bins, tiles, means2d.shape[0], dtype)
-        params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
-        colors_p = _pad(colors, 0.0)
+        lay = _Layout(bins, tiles, dtype)
+        params = (means2d, conics, opacities)
 
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
@@ -158,7 +154,7 @@ class _Composite(torch.autograd.Function):
         for act, k0, k1 in lay.chunks(n_pix, chunk_pairs, min_chunk):
             t_start = t_run[act]
             ch = _Chunk(lay, act, k0, k1, params, t_start)
-            accum[act] += torch.bmm(ch.weight, colors_p[ch.s])
+            accum[act] += torch.bmm(ch.weight, colors[ch.s])
             n_valid = ch.valid.sum(dim=-1)
             t_last = ch.scan.gather(-1, n_valid.long()[..., None])[..., 0]  # T after the last valid splat
             running = (t_start > 0).to(dtype)
@@ -174,13 +170,11 @@ class _Composite(torch.autograd.Function):
     def backward(ctx, grad_out, grad_alpha):
         means2d, conics, opacities, colors, background, t_final = ctx.saved_tensors
         lay: _Layout = ctx.lay
-        n = means2d.shape[0]
-        params = (_pad(means2d, 0.0), _pad(conics, 0.0), _pad(opacities, 0.0))
-        colors_p = _pad(colors, 0.0)
-        g_m = torch.zeros_like(params[0])
-        g_con = torch.zeros_like(params[1])
-        g_op = torch.zeros_like(params[2])
-        g_col = torch.zeros_like(colors_p)
+        params = (means2d, conics, opacities)
+        g_m = torch.zeros_like(means2d)
+        g_con = torch.zeros_like(conics)
+        g_op = torch.zeros_like(opacities)
+        g_col = torch.zeros_like(colors)
         grad_out = grad_out.contiguous()
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
@@ -188,7 +182,7 @@ class _Composite(torch.autograd.Function):
         for act, k0, k1, t_start in reversed(ctx.saved):
             ch = _Chunk(lay, act, k0, k1, params, t_start)
             g_img = grad_out[act]  # [Ta, P, C]
-            col = colors_p[ch.s]  # [Ta, S, C]
+            col = colors[ch.s]  # [Ta, S, C]
             g_col.index_add_(0, ch.s.reshape(-1), torch.bmm(ch.weight.transpose(1, 2), g_img).reshape(-1, col.shape[-1]))
             gc = torch.bmm(g_img, col.transpose(1, 2))  # [Ta, P, S]: grad . colour
             g = ch.weight * gc
@@ -213,7 +207,7 @@ class _Composite(torch.autograd.Function):
             idx = ch.s.reshape(-1)
             g_con.index_add_(0, idx, torch.stack([-0.5 * sxx, -cross, -0.5 * syy], dim=-1).reshape(-1, 3))
             g_m.index_add_(0, idx, torch.stack([-(a * sx + b * sy), -(b * sx + cc * sy)], dim=-1).reshape(-1, 2))
-        return g_m[:n], g_con[:n], g_op[:n], g_col[:n], grad_bg, None, None, None
+        return g_m, g_con, g_op, g_col, grad_bg, None, None, None
 
 
 __all__ = ["composite_tiles", "ALPHA_MAX", "T_MIN"]

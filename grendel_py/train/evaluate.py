@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,10 @@ def evaluate(
     ``renders_dir``, the first ``max_renders`` views are saved there as "render | ground truth" PNGs
     [H, 2W] named ``{uid:05d}_{stem}.png``.
     """
-    return evaluate_sharded(gaussians, scene, cameras, background, single_process(), renders_dir, max_renders)
+    def photo(camera: Camera) -> torch.Tensor:  # the 8-bit photo, as in training
+        return to_float(to_uint8(scene.load_image(camera)).to(gaussians.device))
+
+    return evaluate_sharded(gaussians, photo, cameras, background, single_process(), renders_dir, max_renders)
 
 
 def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict[str, Any]:
@@ -56,7 +60,7 @@ def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict
 
 def evaluate_sharded(
     shard: Gaussians,
-    scene: Scene,
+    photos: Callable[[Camera], Any],
     cameras: list[Camera],
     background: torch.Tensor,
     ctx: DistContext,
@@ -65,7 +69,9 @@ def evaluate_sharded(
     backend: str = "torch",
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
-    result), rendered with the (resolved) ``backend``. Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
+    result), rendered with the (resolved) ``backend``. ``photos(camera)`` is the camera's photo as float32 in
+    [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
+    ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
     (only rank 0 needs one)."""
     from grendel_py.parallel.step import (
@@ -79,7 +85,7 @@ def evaluate_sharded(
     views = []
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
-            gt = to_float(to_uint8(scene.load_image(cam)).to(shard.device))  # the 8-bit photo, as in training
+            gt = photos(cam)
             rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
@@ -97,7 +103,7 @@ def evaluate_sharded(
     }
 
 
-def _save_gathered(rendered, cam: Camera, gt: torch.Tensor, renders_dir: Path | None, ctx: DistContext) -> None:
+def _save_gathered(rendered, cam: Camera, gt, renders_dir: Path | None, ctx: DistContext) -> None:
     """Gather every rank's tiles of ``cam`` on rank 0 and save "render | ground truth"."""
     mine = (rendered.tile_ids[0].cpu(), rendered.tile_colors[0].cpu())  # object collectives carry CPU payloads
     parts = [None] * ctx.world_size if ctx.is_main else None
@@ -109,4 +115,4 @@ def _save_gathered(rendered, cam: Camera, gt: torch.Tensor, renders_dir: Path | 
         grid = TileGrid(cam.width, cam.height)
         tiles = torch.cat([p[0] for p in parts])
         image = grid.tiles_to_image(torch.cat([p[1] for p in parts]), tiles).clamp(0.0, 1.0)
-        save_png(torch.cat([image, gt.cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+        save_png(torch.cat([image, gt[:, :].cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")

@@ -67,7 +67,11 @@ class GroundTruth:
             self.ahead.result()  # raises what the background thread raised
             self.ahead = None
         self.wait_seconds += time.perf_counter() - tic
-        return [Photo(self, cam) for cam in cameras]
+        return [self.photo(cam) for cam in cameras]
+
+    def photo(self, camera: Camera) -> Photo:
+        """The camera's photo, read a region at a time when sliced."""
+        return Photo(self, camera)
 
     def read(self, camera: Camera, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         """Rows y0:y1, columns x0:x1 of the camera's photo as float32 on the device."""

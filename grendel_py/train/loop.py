@@ -80,6 +80,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
     images = GroundTruth(photos, ctx.device)
+    test_photos = GroundTruth(photos, ctx.device).photo  # read outside the step: not counted as waiting for data
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
@@ -130,7 +131,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
                 raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
-                metrics = evaluate_sharded(shard, scene, scene.test_cameras, background, ctx, backend=backend)
+                metrics = evaluate_sharded(shard, test_photos, scene.test_cameras, background, ctx, backend=backend)
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
@@ -143,7 +144,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
         "mean_balance": balance / max(iterations, 1),
         **_per_rank_usage(images.wait_seconds / max(iterations, 1), ctx),
     }
-    result = _finish(out, cfg, scene, shard, background, backend, timing, ctx)
+    result = _finish(out, cfg, scene, test_photos, shard, background, backend, timing, ctx)
     if writer is not None:
         if result["test"]:
             writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
@@ -326,18 +327,19 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 
 def _finish(
-    out: Path, cfg: Config, scene: Scene, shard: Gaussians, background, backend: str, timing: dict, ctx: DistContext
+    out: Path, cfg: Config, scene: Scene, photos, shard: Gaussians, background, backend: str, timing: dict, ctx: DistContext
 ) -> dict:
-    """Write model.ply (merged from every rank), renders/ and metrics.json; return the metrics."""
+    """Write model.ply (merged from every rank), renders/ and metrics.json (the test views' ``photos`` from
+    the photo cache); return the metrics."""
     model = Gaussians(**{k: v.detach() for k, v in vars(shard).items()})
     write_merged_ply(out / "model.ply", model, ctx)
     test = None
     if scene.test_cameras:
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
-                test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend)
+                test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend)
         else:
-            test = evaluate_sharded(model, scene, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend)
+            test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend)
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)

@@ -1,0 +1,141 @@
+"""Projection of a model for a batch of cameras, keeping for autograd nothing per Gaussian but the parameters.
+
+:func:`project_rows` projects chosen rows of the model for each camera of a batch into one table of splats
+(:class:`~grendel_py.render.projection.Splats`, one camera after another). Autograd keeps the model's
+parameters (the leaves themselves, not copies) and the row indices; everything in between (activated
+scales and opacities, the SH coefficients side by side, covariances, the SH basis) is recomputed in the
+backward pass one piece of :data:`PROJECT_ROWS` Gaussians at a time, to the bits the forward computed, and
+each piece's parameter gradients are added into one buffer per field, which becomes the parameter's
+``.grad``. So the backward needs the parameters' gradients once, plus one piece's intermediates, however
+many cameras and Gaussians the batch has. (A checkpoint per piece, as before, also allocated a zero-filled
+gradient of the whole field for every piece: the backward of the gather.)
+
+:func:`visible_rows` finds, without autograd, which Gaussians each camera gives a non-zero extent, so that
+only those are projected with autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from types import ModuleType
+
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.render.projection import Splats
+
+PROJECT_ROWS = 1 << 18
+"""Gaussians per piece: the backward pass recomputes one piece at a time."""
+
+_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+"""The model fields the projection differentiates, in :class:`Gaussians` order."""
+
+_OUTPUTS = ("means2d", "conics", "depths", "opacities", "colors")
+"""The differentiable fields of :class:`Splats`."""
+
+Rows = torch.Tensor | None
+"""Model rows a camera projects: int64 indices, or None for all of them."""
+
+
+def _pieces(n: int, rows: Rows) -> list[slice | torch.Tensor]:
+    """Selections of at most :data:`PROJECT_ROWS` Gaussians covering all ``n`` (``rows`` None) or ``rows``;
+    one empty selection when there is nothing."""
+    if rows is None:
+        return [slice(r, r + PROJECT_ROWS) for r in range(0, n, PROJECT_ROWS)] or [slice(0, 0)]
+    return [rows[r : r + PROJECT_ROWS] for r in range(0, rows.shape[0], PROJECT_ROWS)] or [rows]
+
+
+def _project_piece(model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType) -> Splats:
+    g = model.select(piece)
+    return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids)
+
+
+def _project_all(model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType) -> Splats:
+    """The splats of every camera, piece by piece, written into one table (no concatenation of copies)."""
+    work = [(cam, piece) for cam, r in zip(cameras, rows) for piece in _pieces(len(model), r)]
+    if len(work) == 1:
+        return _project_piece(model, work[0][1], work[0][0], degree, ops)
+    table, start = None, 0
+    for cam, piece in work:
+        s = _project_piece(model, piece, cam, degree, ops)
+        if table is None:
+            table = {f.name: getattr(s, f.name).new_empty((sum(counts),) + getattr(s, f.name).shape[1:]) for f in fields(Splats)}
+        for name, t in table.items():
+            t[start : start + len(s)] = getattr(s, name)
+        start += len(s)
+    return Splats(**table)
+
+
+class _ProjectRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan, *params):
+        ids, rows, counts, cameras, degree, ops = plan
+        s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops)
+        ctx.plan = plan
+        ctx.save_for_backward(*params)
+        ctx.mark_non_differentiable(s.extents, s.ids)
+        return tuple(getattr(s, f.name) for f in fields(Splats))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        params = ctx.saved_tensors
+        ids, rows, counts, cameras, degree, ops = ctx.plan
+        wanted = ctx.needs_input_grad[1:]
+        out = [torch.zeros_like(p) if w else None for p, w in zip(params, wanted)]
+        by_name = dict(zip([f.name for f in fields(Splats)], grads))
+        start = 0
+        for cam, r in zip(cameras, rows):
+            for piece in _pieces(len(ids), r):
+                with torch.enable_grad():
+                    leaves = [p[piece].detach().requires_grad_(w) for p, w in zip(params, wanted)]
+                    s = _project_piece(Gaussians(*leaves, ids=ids[piece]), slice(None), cam, degree, ops)
+                    end = start + len(s)
+                    pairs = [(getattr(s, n), by_name[n][start:end]) for n in _OUTPUTS if by_name[n] is not None and getattr(s, n).requires_grad]
+                    inputs = [leaf for leaf in leaves if leaf.requires_grad]
+                    got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) if pairs else []
+                for buf, g in zip([b for b in out if b is not None], got):
+                    if g is None:
+                        continue
+                    if isinstance(piece, slice):
+                        buf[piece] += g
+                    else:
+                        buf.index_add_(0, piece, g)
+                start = end
+        return (None, *out)
+
+
+def project_rows(model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType) -> Splats:
+    """The projection at SH degree ``degree`` with the backend module ``ops`` of the model rows ``rows[b]``
+    (``counts[b]`` of them; None: all, in order) for camera b, one camera after another. When autograd
+    records, only the parameters and ``rows`` are kept; see the module's description."""
+    if not cameras:
+        raise ValueError("project_rows: no cameras")
+    params = [getattr(model, name) for name in _PARAMS]
+    if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return _project_all(model, rows, counts, cameras, degree, ops)
+    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops), *params))
+
+
+def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType) -> tuple[list[torch.Tensor], list[int]]:
+    """Per camera, the rows (int64, ascending) of the Gaussians the projection gives a non-zero extent, and
+    their numbers (one read to the host for all cameras). Found without autograd by the same projection
+    without colours (SH degree 0), in the same pieces of :data:`PROJECT_ROWS`."""
+    masks = []
+    with torch.no_grad():
+        for cam in cameras:
+            parts = []
+            for piece in _pieces(len(model), None):
+                g = model.select(piece)
+                parts.append(ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids).visible)
+            masks.append(torch.cat(parts))
+    counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
+    return [_true_rows(m, c) for m, c in zip(masks, counts)], counts
+
+
+def _true_rows(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the ``count`` true entries of ``mask``, ascending, without a host synchronisation."""
+    slot = torch.where(mask, torch.cumsum(mask, 0) - 1, count)  # the false entries all land in slot ``count``
+    rows = torch.empty(count + 1, dtype=torch.long, device=mask.device)
+    rows.scatter_(0, slot, torch.arange(mask.shape[0], device=mask.device))
+    return rows[:count]
