@@ -84,6 +84,35 @@ def test_chunking_does_not_change_result() -> None:
         torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-13)
 
 
+def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With many depth ranges, the compositor keeps T only where its segments start and recomputes the
+    chunk starts of all but the last segment in the backward: the same gradients, bit for bit, as keeping
+    every chunk's start."""
+    from grendel_py.render.composite import _Layout
+
+    cam = small_camera(48, 40)
+    splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    weights = torch.randn(len(bins.tile_ids), 256, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    cut = _Layout.segments
+
+    def grads(min_chunk: int) -> list[torch.Tensor]:
+        leaves = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
+        tiles = BatchTiles([grid], [None], BG.device)
+        colors, alpha = composite_tiles(*leaves, bins, tiles, chunk_pairs=5 * 256 * 2, min_chunk=min_chunk)
+        ((colors * weights).sum() + alpha.square().sum()).backward()
+        return [t.grad for t in leaves]
+
+    segments = []
+    monkeypatch.setattr(_Layout, "segments", lambda self, chunks: segments.append(cut(self, chunks)) or segments[-1])
+    sparse = grads(2)
+    assert len(segments[-1]) >= 4  # several segments recomputed
+    monkeypatch.setattr(_Layout, "segments", lambda self, chunks: [(len(self.sorted_counts), chunks)])
+    for got, want in zip(sparse, grads(2)):
+        assert torch.equal(got, want)
+
+
 def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     """The compositor's plan: every (tile, depth slot) with a splat in exactly one chunk, chunks of at most
     ``chunk_pairs`` pairs (or one tile), also when the live tiles times ``min_chunk`` exceed the budget."""

@@ -11,10 +11,15 @@ no chunk asks the device for a size; pixels that terminated stay with zero weigh
 ``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile; many live tiles are split into groups), so
 few live tiles get long chunks, Python overhead stays small next to the arithmetic, and memory is bounded.
 The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored) and uses the
-closed-form gradients of the compositing equation, so memory stays O(pixels + splats + chunk_pairs).
+closed-form gradients of the compositing equation, so memory stays O(pixels + splats + chunk_pairs). It
+needs T at each chunk's start: the forward keeps it only where each of about sqrt(R) segments of depth
+ranges starts (R ranges of slots) and for the last segment's chunks, and the backward recomputes each
+earlier segment's starts (alpha and T only) when it gets there, to the same bits.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -99,6 +104,25 @@ class _Layout:
         return out
 
 
+    def segments(self, chunks: list[tuple[torch.Tensor, int, int]]) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
+        """The chunks cut into segments of about sqrt(R) consecutive depth ranges (R: the number of ranges;
+        the chunks of a range share k0 and cover the live tiles, a prefix of ``by_count``), each with the
+        number of live tiles where it starts. The forward keeps T where each segment starts and the starts of
+        the last segment's chunks; the backward recomputes the others one segment at a time. So the saved
+        transmittances take about 2 sqrt(R), not R, values per pixel."""
+        ranges: list[list[tuple[torch.Tensor, int, int]]] = []
+        for c in chunks:
+            if ranges and ranges[-1][0][1] == c[1]:
+                ranges[-1].append(c)
+            else:
+                ranges.append([c])
+        every = max(1, math.ceil(math.sqrt(len(ranges))))
+        return [
+            (sum(act.shape[0] for act, _, _ in ranges[r]), [c for rng in ranges[r : r + every] for c in rng])
+            for r in range(0, len(ranges), every)
+        ]
+
+
 class _Chunk:
     """Per-pair quantities of one chunk of S splats over Ta active tiles.
 
@@ -135,7 +159,36 @@ class _Chunk:
         self.scan = torch.cumprod(scan, dim=-1)
         self.t_excl = self.scan[..., :-1]
         self.valid = torch.ge(self.scan[..., 1:], T_MIN, out=torch.empty_like(alpha))
-        self.weight = (alpha * self.t_excl).mul_(self.valid)  # [Ta, P, S]
+
+    def weights(self) -> torch.Tensor:
+        """alpha_j T_j of each pair that composites (0 for the others), [Ta, P, S]."""
+        return (self.alpha * self.t_excl).mul_(self.valid)
+
+    def advance(self, t_run: torch.Tensor, act: torch.Tensor, t_start: torch.Tensor) -> torch.Tensor:
+        """Write into ``t_run`` the transmittance the chunk's tiles carry to the next depth slots (0 where a
+        pixel stopped); return T after each pixel's last compositing splat, [Ta, P]."""
+        n_valid = self.valid.sum(dim=-1)
+        t_last = self.scan.gather(-1, n_valid.long()[..., None])[..., 0]  # T after the last valid splat
+        t_run[act] = t_last * (n_valid == self.valid.shape[-1]).to(t_last.dtype)
+        return t_last
+
+
+def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved: list):
+    """(act, k0, k1, T at the chunk start) of every chunk, last first. The forward kept the starts of the
+    last segment; each earlier one is recomputed from the transmittance saved where it starts, to the same
+    bits (the same chunks, the same operations)."""
+    for n_active, chunks, snapshot, starts in reversed(saved):
+        if starts is None:
+            t_run = torch.ones(len(lay.sorted_counts), lay.ts * lay.ts, dtype=params[0].dtype, device=params[0].device)
+            if snapshot is not None:
+                t_run[lay.by_count[:n_active]] = snapshot
+            starts = []
+            for act, k0, k1 in chunks:
+                t_start = t_run[act]
+                _Chunk(lay, act, k0, k1, params, t_start).advance(t_run, act, t_start)
+                starts.append(t_start)
+        for (act, k0, k1), t_start in zip(reversed(chunks), reversed(starts)):
+            yield act, k0, k1, t_start
 
 
 class _Composite(torch.autograd.Function):
@@ -150,17 +203,22 @@ class _Composite(torch.autograd.Function):
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
+        segments = lay.segments(lay.chunks(n_pix, chunk_pairs, min_chunk))
         saved = []
-        for act, k0, k1 in lay.chunks(n_pix, chunk_pairs, min_chunk):
-            t_start = t_run[act]
-            ch = _Chunk(lay, act, k0, k1, params, t_start)
-            accum[act] += torch.bmm(ch.weight, colors[ch.s])
-            n_valid = ch.valid.sum(dim=-1)
-            t_last = ch.scan.gather(-1, n_valid.long()[..., None])[..., 0]  # T after the last valid splat
-            running = (t_start > 0).to(dtype)
-            t_final[act] = running * t_last + (1.0 - running) * t_final[act]
-            t_run[act] = t_last * (n_valid == ch.valid.shape[-1]).to(dtype)
-            saved.append((act, k0, k1, t_start))
+        for seg, (n_active, chunks) in enumerate(segments):
+            last = seg == len(segments) - 1
+            snapshot = t_run[lay.by_count[:n_active]] if seg else None  # where the segment starts
+            starts = []
+            for act, k0, k1 in chunks:
+                t_start = t_run[act]
+                ch = _Chunk(lay, act, k0, k1, params, t_start)
+                accum[act] += torch.bmm(ch.weights(), colors[ch.s])
+                t_last = ch.advance(t_run, act, t_start)
+                running = (t_start > 0).to(dtype)
+                t_final[act] = running * t_last + (1.0 - running) * t_final[act]
+                if last:
+                    starts.append(t_start)
+            saved.append((n_active, chunks, snapshot, starts if last else None))
         out = accum + t_final[..., None] * background
         ctx.lay, ctx.saved = lay, saved
         ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final)
@@ -179,13 +237,14 @@ class _Composite(torch.autograd.Function):
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
         grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
-        for act, k0, k1, t_start in reversed(ctx.saved):
+        for act, k0, k1, t_start in _starts_back_to_front(lay, params, ctx.saved):
             ch = _Chunk(lay, act, k0, k1, params, t_start)
+            weight = ch.weights()
             g_img = grad_out[act]  # [Ta, P, C]
             col = colors[ch.s]  # [Ta, S, C]
-            g_col.index_add_(0, ch.s.reshape(-1), torch.bmm(ch.weight.transpose(1, 2), g_img).reshape(-1, col.shape[-1]))
+            g_col.index_add_(0, ch.s.reshape(-1), torch.bmm(weight.transpose(1, 2), g_img).reshape(-1, col.shape[-1]))
             gc = torch.bmm(g_img, col.transpose(1, 2))  # [Ta, P, S]: grad . colour
-            g = ch.weight * gc
+            g = weight * gc
             csum = torch.cumsum(g, dim=-1)
             tot = csum[..., -1:]
             behind = back[act][..., None] + tot - csum  # light composited behind each splat
