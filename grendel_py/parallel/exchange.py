@@ -72,15 +72,16 @@ def route_keys(pairs: tuple[torch.Tensor, torch.Tensor], n: int, owners: list[to
 WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))
 """The float columns of a splat on the wire, in this order: 12 floats (extents are small integers, exact in
 float); the first four fields (9 floats) carry gradients back."""
-GRAD_FIELDS, GRAD_COLUMNS = 4, 9
+GRAD_FIELDS = 4
+GRAD_COLUMNS = sum(w for _, w in WIRE[:GRAD_FIELDS])
 
 
-def pack_splats(s: Splats, rows: torch.Tensor) -> torch.Tensor:
-    """The float part of the splats ``rows`` on the wire, [len(rows), 12], without autograd."""
-    out = s.means2d.new_empty((rows.shape[0], sum(w for _, w in WIRE)))
+def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as one float table, [len(rows), 12]."""
+    out = fields[0].new_empty((rows.shape[0], sum(w for _, w in WIRE)))
     col = 0
-    for name, width in WIRE:
-        out[:, col : col + width] = getattr(s, name).detach().index_select(0, rows).view(-1, width)
+    for f, (_, width) in zip(fields, WIRE):
+        out[:, col : col + width] = f.detach().index_select(0, rows).view(-1, width)
         col += width
     return out
 
@@ -94,8 +95,7 @@ class _SendSplats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, route, *fields):
         rows, send, recv, by_slot, dist_ctx = route
-        splats = Splats(**{name: f for (name, _), f in zip(WIRE, fields)}, ids=rows)
-        got = all_to_all_rows(pack_splats(splats, rows), send, recv, dist_ctx)
+        got = all_to_all_rows(_pack(fields, rows), send, recv, dist_ctx)
         if by_slot is not None:
             got = got[by_slot]
         ctx.route, ctx.n = route, fields[0].shape[0]

@@ -23,13 +23,11 @@ import torch
 
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.optim import TRAINABLE
 from grendel_py.render.projection import Splats
 
 PROJECT_ROWS = 1 << 18
 """Gaussians per piece: the backward pass recomputes one piece at a time."""
-
-_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
-"""The model fields the projection differentiates, in :class:`Gaussians` order."""
 
 _OUTPUTS = ("means2d", "conics", "depths", "opacities", "colors")
 """The differentiable fields of :class:`Splats`."""
@@ -111,7 +109,7 @@ def project_rows(model: Gaussians, rows: list[Rows], counts: list[int], cameras:
     records, only the parameters and ``rows`` are kept; see the module's description."""
     if not cameras:
         raise ValueError("project_rows: no cameras")
-    params = [getattr(model, name) for name in _PARAMS]
+    params = [getattr(model, name) for name in TRAINABLE]
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return _project_all(model, rows, counts, cameras, degree, ops)
     return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops), *params))
