@@ -14,10 +14,10 @@ from PIL import Image
 from grendel_py.config import Config, DataConfig
 from grendel_py.data.cameras import Camera, look_at
 from grendel_py.data.colmap import ColmapCamera, ColmapImage, ColmapPoints, rotmat_to_qvec, write_model
-from grendel_py.data.dataset import load_scene
+from grendel_py.data.dataset import load_scene, scene_from_config
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.ply import write_ply
+from grendel_py.model.ply import read_ply, write_ply
 from grendel_py.outputs import save_png
 from grendel_py.render import render
 from grendel_py.data.photo_cache import PhotoCache
@@ -62,8 +62,8 @@ def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def config(root: Path, test_every: int = 2) -> Config:
-    return Config(data=DataConfig(path=str(root), test_every=test_every))
+def config(root: Path, test_every: int = 2, cache_dir: str = "") -> Config:
+    return Config(data=DataConfig(path=str(root), test_every=test_every, cache_dir=cache_dir))
 
 
 def test_psnr_and_ssim_values() -> None:
@@ -116,6 +116,20 @@ def test_evaluation_reads_regions_from_the_photo_cache(scene_dir: Path, tmp_path
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(cache.path(c).name for c in scene.cameras)
     assert [p.name for p in (tmp_path / "renders").iterdir()] == ["00000_img_00.png"]
     assert photos.wait_seconds > 0.0
+
+
+def test_eval_command_reads_the_photo_cache(scene_dir: Path, tmp_path: Path) -> None:
+    """``grendel eval`` reads its photos through the photo cache of ``data.cache_dir``, as training does: the
+    same numbers as decoding each photo, and only the split's photos decoded into the cache."""
+    cache_dir = tmp_path / "cache"
+    cfg = config(scene_dir, cache_dir=str(cache_dir))
+    result = run_eval(scene_dir / "perturbed.ply", cfg, "test")
+    scene = scene_from_config(cfg.data)
+    direct = evaluate(read_ply(scene_dir / "perturbed.ply"), scene, scene.test_cameras, torch.zeros(3))
+    assert [(v["uid"], v["psnr"], v["ssim"]) for v in result["views"]] == [(v["uid"], v["psnr"], v["ssim"]) for v in direct["views"]]
+    assert result["count"] == 2 and math.isfinite(result["psnr"])
+    cache = PhotoCache(cache_dir, scene)
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(cache.path(c).name for c in scene.test_cameras)
 
 
 def test_empty_split_is_input_error(scene_dir: Path) -> None:

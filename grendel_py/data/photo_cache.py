@@ -25,6 +25,7 @@ import json
 import mmap
 import shutil
 import struct
+import tempfile
 import threading
 import uuid
 import zlib
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grendel_py.config import DataConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene
 from grendel_py.errors import InputError
@@ -95,6 +97,13 @@ class Entry:
         """Ask the OS to read the whole entry ahead (asynchronously, into the page cache)."""
         if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
             self.map.madvise(mmap.MADV_WILLNEED)
+
+
+def photo_cache(cfg: DataConfig, scene: Scene) -> PhotoCache:
+    """The photo cache of ``scene`` that the data options ``cfg`` ask for: in ``cfg.cache_dir``, or when that is
+    empty in ``grendel_py_photos`` in the node's temporary folder, with ``cfg.cache_map_gb`` mapped at most."""
+    folder = cfg.cache_dir or Path(tempfile.gettempdir()) / "grendel_py_photos"
+    return PhotoCache(folder, scene, int(cfg.cache_map_gb * 2**30))
 
 
 class PhotoCache:

@@ -19,7 +19,8 @@ from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
-from grendel_py.train.images import to_float, to_uint8
+from grendel_py.data.photo_cache import photo_cache
+from grendel_py.train.images import GroundTruth, to_float, to_uint8
 from partition.tiles import TileGrid
 
 Split = Literal["test", "train", "all"]
@@ -48,14 +49,20 @@ def evaluate(
 
 def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict[str, Any]:
     """Evaluate the PLY model at ``model_path`` on the ``split`` cameras of the scene ``cfg.data``, rendered
-    with ``cfg.render``; InputError when the split has no cameras."""
+    with ``cfg.render``, against the photos read through the photo cache (``cfg.data.cache_dir``), as training
+    reads them: each decoded once per node, then only the rendered regions read. InputError when the split
+    has no cameras."""
     scene = scene_from_config(cfg.data)
     cameras = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.cameras}[split]
     if not cameras:
         raise InputError(scene.source, f"scene has no {split} cameras; use --split all or data.test_every")
     gaussians = read_ply(model_path)
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
-    return evaluate(gaussians, scene, cameras, background)
+    photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device)
+    try:
+        return evaluate_sharded(gaussians, photos.photo, cameras, background, single_process())
+    finally:
+        photos.close()
 
 
 def evaluate_sharded(

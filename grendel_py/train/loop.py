@@ -19,7 +19,6 @@ import json
 import math
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
-from grendel_py.data.photo_cache import PhotoCache
+from grendel_py.data.photo_cache import photo_cache
 from grendel_py.parallel.export import write_merged_ply
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import redistribute, should_redistribute
@@ -74,7 +73,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     if t.batch_size > len(scene.train_cameras):
         raise InputError(scene.source, f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
                          f"training cameras; use train.batch_size<={len(scene.train_cameras)}")  # fmt: skip
-    photos = PhotoCache(cfg.data.cache_dir or Path(tempfile.gettempdir()) / "grendel_py_photos", scene, int(cfg.data.cache_map_gb * 2**30))
+    photos = photo_cache(cfg.data, scene)
     optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
