@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from grendel_py.render import intersect
 from grendel_py.render.composite import composite_tiles
 from grendel_py.render.intersect import CULL_SLACK, CULL_SLACK_REL, BatchTiles, bin_batch, tile_pairs
 from grendel_py.render.projection import ALPHA_MIN, DILATION, Splats
@@ -129,3 +130,18 @@ def test_culled_binning_renders_the_same_image_and_gradients() -> None:
     torch.testing.assert_close(a_cull, a_box, rtol=1e-12, atol=1e-14)
     for got, ref in zip(g_cull, g_box):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_pairs_built_piece_by_piece_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tile_pairs`` lists and culls ``PAIR_ROWS`` splats at a time: pieces of any size
+    give the pairs of the whole batch at once, for splats of several cameras."""
+    grids = [TileGrid(300, 200), TileGrid(97, 61)]
+    a, b = needle_splats(300, 300, 200, seed=5), needle_splats(200, 97, 61, seed=6)
+    splats = Splats(*(torch.cat([x, y]) for x, y in zip(a.__dict__.values(), b.__dict__.values())))
+    parts = [300, 200]
+    whole = tile_pairs(splats, parts, grids)
+    assert (whole[1] == sum(g.n_tiles for g in grids)).any() and (whole[1] < grids[0].n_tiles).any()
+    for rows in (1, 7, 256):
+        monkeypatch.setattr(intersect, "PAIR_ROWS", rows)
+        pieces = tile_pairs(splats, parts, grids)
+        assert all(torch.equal(p, w) for p, w in zip(pieces, whole)), rows

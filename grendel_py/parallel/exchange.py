@@ -64,9 +64,8 @@ def route_keys(pairs: tuple[torch.Tensor, torch.Tensor], n: int, owners: list[to
     rows, tiles = pairs
     n = max(n, 1)
     owner = torch.cat(owners)
-    culled = tiles >= owner.shape[0]
-    keys = torch.where(culled, world_size * n, owner[tiles.clamp_max(owner.shape[0] - 1)] * n + rows)
-    return distinct_sorted(keys, world_size * n)  # by rank, then row
+    keys = owner[tiles.clamp_max(owner.shape[0] - 1)].mul_(n).add_(rows).masked_fill_(tiles >= owner.shape[0], world_size * n)
+    return distinct_sorted(keys, world_size * n)  # by rank, then row (culled pairs: the padding)
 
 
 WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))

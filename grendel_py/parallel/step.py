@@ -106,6 +106,7 @@ def render_batch(
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
     received = exchange_splats(batch, parts, pairs, owners, ctx)
+    del pairs  # (8 bytes per splat and tile twice) not kept through the rasterization, which bins its own
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:

@@ -60,7 +60,7 @@ def distinct_sorted(keys: torch.Tensor, sentinel: int) -> torch.Tensor:
     keep = keys != sentinel
     keep[1:] &= keys[1:] != keys[:-1]
     n = keys.shape[0]
-    place = torch.where(keep, torch.cumsum(keep, 0) - 1, n)  # repeats and sentinels go to a spare last slot
+    place = torch.cumsum(keep, 0).sub_(1).masked_fill_(~keep, n)  # repeats and sentinels go to a spare last slot
     return keys.new_full((n + 1,), sentinel).scatter_(0, place, keys)[:n]
 
 
@@ -112,15 +112,15 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
 
 
 def expand_spans(
-    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, ty1: torch.Tensor, nx: int | torch.Tensor
+    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, ty1: torch.Tensor, nx: int | torch.Tensor, total: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ty1] (int64 [N] each), rows in
     order, each row's tiles row-major; tile id = ty * nx + tx, ``nx`` one grid width or one per row (rows of
-    several cameras at once; add each camera's first tile to the ids). One host synchronisation (the number of
-    pairs)."""
+    several cameras at once; add each camera's first tile to the ids). ``total``: the number of pairs when
+    the caller knows it; else it is read (one host synchronisation)."""
     width = (tx1 - tx0 + 1).clamp_min(0)
     counts = width * (ty1 - ty0 + 1).clamp_min(0)
-    rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+    rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts, output_size=total)
     local = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
     w = width[rows]
     row_nx = nx[rows] if isinstance(nx, torch.Tensor) else nx
@@ -180,29 +180,47 @@ def tile_reached(
     return q_min <= torch.log(opacities.detach() / ALPHA_MIN) + CULL_SLACK + CULL_SLACK_REL * terms
 
 
+PAIR_ROWS = 1 << 18
+"""Splats whose (splat, tile) pairs :func:`tile_pairs` lists and culls at a time: its temporaries (a dozen
+values per pair) stay those of one piece, however many splats the batch has."""
+
+
 def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (row, batch tile) pair of a batch's splats (``parts[b]`` rows for camera b, one camera after
     another) whose tile box holds the tile: (rows ascending, each row's tiles row-major; batch tile ids
     ``first[b] + tile``, numbered as in :class:`BatchTiles`), int64 [M] each. Pairs whose tile the splat's
     ellipse does not reach (:func:`tile_reached`) get the tile id ``sum(n_tiles)``, one past the last: callers
     sort or count them away, so no size depends on the test. ``cull=False`` keeps every tile of the boxes
-    (binning without exact culling; the benchmark and the tests compare with it). One host synchronisation
-    (the number of pairs)."""
+    (binning without exact culling; the benchmark and the tests compare with it). Built :data:`PAIR_ROWS`
+    splats at a time into the two result tensors. One host synchronisation (the number of pairs of each
+    piece)."""
     device = splats.means2d.device
+    sizes = {g.tile_size for g in grids}
+    if len(sizes) != 1:
+        raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
+    tile_size = sizes.pop()
     tx0, tx1, ty0, ty1 = batch_spans(splats, parts, grids)
     nx = per_row(parts, [g.nx for g in grids], device)
-    rows, local = expand_spans(tx0, tx1, ty0, ty1, nx)
-    tiles = per_row(parts, part_starts([g.n_tiles for g in grids]), device)[rows] + local
-    if cull:
-        row_nx = nx[rows]
-        sizes = {g.tile_size for g in grids}
-        if len(sizes) != 1:
-            raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
-        reached = tile_reached(
-            splats.means2d[rows], splats.conics[rows], splats.opacities[rows], local % row_nx, local // row_nx, sizes.pop()
-        )  # fmt: skip
-        tiles = torch.where(reached, tiles, sum(g.n_tiles for g in grids))
-    return rows, tiles
+    first = per_row(parts, part_starts([g.n_tiles for g in grids]), device)
+    n = tx0.shape[0]
+    bounds = [*range(0, n, PAIR_ROWS), n]
+    counts = (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
+    ends = [0] + torch.cumsum(counts, 0)[[b - 1 for b in bounds[1:]]].tolist()  # pairs before each piece's end
+    rows_out = torch.empty(ends[-1], dtype=torch.int64, device=device)
+    tiles_out = torch.empty_like(rows_out)
+    for r0, r1, p0, p1 in zip(bounds[:-1], bounds[1:], ends[:-1], ends[1:]):
+        piece = slice(r0, r1)
+        rows, local = expand_spans(tx0[piece], tx1[piece], ty0[piece], ty1[piece], nx[piece], p1 - p0)
+        rows += r0
+        tiles = first[rows] + local
+        if cull:
+            row_nx = nx[rows]
+            reached = tile_reached(
+                splats.means2d[rows], splats.conics[rows], splats.opacities[rows], local % row_nx, local // row_nx, tile_size
+            )  # fmt: skip
+            tiles = torch.where(reached, tiles, sum(g.n_tiles for g in grids))
+        rows_out[p0:p1], tiles_out[p0:p1] = rows, tiles
+    return rows_out, tiles_out
 
 
 def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = True) -> TileBins:
@@ -214,12 +232,15 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     n, n_sel = max(len(splats), 1), tiles.ids.shape[0]
     rows, batch_tile = tile_pairs(splats, parts, tiles.grids, cull)
     slot = tiles.slot_of_tile()[batch_tile]
-    slot = torch.where(slot >= 0, slot, n_sel)  # unselected tiles and culled pairs sort last
+    del batch_tile  # the pairs are the largest tensors here: each is freed as soon as it has been used
+    slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs sort last
+    per_tile = count_values(slot, n_sel)
     order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.shape[0], device=device)
-    keys = torch.sort(slot * n + rank[rows]).values  # by tile, then depth rank: unique keys
-    per_tile = count_values(slot, n_sel)
+    keys = slot.mul_(n).add_(rank[rows])  # by tile, then depth rank: unique keys
+    del slot, rows
+    keys = torch.sort(keys).values
     host_counts = per_tile.tolist()
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
