@@ -79,8 +79,8 @@ def main() -> int:
         tic = time.perf_counter()
         loss, rendered = batch_loss(shard, cameras, photos, background, 3, 0.2, ctx, balancer)
         loss.backward()
-        for cam, (splats, grad, rows) in zip(cameras, rendered.per_camera()):
-            densify.observe(splats, grad, rows, len(shard), cam.width, cam.height)
+        for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
+            densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
         del loss, rendered
         optimizer.step()
         seconds.append(time.perf_counter() - tic)

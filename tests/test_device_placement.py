@@ -79,8 +79,8 @@ def test_densification_statistics_on_the_device() -> None:
     splats = project(g, CAMERA, 2, "torch")
     densify = DensifyStrategy(DensifyConfig(), extent=1.0, seed=0)
     rows = torch.arange(64, device=DEV)
-    densify.observe(splats, torch.rand(64, 2, device=DEV), rows, 64, 37, 29)
-    densify.observe(splats, None, rows, 64, 37, 29)
+    densify.observe(splats.extents, torch.rand(64, 2, device=DEV), rows, 64, 37, 29)
+    densify.observe(splats.extents, None, rows, 64, 37, 29)
     assert _devices(*densify.state_dict().values()) == {DEV}
 
 

@@ -74,23 +74,24 @@ class DensifyStrategy:
         elif len(self.count) != n:
             raise ValueError(f"densify state has {len(self.count)} rows but the model has {n} Gaussians")
 
-    def observe(self, splats: Splats, means2d_grad: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int, width: int, height: int) -> None:
+    def observe(self, extents: torch.Tensor, means2d_grad: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int, width: int, height: int) -> None:
         """Accumulate one rendered camera's statistics, after backward.
 
-        ``splats`` are Gaussians of a model of ``n_gaussians``: ``rows`` [len(splats)] int64, distinct, gives
-        each splat's row in the model. ``means2d_grad`` [len(splats), 2] is the gradient of ``splats.means2d``
-        (pixels; None: no gradient reached it). For visible splats: grad2d_sum += |grad x (width / 2,
-        height / 2)| (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
+        ``extents`` [S, 2] are the pixel extents (:class:`~grendel_py.render.projection.Splats` ``extents``)
+        of S splats of a model of ``n_gaussians``: ``rows`` [S] int64, distinct, gives each splat's row in the
+        model. ``means2d_grad`` [S, 2] is the gradient of the splats' ``means2d`` (pixels; None: no gradient
+        reached it). For visible splats (both extents > 0): grad2d_sum += |grad x (width / 2, height / 2)|
+        (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
         """
-        device = splats.extents.device
+        device = extents.device
         self._check_size(n_gaussians, device)
-        visible = splats.visible
+        visible = (extents > 0).all(dim=1)
         if means2d_grad is not None:
             scale = torch.tensor([width / 2.0, height / 2.0], device=device)
             norms = torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
             self.grad2d_sum.index_add_(0, rows, torch.where(visible, norms, torch.zeros_like(norms)))
         self.count.index_add_(0, rows, visible.to(torch.int32))
-        radii = splats.extents.max(dim=1).values.float()
+        radii = extents.max(dim=1).values.float()
         old = self.max_radius2d[rows]
         self.max_radius2d[rows] = torch.where(visible, torch.maximum(old, radii), old)
 

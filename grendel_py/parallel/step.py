@@ -34,7 +34,6 @@ from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project_batch, rasterize_batch
 from grendel_py.render.intersect import BatchTiles, count_values, tile_pairs
-from grendel_py.render.projection import Splats
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
@@ -43,14 +42,16 @@ from partition.tiles import TileGrid
 
 @dataclass
 class Rendered:
-    """This rank's part of a batch: the projected splats of its shard (``parts[b]`` rows for camera b, one
-    camera after another, the model row of each in ``rows``; ``means2d`` grads kept for densification,
-    see :meth:`per_camera`), its tiles and their colours per camera, its regions (with halos), the tile table and
+    """This rank's part of a batch: what densification needs of the projected splats of its shard
+    (``parts[b]`` rows for camera b, one camera after another, the model row of each in ``rows``): their
+    ``means2d`` (whose gradient is kept) and ``extents``, see :meth:`per_camera`; the rest of the splats is
+    not kept. Then its tiles and their colours per camera, its regions (with halos), the tile table and
     assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
     sent, and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
     which waits for the rasterization to finish)."""
 
-    splats: Splats
+    means2d: torch.Tensor
+    extents: torch.Tensor
     parts: list[int]
     rows: torch.Tensor
     tile_ids: list[torch.Tensor]
@@ -63,12 +64,12 @@ class Rendered:
     raster_seconds: Callable[[], float]
 
     def per_camera(self):
-        """(splats, their ``means2d`` gradient or None, their model rows) for each camera of the batch."""
-        grad = self.splats.means2d.grad
+        """(the splats' extents, their ``means2d`` gradient or None, their model rows) for each camera of the batch."""
+        grad = self.means2d.grad
         start = 0
         for n in self.parts:
             rows = slice(start, start + n)
-            yield self.splats.select(rows), None if grad is None else grad[rows], self.rows[rows]
+            yield self.extents[rows], None if grad is None else grad[rows], self.rows[rows]
             start += n
 
 
@@ -115,7 +116,7 @@ def render_batch(
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie = halo_values.sum() + received.splats.means2d.sum() + received.splats.colors.sum()
-    return Rendered(batch, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
+    return Rendered(batch.means2d, batch.extents, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
 
 
 class _Stopwatch:

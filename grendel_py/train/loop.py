@@ -98,8 +98,8 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
                 images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
             loss.backward()
-            for cam, (splats, grad, rows) in zip(cameras, rendered.per_camera()):
-                densify.observe(splats, grad, rows, len(shard), cam.width, cam.height)
+            for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
+                densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
             optimizer.update_lr(seen, t.images)
             optimizer.step()
             before, seen = seen, seen + len(cameras)
