@@ -1,9 +1,10 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--iterations 2]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
-around them: loss, backward, densification statistics, Adam. Counted: parameters, gradients, Adam state,
+around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
+cameras per forward and backward pass, ``train.micro_batch``; 0: the whole batch). Counted: parameters, gradients, Adam state,
 densification statistics and every per-iteration buffer, i.e. the peak resident set size after the photos
 (random 8-bit images, excluded as the issue asks) and the rest of the process were set up, divided by N.
 Gaussians are small (sigma ``--scale`` of the scene's half size at most), so the CPU renderer stays fast
@@ -31,7 +32,7 @@ from grendel_py.model.densify import DensifyStrategy  # noqa: E402
 from grendel_py.model.gaussians import Gaussians  # noqa: E402
 from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
 from grendel_py.parallel.runtime import single_process  # noqa: E402
-from grendel_py.parallel.step import batch_loss  # noqa: E402
+from grendel_py.train.loop import micro_batches, train_pass  # noqa: E402
 from partition.balancer import TileBalancer  # noqa: E402
 
 
@@ -50,6 +51,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--micro-batch", type=int, default=0, help="cameras per forward and backward pass (0: all)")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
     args = p.parse_args()
@@ -77,17 +79,14 @@ def main() -> int:
     seconds = []
     for _ in range(args.iterations + 1):
         tic = time.perf_counter()
-        loss, rendered = batch_loss(shard, cameras, photos, background, 3, 0.2, ctx, balancer)
-        loss.backward()
-        for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
-            densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
-        del loss, rendered
+        for part in micro_batches(len(cameras), args.micro_batch):
+            train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
         optimizer.step()
         seconds.append(time.perf_counter() - tic)
     steady = rss_bytes() - baseline
     peak = peak_rss_bytes() - baseline
     print(json.dumps({
-        "gaussians": n, "width": args.width, "height": args.height, "batch": args.batch, "sh_degree": 3,
+        "gaussians": n, "width": args.width, "height": args.height, "batch": args.batch, "micro_batch": args.micro_batch, "sh_degree": 3,
         "iterations": args.iterations + 1, "seconds_per_iteration": seconds,
         "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
         "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,

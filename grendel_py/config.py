@@ -140,6 +140,7 @@ class TrainConfig:
     out: str = ""
     images: int = 30_000
     batch_size: int = 1
+    micro_batch: int = 0  # cameras per forward and backward pass (0: the whole batch); fewer need less memory
     sh_degree_every: int = 1000
     lambda_dssim: float = 0.2
     log_every: int = 100
@@ -152,6 +153,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.images > 0, "images", self.images, "an integer > 0")
         _require(self.batch_size > 0, "batch_size", self.batch_size, "an integer > 0")
+        _require(self.micro_batch >= 0, "micro_batch", self.micro_batch, "an integer >= 0 (0: the whole batch in one pass)")
         _require(self.sh_degree_every > 0, "sh_degree_every", self.sh_degree_every, "an integer > 0")
         _require(0.0 <= self.lambda_dssim <= 1.0, "lambda_dssim", self.lambda_dssim, "a number in [0, 1]")
         _require(self.log_every > 0, "log_every", self.log_every, "an integer > 0")

@@ -14,8 +14,8 @@ from grendel_py.train.loop import train
 from tests.dist_util import run_ranks
 
 
-def _train_job(ctx, scene: str, out: str) -> dict:
-    cfg = load_config(None, [
+def _train_job(ctx, scene: str, out: str, micro_batch: int = 0) -> dict:
+    cfg = load_config(None, [f"train.micro_batch={micro_batch}",
         f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
@@ -44,12 +44,22 @@ def scene(object_scene_seed2: Path) -> Path:
     return object_scene_seed2
 
 
-def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path) -> None:
-    one = run_ranks(1, _train_job, str(scene), str(tmp_path / "w1"))[0]
-    two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"))
+@pytest.fixture(scope="module")
+def one_rank(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The one-rank run (the whole batch in one pass): its metrics and its folder."""
+    out = tmp_path_factory.mktemp("dist_train") / "w1"
+    return run_ranks(1, _train_job, str(scene), str(out))[0], out
+
+
+@pytest.mark.parametrize("micro_batch", [0, 1])
+def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path, one_rank: tuple[dict, Path], micro_batch: int) -> None:
+    """Two ranks give the one-rank model, also when they render the batch of 2 one camera per pass (whose
+    gradients add up to the batch's)."""
+    one, one_dir = one_rank
+    two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"), micro_batch)
     assert two[0] == two[1]  # every rank reports the same metrics
     assert two[0]["n"] == one["n"]  # the same densification decisions
-    a, b = read_ply(tmp_path / "w1" / "model.ply"), read_ply(tmp_path / "w2" / "model.ply")
+    a, b = read_ply(one_dir / "model.ply"), read_ply(tmp_path / "w2" / "model.ply")
     assert len(a) == len(b) == one["n"]
     idx = _match(a, b)
     for field in ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN"):

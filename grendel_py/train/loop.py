@@ -20,7 +20,8 @@ import math
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.images import GroundTruth, Photo
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
+from partition.assign import Assignment, TileTable
 from partition.balancer import TileBalancer
 
 
@@ -94,12 +96,12 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             gts = images.batch(cameras)
-            loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, t.lambda_dssim, ctx, balancer, backend)
             if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
                 images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
-            loss.backward()
-            for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
-                densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
+            passes = [
+                train_pass(shard, cameras[part], gts[part], background, sh_degree, t.lambda_dssim, ctx, balancer, backend, densify)
+                for part in micro_batches(len(cameras), t.micro_batch)
+            ]  # fmt: skip
             optimizer.update_lr(seen, t.images)
             optimizer.step()
             before, seen = seen, seen + len(cameras)
@@ -112,7 +114,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
                 checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
 
-            stats, stopping = _batch_stats(loss, rendered, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
+            stats, stopping = _batch_stats(passes, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
             stats["data_seconds"] = images.wait_seconds - waited  # this rank's wait for photos
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
@@ -261,32 +263,70 @@ def _writer(out: Path, seen: int, ctx: DistContext):
     return SummaryWriter(str(out / "tb"), purge_step=seen + 1)
 
 
+def micro_batches(batch_size: int, micro_batch: int) -> list[slice]:
+    """The cameras of a batch rendered in each forward and backward pass: ``micro_batch`` at a time (0: all)."""
+    step = micro_batch or batch_size
+    return [slice(k, min(k + step, batch_size)) for k in range(0, batch_size, step)]
+
+
+@dataclass
+class PassStats:
+    """What the statistics of an iteration need from one of its passes, once its buffers are freed: this rank's
+    loss and squared error (device scalars), its rasterize seconds (a callable, see
+    :class:`~grendel_py.parallel.step.Rendered`), the bytes it sent, and the pass's tile table and assignment."""
+
+    loss: torch.Tensor
+    squared: torch.Tensor
+    raster_seconds: Callable[[], float]
+    bytes_sent: int
+    table: TileTable
+    assignment: Assignment
+
+
+def train_pass(
+    shard: Gaussians, cameras: list, gts: list[Photo], background: torch.Tensor, sh_degree: int, lambda_dssim: float,
+    ctx: DistContext, balancer: TileBalancer, backend: str, densify: DensifyStrategy,
+) -> PassStats:
+    """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``),
+    and their densification statistics; what the pass rendered is freed when it returns."""
+    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend)
+    loss.backward()
+    for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
+        densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
+    squared = region_squared_errors(rendered, gts).sum()
+    return PassStats(loss.detach().double(), squared, rendered.raster_seconds, rendered.bytes_sent, rendered.table, rendered.assignment)
+
+
 def _batch_stats(
-    loss: torch.Tensor, rendered, gts: list[Photo], n_local: int, moved: int, stop_flags: list[float],
-    balancer: TileBalancer, ctx: DistContext,
+    passes: list[PassStats], gts: list[Photo], n_local: int, moved: int, stop_flags: list[float], balancer: TileBalancer,
+    ctx: DistContext,
 ) -> tuple[dict, str | None]:
-    """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchange moved and
-    Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds (one
-    all-reduce), which calibrate ``balancer``; the tile assignment's balance (largest over mean work per rank,
-    work = intersections + 1 per tile). And the stop signal the ranks agree on (:func:`agreed_signal` of the
-    ``stop_flags`` summed in the same all-reduce), or None."""
-    device = loss.device
+    """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchanges moved and
+    Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds of each pass
+    (one all-reduce), which calibrate ``balancer``; the tile assignments' balance (largest over mean work per
+    rank, work = intersections + 1 per tile; the mean over passes). And the stop signal the ranks agree on
+    (:func:`agreed_signal` of the ``stop_flags`` summed in the same all-reduce), or None."""
+    device = passes[0].loss.device
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
-    seconds = [0.0] * ctx.world_size
-    seconds[ctx.rank] = rendered.raster_seconds()
-    device_part = torch.stack([loss.detach().double(), region_squared_errors(rendered, gts).sum()])
-    host_part = torch.tensor([n_local, rendered.bytes_sent, moved, *stop_flags, *seconds], dtype=torch.float64)
+    seconds = np.zeros((len(passes), ctx.world_size))
+    seconds[:, ctx.rank] = [p.raster_seconds() for p in passes]
+    device_part = torch.stack([sum(p.loss for p in passes), sum(p.squared for p in passes)])
+    sent = [p.bytes_sent for p in passes]
+    host_part = torch.tensor([n_local, moved, *stop_flags, *sent, *seconds.flat], dtype=torch.float64)
     values = ctx.reduce(torch.cat([device_part, host_part.to(device)]), "sum").tolist()  # the one host sync
-    loss_sum, squared, gaussians, exchanged, moved_sum = values[:5]
-    flags = values[5 : 5 + len(stop_flags)]
-    balancer.observe(rendered.assignment, rendered.table, exchanged, np.array(values[5 + len(stop_flags) :]))
+    loss_sum, squared, gaussians, moved_sum = values[:4]
+    flags = values[4 : 4 + len(stop_flags)]
+    exchanged = values[4 + len(stop_flags) : 4 + len(stop_flags) + len(passes)]
+    seconds = np.array(values[4 + len(stop_flags) + len(passes) :]).reshape(len(passes), ctx.world_size)
+    for p, moved_bytes, s in zip(passes, exchanged, seconds):
+        balancer.observe(p.assignment, p.table, moved_bytes, s)
     stats = {
         "loss": loss_sum / len(gts),
         "psnr": -10.0 * math.log10(max(squared / (3 * pixels), 1e-12)),
         "gaussians": gaussians,
-        "exchange_bytes": exchanged,
+        "exchange_bytes": sum(exchanged),
         "moved_gaussians": moved_sum,
-        "balance": rendered.assignment.balance(balancer.work(rendered.table)),
+        "balance": sum(p.assignment.balance(balancer.work(p.table)) for p in passes) / len(passes),
     }
     return stats, agreed_signal(flags)
 
