@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grendel_py.parallel.runtime import init_distributed
+from grendel_py.parallel import step
 from grendel_py.parallel.step import batch_loss
 from partition.balancer import TileBalancer
 from grendel_py.model.gaussians import Gaussians
@@ -74,7 +75,10 @@ def _check(results, reference) -> None:
         assert (got - want).norm() <= 1e-4 * want.norm(), k
 
 
-def test_single_rank_matches_plain_rendering() -> None:
+@pytest.mark.parametrize("loss_rows", [step.LOSS_ROWS, 7])
+def test_single_rank_matches_plain_rendering(loss_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with the loss computed in bands of 7 rows (the cameras are 20 to 61 rows high)."""
+    monkeypatch.setattr(step, "LOSS_ROWS", loss_rows)
     _check([_rank_job(init_distributed(env={}))], _reference())
 
 

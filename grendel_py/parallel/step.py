@@ -13,7 +13,8 @@
 6. Halo: rendered pixels within 5 px of this rank's region come from their owners.
 7. Loss: L1 and D-SSIM over this rank's pixels (the only ground-truth pixels it reads), each camera
    normalised by its full pixel count, so the sum over ranks is the single-rank loss (summed over the
-   batch). Backward returns every gradient to the Gaussian's owner through the two exchanges in reverse.
+   batch); computed in bands of :data:`LOSS_ROWS` rows (a sum of per-pixel terms, so the bands change only
+   the order of the sum). Backward returns every gradient to the Gaussian's owner through the two exchanges in reverse.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def ground_truth_region(region: Region, gt) -> torch.Tensor:
     return F.pad(crop.permute(2, 0, 1), pad).permute(1, 2, 0)
 
 
+LOSS_ROWS = 128
+"""Rows of a region whose loss is computed at a time (plus the SSIM halo above and below): the backward pass
+recomputes SSIM's maps for one band at a time, not for a whole camera."""
+
+
 def batch_loss(
     shard: Gaussians,
     cameras: list[Camera],
@@ -179,10 +185,14 @@ def batch_loss(
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:
             gt_halo = ground_truth_region(region, gt)
-            args = (region.canvas, gt_halo, lambda_dssim, cam.width * cam.height, region.owned)
-            # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel), and
-            # recomputes them camera by camera in the backward pass, to the same bits
-            loss = loss + (checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args))
+            height = region.owned.shape[0]
+            for r0 in range(0, height, LOSS_ROWS):  # bands of rows, each with the halo its windows read
+                r1 = min(r0 + LOSS_ROWS, height)
+                rows = slice(r0, r1 + 2 * HALO)
+                args = (region.canvas[rows], gt_halo[rows], lambda_dssim, cam.width * cam.height, region.owned[r0:r1])
+                # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel),
+                # and recomputes them band by band in the backward pass, to the same bits
+                loss = loss + (checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args))
     return loss + 0.0 * rendered.tie, rendered
 
 
