@@ -28,7 +28,7 @@ import torch
 from grendel_py.config import DensifyConfig
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
-from grendel_py.render.projection import Splats, quats_to_rotmats
+from grendel_py.render.projection import Splats, quats_to_rotmats, reaches_image
 from partition.select import Reduce, local_reduce, ordered_key, take_smallest
 
 RESET_OPACITY = 0.01
@@ -85,7 +85,7 @@ class DensifyStrategy:
         """
         device = extents.device
         self._check_size(n_gaussians, device)
-        visible = (extents > 0).all(dim=1)
+        visible = reaches_image(extents)
         if means2d_grad is not None:
             scale = torch.tensor([width / 2.0, height / 2.0], device=device)
             norms = torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)

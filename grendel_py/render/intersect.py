@@ -112,17 +112,15 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
 
 
 def expand_spans(
-    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, ty1: torch.Tensor, nx: int | torch.Tensor, total: int | None = None
+    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, counts: torch.Tensor, nx: int | torch.Tensor, total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ty1] (int64 [N] each), rows in
-    order, each row's tiles row-major; tile id = ty * nx + tx, ``nx`` one grid width or one per row (rows of
-    several cameras at once; add each camera's first tile to the ids). ``total``: the number of pairs when
-    the caller knows it; else it is read (one host synchronisation)."""
-    width = (tx1 - tx0 + 1).clamp_min(0)
-    counts = width * (ty1 - ty0 + 1).clamp_min(0)
+    """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ...] (int64 [N] each), rows in
+    order, each row's tiles row-major; ``counts`` [N] the tiles of each range (0 when empty), ``total`` their
+    sum (known on the host, so no synchronisation here). Tile id = ty * nx + tx, ``nx`` one grid width or
+    one per row (rows of several cameras at once; add each camera's first tile to the ids)."""
     rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts, output_size=total)
-    local = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    w = width[rows]
+    local = torch.arange(total, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    w = (tx1 - tx0 + 1)[rows]
     row_nx = nx[rows] if isinstance(nx, torch.Tensor) else nx
     return rows, (ty0[rows] + local // w) * row_nx + tx0[rows] + local % w
 
@@ -210,7 +208,7 @@ def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bo
     tiles_out = torch.empty_like(rows_out)
     for r0, r1, p0, p1 in zip(bounds[:-1], bounds[1:], ends[:-1], ends[1:]):
         piece = slice(r0, r1)
-        rows, local = expand_spans(tx0[piece], tx1[piece], ty0[piece], ty1[piece], nx[piece], p1 - p0)
+        rows, local = expand_spans(tx0[piece], tx1[piece], ty0[piece], counts[piece], nx[piece], p1 - p0)
         rows += r0
         tiles = first[rows] + local
         if cull:

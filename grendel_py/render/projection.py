@@ -19,6 +19,12 @@ DILATION = 0.3
 ALPHA_MIN = 1.0 / 255.0
 
 
+def reaches_image(extents: torch.Tensor) -> torch.Tensor:
+    """Bool [N] of pixel extents [N, 2]: splats that reach at least one pixel of the image (both extents > 0;
+    :func:`project` gives 0 to the others)."""
+    return (extents > 0).all(dim=1)
+
+
 @dataclass
 class Splats:
     """Projected Gaussians of one camera, one row per Gaussian.
@@ -42,7 +48,7 @@ class Splats:
     @property
     def visible(self) -> torch.Tensor:
         """Bool [N]: splats that reach at least one pixel of the image."""
-        return (self.extents > 0).all(dim=1)
+        return reaches_image(self.extents)
 
     def select(self, index: torch.Tensor) -> "Splats":
         """The splats at ``index`` (bool mask or integer indices)."""
