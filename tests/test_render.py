@@ -376,3 +376,48 @@ def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(piec
     torch.testing.assert_close(culled[3], whole[3], rtol=0, atol=1e-14)
     for a, b in zip(culled[4], whole[4]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("piece", [1 << 18, 64])
+def test_batch_projection_adds_its_gradients_into_grad_itself(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """project_batch's backward adds the parameters' gradients into their ``.grad`` (created by the first
+    pass, then the same tensor) without handing them to autograd's accumulation, whose second
+    gradient-sized buffer a pass after another would need: over two passes (two cameras, one each) the
+    ``.grad`` equals the sum of the plain projection's gradients, and autograd was handed none."""
+    from grendel_py.render import batch_projection, project_batch
+
+    monkeypatch.setattr(batch_projection, "PROJECT_ROWS", piece)
+    base = random_gaussians(300, seed=14, opacity_shift=1.0)
+    base.means = base.means * 2.0
+    cams = [small_camera(40, 30, uid=0), small_camera(33, 41, uid=1)]
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(len(base), n, dtype=torch.float64, generator=gen) for n in (2, 3, 3, 1)]
+
+    def loss(splats: Splats, rows: torch.Tensor) -> torch.Tensor:
+        fields = (splats.means2d, splats.conics, splats.colors, splats.depths.unsqueeze(-1))
+        return sum((f * w[rows]).sum() for f, w in zip(fields, weights))
+
+    leaves = _leaf(base)
+    handed = []  # gradients handed to autograd for the leaves (its hooks see None when there is none)
+    for leaf in leaves:
+        leaf.register_hook(lambda g: handed.append(g) if g is not None else None)
+    model = Gaussians(*leaves, ids=base.ids)
+    grads = []
+    for cam in cams:
+        splats, _, rows = project_batch(model, [cam], 1)
+        loss(splats, rows).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    assert handed == []
+    assert all(a is b for a, b in zip(*grads))  # the first pass's .grad, added into by the second
+
+    plain_leaves = _leaf(base)
+    plain = Gaussians(*plain_leaves, ids=base.ids)
+    want = [torch.zeros_like(p) for p in plain_leaves]
+    for cam in cams:
+        s = project(plain, cam)
+        seen = s.visible.nonzero().squeeze(1)
+        assert 0 < len(seen) < len(base)
+        for w, g in zip(want, torch.autograd.grad(loss(s.select(seen), seen), plain_leaves)):
+            w += g
+    for got, w in zip(grads[1], want):
+        torch.testing.assert_close(got, w, rtol=1e-12, atol=1e-14)

@@ -68,9 +68,10 @@ def _project_all(model: Gaussians, rows: list[Rows], counts: list[int], cameras:
 class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, *params):
-        ids, rows, counts, cameras, degree, ops = plan
+        ids, rows, counts, cameras, degree, ops, into_grad = plan
         s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops)
         ctx.plan = plan
+        ctx.leaves = params if into_grad else None  # leaves only (checked by project_rows): no reference cycle
         ctx.save_for_backward(*params)
         ctx.mark_non_differentiable(s.extents, s.ids)
         return tuple(getattr(s, f.name) for f in fields(Splats))
@@ -78,9 +79,15 @@ class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         params = ctx.saved_tensors
-        ids, rows, counts, cameras, degree, ops = ctx.plan
+        ids, rows, counts, cameras, degree, ops, _ = ctx.plan
         wanted = ctx.needs_input_grad[1:]
-        out = [torch.zeros_like(p) if w else None for p, w in zip(params, wanted)]
+        if ctx.leaves is not None:  # add into .grad itself, allocating it only when there is none yet
+            for leaf, w in zip(ctx.leaves, wanted):
+                if w and leaf.grad is None:
+                    leaf.grad = torch.zeros_like(leaf)
+            out = [leaf.grad if w else None for leaf, w in zip(ctx.leaves, wanted)]
+        else:
+            out = [torch.zeros_like(p) if w else None for p, w in zip(params, wanted)]
         by_name = dict(zip([f.name for f in fields(Splats)], grads))
         start = 0
         for cam, r in zip(cameras, rows):
@@ -100,19 +107,28 @@ class _ProjectRows(torch.autograd.Function):
                     else:
                         buf.index_add_(0, piece, g)
                 start = end
-        return (None, *out)
+        return (None, *([None] * len(out) if ctx.leaves is not None else out))
 
 
-def project_rows(model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType) -> Splats:
+def project_rows(
+    model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType, into_grad: bool = False
+) -> Splats:
     """The projection at SH degree ``degree`` with the backend module ``ops`` of the model rows ``rows[b]``
     (``counts[b]`` of them; None: all, in order) for camera b, one camera after another. When autograd
-    records, only the parameters and ``rows`` are kept; see the module's description."""
+    records, only the parameters and ``rows`` are kept; see the module's description.
+
+    ``into_grad``: the backward pass adds the parameters' gradients into their ``.grad`` itself (allocated
+    when None) and hands autograd none, so that a backward after another (gradients accumulating over the
+    passes of a batch) needs no second gradient-sized buffer; ``torch.autograd.grad`` then sees no
+    gradient for them. The parameters must be leaves."""
     if not cameras:
         raise ValueError("project_rows: no cameras")
     params = [getattr(model, name) for name in TRAINABLE]
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         return _project_all(model, rows, counts, cameras, degree, ops)
-    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops), *params))
+    if into_grad and not all(p.is_leaf for p in params):
+        raise ValueError("project_rows: into_grad needs parameters that are leaves of autograd")
+    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops, into_grad), *params))
 
 
 def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType) -> tuple[list[torch.Tensor], list[int]]:
