@@ -145,3 +145,25 @@ def test_pairs_built_piece_by_piece_are_the_same(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(intersect, "PAIR_ROWS", rows)
         pieces = tile_pairs(splats, parts, grids)
         assert all(torch.equal(p, w) for p, w in zip(pieces, whole)), rows
+
+
+@pytest.mark.parametrize("piece", [1 << 18, 7])
+def test_a_batch_is_binned_as_its_cameras_one_by_one(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bin_batch`` sorts one camera's pairs at a time: its bins of a batch (some tiles selected, a camera
+    without splats) are each camera's bins end to end, splat rows offset by the camera's first row."""
+    monkeypatch.setattr(intersect, "PAIR_ROWS", piece)
+    grids = [TileGrid(300, 200), TileGrid(50, 40), TileGrid(97, 61)]
+    cams = [needle_splats(300, 300, 200, seed=8), needle_splats(0, 50, 40, seed=9), needle_splats(200, 97, 61, seed=10)]
+    splats = Splats(*(torch.cat(v) for v in zip(*(c.__dict__.values() for c in cams))))
+    parts = [len(c) for c in cams]
+    selected = [None, torch.tensor([0, 3, 5]), torch.arange(1, grids[2].n_tiles, 3)]
+    got = bin_batch(splats, parts, BatchTiles(grids, selected, torch.device("cpu")))
+    index, counts, start = [], [], 0
+    for c, g, t in zip(cams, grids, selected):
+        one = bin_batch(c, [len(c)], BatchTiles([g], [t], torch.device("cpu")))
+        index.append(one.splat_index + start)
+        counts += one.host_counts
+        start += len(c)
+    assert sum(counts[: grids[0].n_tiles]) > 0 and sum(counts[grids[0].n_tiles :]) > 0
+    assert got.host_counts == counts and torch.equal(got.splat_index, torch.cat(index))
+    assert torch.equal(got.offsets, torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()]))

@@ -26,7 +26,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE
 from grendel_py.render.projection import Splats
 
-PROJECT_ROWS = 1 << 18
+PROJECT_ROWS = 1 << 17
 """Gaussians per piece: the backward pass recomputes one piece at a time."""
 
 _OUTPUTS = ("means2d", "conics", "depths", "opacities", "colors")

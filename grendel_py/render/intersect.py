@@ -183,6 +183,50 @@ PAIR_ROWS = 1 << 18
 values per pair) stay those of one piece, however many splats the batch has."""
 
 
+class PairPieces:
+    """The (splat, tile) pairs of a batch's splats (``parts[b]`` rows for camera b, one camera after another),
+    listed a piece of at most :data:`PAIR_ROWS` splats at a time; no piece crosses from one camera to the
+    next. One host synchronisation, here: the number of pairs before each piece's end (``ends``)."""
+
+    def __init__(self, splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True):
+        sizes = {g.tile_size for g in grids}
+        if len(sizes) != 1:
+            raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
+        device = splats.means2d.device
+        self.splats, self.cull, self.tile_size = splats, cull, sizes.pop()
+        self.culled_tile = sum(g.n_tiles for g in grids)
+        self.tx0, self.tx1, self.ty0, ty1 = batch_spans(splats, parts, grids)
+        self.nx = per_row(parts, [g.nx for g in grids], device)
+        self.first = per_row(parts, part_starts([g.n_tiles for g in grids]), device)
+        self.counts = (self.tx1 - self.tx0 + 1).clamp_min(0) * (ty1 - self.ty0 + 1).clamp_min(0)
+        n = self.tx0.shape[0]
+        self.camera_bounds = [*part_starts(parts), n]
+        self.bounds = sorted({*range(0, n, PAIR_ROWS), *self.camera_bounds})
+        ends = torch.cumsum(self.counts, 0)[[b - 1 for b in self.bounds[1:]]].tolist() if n else []
+        self.ends = [0, *ends]  # pairs before each of ``bounds``
+        self.total = self.ends[-1]
+
+    def pairs_before(self, row: int) -> int:
+        """The number of pairs of the rows before ``row`` (a camera bound or a piece bound)."""
+        return self.ends[self.bounds.index(row)]
+
+    def pieces(self, r0: int, r1: int):
+        """(first pair, rows, batch tiles) of each piece of the rows [r0, r1) (bounds of pieces), in order;
+        as :func:`tile_pairs` lists them."""
+        i0, i1 = self.bounds.index(r0), self.bounds.index(r1)
+        for a, b, p0, p1 in zip(self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]):
+            piece = slice(a, b)
+            rows, local = expand_spans(self.tx0[piece], self.tx1[piece], self.ty0[piece], self.counts[piece], self.nx[piece], p1 - p0)
+            rows += a
+            tiles = self.first[rows] + local
+            if self.cull:
+                row_nx = self.nx[rows]
+                s = self.splats
+                reached = tile_reached(s.means2d[rows], s.conics[rows], s.opacities[rows], local % row_nx, local // row_nx, self.tile_size)
+                tiles = torch.where(reached, tiles, self.culled_tile)
+            yield p0, rows, tiles
+
+
 def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (row, batch tile) pair of a batch's splats (``parts[b]`` rows for camera b, one camera after
     another) whose tile box holds the tile: (rows ascending, each row's tiles row-major; batch tile ids
@@ -190,60 +234,59 @@ def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bo
     ellipse does not reach (:func:`tile_reached`) get the tile id ``sum(n_tiles)``, one past the last: callers
     sort or count them away, so no size depends on the test. ``cull=False`` keeps every tile of the boxes
     (binning without exact culling; the benchmark and the tests compare with it). Built :data:`PAIR_ROWS`
-    splats at a time into the two result tensors. One host synchronisation (the number of pairs of each
-    piece)."""
-    device = splats.means2d.device
-    sizes = {g.tile_size for g in grids}
-    if len(sizes) != 1:
-        raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
-    tile_size = sizes.pop()
-    tx0, tx1, ty0, ty1 = batch_spans(splats, parts, grids)
-    nx = per_row(parts, [g.nx for g in grids], device)
-    first = per_row(parts, part_starts([g.n_tiles for g in grids]), device)
-    n = tx0.shape[0]
-    bounds = [*range(0, n, PAIR_ROWS), n]
-    counts = (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
-    ends = [0] + torch.cumsum(counts, 0)[[b - 1 for b in bounds[1:]]].tolist()  # pairs before each piece's end
-    rows_out = torch.empty(ends[-1], dtype=torch.int64, device=device)
+    splats at a time (:class:`PairPieces`) into the two result tensors. One host synchronisation (the number
+    of pairs of each piece)."""
+    pairs = PairPieces(splats, parts, grids, cull)
+    rows_out = torch.empty(pairs.total, dtype=torch.int64, device=splats.means2d.device)
     tiles_out = torch.empty_like(rows_out)
-    for r0, r1, p0, p1 in zip(bounds[:-1], bounds[1:], ends[:-1], ends[1:]):
-        piece = slice(r0, r1)
-        rows, local = expand_spans(tx0[piece], tx1[piece], ty0[piece], counts[piece], nx[piece], p1 - p0)
-        rows += r0
-        tiles = first[rows] + local
-        if cull:
-            row_nx = nx[rows]
-            reached = tile_reached(
-                splats.means2d[rows], splats.conics[rows], splats.opacities[rows], local % row_nx, local // row_nx, tile_size
-            )  # fmt: skip
-            tiles = torch.where(reached, tiles, sum(g.n_tiles for g in grids))
-        rows_out[p0:p1], tiles_out[p0:p1] = rows, tiles
+    for p0, rows, tiles in pairs.pieces(0, pairs.camera_bounds[-1]):
+        rows_out[p0 : p0 + rows.shape[0]], tiles_out[p0 : p0 + rows.shape[0]] = rows, tiles
     return rows_out, tiles_out
 
 
 def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = True) -> TileBins:
     """List the splats of each selected tile of a batch, front to back: ``splats`` hold ``parts[b]`` rows for
     camera b, one after another. The tiles of the result are ``tiles.ids``; ``cull`` as in
-    :func:`tile_pairs`. Two host synchronisations for the whole batch: the number of (splat, tile) pairs,
-    and the intersections per tile (kept in ``host_counts`` for the compositor)."""
+    :func:`tile_pairs`. Camera by camera (a tile holds one camera's splats), so that the pair lists and the
+    sort's temporaries are one camera's: each camera's pairs get keys (selected tile, depth rank), piece by
+    piece, are sorted, and give their splat rows, culled and unselected pairs last. Two host
+    synchronisations for the whole batch: the number of (splat, tile) pairs, and the intersections per tile
+    (kept in ``host_counts`` for the compositor)."""
     device = splats.means2d.device
     n, n_sel = max(len(splats), 1), tiles.ids.shape[0]
-    rows, batch_tile = tile_pairs(splats, parts, tiles.grids, cull)
-    slot = tiles.slot_of_tile()[batch_tile]
-    del batch_tile  # the pairs are the largest tensors here: each is freed as soon as it has been used
-    slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs sort last
-    per_tile = count_values(slot, n_sel)
+    pairs = PairPieces(splats, parts, tiles.grids, cull)
+    slot_of_tile = tiles.slot_of_tile()
     order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.shape[0], device=device)
-    keys = slot.mul_(n).add_(rank[rows])  # by tile, then depth rank: unique keys
-    del slot, rows
-    keys = torch.sort(keys).values
+    per_tile = torch.zeros(n_sel, dtype=torch.int64, device=device)
+    index = torch.empty(pairs.total, dtype=torch.int64, device=device)  # camera by camera, selected pairs first
+    spans = []  # (first pair of the camera, its pairs)
+    for r0, r1 in zip(pairs.camera_bounds[:-1], pairs.camera_bounds[1:]):
+        q0, q1 = pairs.pairs_before(r0), pairs.pairs_before(r1)
+        keys = torch.empty(q1 - q0, dtype=torch.int64, device=device)
+        for p0, rows, batch_tile in pairs.pieces(r0, r1):
+            slot = slot_of_tile[batch_tile]
+            del batch_tile
+            slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs sort last
+            per_tile += count_values(slot, n_sel)
+            keys[p0 - q0 : p0 - q0 + rows.shape[0]] = slot.mul_(n).add_(rank[rows])  # by tile, then depth rank
+        index[q0:q1] = order[torch.sort(keys).values % n]
+        spans.append((q0, q1))
+        del keys
     host_counts = per_tile.tolist()
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
-    index = order[keys[: sum(host_counts)] % n]
-    return TileBins(tile_ids=tiles.ids, splat_index=index, offsets=offsets, host_counts=host_counts)
+    kept = _selected_per_camera(tiles, host_counts)
+    if len(spans) != 1:  # each camera's selected pairs, end to end
+        index = torch.cat([index[q0 : q0 + k] for (q0, _), k in zip(spans, kept)])
+    return TileBins(tile_ids=tiles.ids, splat_index=index[: sum(kept)], offsets=offsets, host_counts=host_counts)
+
+
+def _selected_per_camera(tiles: BatchTiles, host_counts: list[int]) -> list[int]:
+    """The intersections of each camera's selected tiles (the selected tiles are in camera order)."""
+    starts = [0, *itertools.accumulate(tiles.sizes)]
+    return [sum(host_counts[a:b]) for a, b in zip(starts[:-1], starts[1:])]
 
 
 def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
