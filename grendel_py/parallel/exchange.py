@@ -1,7 +1,7 @@
 """The sparse all-to-all: rows of a tensor go to the ranks that need them, gradients come back the same way.
 
 :func:`all_to_all_rows` is the differentiable primitive (one ``all_to_all_single`` with split sizes, whose
-backward is the reverse all-to-all); :func:`route_keys` decides which rank receives which splat of which
+backward is the reverse all-to-all); :func:`route_rows` decides which rank receives which splat of which
 camera (for the whole batch at once, from the batch's (splat, tile) pairs); :func:`exchange_splats` packs,
 moves and unpacks them.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render.intersect import count_values, distinct_sorted, per_row
+from grendel_py.render.intersect import PairPieces, part_starts
 from grendel_py.render.projection import Splats
 
 
@@ -54,18 +54,18 @@ def all_to_all_rows(x: torch.Tensor, send_counts: list[int], recv_counts: list[i
     return _all_to_all(x, send_counts, recv_counts)
 
 
-def route_keys(pairs: tuple[torch.Tensor, torch.Tensor], n: int, owners: list[torch.Tensor], world_size: int) -> torch.Tensor:
-    """Every (splat, rank) pair such that the splat reaches a tile the rank owns, for all the cameras of a
-    batch at once: ``pairs`` from :func:`grendel_py.render.intersect.tile_pairs` over the batch's ``n`` rows,
-    ``owners[b]`` [n_tiles] int64 the rank of each tile of camera b. As keys ``rank * n + row``: sorted,
-    without duplicates, then padded with ``world_size * n`` to the number of pairs (a length that does not
-    depend on the owners or the culling). No host synchronisation; the caller learns the number of real keys
-    from counts it reads anyway."""
-    rows, tiles = pairs
-    n = max(n, 1)
+def route_rows(pairs: PairPieces, n: int, owners: list[torch.Tensor], world_size: int) -> torch.Tensor:
+    """Which rank receives which splat, for all the cameras of a batch at once: bool [world_size + 1, n], row
+    q < world_size true at the splats that reach a tile rank q owns (``owners[b]`` [n_tiles] int64: the rank
+    of each tile of camera b), from the batch's :class:`~grendel_py.render.intersect.PairPieces` over its
+    ``n`` rows, piece by piece; the last row collects the culled pairs. One byte per splat and rank, however
+    many tiles the splats reach; no host synchronisation."""
     owner = torch.cat(owners)
-    keys = owner[tiles.clamp_max(owner.shape[0] - 1)].mul_(n).add_(rows).masked_fill_(tiles >= owner.shape[0], world_size * n)
-    return distinct_sorted(keys, world_size * n)  # by rank, then row (culled pairs: the padding)
+    reach = torch.zeros((world_size + 1, n), dtype=torch.bool, device=owner.device)
+    for _, rows, tiles in pairs.pieces():
+        to = owner[tiles.clamp_max(owner.shape[0] - 1)].masked_fill_(tiles >= owner.shape[0], world_size)
+        reach.index_put_((to, rows), torch.ones((), dtype=torch.bool, device=owner.device))
+    return reach
 
 
 WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))
@@ -135,12 +135,12 @@ class Received:
 
 
 def exchange_splats(
-    splats: Splats, parts: list[int], pairs: tuple[torch.Tensor, torch.Tensor], owners: list[torch.Tensor], ctx: DistContext
+    splats: Splats, parts: list[int], pairs: PairPieces, owners: list[torch.Tensor], ctx: DistContext
 ) -> Received:
     """Send each camera's projected splats to the ranks whose tiles they reach; return what this rank gets.
 
-    ``splats`` holds ``parts[b]`` rows for camera slot b, one slot after another; ``pairs`` are their
-    (splat, tile) pairs (:func:`grendel_py.render.intersect.tile_pairs`); ``owners[b]``: the rank of each
+    ``splats`` holds ``parts[b]`` rows for camera slot b, one slot after another; ``pairs`` list their
+    (splat, tile) pairs (:class:`grendel_py.render.intersect.PairPieces`); ``owners[b]``: the rank of each
     tile of slot b. Gradients with respect to means2d, conics, opacities and colors flow back to the sending
     rank. On the wire per splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2:
     small integers, exact in float) and 1 int64 (global id); the receiver knows each row's camera slot from
@@ -149,15 +149,15 @@ def exchange_splats(
     """
     w, n_slots = ctx.world_size, len(parts)
     n = max(len(splats), 1)
-    keys = route_keys(pairs, len(splats), owners, w)  # by destination rank, then camera slot, then row
-    device = keys.device
-    rows, ranks = keys % n, keys // n
-    slots = per_row(parts, list(range(n_slots)), device)[rows]
-    counts = count_values(ranks * n_slots + slots, w * n_slots)  # rows for each (rank, slot); padding: none
-    counts_in = exchange_counts(counts, ctx)  # rows from each (rank, slot): W equal chunks of n_slots
-    host = torch.cat([counts, counts_in]).view(2, w, n_slots).tolist()  # the one read of sizes
+    reach = route_rows(pairs, len(splats), owners, w)[:w]
+    device = reach.device
+    counts = torch.stack([reach[:, r : r + k].sum(1) for r, k in zip(part_starts(parts), parts)], 1)  # [w, slot]
+    counts_in = exchange_counts(counts.flatten(), ctx)  # rows from each (rank, slot): W equal chunks of n_slots
+    host = torch.cat([counts.flatten(), counts_in]).view(2, w, n_slots).tolist()  # the one read of sizes
     send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
-    rows, slots = rows[: sum(send)], slots[: sum(send)]
+    # the true entries of reach, as rank * n + row: by destination rank, then camera slot, then row
+    rows = torch.nonzero_static(reach.reshape(-1), size=sum(send)).squeeze(1) % n
+    del reach
     by_slot = None  # on one rank the rows arrive by slot already
     if ctx.distributed:  # rows arrive by sending rank, then slot: regroup them by slot
         slot_of_row = torch.repeat_interleave(

@@ -34,7 +34,7 @@ from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project_batch, rasterize_batch
-from grendel_py.render.intersect import BatchTiles, count_values, tile_pairs
+from grendel_py.render.intersect import BatchTiles, PairPieces, count_values
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
@@ -74,9 +74,13 @@ class Rendered:
             start += n
 
 
-def tile_table(pairs: tuple[torch.Tensor, torch.Tensor], grids: list[TileGrid], ctx: DistContext) -> TileTable:
-    """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs`` (one read to the host)."""
-    counts = count_values(pairs[1], sum(g.n_tiles for g in grids))  # culled pairs (id past the end) are not counted
+def tile_table(pairs: PairPieces, grids: list[TileGrid], ctx: DistContext) -> TileTable:
+    """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs``, counted piece by piece
+    (one read to the host)."""
+    n_tiles = sum(g.n_tiles for g in grids)
+    counts = torch.zeros(n_tiles, dtype=torch.int64, device=pairs.splats.means2d.device)
+    for _, _, tiles in pairs.pieces():
+        counts += count_values(tiles, n_tiles)  # culled pairs (id past the end) are not counted
     if not ctx.distributed:
         return TileTable.from_counts(grids, counts[None].cpu().numpy())
     keys = majority_keys(counts, ctx.rank, ctx.world_size)
@@ -102,13 +106,12 @@ def render_batch(
     batch, parts, rows = project_batch(shard, cameras, sh_degree, backend)
     if torch.is_grad_enabled():
         batch.means2d.retain_grad()
-    pairs = tile_pairs(batch, parts, grids)
+    pairs = PairPieces(batch, parts, grids)  # listed piece by piece for the table, then again for the routing
     table = tile_table(pairs, grids, ctx)
     plan = balancer.plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
     received = exchange_splats(batch, parts, pairs, owners, ctx)
-    del pairs  # (8 bytes per splat and tile twice) not kept through the rasterization, which bins its own
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:

@@ -9,6 +9,7 @@ tile never depends on how the splats were split among ranks or in which order th
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass
 
@@ -111,31 +112,15 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
     return tx0, tx1, ty0, ty1
 
 
-def expand_spans(
-    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, counts: torch.Tensor, nx: int | torch.Tensor, total: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ...] (int64 [N] each), rows in
-    order, each row's tiles row-major; ``counts`` [N] the tiles of each range (0 when empty), ``total`` their
-    sum (known on the host, so no synchronisation here). Tile id = ty * nx + tx, ``nx`` one grid width or
-    one per row (rows of several cameras at once; add each camera's first tile to the ids)."""
+def expand_spans(tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, counts: torch.Tensor, nx: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ...] (int64 [N] each) of one
+    grid ``nx`` tiles wide, rows in order, each row's tiles row-major (tile id = ty * nx + tx); ``counts``
+    [N] the tiles of each range (0 when empty), ``total`` their sum (known on the host, so no
+    synchronisation here)."""
     rows = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts, output_size=total)
     local = torch.arange(total, device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
     w = (tx1 - tx0 + 1)[rows]
-    row_nx = nx[rows] if isinstance(nx, torch.Tensor) else nx
-    return rows, (ty0[rows] + local // w) * row_nx + tx0[rows] + local % w
-
-
-def per_row(parts: list[int], values: list[int], device: torch.device) -> torch.Tensor:
-    """int64 [sum(parts)]: ``values[b]`` repeated ``parts[b]`` times (a per-camera value for each row of rows
-    laid out camera by camera; sizes known on the host, so no synchronisation)."""
-    return torch.cat([torch.full((n,), v, dtype=torch.int64, device=device) for n, v in zip(parts, values)])
-
-
-def batch_spans(splats: Splats, parts: list[int], grids: list[TileGrid]) -> tuple[torch.Tensor, ...]:
-    """:func:`tile_spans` of splats laid out camera by camera (``parts[b]`` rows for camera b)."""
-    starts = part_starts(parts)
-    spans = [tile_spans(splats.select(slice(s, s + n)), g) for s, n, g in zip(starts, parts, grids)]
-    return tuple(torch.cat(v) for v in zip(*spans))
+    return rows, (ty0[rows] + local // w) * nx + tx0[rows] + local % w
 
 
 CULL_SLACK = 1e-3
@@ -185,44 +170,51 @@ values per pair) stay those of one piece, however many splats the batch has."""
 
 class PairPieces:
     """The (splat, tile) pairs of a batch's splats (``parts[b]`` rows for camera b, one camera after another),
-    listed a piece of at most :data:`PAIR_ROWS` splats at a time; no piece crosses from one camera to the
-    next. One host synchronisation, here: the number of pairs before each piece's end (``ends``)."""
+    listed by :meth:`pieces` at most :data:`PAIR_ROWS` splats at a time (no piece crosses from one camera to
+    the next), as often as needed: nothing per pair or per splat is kept between pieces. One host
+    synchronisation, here: the number of pairs before each piece's end."""
 
     def __init__(self, splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True):
         sizes = {g.tile_size for g in grids}
         if len(sizes) != 1:
             raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
-        device = splats.means2d.device
-        self.splats, self.cull, self.tile_size = splats, cull, sizes.pop()
+        self.splats, self.grids, self.cull, self.tile_size = splats, list(grids), cull, sizes.pop()
+        self.first_tile = part_starts([g.n_tiles for g in grids])
         self.culled_tile = sum(g.n_tiles for g in grids)
-        self.tx0, self.tx1, self.ty0, ty1 = batch_spans(splats, parts, grids)
-        self.nx = per_row(parts, [g.nx for g in grids], device)
-        self.first = per_row(parts, part_starts([g.n_tiles for g in grids]), device)
-        self.counts = (self.tx1 - self.tx0 + 1).clamp_min(0) * (ty1 - self.ty0 + 1).clamp_min(0)
-        n = self.tx0.shape[0]
-        self.camera_bounds = [*part_starts(parts), n]
+        starts = part_starts(parts)
+        n = sum(parts)
+        self.camera_bounds = [*starts, n]
         self.bounds = sorted({*range(0, n, PAIR_ROWS), *self.camera_bounds})
-        ends = torch.cumsum(self.counts, 0)[[b - 1 for b in self.bounds[1:]]].tolist() if n else []
+        ends = []
+        if n:
+            counts = torch.cat([self._spans(s, s + k, b)[-1] for b, (s, k) in enumerate(zip(starts, parts))])
+            ends = torch.cumsum(counts, 0)[[b - 1 for b in self.bounds[1:]]].tolist()
         self.ends = [0, *ends]  # pairs before each of ``bounds``
         self.total = self.ends[-1]
+
+    def _spans(self, r0: int, r1: int, camera: int) -> tuple[torch.Tensor, ...]:
+        """tx0, tx1, ty0 and the number of tiles of the boxes of rows [r0, r1) of ``camera``."""
+        tx0, tx1, ty0, ty1 = tile_spans(self.splats.select(slice(r0, r1)), self.grids[camera])
+        return tx0, tx1, ty0, (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
 
     def pairs_before(self, row: int) -> int:
         """The number of pairs of the rows before ``row`` (a camera bound or a piece bound)."""
         return self.ends[self.bounds.index(row)]
 
-    def pieces(self, r0: int, r1: int):
-        """(first pair, rows, batch tiles) of each piece of the rows [r0, r1) (bounds of pieces), in order;
-        as :func:`tile_pairs` lists them."""
-        i0, i1 = self.bounds.index(r0), self.bounds.index(r1)
+    def pieces(self, r0: int = 0, r1: int | None = None):
+        """(first pair, rows, batch tiles) of each piece of the rows [r0, r1) (bounds of pieces; default all),
+        in order, as :func:`tile_pairs` lists them."""
+        i0, i1 = self.bounds.index(r0), self.bounds.index(self.camera_bounds[-1] if r1 is None else r1)
         for a, b, p0, p1 in zip(self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]):
-            piece = slice(a, b)
-            rows, local = expand_spans(self.tx0[piece], self.tx1[piece], self.ty0[piece], self.counts[piece], self.nx[piece], p1 - p0)
+            camera = bisect.bisect_right(self.camera_bounds, a) - 1  # a camera without rows is skipped
+            nx = self.grids[camera].nx
+            tx0, tx1, ty0, counts = self._spans(a, b, camera)
+            rows, local = expand_spans(tx0, tx1, ty0, counts, nx, p1 - p0)
             rows += a
-            tiles = self.first[rows] + local
+            tiles = local + self.first_tile[camera]
             if self.cull:
-                row_nx = self.nx[rows]
                 s = self.splats
-                reached = tile_reached(s.means2d[rows], s.conics[rows], s.opacities[rows], local % row_nx, local // row_nx, self.tile_size)
+                reached = tile_reached(s.means2d[rows], s.conics[rows], s.opacities[rows], local % nx, local // nx, self.tile_size)
                 tiles = torch.where(reached, tiles, self.culled_tile)
             yield p0, rows, tiles
 
@@ -239,7 +231,7 @@ def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bo
     pairs = PairPieces(splats, parts, grids, cull)
     rows_out = torch.empty(pairs.total, dtype=torch.int64, device=splats.means2d.device)
     tiles_out = torch.empty_like(rows_out)
-    for p0, rows, tiles in pairs.pieces(0, pairs.camera_bounds[-1]):
+    for p0, rows, tiles in pairs.pieces():
         rows_out[p0 : p0 + rows.shape[0]], tiles_out[p0 : p0 + rows.shape[0]] = rows, tiles
     return rows_out, tiles_out
 
