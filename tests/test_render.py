@@ -300,7 +300,7 @@ def test_distinct_sorted_is_unique_with_padding() -> None:
 def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """render.project keeps only its inputs and outputs for autograd and recomputes the rest, in pieces of
     ``PROJECT_ROWS`` Gaussians: the same outputs and gradients, bit for bit, as the backend's projection
-    recorded whole, and nothing saved per Gaussian but the parameters themselves."""
+    recorded whole, and nothing saved per Gaussian but the parameters and the ids themselves."""
     from grendel_py.render import batch_projection, torch_backend
 
     monkeypatch.setattr(batch_projection, "PROJECT_ROWS", piece)
@@ -312,7 +312,7 @@ def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(piec
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         s = project(model, cam)
-    params = {p.untyped_storage().data_ptr() for p in leaves}
+    params = {p.untyped_storage().data_ptr() for p in [*leaves, model.ids]}  # the model's own tensors
     assert all(t.untyped_storage().data_ptr() in params for t in saved if t.numel() >= len(g))
     weights = [torch.rand(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype) for i, t in enumerate((s.means2d, s.conics, s.colors, s.depths, s.opacities))]
 

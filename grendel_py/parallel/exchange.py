@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from grendel_py.backward_state import load, save
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render.intersect import PairPieces, part_starts
 from grendel_py.render.projection import Splats
@@ -97,7 +98,7 @@ class _SendSplats(torch.autograd.Function):
         got = all_to_all_rows(_pack(fields, rows), send, recv, dist_ctx)
         if by_slot is not None:
             got = got[by_slot]
-        ctx.route, ctx.n = route, fields[0].shape[0]
+        save(ctx, (), route=route, n=fields[0].shape[0])
         outs, col = [], 0
         for name, width in WIRE:
             outs.append(got[:, col] if width == 1 else got[:, col : col + width])
@@ -107,7 +108,8 @@ class _SendSplats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        rows, send, recv, by_slot, dist_ctx = ctx.route
+        _, state = load(ctx)
+        rows, send, recv, by_slot, dist_ctx = state["route"]
         ref = next(g for g in grads[:GRAD_FIELDS] if g is not None)
         buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
         col = 0
@@ -118,7 +120,7 @@ class _SendSplats(torch.autograd.Function):
         back = all_to_all_rows(buf, recv, send, dist_ctx)
         out, col = [], 0
         for _, width in WIRE[:GRAD_FIELDS]:
-            g = ref.new_zeros((ctx.n, width)).index_put_((rows,), back[:, col : col + width], accumulate=True)
+            g = ref.new_zeros((state["n"], width)).index_put_((rows,), back[:, col : col + width], accumulate=True)
             out.append(g[:, 0] if width == 1 else g)
             col += width
         return (None, *out, None, None)

@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 
+from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE
@@ -70,16 +71,15 @@ class _ProjectRows(torch.autograd.Function):
     def forward(ctx, plan, *params):
         ids, rows, counts, cameras, degree, ops, into_grad = plan
         s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops)
-        ctx.plan = plan
         ctx.leaves = params if into_grad else None  # leaves only (checked by project_rows): no reference cycle
-        ctx.save_for_backward(*params)
+        save(ctx, params, plan=plan)
         ctx.mark_non_differentiable(s.extents, s.ids)
         return tuple(getattr(s, f.name) for f in fields(Splats))
 
     @staticmethod
     def backward(ctx, *grads):
-        params = ctx.saved_tensors
-        ids, rows, counts, cameras, degree, ops, _ = ctx.plan
+        params, state = load(ctx)
+        ids, rows, counts, cameras, degree, ops, _ = state["plan"]
         wanted = ctx.needs_input_grad[1:]
         if ctx.leaves is not None:  # add into .grad itself, allocating it only when there is none yet
             for leaf, w in zip(ctx.leaves, wanted):

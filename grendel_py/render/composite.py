@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from grendel_py.backward_state import load, save
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import ALPHA_MIN
 
@@ -220,14 +221,13 @@ class _Composite(torch.autograd.Function):
                     starts.append(t_start)
             saved.append((n_active, chunks, snapshot, starts if last else None))
         out = accum + t_final[..., None] * background
-        ctx.lay, ctx.saved = lay, saved
-        ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final)
+        save(ctx, (means2d, conics, opacities, colors, background, t_final), lay=lay, saved=saved)
         return out, 1.0 - t_final
 
     @staticmethod
     def backward(ctx, grad_out, grad_alpha):
-        means2d, conics, opacities, colors, background, t_final = ctx.saved_tensors
-        lay: _Layout = ctx.lay
+        (means2d, conics, opacities, colors, background, t_final), state = load(ctx)
+        lay: _Layout = state["lay"]
         params = (means2d, conics, opacities)
         g_m = torch.zeros_like(means2d)
         g_con = torch.zeros_like(conics)
@@ -237,7 +237,7 @@ class _Composite(torch.autograd.Function):
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
         grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
-        for act, k0, k1, t_start in _starts_back_to_front(lay, params, ctx.saved):
+        for act, k0, k1, t_start in _starts_back_to_front(lay, params, state["saved"]):
             ch = _Chunk(lay, act, k0, k1, params, t_start)
             weight = ch.weights()
             g_img = grad_out[act]  # [Ta, P, C]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
 from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts
 from grendel_py.render.projection import Splats
@@ -108,19 +109,19 @@ class _Rasterize(torch.autograd.Function):
                 "rasterize_forward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
                 colors, background, grid.nx, rgb[s0:s1], t_final[s0:s1], walked[s0:s1],
             )
-        ctx.save_for_backward(means2d, conics, opacities, colors, background, t_final, walked)
-        ctx.bins, ctx.tiles, ctx.launch = bins, tiles, launch
+        save(ctx, (means2d, conics, opacities, colors, background, t_final, walked), bins=bins, tiles=tiles)
+        ctx.launch = launch
         ctx.mark_non_differentiable(walked)
         return rgb, 1.0 - t_final
 
     @staticmethod
     def backward(ctx, g_rgb, g_alpha):
-        means2d, conics, opacities, colors, background, t_final, walked = ctx.saved_tensors
-        bins: TileBins = ctx.bins
+        (means2d, conics, opacities, colors, background, t_final, walked), state = load(ctx)
+        bins: TileBins = state["bins"]
         g_rgb = t_final.new_zeros(*t_final.shape, 3) if g_rgb is None else g_rgb.contiguous()
         g_alpha = _zeros_if_none(g_alpha, t_final)
         v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
-        for grid, ids, s0, s1 in _cameras(ctx.tiles):
+        for grid, ids, s0, s1 in _cameras(state["tiles"]):
             ctx.launch(
                 "rasterize_backward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
                 colors, background, grid.nx, t_final[s0:s1], walked[s0:s1], g_rgb[s0:s1], g_alpha[s0:s1],
