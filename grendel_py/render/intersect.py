@@ -252,8 +252,8 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.shape[0], device=device)
     per_tile = torch.zeros(n_sel, dtype=torch.int64, device=device)
-    index = torch.empty(pairs.total, dtype=torch.int64, device=device)  # camera by camera, selected pairs first
-    spans = []  # (first pair of the camera, its pairs)
+    ordered = torch.empty(pairs.total, dtype=torch.int64, device=device)  # sorted keys, camera by camera
+    firsts = []  # the first pair of each camera
     for r0, r1 in zip(pairs.camera_bounds[:-1], pairs.camera_bounds[1:]):
         q0, q1 = pairs.pairs_before(r0), pairs.pairs_before(r1)
         keys = torch.empty(q1 - q0, dtype=torch.int64, device=device)
@@ -263,16 +263,19 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
             slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs sort last
             per_tile += count_values(slot, n_sel)
             keys[p0 - q0 : p0 - q0 + rows.shape[0]] = slot.mul_(n).add_(rank[rows])  # by tile, then depth rank
-        index[q0:q1] = order[torch.sort(keys).values % n]
-        spans.append((q0, q1))
+        ordered[q0:q1] = torch.sort(keys).values
+        firsts.append(q0)
         del keys
     host_counts = per_tile.tolist()
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
     kept = _selected_per_camera(tiles, host_counts)
-    if len(spans) != 1:  # each camera's selected pairs, end to end
-        index = torch.cat([index[q0 : q0 + k] for (q0, _), k in zip(spans, kept)])
-    return TileBins(tile_ids=tiles.ids, splat_index=index[: sum(kept)], offsets=offsets, host_counts=host_counts)
+    if len(firsts) == 1:
+        selected = ordered[: kept[0]]
+    else:  # each camera's selected pairs, end to end
+        selected = torch.cat([ordered[q0 : q0 + k] for q0, k in zip(firsts, kept)])
+    del ordered  # the splat rows get a tensor of their own, without the culled and unselected pairs
+    return TileBins(tile_ids=tiles.ids, splat_index=order[selected.remainder_(n)], offsets=offsets, host_counts=host_counts)
 
 
 def _selected_per_camera(tiles: BatchTiles, host_counts: list[int]) -> list[int]:
