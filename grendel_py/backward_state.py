@@ -13,6 +13,7 @@ keeps on ``ctx`` only the state's skeleton; :func:`load` rebuilds it, as fresh c
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,34 +34,20 @@ def _own(obj: Any) -> bool:
     return type(obj).__module__.split(".")[0] in _OWN_PACKAGES and hasattr(obj, "__dict__")
 
 
-def _pack(obj: Any, found: list[torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        found.append(obj)
-        return _Slot(len(found) - 1)
+def _walk(obj: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``obj`` with every leaf x replaced by ``leaf(x)``: lists, tuples, dicts and the package's own objects
+    (shallow copies) are walked into; tensors and :class:`_Slot` are the leaves; anything else stays."""
+    if isinstance(obj, (torch.Tensor, _Slot)):
+        return leaf(obj)
     if type(obj) in (list, tuple):
-        return type(obj)(_pack(item, found) for item in obj)
+        return type(obj)(_walk(item, leaf) for item in obj)
     if type(obj) is dict:
-        return {key: _pack(value, found) for key, value in obj.items()}
+        return {key: _walk(value, leaf) for key, value in obj.items()}
     if _own(obj):
-        skeleton = copy.copy(obj)
+        copied = copy.copy(obj)
         for key, value in vars(obj).items():
-            object.__setattr__(skeleton, key, _pack(value, found))
-        return skeleton
-    return obj
-
-
-def _unpack(obj: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
-    if isinstance(obj, _Slot):
-        return tensors[obj.index]
-    if type(obj) in (list, tuple):
-        return type(obj)(_unpack(item, tensors) for item in obj)
-    if type(obj) is dict:
-        return {key: _unpack(value, tensors) for key, value in obj.items()}
-    if _own(obj):
-        state = copy.copy(obj)
-        for key, value in vars(obj).items():
-            object.__setattr__(state, key, _unpack(value, tensors))
-        return state
+            object.__setattr__(copied, key, _walk(value, leaf))
+        return copied
     return obj
 
 
@@ -68,7 +55,12 @@ def save(ctx: Any, tensors: tuple[torch.Tensor | None, ...], **state: Any) -> No
     """In a Function's forward: ``ctx.save_for_backward(*tensors)``, and the keyword ``state`` kept so that
     its tensors are freed with the saved ones."""
     found: list[torch.Tensor] = []
-    ctx.state_skeleton = _pack(state, found)
+
+    def to_slot(tensor: torch.Tensor) -> _Slot:
+        found.append(tensor)
+        return _Slot(len(found) - 1)
+
+    ctx.state_skeleton = _walk(state, to_slot)
     ctx.n_saved = len(tensors)
     ctx.save_for_backward(*tensors, *found)
 
@@ -76,4 +68,5 @@ def save(ctx: Any, tensors: tuple[torch.Tensor | None, ...], **state: Any) -> No
 def load(ctx: Any) -> tuple[tuple[torch.Tensor | None, ...], dict[str, Any]]:
     """In the backward: the ``tensors`` given to :func:`save`, and the ``state`` rebuilt."""
     saved = ctx.saved_tensors
-    return saved[: ctx.n_saved], _unpack(ctx.state_skeleton, saved[ctx.n_saved :])
+    state = saved[ctx.n_saved :]
+    return saved[: ctx.n_saved], _walk(ctx.state_skeleton, lambda slot: state[slot.index])
