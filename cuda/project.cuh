@@ -109,6 +109,7 @@ struct Projected {
     float qnorm;     // |q|
     Mat3 Rq;         // rotation of the Gaussian
     Mat3 cov_cam;    // camera-space covariance
+    float a0, c0;    // 2D covariance diagonal before the dilation
     float a, b, c;   // dilated 2D covariance [[a, b], [b, c]]
     float det;       // a c - b^2
     bool ok_det;     // det > 0
@@ -157,6 +158,8 @@ GP_HD Projected project_geometry(const Cam& cam, Vec3 mean, const float* quat, V
     const float c00 = JC[0] * P.J[0] + JC[1] * P.J[1] + JC[2] * P.J[2];
     const float c01 = JC[0] * P.J[3] + JC[1] * P.J[4] + JC[2] * P.J[5];
     const float c11 = JC[3] * P.J[3] + JC[4] * P.J[4] + JC[5] * P.J[5];
+    P.a0 = c00;
+    P.c0 = c11;
     P.a = c00 + DILATION;
     P.b = c01;
     P.c = c11 + DILATION;
@@ -211,11 +214,16 @@ GP_HD Vec3 sh_color_backward(Vec3 dir, const float* coeffs, int n_coeffs, const 
     return v_dir;
 }
 
-// Forward: pixel mean, conic, depth, colour and integer half sizes of Gaussian i.
+// Antialiasing's opacity factor sqrt(max(r, 0)), r = det(cov2d) / det(cov2d + dilation) (spec: projection.py);
+// det_s is the dilated determinant, or 1 where it is not positive, as for the conic.
+GP_HD float aa_ratio(const Projected& P, float det_s) { return (P.a0 * P.c0 - P.b * P.b) / det_s; }
+
+// Forward: pixel mean, conic, depth, opacity (times the antialiasing factor when ``antialiased``), colour and
+// integer half sizes of Gaussian i.
 GP_HD void project_forward_one(i64 i, const float* means, const float* quats, const float* scales,
                                const float* opacities, const float* sh, int n_coeffs, int degree, const float* cam_rec,
-                               int width, int height, float* means2d, float* conics, float* depths, float* colors,
-                               int* extents) {
+                               int width, int height, int antialiased, float* means2d, float* conics, float* depths,
+                               float* opacities_out, float* colors, int* extents) {
     const Cam cam = load_cam(cam_rec);
     const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
     const Vec3 scale = vec3(scales[3 * i], scales[3 * i + 1], scales[3 * i + 2]);
@@ -228,8 +236,10 @@ GP_HD void project_forward_one(i64 i, const float* means, const float* quats, co
     means2d[2 * i] = P.m2x;
     means2d[2 * i + 1] = P.m2y;
     depths[i] = P.zs;
+    const float opacity = antialiased ? opacities[i] * sqrtf(fmaxf(aa_ratio(P, det_s), 0.f)) : opacities[i];
+    opacities_out[i] = opacity;
 
-    const float k = 2.f * logf(fmaxf(opacities[i] / ALPHA_MIN, 1.f));
+    const float k = 2.f * logf(fmaxf(opacity / ALPHA_MIN, 1.f));
     const float rx = half_extent(k, P.a), ry = half_extent(k, P.c);
     i64 x_lo, x_hi, y_lo, y_hi;
     pixel_box(P.m2x, P.m2y, (int)rx, (int)ry, width, height, &x_lo, &x_hi, &y_lo, &y_hi);
@@ -248,12 +258,13 @@ GP_HD void project_forward_one(i64 i, const float* means, const float* quats, co
     }
 }
 
-// Backward: gradients of the means, quaternions, scales and SH of Gaussian i from those of its pixel mean,
-// conic, depth and colour (opacities only set the integer extents and get none here).
-GP_HD void project_backward_one(i64 i, const float* means, const float* quats, const float* scales, const float* sh,
-                                int n_coeffs, int degree, const float* cam_rec, const float* v_means2d,
-                                const float* v_conics, const float* v_depths, const float* v_colors, float* v_means,
-                                float* v_quats, float* v_scales, float* v_sh) {
+// Backward: gradients of the means, quaternions, scales, opacities and SH of Gaussian i from those of its pixel
+// mean, conic, depth, opacity and colour.
+GP_HD void project_backward_one(i64 i, const float* means, const float* quats, const float* scales,
+                                const float* opacities, const float* sh, int n_coeffs, int degree,
+                                const float* cam_rec, int antialiased, const float* v_means2d, const float* v_conics,
+                                const float* v_depths, const float* v_opacities_out, const float* v_colors,
+                                float* v_means, float* v_quats, float* v_scales, float* v_opacities, float* v_sh) {
     const Cam cam = load_cam(cam_rec);
     const Mat3& R = cam.R;
     const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
@@ -288,6 +299,30 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
         v_a = g2;
         v_b = -g1;
         v_c = g0;
+    }
+
+    // Opacity: o * sqrt(max(r, 0)), r = (a0 c0 - b^2) / det_s; r reaches a0 = a - dilation, c0 likewise, b,
+    // and det where it is positive.
+    if (antialiased) {
+        const float det_s = P.ok_det ? P.det : 1.f;
+        const float r = aa_ratio(P, det_s);
+        const float comp = sqrtf(fmaxf(r, 0.f));
+        v_opacities[i] = v_opacities_out[i] * comp;
+        if (r > 0.f) {
+            const float v_r = v_opacities_out[i] * opacities[i] * 0.5f / comp;
+            const float v_num = v_r / det_s;  // d r / d (a0 c0 - b^2)
+            v_a += v_num * P.c0;
+            v_c += v_num * P.a0;
+            v_b -= 2.f * v_num * P.b;
+            if (P.ok_det) {
+                const float v_det = -v_r * r / det_s;
+                v_a += v_det * P.c;
+                v_c += v_det * P.a;
+                v_b -= 2.f * v_det * P.b;
+            }
+        }
+    } else {
+        v_opacities[i] = v_opacities_out[i];
     }
 
     // cov2d = J K J^T with G = dL/dcov2d = [[v_a, v_b], [0, v_c]]: dL/dJ = (G + G^T) J K, dL/dK = J^T G J.

@@ -68,11 +68,28 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+RENDER_OUTPUTS = ("rgb", "alpha", "depth")
+
+
+def _render_outputs(text: str) -> tuple[str, ...]:
+    """``--outputs``: a comma-separated subset of :data:`RENDER_OUTPUTS`, in that order, without repeats."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RENDER_OUTPUTS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a comma-separated list of {', '.join(RENDER_OUTPUTS)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return tuple(n for n in RENDER_OUTPUTS if n in names)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from grendel_py.model.ply import read_ply
-    from grendel_py.outputs import save_png, staged_dir
+    import numpy as np
+
+    from grendel_py.outputs import depth_preview, save_gray_png, save_png, staged_dir
     from grendel_py.render import render, resolve_backend
 
     cfg = _config(args, args.data)
@@ -84,9 +101,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     background = torch.tensor(cfg.render.background, device=device)
     with staged_dir(args.out) as tmp, torch.no_grad():
         for cam in tqdm(cameras, desc="render", unit="view", disable=None):
-            image = render(gaussians, cam, background, backend=backend).image.cpu()
-            save_png(image, tmp / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
-    print(f"wrote {len(cameras)} images to {args.out}")
+            result = render(gaussians, cam, background, backend=backend, depth="depth" in args.outputs, antialiased=cfg.render.antialiased)
+            name = f"{cam.uid:05d}_{Path(cam.name).stem}"
+            if "rgb" in args.outputs:
+                save_png(result.image, tmp / f"{name}.png")
+            if "alpha" in args.outputs:
+                save_gray_png(result.alpha, tmp / f"{name}_alpha.png")
+            if "depth" in args.outputs:
+                np.save(tmp / f"{name}_depth.npy", result.depth.cpu().numpy().astype(np.float32))
+                save_gray_png(depth_preview(result.depth), tmp / f"{name}_depth.png")
+    print(f"wrote {', '.join(args.outputs)} of {len(cameras)} views to {args.out}")
     return 0
 
 
@@ -224,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="scene folder whose cameras to render")
     p.add_argument("--out", type=Path, required=True, help="output folder for PNGs (must not exist or be empty)")
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    p.add_argument(
+        "--outputs", type=_render_outputs, default=("rgb",), metavar="LIST",
+        help="comma-separated, any of rgb (NAME.png), alpha (NAME_alpha.png, 8-bit), depth (NAME_depth.npy: "
+        "float32 expected depth along the camera axis, 0 where nothing is drawn; NAME_depth.png: inverse depth "
+        "to look at); default rgb",
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(func=cmd_render)
 

@@ -75,10 +75,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """Rasteriser choice and background colour (RGB in [0, 1])."""
+    """Rasteriser choice and background colour (RGB in [0, 1]): photos with alpha are composited over it, and
+    so is the render. ``random_background``: in training, each photo of a batch gets a random background
+    instead (the same colour behind the render and the photo's transparent pixels, drawn from the seed,
+    the image count and the camera, so it does not depend on the ranks), which keeps the model from
+    explaining a constant background with Gaussians; evaluation uses ``background``. ``antialiased``: the
+    Mip-Splatting 2D filter (gsplat's ``antialiased`` mode): each splat's opacity is scaled by
+    sqrt(det(cov2d) / det(cov2d + 0.3 I)), in training, evaluation and ``grendel render``; a model trained
+    with it should be rendered with it."""
 
     backend: Literal["torch", "cupy", "auto"] = "auto"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    random_background: bool = False
+    antialiased: bool = False
 
     def __post_init__(self) -> None:
         _require(all(0.0 <= c <= 1.0 for c in self.background), "background", self.background, "3 numbers in [0, 1]")

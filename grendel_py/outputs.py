@@ -56,3 +56,20 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Write a float image [H, W, 3] in [0, 1] (clipped) as an 8-bit RGB PNG."""
     array = (image.detach().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
     Image.fromarray(np.ascontiguousarray(array), mode="RGB").save(path, format="PNG")
+
+
+def save_gray_png(values: torch.Tensor, path: str | Path) -> None:
+    """Write a float image [H, W] in [0, 1] (clipped) as an 8-bit greyscale PNG."""
+    array = (values.detach().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(array), mode="L").save(path, format="PNG")
+
+
+def depth_preview(depth: torch.Tensor) -> torch.Tensor:
+    """A depth map [H, W] (0: nothing drawn) for looking at, in [0, 1]: inverse depth scaled so the nearest
+    pixel is 1 and the farthest about 0, nothing drawn 0."""
+    drawn = depth > 0
+    if not bool(drawn.any()):
+        return torch.zeros_like(depth)
+    inverse = torch.where(drawn, 1.0 / depth.clamp_min(1e-12), 0.0)
+    lo, hi = float(inverse[drawn].min()), float(inverse[drawn].max())
+    return torch.where(drawn, (inverse - lo) / max(hi - lo, 1e-12) * 0.95 + 0.05, 0.0)

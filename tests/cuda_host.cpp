@@ -19,20 +19,22 @@ using gp::i64;
 extern "C" {
 
 void project_forward(int n, const float* means, const float* quats, const float* scales, const float* opacities,
-                     const float* sh, int n_coeffs, int degree, const float* cam, int width, int height, float* means2d,
-                     float* conics, float* depths, float* colors, int* extents) {
+                     const float* sh, int n_coeffs, int degree, const float* cam, int width, int height, int antialiased,
+                     float* means2d, float* conics, float* depths, float* opacities_out, float* colors, int* extents) {
     for (int i = 0; i < n; ++i)
-        gp::project_forward_one(i, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, means2d,
-                                conics, depths, colors, extents);
+        gp::project_forward_one(i, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height,
+                                antialiased, means2d, conics, depths, opacities_out, colors, extents);
 }
 
-void project_backward(int n, const float* means, const float* quats, const float* scales, const float* sh,
-                      int n_coeffs, int degree, const float* cam, const float* v_means2d, const float* v_conics,
-                      const float* v_depths, const float* v_colors, float* v_means, float* v_quats, float* v_scales,
-                      float* v_sh) {
+void project_backward(int n, const float* means, const float* quats, const float* scales, const float* opacities,
+                      const float* sh, int n_coeffs, int degree, const float* cam, int antialiased,
+                      const float* v_means2d, const float* v_conics, const float* v_depths,
+                      const float* v_opacities_out, const float* v_colors, float* v_means, float* v_quats,
+                      float* v_scales, float* v_opacities, float* v_sh) {
     for (int i = 0; i < n; ++i)
-        gp::project_backward_one(i, means, quats, scales, sh, n_coeffs, degree, cam, v_means2d, v_conics, v_depths,
-                                 v_colors, v_means, v_quats, v_scales, v_sh);
+        gp::project_backward_one(i, means, quats, scales, opacities, sh, n_coeffs, degree, cam, antialiased,
+                                 v_means2d, v_conics, v_depths, v_opacities_out, v_colors, v_means, v_quats, v_scales,
+                                 v_opacities, v_sh);
 }
 
 void count_intersections(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,

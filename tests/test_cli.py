@@ -40,6 +40,26 @@ def test_info_init_render(scene: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert first.shape == (60, 80, 3) and first.std() > 5  # downscaled 160x120, not blank
     assert not list(tmp_path.glob(".*tmp*"))
 
+    every = tmp_path / "every"
+    assert main(["render", str(ply), "--data", str(scene), "--out", str(every), "--outputs", "depth, alpha,rgb",
+                 "data.downscale=2", "data.test_every=4"]) == 0  # fmt: skip
+    stem = pngs[0].stem
+    assert np.array_equal(np.asarray(Image.open(every / f"{stem}.png")), first)
+    alpha = np.asarray(Image.open(every / f"{stem}_alpha.png"))
+    depth = np.load(every / f"{stem}_depth.npy")
+    preview = np.asarray(Image.open(every / f"{stem}_depth.png"))
+    assert alpha.shape == depth.shape == preview.shape == (60, 80) and alpha.dtype == preview.dtype == np.uint8
+    assert depth.dtype == np.float32 and bool(np.isfinite(depth).all())
+    drawn = alpha > 128
+    assert drawn.any() and (depth[drawn] > 0).all() and (preview[drawn] > 0).all()
+    assert len(list(every.iterdir())) == 4 * info["test_cameras"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["render", str(ply), "--data", str(scene), "--out", str(tmp_path / "x"), "--outputs", "rgb,normals"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--outputs" in err and "unknown: normals" in err
+    assert not (tmp_path / "x").exists()
+
 
 def test_random_init(scene: Path, tmp_path: Path) -> None:
     ply = tmp_path / "rand.ply"

@@ -20,7 +20,7 @@ from grendel_py.data.colmap import (
     rotmat_to_qvec,
     write_model,
 )
-from grendel_py.data.dataset import Scene, describe, load_scene
+from grendel_py.data.dataset import Scene, describe, load_scene, over_background
 from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError
 from grendel_py.model.initialize import initial_gaussians
@@ -134,13 +134,21 @@ def test_load_image_exact_and_downscaled(tmp_path: Path) -> None:
         assert abs(float(img.mean()) - pixels(c.name, *SIZES[1 + c.uid % 2]).mean() / 255) < 0.02
 
 
-def test_alpha_is_composited_over_black(tmp_path: Path) -> None:
-    make_colmap_scene(tmp_path, n_images=1)
+def test_alpha_is_kept_and_composited_over_any_background(tmp_path: Path) -> None:
+    make_colmap_scene(tmp_path, n_images=2)
     rgba = pixels("img_00.png", 32, 24, channels=4)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "images" / "img_00.png")
     scene = load_scene(tmp_path)
-    expected = torch.from_numpy(rgba[..., :3]).float() / 255 * torch.from_numpy(rgba[..., 3:]).float() / 255
-    torch.testing.assert_close(scene.load_image(scene.cameras[0]), expected)
+    with_alpha, opaque = scene.cameras
+    assert (scene.channels(with_alpha), scene.channels(opaque)) == (4, 3)
+    image = scene.load_image(with_alpha)
+    colour, alpha = torch.from_numpy(rgba[..., :3]).float() / 255, torch.from_numpy(rgba[..., 3:]).float() / 255
+    torch.testing.assert_close(image, torch.cat([colour * alpha, alpha], dim=-1))  # premultiplied, then alpha
+    for background in ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.2, 0.5, 0.9]):
+        bg = torch.tensor(background)
+        torch.testing.assert_close(over_background(image, bg), colour * alpha + (1 - alpha) * bg)
+    rgb = scene.load_image(opaque)
+    assert rgb.shape[-1] == 3 and over_background(rgb, torch.ones(3)) is rgb
 
 
 def test_distorted_camera_is_undistorted(tmp_path: Path) -> None:
@@ -285,7 +293,7 @@ def test_blender_scene_split_overrides_test_every(tmp_path: Path) -> None:
     assert scene.extent == pytest.approx(1.1 * 1.0)  # train centres at z = 3, 4, 5
     image = scene.load_image(scene.test_cameras[1])
     rgba = pixels("test1", 8, 6, channels=4).astype(np.float32) / 255
-    torch.testing.assert_close(image, torch.from_numpy(rgba[..., :3] * rgba[..., 3:]))
+    torch.testing.assert_close(image, torch.from_numpy(np.concatenate([rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]], -1)))
 
 
 def test_describe(tmp_path: Path) -> None:

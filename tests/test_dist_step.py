@@ -18,6 +18,7 @@ from tests.render_scenes import random_gaussians, small_camera
 
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
 BG = torch.tensor([0.1, 0.2, 0.3])
+BGS = torch.tensor([[0.9, 0.2, 0.3], [0.0, 0.5, 1.0], [0.4, 0.4, 0.1]])  # one per camera
 
 
 def _setup():
@@ -32,23 +33,24 @@ def _leaves(g: Gaussians) -> Gaussians:
     return Gaussians(**{k: getattr(g, k).detach().clone().requires_grad_(True) for k in FIELDS}, ids=g.ids)
 
 
-def _reference():
+def _reference(variant: bool = False):
+    """Each camera rendered alone; ``variant``: antialiased, each over its own background."""
     g, cams, images = _setup()
     model = _leaves(g)
     loss, rendered = 0.0, []
-    for cam, gt in zip(cams, images):
-        out = render(model, cam, BG, sh_degree=1)
+    for b, (cam, gt) in enumerate(zip(cams, images)):
+        out = render(model, cam, BGS[b] if variant else BG, sh_degree=1, antialiased=variant)
         loss = loss + photometric_loss(out.image, gt, 0.2)
         rendered.append(out.image.detach())
     loss.backward()
     return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids
 
 
-def _rank_job(ctx, assignment: str = "locality"):
+def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
     g, cams, images = _setup()
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))  # ownership scattered through space
     balancer = TileBalancer(assignment, ctx.world_size, calibrate=False)
-    loss, out = batch_loss(shard, cams, images, BG, 1, 0.2, ctx, balancer)
+    loss, out = batch_loss(shard, cams, images, BGS if variant else BG, 1, 0.2, ctx, balancer, antialiased=variant)
     balance = out.assignment.balance(balancer.work(out.table))
     assert balance >= 1.0 and (ctx.world_size > 1 or balance == 1.0)
     loss.backward()
@@ -93,3 +95,8 @@ def test_w_ranks_match_one_rank(world: int) -> None:
 def test_every_tile_assignment_gives_the_same_result(assignment: str) -> None:
     results = run_ranks(3, _rank_job, assignment)
     _check(results, _reference())
+
+
+def test_antialiased_over_a_background_per_camera_w_ranks_match_one_camera_at_a_time() -> None:
+    results = run_ranks(2, _rank_job, "locality", True)
+    _check(results, _reference(variant=True))

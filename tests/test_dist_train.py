@@ -20,6 +20,7 @@ def _train_job(ctx, scene: str, out: str, micro_batch: int = 0) -> dict:
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
         "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
+        "render.random_background=true",  # one background per camera of a batch, the same on every rank
     ])  # fmt: skip
     result = train(cfg, ctx)
     return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"], "bytes": result["exchange_bytes_per_iteration"]}

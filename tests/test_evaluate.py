@@ -108,7 +108,7 @@ def test_evaluation_reads_regions_from_the_photo_cache(scene_dir: Path, tmp_path
     gaussians = random_gaussians(60, seed=3, dtype=torch.float32, opacity_shift=0.5)
     direct = evaluate(gaussians, scene, scene.cameras, torch.zeros(3))
     cache = PhotoCache(tmp_path / "cache", scene)
-    photos = GroundTruth(cache, torch.device("cpu"))
+    photos = GroundTruth(cache, torch.device("cpu"), torch.zeros(3))
     (tmp_path / "renders").mkdir()
     cached = evaluate_sharded(gaussians, photos.photo, scene.cameras, torch.zeros(3), single_process(), tmp_path / "renders", 1)
     assert [(v["psnr"], v["ssim"]) for v in cached["views"]] == [(v["psnr"], v["ssim"]) for v in direct["views"]]

@@ -32,7 +32,7 @@ def test_uint8_round_trip() -> None:
 def test_regions_are_the_8bit_photos_decoded_once(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     decoded = count_decodes(scene, monkeypatch)
     cams = scene.train_cameras[:3]
-    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"), torch.zeros(3))
     images.prefetch(cams[:2])  # decodes ahead, on the background thread
     photos = images.batch(cams)
     assert decoded == [c.uid for c in cams[:2]]
@@ -60,7 +60,7 @@ def test_prefetch_follows_the_sampler(scene, monkeypatch: pytest.MonkeyPatch, tm
         return warm(self, camera)
 
     monkeypatch.setattr(PhotoCache, "warm", recording)
-    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"), torch.zeros(3))
     sampler = CameraSampler(len(scene.train_cameras), 3, seed=4)
     for _ in range(4):
         ahead = [scene.train_cameras[i].uid for i in sampler.peek_batch()]
@@ -77,7 +77,7 @@ def test_a_failed_prefetch_raises_in_the_training_thread(scene, monkeypatch: pyt
         raise InputError(Path("photo.png"), "truncated")
 
     monkeypatch.setattr(PhotoCache, "warm", broken)
-    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"))
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("cpu"), torch.zeros(3))
     images.prefetch(scene.train_cameras[:1])
     with pytest.raises(InputError, match="truncated"):
         images.batch(scene.train_cameras[:1])
@@ -86,7 +86,7 @@ def test_a_failed_prefetch_raises_in_the_training_thread(scene, monkeypatch: pyt
 
 def test_regions_land_on_the_rank_device(scene, tmp_path: Path) -> None:
     """On the meta device (not the CPU, no data) the pixels come out on the rank's device."""
-    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("meta"))
+    images = GroundTruth(PhotoCache(tmp_path, scene), torch.device("meta"), torch.zeros(3))
     assert {p[0:4, 0:5].device.type for p in images.batch(scene.train_cameras[:2])} == {"meta"}
     images.close()
 
@@ -97,8 +97,8 @@ def test_regions_uploaded_to_the_gpu(scene, tmp_path: Path) -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     cams = scene.train_cameras[:3]
     cache = PhotoCache(tmp_path, scene)
-    host = GroundTruth(cache, torch.device("cpu")).batch(cams)
-    images = GroundTruth(cache, device)
+    host = GroundTruth(cache, torch.device("cpu"), torch.zeros(3)).batch(cams)
+    images = GroundTruth(cache, device, torch.zeros(3))
     images.prefetch(cams)
     for cam, photo, ref in zip(cams, images.batch(cams), host):
         got = photo[2 : cam.height - 1, 5:40]

@@ -106,29 +106,29 @@ def _close_scaled(actual: torch.Tensor | None, expected: torch.Tensor | None, rt
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def _project(backend, leaves: dict[str, torch.Tensor], ids: torch.Tensor, degree: int, cam: Camera) -> Splats:
+def _project(backend, leaves: dict[str, torch.Tensor], ids: torch.Tensor, degree: int, cam: Camera, antialiased: bool = False) -> Splats:
     g = Gaussians(**leaves, ids=ids)
-    return backend.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, cam, g.ids)
+    return backend.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, cam, g.ids, antialiased=antialiased)
 
 
 @pytest.mark.parametrize("scene", SCENES)
-@pytest.mark.parametrize("degree", [0, 1, 2])
-def test_projection_matches_spec(impl, scene: str, degree: int) -> None:
+@pytest.mark.parametrize("degree, antialiased", [(0, False), (1, False), (2, False), (1, True)])
+def test_projection_matches_spec(impl, scene: str, degree: int, antialiased: bool) -> None:
     kernels, device = impl
     model, cam = _scene(scene)
     ids = model.ids.to(device)
     results = []
     for backend in (torch_backend, kernels):
         leaves = _leaves(model, device)
-        s = _project(backend, leaves, ids, degree, cam)
-        outs = (s.means2d, s.conics, s.depths, s.colors)
+        s = _project(backend, leaves, ids, degree, cam, antialiased)
+        outs = (s.means2d, s.conics, s.depths, s.opacities, s.colors)
         loss = sum((o * _weights(o.shape, k, device)).sum() for k, o in enumerate(outs))
         loss.backward()
         results.append((s, {k: v.grad for k, v in leaves.items()}))
     (ref, ref_grads), (got, got_grads) = results
     assert torch.equal(got.extents, ref.extents)
     assert int(ref.visible.sum()) > min(100, len(ref) // 2)  # most of a small scene
-    for field in ("means2d", "conics", "depths", "colors"):
+    for field in ("means2d", "conics", "depths", "opacities", "colors"):
         _close_scaled(getattr(got, field).detach(), getattr(ref, field).detach(), 1e-4, 1e-5, field)
     for k in LEAVES:
         _close_scaled(got_grads[k], ref_grads[k], 1e-3, 1e-4, f"d/d {k}")

@@ -32,6 +32,23 @@ def test_matches_per_pixel_loop(opacity_shift: float, min_stopped: int) -> None:
     torch.testing.assert_close(out.alpha, alpha, rtol=0, atol=1e-12)
 
 
+def test_expected_depth_is_the_depths_composited_as_colours_over_alpha() -> None:
+    cam = small_camera()
+    gaussians = random_gaussians(150, seed=2, opacity_shift=1.0)
+    out = render(gaussians, cam, BG, depth=True)
+    z = out.splats.depths[:, None].expand(-1, 3)
+    as_colours = dataclasses.replace(out.splats, colors=z)
+    summed, alpha, _ = loop_composite(as_colours, cam.width, cam.height, torch.zeros(3, dtype=torch.float64))
+    drawn = alpha > 0
+    assert bool(drawn.any()) and not bool(drawn.all())
+    torch.testing.assert_close(out.depth[drawn], summed[..., 0][drawn] / alpha[drawn], rtol=1e-10, atol=0)
+    assert bool((out.depth[~drawn] == 0).all())
+    visible = out.splats.depths[out.splats.visible]
+    opaque = alpha > 0.5  # a weighted mean of the splats' depths
+    assert bool(((out.depth[opaque] >= visible.min() - 1e-9) & (out.depth[opaque] <= visible.max() + 1e-9)).all())
+    torch.testing.assert_close(render(gaussians, cam, BG).image, out.image, rtol=0, atol=0)
+
+
 def test_float32_matches_float64() -> None:
     cam = small_camera(64, 48)
     g64 = random_gaussians(300, seed=2, opacity_shift=2.0)
@@ -45,16 +62,16 @@ def _leaf(gaussians: Gaussians) -> list[torch.Tensor]:
     return [getattr(gaussians, k).detach().clone().requires_grad_(True) for k in PARAMS]
 
 
-@pytest.mark.parametrize("seed", [5, 6])
-def test_gradcheck_end_to_end(seed: int) -> None:
+@pytest.mark.parametrize("seed, antialiased", [(5, False), (6, False), (5, True)])
+def test_gradcheck_end_to_end(seed: int, antialiased: bool) -> None:
     cam = small_camera(21, 19)
     base = random_gaussians(40, seed=seed, sh_degree=3, opacity_shift=1.0)
 
     def f(*tensors):
-        out = render(Gaussians(*tensors, ids=base.ids), cam, BG)
+        out = render(Gaussians(*tensors, ids=base.ids), cam, BG, antialiased=antialiased)
         return out.image, out.alpha
 
-    assert project(base, cam).visible.sum() >= 20
+    assert project(base, cam, antialiased=antialiased).visible.sum() >= 20
     assert torch.autograd.gradcheck(f, _leaf(base), eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
@@ -223,6 +240,28 @@ def test_projection_of_isotropic_gaussian() -> None:
     var_y = (cam.fy * 0.05 / 4.0) ** 2 + DILATION
     torch.testing.assert_close(splats.conics[0], torch.tensor([1 / var, 0.0, 1 / var_y], dtype=torch.float64))
     torch.testing.assert_close(splats.depths[0], torch.tensor(4.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sigma_px", [0.2, 4.0])
+def test_antialiasing_keeps_a_gaussians_total_contribution(sigma_px: float) -> None:
+    """A Gaussian's alpha summed over the pixels is about o 2 pi sigma^2 (its integral) with the antialiasing
+    filter at any size; without it, the 0.3 px dilation makes a sub-pixel Gaussian a pixel-sized blob of
+    o 2 pi (sigma^2 + 0.3). For a large Gaussian the two agree. (The 1/255 cutoff drops a few % of the tails.)"""
+    cam = small_camera(64, 64)
+    g = random_gaussians(1, seed=10, sh_degree=0)
+    g.means[0] = cam.center + 4.0 * cam.R[2]
+    g.log_scales[0] = math.log(sigma_px * 4.0 / cam.fx)  # isotropic: sigma_px along x, fy / fx of it along y
+    g.opacity_logits[0] = math.log(0.9 / 0.1)
+    sx, sy = sigma_px, sigma_px * cam.fy / cam.fx
+    integral = 0.9 * 2 * math.pi * sx * sy
+    plain, filtered = (float(render(g, cam, antialiased=aa).alpha.sum()) for aa in (False, True))
+    assert integral * 0.93 < filtered < integral
+    ratio = sx**2 * sy**2 / ((sx**2 + DILATION) * (sy**2 + DILATION))  # the opacity factor's square
+    torch.testing.assert_close(project(g, cam, antialiased=True).opacities, 0.9 * torch.tensor([ratio], dtype=torch.float64).sqrt())
+    if sigma_px < 1:
+        assert plain > 5 * filtered
+    else:
+        assert plain == pytest.approx(filtered, rel=0.02)
 
 
 def test_sh_basis_is_orthonormal() -> None:

@@ -81,11 +81,25 @@ class Scene:
             raise ValueError(f"camera {camera.uid} ({camera.name}) is not part of scene {self.source}")
         return src
 
-    def load_image(self, camera: Camera) -> torch.Tensor:
-        """The camera's photo as float32 [H, W, 3] in [0, 1]: alpha composited over black, undistorted to the
-        pinhole model, and area-downscaled to the camera's size."""
+    def channels(self, camera: Camera) -> int:
+        """The channels :meth:`load_image` gives for the camera's photo: 4 when the file has alpha, else 3
+        (reads only the file's header)."""
         src = self.image_source(camera)
-        image = _read_rgb(src)
+        try:
+            with Image.open(src.path) as im:
+                return 4 if _has_alpha(im) else 3
+        except FileNotFoundError as e:
+            raise InputError(src.path, "image file is missing") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InputError(src.path, _image_problem(e)) from e
+
+    def load_image(self, camera: Camera) -> torch.Tensor:
+        """The camera's photo as float32 [H, W, C] in [0, 1], undistorted to the pinhole model and
+        area-downscaled to the camera's size: RGB (C = 3), or for a file with alpha (C = 4) its colour
+        premultiplied by alpha (i.e. over black), then alpha, so that both filter correctly;
+        :func:`over_background` composites it over any background."""
+        src = self.image_source(camera)
+        image = _read_pixels(src)
         if src.intrinsics.is_distorted:
             image = undistort_image(image, *src.intrinsics)
         if (camera.width, camera.height) != (src.width, src.height):
@@ -282,19 +296,32 @@ def _image_problem(error: BaseException) -> str:
     return f"cannot read image: corrupt or truncated ({detail})"
 
 
-def _read_rgb(src: ImageSource) -> torch.Tensor:
-    """The file as float32 [H, W, 3] in [0, 1], alpha composited over black; its size must match the camera."""
+def over_background(image: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """An image of :meth:`Scene.load_image` (or a region of it, [..., C]) as RGB [..., 3] over ``background``
+    [3]: premultiplied colour + (1 - alpha) x background when it has alpha, else the image itself."""
+    if image.shape[-1] == 3:
+        return image
+    return torch.addcmul(image[..., :3], 1.0 - image[..., 3:], background.to(image))
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+
+
+def _read_pixels(src: ImageSource) -> torch.Tensor:
+    """The file as float32 [H, W, C] in [0, 1]: RGB, or colour premultiplied by alpha and alpha (C = 4) for a
+    file with alpha; its size must match the camera."""
     try:
         with Image.open(src.path) as im:
             _check_size(src, im)
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            has_alpha = _has_alpha(im)
             pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     except FileNotFoundError as e:
         raise InputError(src.path, "image file is missing") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(src.path, _image_problem(e)) from e
     if has_alpha:
-        pixels = pixels[..., :3] * pixels[..., 3:]
+        pixels[..., :3] *= pixels[..., 3:]
     return torch.from_numpy(np.ascontiguousarray(pixels))
 
 

@@ -1,7 +1,8 @@
 """A node-local disk cache of decoded photos: each photo is decoded, undistorted and downscaled once, stored
-as uint8 [H, W, 3], and read back memory-mapped, one region at a time.
+as uint8 [H, W, C] (C = 3, or 4 for a photo with alpha: premultiplied colour and alpha, as
+:meth:`~grendel_py.data.dataset.Scene.load_image` gives it), and read back memory-mapped, one region at a time.
 
-An entry is one file, ``<uid>-<key>.u8``: a 64-byte header (magic, format version, height, width, rows per
+An entry is one file, ``<uid>-<key>.u8``: a header (magic, format version, height, width, channels, rows per
 band, number of bands, CRC-32 of the band table), a CRC-32 per band of 16 rows, padding to 64 bytes, then
 the pixels, row-major. The key hashes everything the pixels depend on: the source file (resolved path,
 size, modification time), the camera's raw size and distortion, its training size and the format version;
@@ -41,9 +42,9 @@ from grendel_py.data.dataset import Scene
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"GPPHOTO\0"
-HEADER = struct.Struct("<8sIIIIII")  # magic, format, height, width, band rows, bands, CRC-32 of the band table
+HEADER = struct.Struct("<8sIIIIIII")  # magic, format, height, width, channels, band rows, bands, CRC-32 of the band table
 BAND_ROWS = 16
 ALIGN = 64
 
@@ -53,24 +54,25 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _layout(height: int, width: int) -> tuple[int, int]:
-    """(number of bands, byte offset of the pixels) of an entry."""
+def _layout(height: int) -> tuple[int, int]:
+    """(number of bands, byte offset of the pixels) of an entry ``height`` rows high."""
     bands = -(-height // BAND_ROWS)
     return bands, -(-(HEADER.size + 4 * bands) // ALIGN) * ALIGN
 
 
 class Entry:
-    """One open cache entry: ``pixels`` uint8 [H, W, 3] over the file's map; ``band_crc`` from its table."""
+    """One open cache entry: ``pixels`` uint8 [H, W, C] over the file's map; ``band_crc`` from its table."""
 
     def __init__(self, path: Path, camera: Camera):
         self.path = path
         with open(path, "rb") as f:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            magic, version, height, width, band_rows, bands, table_crc = HEADER.unpack_from(self.map, 0)
-            n_bands, offset = _layout(camera.height, camera.width)
+            magic, version, height, width, channels, band_rows, bands, table_crc = HEADER.unpack_from(self.map, 0)
+            n_bands, offset = _layout(camera.height)
             expect = (MAGIC, FORMAT, camera.height, camera.width, BAND_ROWS, n_bands)
-            if (magic, version, height, width, band_rows, bands) != expect or len(self.map) != offset + 3 * height * width:
+            size = offset + channels * height * width
+            if (magic, version, height, width, band_rows, bands) != expect or channels not in (3, 4) or len(self.map) != size:
                 raise ValueError("header or size")
             table = self.map[HEADER.size : HEADER.size + 4 * bands]
             if zlib.crc32(table) != table_crc:
@@ -80,7 +82,7 @@ class Entry:
             raise
         self.band_crc = np.frombuffer(table, dtype="<u4")
         self.checked = np.zeros(bands, dtype=bool)
-        self.pixels = np.frombuffer(self.map, dtype=np.uint8, count=3 * height * width, offset=offset).reshape(height, width, 3)
+        self.pixels = np.frombuffer(self.map, dtype=np.uint8, count=channels * height * width, offset=offset).reshape(height, width, channels)
         self.nbytes = len(self.map)
 
     def check_rows(self, y0: int, y1: int) -> bool:
@@ -122,7 +124,7 @@ class PhotoCache:
             probe.unlink()
         except OSError as e:
             raise InputError(self.folder, f"photo cache folder is not writable: {os_problem(e, self.folder)}") from None
-        missing = sum(self.entry_bytes(c) for c in scene.cameras if not self.path(c).is_file())
+        missing = sum(self.entry_bytes(c, scene.channels(c)) for c in scene.cameras if not self.path(c).is_file())
         free = shutil.disk_usage(self.folder).free
         if missing > free:
             raise InputError(
@@ -131,8 +133,8 @@ class PhotoCache:
             )  # fmt: skip
 
     @staticmethod
-    def entry_bytes(camera: Camera) -> int:
-        return _layout(camera.height, camera.width)[1] + 3 * camera.height * camera.width
+    def entry_bytes(camera: Camera, channels: int) -> int:
+        return _layout(camera.height)[1] + channels * camera.height * camera.width
 
     def key(self, camera: Camera) -> str:
         """What the cached pixels of ``camera`` depend on, hashed (16 hex digits)."""
@@ -157,7 +159,7 @@ class PhotoCache:
         self._entry(camera).advise_read()
 
     def region(self, camera: Camera, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows y0:y1, columns x0:x1 of the photo (clipped to it), uint8, a copy: only the bands holding those
+        """Rows y0:y1, columns x0:x1 of the photo (clipped to it), uint8 [h, w, C], a copy: only the bands holding those
         rows are read and checked; a damaged entry is rebuilt first."""
         y0, y1 = max(y0, 0), min(y1, camera.height)
         x0, x1 = max(x0, 0), min(x1, camera.width)
@@ -171,7 +173,7 @@ class PhotoCache:
         return np.array(entry.pixels[y0:y1, x0:x1])
 
     def photo(self, camera: Camera) -> np.ndarray:
-        """The whole photo, uint8 [H, W, 3] (a copy)."""
+        """The whole photo, uint8 [H, W, C] (a copy)."""
         return self.region(camera, 0, camera.height, 0, camera.width)
 
     def _entry(self, camera: Camera) -> Entry:
@@ -202,11 +204,11 @@ class PhotoCache:
 
     def _build(self, camera: Camera, path: Path) -> None:
         pixels = to_uint8(self.scene.load_image(camera)).numpy()
-        bands, offset = _layout(camera.height, camera.width)
+        bands, offset = _layout(camera.height)
         table = np.array(
             [zlib.crc32(pixels[b * BAND_ROWS : (b + 1) * BAND_ROWS]) for b in range(bands)], dtype="<u4"
         ).tobytes()  # fmt: skip
-        header = HEADER.pack(MAGIC, FORMAT, camera.height, camera.width, BAND_ROWS, bands, zlib.crc32(table))
+        header = HEADER.pack(MAGIC, FORMAT, camera.height, camera.width, pixels.shape[2], BAND_ROWS, bands, zlib.crc32(table))
         with atomic_open(path) as f:
             f.write((header + table).ljust(offset, b"\0"))
             f.write(pixels.data)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from grendel_py.config import DensifyConfig
+from grendel_py.counter_rng import hashed_normal
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.render.projection import Splats, quats_to_rotmats, reaches_image
@@ -214,28 +215,3 @@ def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     children.means = children.means + torch.einsum("nij,nj->ni", rotations, offsets)
     children.log_scales = torch.log(scales / SPLIT_SCALE_DIVISOR)
     return children
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 (wrapping arithmetic; logical shifts emulated with masks)."""
-
-    def shr(v: torch.Tensor, n: int) -> torch.Tensor:
-        return (v >> n) & ((1 << (64 - n)) - 1)
-
-    x = (x ^ shr(x, 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
-    x = (x ^ shr(x, 27)) * -7723592293110705685  # 0x94D049BB133111EB as int64
-    return x ^ shr(x, 31)
-
-
-def hashed_normal(keys: torch.Tensor, seed: int, dims: int) -> torch.Tensor:
-    """Standard normal samples [len(keys), dims] (float64) that depend only on (seed, key): a counter-based
-    generator (splitmix64 + Box-Muller), so any rank draws the same numbers for the same key."""
-    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-    pairs = (dims + 1) // 2
-    counter = keys.to(torch.int64)[:, None] * (2 * pairs) + torch.arange(2 * pairs, device=keys.device)
-    bits = _mix64(_mix64(counter * golden + seed) + golden)
-    u = ((bits >> 11) & ((1 << 53) - 1)).double().add_(0.5).mul_(2.0**-53)  # uniform in (0, 1)
-    u1, u2 = u[:, 0::2], u[:, 1::2]
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    angle = 2.0 * math.pi * u2
-    return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)[:, :dims]

@@ -98,12 +98,14 @@ def render_batch(
     ctx: DistContext,
     balancer: TileBalancer | None = None,
     backend: str = "torch",
+    antialiased: bool = False,
 ) -> Rendered:
-    """Steps 1-6 above for the cameras of one batch; ``balancer`` picks the tile assignment (default: the
-    ``locality`` strategy with fixed equal speeds); ``backend`` is the render backend (a resolved name)."""
+    """Steps 1-6 above for the cameras of one batch, over ``background`` ([3], or [B, 3]: one per camera);
+    ``balancer`` picks the tile assignment (default: the ``locality`` strategy with fixed equal speeds);
+    ``backend`` is the render backend (a resolved name); ``antialiased``: see :func:`grendel_py.render.project`."""
     balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
-    batch, parts, rows = project_batch(shard, cameras, sh_degree, backend)
+    batch, parts, rows = project_batch(shard, cameras, sh_degree, backend, antialiased)
     if torch.is_grad_enabled():
         batch.means2d.retain_grad()
     pairs = PairPieces(batch, parts, grids)  # listed piece by piece for the table, then again for the routing
@@ -179,11 +181,12 @@ def batch_loss(
     ctx: DistContext,
     balancer: TileBalancer | None = None,
     backend: str = "torch",
+    antialiased: bool = False,
 ) -> tuple[torch.Tensor, Rendered]:
     """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered.
     ``images``: each camera's photo, as a tensor or a :class:`grendel_py.train.images.Photo` (then only the
     rank's regions are read, once the tile plan is known)."""
-    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend)
+    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend, antialiased)
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:

@@ -50,7 +50,8 @@ def get_backend(name: str) -> ModuleType:
 @dataclass
 class RenderResult:
     """image [H, W, C] and alpha [H, W] (pixels of unrendered tiles hold the background and 0); ``tile_colors``
-    [T, P, C] and ``tile_alpha`` [T, P] for the rendered tiles ``bins.tile_ids``; the projected ``splats``."""
+    [T, P, C] and ``tile_alpha`` [T, P] for the rendered tiles ``bins.tile_ids``; the projected ``splats``;
+    ``depth`` [H, W] when asked for: the expected depth of each pixel (see :func:`render`)."""
 
     image: torch.Tensor
     alpha: torch.Tensor
@@ -58,23 +59,29 @@ class RenderResult:
     tile_alpha: torch.Tensor
     splats: Splats
     bins: TileBins
+    depth: torch.Tensor | None = None
 
 
-def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch") -> Splats:
-    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0). When autograd
+def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch", antialiased: bool = False) -> Splats:
+    """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0); ``antialiased``:
+    opacities compensated for the dilation (:func:`grendel_py.render.projection.project`). When autograd
     records, only the parameters are kept and the backward recomputes the rest in pieces
     (:func:`grendel_py.render.batch_projection.project_rows`)."""
     degree = gaussians.sh_degree if sh_degree is None else sh_degree
-    return project_rows(gaussians, [None], [len(gaussians)], [camera], degree, get_backend(backend))
+    return project_rows(gaussians, [None], [len(gaussians)], [camera], degree, get_backend(backend), antialiased=antialiased)
 
 
-def visible_rows(gaussians, cameras: list[Camera], backend: str = "torch") -> tuple[list[torch.Tensor], list[int]]:
+def visible_rows(
+    gaussians, cameras: list[Camera], backend: str = "torch", antialiased: bool = False
+) -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int64, ascending) of the Gaussians :func:`project` gives a non-zero extent, and
     their numbers (one read to the host for all cameras); no autograd."""
-    return batch_projection.visible_rows(gaussians, cameras, get_backend(backend))
+    return batch_projection.visible_rows(gaussians, cameras, get_backend(backend), antialiased)
 
 
-def project_batch(gaussians, cameras: list[Camera], sh_degree: int, backend: str = "torch") -> tuple[Splats, list[int], torch.Tensor]:
+def project_batch(
+    gaussians, cameras: list[Camera], sh_degree: int, backend: str = "torch", antialiased: bool = False
+) -> tuple[Splats, list[int], torch.Tensor]:
     """Project, for every camera of a batch, only the Gaussians it sees (:func:`visible_rows`): one
     :class:`Splats` with ``parts[b]`` rows for camera b, one camera after another, and the model row of each
     splat, int64. The rows dropped are exactly those :func:`project` culls, so the pictures and gradients
@@ -82,8 +89,9 @@ def project_batch(gaussians, cameras: list[Camera], sh_degree: int, backend: str
     keeps (and the exchange and binning handle) only visible splats. One host synchronisation. For training:
     the parameters (leaves) get their gradients added into ``.grad`` by the backward pass itself, without a
     gradient-sized temporary (``into_grad`` of :func:`~grendel_py.render.batch_projection.project_rows`)."""
-    rows, parts = visible_rows(gaussians, cameras, backend)
-    return project_rows(gaussians, rows, parts, cameras, sh_degree, get_backend(backend), into_grad=True), parts, torch.cat(rows)
+    rows, parts = visible_rows(gaussians, cameras, backend, antialiased)
+    splats = project_rows(gaussians, rows, parts, cameras, sh_degree, get_backend(backend), into_grad=True, antialiased=antialiased)
+    return splats, parts, torch.cat(rows)
 
 
 def rasterize(
@@ -103,9 +111,17 @@ def rasterize_batch(
     splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor, backend: str = "torch"
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
     """Composite the splats of several cameras at once: ``splats`` holds ``parts[b]`` rows for camera b, one
-    camera after another; ``tiles`` selects each camera's tiles. Returns (colors [T, P, C], alpha [T, P],
-    bins) for the selected tiles in ``tiles.ids`` order (``tiles.split`` cuts them per camera)."""
-    return get_backend(backend).rasterize_batch(splats, parts, tiles, background)
+    camera after another; ``tiles`` selects each camera's tiles; ``background`` is [C], or [B, C] for one per
+    camera. Returns (colors [T, P, C], alpha [T, P], bins) for the selected tiles in ``tiles.ids`` order
+    (``tiles.split`` cuts them per camera)."""
+    if background.dim() == 1:
+        return get_backend(backend).rasterize_batch(splats, parts, tiles, background)
+    # One background per camera: composite over black, then add (1 - alpha) x the camera's background, which
+    # is what the compositor does with one (its gradient reaches the splats through alpha's).
+    colors, alpha, bins = get_backend(backend).rasterize_batch(splats, parts, tiles, background.new_zeros(background.shape[1]))
+    sizes = torch.tensor(tiles.sizes, device=background.device)
+    per_tile = torch.repeat_interleave(background, sizes, dim=0, output_size=sum(tiles.sizes))
+    return torch.addcmul(colors, (1.0 - alpha)[..., None], per_tile[:, None, :]), alpha, bins
 
 
 def render(
@@ -115,14 +131,26 @@ def render(
     tile_ids: torch.Tensor | None = None,
     sh_degree: int | None = None,
     backend: str = "torch",
+    depth: bool = False,
+    antialiased: bool = False,
 ) -> RenderResult:
-    """Render ``gaussians`` from ``camera``; only the tiles ``tile_ids`` when given (others show background)."""
+    """Render ``gaussians`` from ``camera``; only the tiles ``tile_ids`` when given (others show background).
+    ``depth``: also the expected depth of each pixel, the splats' camera-space z weighted as their colours are
+    (sum of w_i z_i) divided by the pixel's alpha, 0 where nothing is drawn (the depths are composited as a
+    second colour pass, so every backend gives it). ``antialiased``: see :func:`project`."""
     means = gaussians.means
     bg = torch.zeros(3, dtype=means.dtype, device=means.device) if background is None else background.to(means)
     grid = TileGrid(camera.width, camera.height)
-    splats = project(gaussians, camera, sh_degree, backend)
+    splats = project(gaussians, camera, sh_degree, backend, antialiased)
     colors, alpha, bins = rasterize(splats, grid, bg, tile_ids, backend)
     covered = grid.pixel_mask(bins.tile_ids)[..., None]
     image = torch.where(covered, grid.tiles_to_image(colors, bins.tile_ids), bg)
     alpha_img = grid.tiles_to_image(alpha[..., None], bins.tile_ids)[..., 0]
-    return RenderResult(image, alpha_img, colors, alpha, splats, bins)
+    result = RenderResult(image, alpha_img, colors, alpha, splats, bins)
+    if depth:
+        z = splats.depths[:, None].expand(-1, splats.colors.shape[1])
+        as_colors = Splats(splats.means2d, splats.conics, splats.depths, splats.opacities, z, splats.extents, splats.ids)
+        summed, _, _ = rasterize(as_colors, grid, torch.zeros_like(bg), bins.tile_ids, backend)
+        summed = grid.tiles_to_image(summed[..., :1], bins.tile_ids)[..., 0]
+        result.depth = torch.where(alpha_img > 0, summed / alpha_img.clamp_min(1e-12), 0.0)
+    return result

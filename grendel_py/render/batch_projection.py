@@ -45,19 +45,21 @@ def _pieces(n: int, rows: Rows) -> list[slice | torch.Tensor]:
     return [rows[r : r + PROJECT_ROWS] for r in range(0, rows.shape[0], PROJECT_ROWS)] or [rows]
 
 
-def _project_piece(model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType) -> Splats:
+def _project_piece(model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType, antialiased: bool) -> Splats:
     g = model.select(piece)
-    return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids)
+    return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids, antialiased=antialiased)
 
 
-def _project_all(model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType) -> Splats:
+def _project_all(
+    model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType, antialiased: bool
+) -> Splats:
     """The splats of every camera, piece by piece, written into one table (no concatenation of copies)."""
     work = [(cam, piece) for cam, r in zip(cameras, rows) for piece in _pieces(len(model), r)]
     if len(work) == 1:
-        return _project_piece(model, work[0][1], work[0][0], degree, ops)
+        return _project_piece(model, work[0][1], work[0][0], degree, ops, antialiased)
     table, start = None, 0
     for cam, piece in work:
-        s = _project_piece(model, piece, cam, degree, ops)
+        s = _project_piece(model, piece, cam, degree, ops, antialiased)
         if table is None:
             table = {f.name: getattr(s, f.name).new_empty((sum(counts),) + getattr(s, f.name).shape[1:]) for f in fields(Splats)}
         for name, t in table.items():
@@ -69,8 +71,8 @@ def _project_all(model: Gaussians, rows: list[Rows], counts: list[int], cameras:
 class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, *params):
-        ids, rows, counts, cameras, degree, ops, into_grad = plan
-        s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops)
+        ids, rows, counts, cameras, degree, ops, antialiased, into_grad = plan
+        s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops, antialiased)
         ctx.leaves = params if into_grad else None  # leaves only (checked by project_rows): no reference cycle
         save(ctx, params, plan=plan)
         ctx.mark_non_differentiable(s.extents, s.ids)
@@ -79,7 +81,7 @@ class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         params, state = load(ctx)
-        ids, rows, counts, cameras, degree, ops, _ = state["plan"]
+        ids, rows, counts, cameras, degree, ops, antialiased, _ = state["plan"]
         wanted = ctx.needs_input_grad[1:]
         if ctx.leaves is not None:  # add into .grad itself, allocating it only when there is none yet
             for leaf, w in zip(ctx.leaves, wanted):
@@ -94,7 +96,7 @@ class _ProjectRows(torch.autograd.Function):
             for piece in _pieces(len(ids), r):
                 with torch.enable_grad():
                     leaves = [p[piece].detach().requires_grad_(w) for p, w in zip(params, wanted)]
-                    s = _project_piece(Gaussians(*leaves, ids=ids[piece]), slice(None), cam, degree, ops)
+                    s = _project_piece(Gaussians(*leaves, ids=ids[piece]), slice(None), cam, degree, ops, antialiased)
                     end = start + len(s)
                     pairs = [(getattr(s, n), by_name[n][start:end]) for n in _OUTPUTS if by_name[n] is not None and getattr(s, n).requires_grad]
                     inputs = [leaf for leaf in leaves if leaf.requires_grad]
@@ -111,11 +113,19 @@ class _ProjectRows(torch.autograd.Function):
 
 
 def project_rows(
-    model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType, into_grad: bool = False
+    model: Gaussians,
+    rows: list[Rows],
+    counts: list[int],
+    cameras: list[Camera],
+    degree: int,
+    ops: ModuleType,
+    into_grad: bool = False,
+    antialiased: bool = False,
 ) -> Splats:
     """The projection at SH degree ``degree`` with the backend module ``ops`` of the model rows ``rows[b]``
-    (``counts[b]`` of them; None: all, in order) for camera b, one camera after another. When autograd
-    records, only the parameters and ``rows`` are kept; see the module's description.
+    (``counts[b]`` of them; None: all, in order) for camera b, one camera after another (``antialiased``: see
+    :func:`~grendel_py.render.projection.project`). When autograd records, only the parameters and ``rows``
+    are kept; see the module's description.
 
     ``into_grad``: the backward pass adds the parameters' gradients into their ``.grad`` itself (allocated
     when None) and hands autograd none, so that a backward after another (gradients accumulating over the
@@ -125,13 +135,13 @@ def project_rows(
         raise ValueError("project_rows: no cameras")
     params = [getattr(model, name) for name in TRAINABLE]
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-        return _project_all(model, rows, counts, cameras, degree, ops)
+        return _project_all(model, rows, counts, cameras, degree, ops, antialiased)
     if into_grad and not all(p.is_leaf for p in params):
         raise ValueError("project_rows: into_grad needs parameters that are leaves of autograd")
-    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops, into_grad), *params))
+    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops, antialiased, into_grad), *params))
 
 
-def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType) -> tuple[list[torch.Tensor], list[int]]:
+def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType, antialiased: bool = False) -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int64, ascending) of the Gaussians the projection gives a non-zero extent, and
     their numbers (one read to the host for all cameras). Found without autograd by the same projection
     without colours (SH degree 0), in the same pieces of :data:`PROJECT_ROWS`."""
@@ -141,7 +151,7 @@ def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType) -> tu
             parts = []
             for piece in _pieces(len(model), None):
                 g = model.select(piece)
-                parts.append(ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids).visible)
+                parts.append(ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids, antialiased=antialiased).visible)
             masks.append(torch.cat(parts))
     counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
     return [_true_rows(m, c) for m, c in zip(masks, counts)], counts

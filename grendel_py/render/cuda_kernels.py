@@ -43,10 +43,12 @@ class Kernel:
 _BIN_IN = ("i32", "f32*", "f32*", "f32*", "i32*", "i32", "i32", "i32", "i32*")
 _RASTER_IN = ("i64*", "i64*", "i64*", "f32*", "f32*", "f32*", "f32*", "f32*", "i32")
 KERNELS: dict[str, Kernel] = {
-    # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height -> means2d, conics, depths, colors, extents
-    "project_forward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32", "i32") + ("f32*",) * 4 + ("i32*",)),
-    # n, means, quats, scales, sh, n_coeffs, degree, cam, v_means2d, v_conics, v_depths, v_colors -> v_means, v_quats, v_scales, v_sh
-    "project_backward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 4 + ("i32", "i32") + ("f32*",) * 9),
+    # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, antialiased
+    #   -> means2d, conics, depths, opacities_out, colors, extents
+    "project_forward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32", "i32", "i32") + ("f32*",) * 5 + ("i32*",)),
+    # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, antialiased, v_means2d, v_conics, v_depths, v_opacities_out,
+    #   v_colors -> v_means, v_quats, v_scales, v_opacities, v_sh
+    "project_backward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32") + ("f32*",) * 10),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile -> counts
     "count_intersections": Kernel("bin.cu", "element", _BIN_IN + ("i64*",)),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts, depth_rank -> keys

@@ -33,9 +33,10 @@ def project(
     camera: Camera,
     ids: torch.Tensor,
     near_plane: float = 0.01,
+    antialiased: bool = False,
 ) -> Splats:
     """As :func:`grendel_py.render.projection.project`, on the GPU."""
-    return _backend(means.device).project(means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane)
+    return _backend(means.device).project(means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane, antialiased)
 
 
 def rasterize_batch(

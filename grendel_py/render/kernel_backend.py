@@ -60,35 +60,36 @@ def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tenso
 
 class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, sh, opacities, cam, degree, width, height, launch):
+    def forward(ctx, means, quats, scales, opacities, sh, cam, degree, width, height, antialiased, launch):
         n, n_coeffs = means.shape[0], sh.shape[1]
-        means, quats, scales, sh = (t.contiguous() for t in (means, quats, scales, sh))
+        means, quats, scales, opacities, sh = (t.contiguous() for t in (means, quats, scales, opacities, sh))
         means2d = means.new_empty(n, 2)
         conics = means.new_empty(n, 3)
         depths = means.new_empty(n)
+        opacities_out = means.new_empty(n)
         colors = means.new_empty(n, 3)
         extents = torch.empty(n, 2, dtype=torch.int32, device=means.device)
         launch(
-            "project_forward", n, means, quats, scales, opacities.contiguous(), sh, n_coeffs, degree, cam, width,
-            height, means2d, conics, depths, colors, extents,
+            "project_forward", n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height,
+            int(antialiased), means2d, conics, depths, opacities_out, colors, extents,
         )
-        ctx.save_for_backward(means, quats, scales, sh, cam)
-        ctx.degree, ctx.launch = degree, launch
+        ctx.save_for_backward(means, quats, scales, opacities, sh, cam)
+        ctx.degree, ctx.antialiased, ctx.launch = degree, antialiased, launch
         ctx.mark_non_differentiable(extents)
-        return means2d, conics, depths, colors, extents
+        return means2d, conics, depths, opacities_out, colors, extents
 
     @staticmethod
-    def backward(ctx, v_means2d, v_conics, v_depths, v_colors, _v_extents):
-        means, quats, scales, sh, cam = ctx.saved_tensors
+    def backward(ctx, v_means2d, v_conics, v_depths, v_opacities_out, v_colors, _v_extents):
+        means, quats, scales, opacities, sh, cam = ctx.saved_tensors
         n = means.shape[0]
-        v_means, v_quats, v_scales, v_sh = (torch.empty_like(t) for t in (means, quats, scales, sh))
+        v_means, v_quats, v_scales, v_opacities, v_sh = (torch.empty_like(t) for t in (means, quats, scales, opacities, sh))
         ctx.launch(
-            "project_backward", n, means, quats, scales, sh, sh.shape[1], ctx.degree, cam,
-            _zeros_if_none(v_means2d, means[:, :2]), _zeros_if_none(v_conics, means),
-            _zeros_if_none(v_depths, means[:, 0]), _zeros_if_none(v_colors, means),
-            v_means, v_quats, v_scales, v_sh,
+            "project_backward", n, means, quats, scales, opacities, sh, sh.shape[1], ctx.degree, cam,
+            int(ctx.antialiased), _zeros_if_none(v_means2d, means[:, :2]), _zeros_if_none(v_conics, means),
+            _zeros_if_none(v_depths, opacities), _zeros_if_none(v_opacities_out, opacities),
+            _zeros_if_none(v_colors, means), v_means, v_quats, v_scales, v_opacities, v_sh,
         )
-        return v_means, v_quats, v_scales, v_sh, None, None, None, None, None, None
+        return v_means, v_quats, v_scales, v_opacities, v_sh, None, None, None, None, None, None
 
 
 class _Rasterize(torch.autograd.Function):
@@ -154,6 +155,7 @@ class KernelBackend:
         camera: Camera,
         ids: torch.Tensor,
         near_plane: float = 0.01,
+        antialiased: bool = False,
     ) -> Splats:
         """As :func:`grendel_py.render.projection.project` (3 colour channels, float32)."""
         _require_countable(means.shape[0], "Gaussians")
@@ -161,8 +163,8 @@ class KernelBackend:
         if sh.shape[-1] != 3 or sh.shape[1] < (sh_degree + 1) ** 2 or not 0 <= sh_degree <= 3:
             raise ValueError(f"SH of shape {tuple(sh.shape)} cannot be evaluated at degree {sh_degree} in 3 channels")
         cam = camera_record(camera, near_plane, means.device)
-        means2d, conics, depths, colors, extents = _Project.apply(
-            means, quats, scales, sh, opacities.detach(), cam, sh_degree, camera.width, camera.height, self.launch
+        means2d, conics, depths, opacities, colors, extents = _Project.apply(
+            means, quats, scales, opacities, sh, cam, sh_degree, camera.width, camera.height, antialiased, self.launch
         )
         return Splats(means2d, conics, depths, opacities, colors, extents, ids)
 

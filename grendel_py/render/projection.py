@@ -4,6 +4,10 @@ Per Gaussian: camera-space mean, EWA 2D covariance ``J W Sigma W^T J^T + 0.3 I``
 clamped to 1.3x the field of view as in gsplat), its inverse (the conic), an opacity-aware pixel extent and the
 view-dependent colour from SH (+0.5, clamped at 0 as in INRIA 3DGS). Differentiable by autograd in every
 float input; extents are integers and carry no gradient.
+
+``antialiased``: the Mip-Splatting 2D filter as gsplat's ``antialiased`` mode: the dilation is kept and the
+splat's opacity is multiplied by ``sqrt(det(cov2d) / det(cov2d + 0.3 I))``, so a Gaussian smaller than a pixel
+keeps its total contribution instead of growing to a pixel-sized blob (no aliasing when the view zooms out).
 """
 
 from __future__ import annotations
@@ -89,10 +93,12 @@ def project(
     camera: Camera,
     ids: torch.Tensor,
     near_plane: float = 0.01,
+    antialiased: bool = False,
 ) -> Splats:
     """Project N Gaussians (means [N,3], quats [N,4], scales [N,3], opacities [N] in (0,1), SH [N,K,3]) into
     ``camera``. Splats behind ``near_plane``, with a degenerate covariance, too faint to reach alpha 1/255 or
-    whose box misses the image get extent 0 (their other values are finite but meaningless)."""
+    whose box misses the image get extent 0 (their other values are finite but meaningless). ``antialiased``:
+    opacities compensated for the dilation (see the module)."""
     dtype, device = means.dtype, means.device
     R = camera.R.to(dtype=dtype, device=device)
     t = camera.t.to(dtype=dtype, device=device)
@@ -114,13 +120,15 @@ def project(
 
     cov_cam = R @ covariances_3d(quats, scales) @ R.T
     cov2d = J @ cov_cam @ J.transpose(1, 2)
-    a = cov2d[:, 0, 0] + DILATION
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + DILATION
+    a0, b, c0 = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    a = a0 + DILATION
+    c = c0 + DILATION
     det = a * c - b * b
     ok_det = det > 0
     det_s = torch.where(ok_det, det, torch.ones_like(det))
     conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
+    if antialiased:
+        opacities = opacities * torch.sqrt(torch.clamp_min((a0 * c0 - b * b) / det_s, 0.0))
 
     means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], dim=-1)
     extents = _extents(means2d.detach(), a.detach(), c.detach(), opacities.detach(), camera)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from grendel_py.config import Config
 from grendel_py.data.cameras import Camera
-from grendel_py.data.dataset import Scene, scene_from_config
+from grendel_py.data.dataset import Scene, over_background, scene_from_config
 from grendel_py.parallel.runtime import DistContext, single_process
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
@@ -33,18 +33,20 @@ def evaluate(
     background: torch.Tensor,
     renders_dir: Path | None = None,
     max_renders: int = 0,
+    antialiased: bool = False,
 ) -> dict[str, Any]:
     """PSNR and SSIM of ``gaussians`` (all in this process) rendered from each of ``cameras`` (non-empty)
-    against its photo: :func:`evaluate_sharded` on a single process.
+    against its photo (composited over ``background`` where it has alpha): :func:`evaluate_sharded` on a
+    single process.
 
     Returns {"views": [{"name", "uid", "psnr", "ssim"}, ...], "psnr": mean, "ssim": mean, "count": n}. With
     ``renders_dir``, the first ``max_renders`` views are saved there as "render | ground truth" PNGs
     [H, 2W] named ``{uid:05d}_{stem}.png``.
     """
     def photo(camera: Camera) -> torch.Tensor:  # the 8-bit photo, as in training
-        return to_float(to_uint8(scene.load_image(camera)).to(gaussians.device))
+        return over_background(to_float(to_uint8(scene.load_image(camera)).to(gaussians.device)), background)
 
-    return evaluate_sharded(gaussians, photo, cameras, background, single_process(), renders_dir, max_renders)
+    return evaluate_sharded(gaussians, photo, cameras, background, single_process(), renders_dir, max_renders, antialiased=antialiased)
 
 
 def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict[str, Any]:
@@ -58,9 +60,9 @@ def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict
         raise InputError(scene.source, f"scene has no {split} cameras; use --split all or data.test_every")
     gaussians = read_ply(model_path)
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
-    photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device)
+    photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device, background)
     try:
-        return evaluate_sharded(gaussians, photos.photo, cameras, background, single_process())
+        return evaluate_sharded(gaussians, photos.photo, cameras, background, single_process(), antialiased=cfg.render.antialiased)
     finally:
         photos.close()
 
@@ -74,9 +76,10 @@ def evaluate_sharded(
     renders_dir: Path | None = None,
     max_renders: int = 0,
     backend: str = "torch",
+    antialiased: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
-    result), rendered with the (resolved) ``backend``. ``photos(camera)`` is the camera's photo as float32 in
+    result), rendered with the (resolved) ``backend`` (``antialiased``: see :func:`grendel_py.render.project`). ``photos(camera)`` is the camera's photo as float32 in
     [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
     ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
@@ -93,7 +96,7 @@ def evaluate_sharded(
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = photos(cam)
-            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend)
+            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend, antialiased=antialiased)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
                 dist.all_reduce(sums)

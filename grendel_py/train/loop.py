@@ -49,7 +49,7 @@ from grendel_py.train.checkpoint import (
     MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
 )  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
-from grendel_py.train.images import GroundTruth, Photo
+from grendel_py.train.images import GroundTruth, Photo, random_backgrounds
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.assign import Assignment, TileTable
@@ -80,8 +80,8 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
-    images = GroundTruth(photos, ctx.device)
-    test_photos = GroundTruth(photos, ctx.device).photo  # read outside the step: not counted as waiting for data
+    images = GroundTruth(photos, ctx.device, background)
+    test_photos = GroundTruth(photos, ctx.device, background).photo  # read outside the step: not counted as waiting for data
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
@@ -95,11 +95,15 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             tic, waited = time.perf_counter(), images.wait_seconds
             cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
-            gts = images.batch(cameras)
+            backgrounds = random_backgrounds(cfg.seed, seen, len(cameras), ctx.device) if cfg.render.random_background else None
+            gts = images.batch(cameras, backgrounds)
             if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
                 images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
             passes = [
-                train_pass(shard, cameras[part], gts[part], background, sh_degree, t.lambda_dssim, ctx, balancer, backend, densify)
+                train_pass(
+                    shard, cameras[part], gts[part], background if backgrounds is None else backgrounds[part], sh_degree,
+                    t.lambda_dssim, ctx, balancer, backend, densify, cfg.render.antialiased,
+                )
                 for part in micro_batches(len(cameras), t.micro_batch)
             ]  # fmt: skip
             optimizer.update_lr(seen, t.images)
@@ -132,7 +136,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
                 raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
-                metrics = evaluate_sharded(shard, test_photos, scene.test_cameras, background, ctx, backend=backend)
+                metrics = evaluate_sharded(shard, test_photos, scene.test_cameras, background, ctx, backend=backend, antialiased=cfg.render.antialiased)
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
@@ -285,11 +289,12 @@ class PassStats:
 
 def train_pass(
     shard: Gaussians, cameras: list, gts: list[Photo], background: torch.Tensor, sh_degree: int, lambda_dssim: float,
-    ctx: DistContext, balancer: TileBalancer, backend: str, densify: DensifyStrategy,
+    ctx: DistContext, balancer: TileBalancer, backend: str, densify: DensifyStrategy, antialiased: bool = False,
 ) -> PassStats:
     """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``),
-    and their densification statistics; what the pass rendered is freed when it returns."""
-    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend)
+    and their densification statistics; what the pass rendered is freed when it returns. ``background``: [3],
+    or [B, 3] one per camera."""
+    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased)
     loss.backward()
     for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
         densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
@@ -376,9 +381,11 @@ def _finish(
     if scene.test_cameras:
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
-                test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend)
+                test = evaluate_sharded(
+                    model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend, cfg.render.antialiased
+                )
         else:
-            test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend)
+            test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend, cfg.render.antialiased)
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)
