@@ -116,8 +116,15 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DensifyConfig:
-    """Adaptive density control (INRIA defaults). Schedules count training images, not steps."""
+    """Adaptive density control. Schedules count training images, not steps. ``strategy``: ``inria`` (clone,
+    split, prune, opacity reset: INRIA's defaults) or ``mcmc`` (3DGS as MCMC: relocation of dead Gaussians,
+    growth by ``growth_rate`` per refinement toward ``budget``, position noise, opacity and scale
+    regularisers; gsplat's defaults). Both refine at multiples of ``every_images`` between ``start_images``
+    and ``stop_images``, prune or relocate below ``min_opacity``, and never let the whole model (all ranks)
+    hold more than ``budget`` Gaussians; the other fields belong to one of them, as named."""
 
+    strategy: Literal["inria", "mcmc"] = "inria"
+    budget: int = 5_000_000
     start_images: int = 500
     stop_images: int = 15_000
     every_images: int = 100
@@ -127,7 +134,10 @@ class DensifyConfig:
     reset_opacity_every: int = 3000
     max_screen_size: float = 20.0
     max_world_size: float = 0.1
-    max_gaussians: int = 5_000_000
+    growth_rate: float = 1.05  # mcmc
+    noise_lr: float = 5e5  # mcmc
+    opacity_reg: float = 0.01  # mcmc
+    scale_reg: float = 0.01  # mcmc
 
     def __post_init__(self) -> None:
         _require(self.start_images >= 0, "start_images", self.start_images, "an integer >= 0")
@@ -139,7 +149,11 @@ class DensifyConfig:
         _require(self.reset_opacity_every > 0, "reset_opacity_every", self.reset_opacity_every, "an integer > 0")
         _require(self.max_screen_size > 0, "max_screen_size", self.max_screen_size, "a number > 0 (pixels)")
         _require(self.max_world_size > 0, "max_world_size", self.max_world_size, "a number > 0 (x extent)")
-        _require(self.max_gaussians > 0, "max_gaussians", self.max_gaussians, "an integer > 0")
+        _require(self.budget > 0, "budget", self.budget, "an integer > 0")
+        _require(self.growth_rate >= 1.0, "growth_rate", self.growth_rate, "a number >= 1")
+        _require(self.noise_lr >= 0, "noise_lr", self.noise_lr, "a number >= 0")
+        _require(self.opacity_reg >= 0, "opacity_reg", self.opacity_reg, "a number >= 0")
+        _require(self.scale_reg >= 0, "scale_reg", self.scale_reg, "a number >= 0")
 
 
 @dataclass(frozen=True)

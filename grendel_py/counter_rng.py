@@ -22,10 +22,15 @@ def _mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ shr(x, 31)
 
 
+def hashed_bits(keys: torch.Tensor, seed: int) -> torch.Tensor:
+    """64 random bits per key, int64 [len(keys)], that depend only on (seed, key)."""
+    return _mix64(_mix64(keys.to(torch.int64) * _GOLDEN + seed) + _GOLDEN)
+
+
 def hashed_uniform(keys: torch.Tensor, seed: int, dims: int) -> torch.Tensor:
     """Uniform samples in (0, 1), float64 [len(keys), dims], that depend only on (seed, key)."""
     counter = keys.to(torch.int64)[:, None] * dims + torch.arange(dims, device=keys.device)
-    bits = _mix64(_mix64(counter * _GOLDEN + seed) + _GOLDEN)
+    bits = hashed_bits(counter, seed)
     return ((bits >> 11) & ((1 << 53) - 1)).double().add_(0.5).mul_(2.0**-53)
 
 

@@ -136,9 +136,9 @@ def test_mean_gradient_is_zero_for_never_seen_gaussians() -> None:
     assert len(g) == 3
 
 
-@pytest.mark.parametrize("max_gaussians, cloned", [(4, 0), (5, 1), (6, 2), (100, 3)])
-def test_cap_on_max_gaussians_takes_largest_gradients(max_gaussians: int, cloned: int) -> None:
-    cfg = DensifyConfig(start_images=0, stop_images=1000, every_images=10, max_gaussians=max_gaussians)
+@pytest.mark.parametrize("budget, cloned", [(4, 0), (5, 1), (6, 2), (100, 3)])
+def test_the_budget_caps_growth_by_largest_gradients(budget: int, cloned: int) -> None:
+    cfg = DensifyConfig(start_images=0, stop_images=1000, every_images=10, budget=budget)
     g = _model([(SMALL, ID, 0.5)] * 4)
     opt, s = _setup(g, cfg)
     _observe(s, [2 * HIGH, 4 * HIGH, 0.0, 3 * HIGH], [5] * 4)
@@ -149,7 +149,7 @@ def test_cap_on_max_gaussians_takes_largest_gradients(max_gaussians: int, cloned
 
 
 def test_cap_counts_a_split_as_one_more_gaussian() -> None:
-    cfg = DensifyConfig(start_images=0, stop_images=1000, every_images=10, max_gaussians=3)
+    cfg = DensifyConfig(start_images=0, stop_images=1000, every_images=10, budget=3)
     g = _model([(LARGE, ID, 0.5), (LARGE, ID, 0.5)])
     opt, s = _setup(g, cfg)
     _observe(s, [HIGH, 2 * HIGH], [5, 5])

@@ -9,13 +9,17 @@ import pytest
 import torch
 
 from grendel_py.config import load_config
+from grendel_py.data.dataset import load_scene
+from grendel_py.model.optim import TRAINABLE
+from grendel_py.parallel.runtime import single_process
+from grendel_py.train.checkpoint import find_checkpoint, load_shards
 from grendel_py.model.ply import read_ply
 from grendel_py.train.loop import train
 from tests.dist_util import run_ranks
 
 
-def _train_job(ctx, scene: str, out: str, micro_batch: int = 0) -> dict:
-    cfg = load_config(None, [f"train.micro_batch={micro_batch}",
+def _train_job(ctx, scene: str, out: str, micro_batch: int = 0, extra: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(None, [f"train.micro_batch={micro_batch}", *extra,
         f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
@@ -75,3 +79,28 @@ def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path, one_ran
     assert one["bytes"] == 0 < two[0]["bytes"]
     names = sorted(p.name for p in (tmp_path / "w2").iterdir())
     assert names == ["checkpoints", "config.yaml", "metrics.json", "model.ply", "renders", "tb"]
+
+
+def _final_model(run: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The last checkpoint's Gaussians, all ranks' shards together, rows by global id: (ids, fields)."""
+    state = load_shards(find_checkpoint(run), single_process())["optimizer"]
+    order = torch.argsort(state["ids"])
+    return state["ids"][order], {f: state["params"][f][order] for f in TRAINABLE}
+
+
+def test_mcmc_on_two_ranks_grows_the_one_rank_model_within_the_global_budget(scene: Path, tmp_path: Path) -> None:
+    """densify.strategy=mcmc: relocation, growth, noise and regularisers give the one-rank model on two ranks,
+    Gaussian by Gaussian (the same global ids), and the budget caps the whole model, not each rank's share."""
+    start = len(load_scene(scene).points_xyz)
+    budget = int(start * 1.08)  # growth 1.05 per refinement at 10, 20 and 30 images: the budget binds at the second
+    extra = ("densify.strategy=mcmc", f"densify.budget={budget}", "densify.min_opacity=0.02")
+    one = run_ranks(1, _train_job, str(scene), str(tmp_path / "w1"), 0, extra)[0]
+    two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"), 0, extra)
+    assert one["n"] == two[0]["n"] == two[1]["n"] == budget
+    (ids_a, a), (ids_b, b) = _final_model(tmp_path / "w1"), _final_model(tmp_path / "w2")
+    assert torch.equal(ids_a, ids_b) and int(ids_a.max()) >= start  # the same Gaussians, copies included
+    assert int((ids_a < start).sum()) < start  # and dead ones were relocated
+    for field in TRAINABLE:
+        diff = (a[field] - b[field]).abs().reshape(len(ids_a), -1).amax(dim=1) / max(1.0, float(a[field].abs().max()))
+        assert float(diff.quantile(0.99)) <= 1e-4 and float(diff.max()) <= 1e-2, field
+    assert two[0]["psnr"] == pytest.approx(one["psnr"], abs=0.05)

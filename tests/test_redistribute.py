@@ -115,7 +115,7 @@ def test_redistribution_does_not_change_the_next_step() -> None:
     assert not torch.equal(kept[0]["ids"], moved[0]["ids"])  # the shards really changed
 
 
-CAP_CFG = DensifyConfig(start_images=0, stop_images=1000, every_images=10, reset_opacity_every=5000, max_gaussians=131)
+CAP_CFG = DensifyConfig(start_images=0, stop_images=1000, every_images=10, reset_opacity_every=5000, budget=131)
 
 
 def _cap_job(ctx) -> dict:
@@ -135,7 +135,7 @@ def test_model_size_cap_is_global_and_rank_invariant() -> None:
     two = run_ranks(2, _cap_job)
     ids_one = torch.sort(one["ids"]).values
     ids_two = torch.sort(torch.cat([r["ids"] for r in two])).values
-    assert len(ids_one) == CAP_CFG.max_gaussians  # grown to the cap, not to a per-rank share of it
+    assert len(ids_one) == CAP_CFG.budget  # grown to the cap, not to a per-rank share of it
     assert torch.equal(ids_one, ids_two)
     means_two = torch.cat([r["means"] for r in two])[torch.argsort(torch.cat([r["ids"] for r in two]))]
     assert torch.equal(one["means"][torch.argsort(one["ids"])], means_two)

@@ -27,6 +27,7 @@ import torch
 
 from grendel_py.config import DensifyConfig
 from grendel_py.counter_rng import hashed_normal
+from grendel_py.model.mcmc import MCMCStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.render.projection import Splats, quats_to_rotmats, reaches_image
@@ -44,7 +45,7 @@ class DensifyStrategy:
     """Densification state and schedule for a scene of ``extent``; ``seed`` drives split sampling.
 
     With the model sharded over ranks, ``reduce`` (:meth:`~grendel_py.parallel.runtime.DistContext.reduce`)
-    spans them: ``cfg.max_gaussians`` then caps the whole model, and when the cap binds the Gaussians with
+    spans them: ``cfg.budget`` then caps the whole model, and when the cap binds the Gaussians with
     the largest gradients (ties: lowest id) grow, whichever rank holds them.
 
     State, one row per Gaussian of the model: grad2d_sum [N] (sum of view-space gradient norms in NDC units),
@@ -95,6 +96,9 @@ class DensifyStrategy:
         radii = extents.max(dim=1).values.float()
         old = self.max_radius2d[rows]
         self.max_radius2d[rows] = torch.where(visible, torch.maximum(old, radii), old)
+
+    def regularise(self, gaussians: Gaussians, images: int) -> None:
+        """The INRIA strategy adds no regulariser (the interface of :class:`~grendel_py.model.mcmc.MCMCStrategy`)."""
 
     def step(
         self,
@@ -154,10 +158,10 @@ class DensifyStrategy:
         return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum())}
 
     def _cap(self, candidates: torch.Tensor, grads: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``candidates`` (bool [N]) limited so that the whole model grows by at most max_gaussians minus its
+        """``candidates`` (bool [N]) limited so that the whole model grows by at most budget minus its
         size: those with the largest ``grads``, ties by lowest id, over all ranks."""
         counts = self.reduce(torch.tensor([len(ids), int(candidates.sum())], device=ids.device), "sum")
-        budget = max(self.cfg.max_gaussians - int(counts[0]), 0)
+        budget = max(self.cfg.budget - int(counts[0]), 0)
         if int(counts[1]) <= budget:
             return candidates
         group = (~candidates).to(torch.int64)  # candidates compete in group 0; group 1 takes nothing
@@ -180,7 +184,10 @@ class DensifyStrategy:
         return {k: v.to(device or v.device, copy=True) for k, v in stats.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
+        """Restore :meth:`state_dict` output ({}: none yet)."""
+        if not state:
+            self.grad2d_sum, self.count, self.max_radius2d = torch.zeros(0), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
+            return
         self.grad2d_sum = state["grad2d_sum"].clone()
         self.count = state["count"].clone()
         self.max_radius2d = state["max_radius2d"].clone()
@@ -215,3 +222,14 @@ def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     children.means = children.means + torch.einsum("nij,nj->ni", rotations, offsets)
     children.log_scales = torch.log(scales / SPLIT_SCALE_DIVISOR)
     return children
+
+
+Strategy = DensifyStrategy | MCMCStrategy
+"""A densification strategy: ``observe``, ``regularise``, ``step`` and per-Gaussian ``state_dict`` (moved with
+the Gaussians by the redistribution, saved in checkpoints)."""
+
+
+def densify_strategy(cfg: DensifyConfig, extent: float, seed: int, reduce: Reduce = local_reduce) -> Strategy:
+    """The strategy ``cfg.strategy`` names, for a scene of ``extent`` (``reduce`` spans the ranks)."""
+    kind = {"inria": DensifyStrategy, "mcmc": MCMCStrategy}[cfg.strategy]
+    return kind(cfg, extent, seed, reduce)

@@ -131,6 +131,19 @@ class GaussianOptimizer:
             raise ValueError(f"reset_field: {name} has shape {list(old.shape)}, got a value of {list(value.shape)}")
         self._swap(name, value.detach().to(old.device, old.dtype).clone(), torch.zeros_like)
 
+    def reset_rows(self, rows: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Zero the Adam moments of the Gaussians where the bool ``rows`` [N] is True, in every field, and set
+        the fields named in ``values`` to those full-size tensors (step counts kept)."""
+        if rows.dtype != torch.bool or rows.shape != (len(self.gaussians),):
+            raise ValueError(f"rows: expected bool [{len(self.gaussians)}], got {rows.dtype} {list(rows.shape)}")
+        for name in TRAINABLE:
+            old = getattr(self.gaussians, name)
+            value = values.get(name, old)
+            if value.shape != old.shape:
+                raise ValueError(f"reset_rows: {name} has shape {list(old.shape)}, got a value of {list(value.shape)}")
+            mask = rows.reshape((-1,) + (1,) * (old.dim() - 1))
+            self._swap(name, value.detach().to(old.device, old.dtype).clone(), lambda s, mask=mask: s.masked_fill(mask, 0.0))
+
     def _swap(self, name: str, values: torch.Tensor, state_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Make the fresh tensor ``values`` (aliasing nothing) the leaf of field ``name`` and replace its Adam
         moments by ``state_fn(old moment)``; pending gradients are dropped."""

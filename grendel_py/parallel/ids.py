@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 from grendel_py.parallel.runtime import DistContext
 
-MAX_COPIES = 2
-"""A Gaussian gives at most this many copies per densification (a split makes two children)."""
+MAX_COPIES = 64
+"""A Gaussian gives at most this many copies per densification (a split makes two children, an MCMC
+refinement at most MAX_SHARE - 1 = 50)."""
 
 
 def _gather(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -16,12 +16,9 @@ import torch
 
 from grendel_py.parallel.exchange import all_to_all_rows, exchange_counts
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.densify import Strategy
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from partition.spatial import sharded_owners
-
-_STATS = ("grad2d_sum", "count", "max_radius2d")
-"""Densification statistics, one value per Gaussian each."""
 
 
 def shard_sizes(n_local: int, ctx: DistContext) -> torch.Tensor:
@@ -37,7 +34,7 @@ def imbalance(sizes: torch.Tensor) -> float:
     return float(sizes.max()) * len(sizes) / total if total else 1.0
 
 
-def redistribute(optimizer: GaussianOptimizer, densify: DensifyStrategy, mode: str, ctx: DistContext) -> int:
+def redistribute(optimizer: GaussianOptimizer, densify: Strategy, mode: str, ctx: DistContext) -> int:
     """New ``mode`` shards ("kd", "morton", "array-order") for all ranks; moves this rank's Gaussians there.
     Returns how many Gaussians this rank sent to other ranks. Every rank must call it."""
     model = optimizer.gaussians
@@ -45,7 +42,7 @@ def redistribute(optimizer: GaussianOptimizer, densify: DensifyStrategy, mode: s
     return move_gaussians(optimizer, densify, owners, ctx)
 
 
-def move_gaussians(optimizer: GaussianOptimizer, densify: DensifyStrategy, owners: torch.Tensor, ctx: DistContext) -> int:
+def move_gaussians(optimizer: GaussianOptimizer, densify: Strategy, owners: torch.Tensor, ctx: DistContext) -> int:
     """Send each Gaussian of this rank to rank ``owners[i]`` (int64 [N]) with its parameters, Adam moments
     and densification statistics; the shard that arrives is sorted by id. Adam step counts are per field and
     the same on every rank that has stepped (the largest is kept). Returns the rows sent to other ranks."""
@@ -63,8 +60,10 @@ def move_gaussians(optimizer: GaussianOptimizer, densify: DensifyStrategy, owner
         for key in ("exp_avg", "exp_avg_sq"):
             local = adam[f][key] if adam[f] else torch.zeros_like(state["params"][f])
             columns.append(_rows(local))
-    stats = densify.state_dict() if len(densify.count) == n else {}
-    columns += [stats[k].reshape(n, 1).float() if stats else model.means.new_zeros(n, 1) for k in _STATS]
+    stats = densify.state_dict()  # one row per Gaussian; none yet (0 rows) counts as zeros
+    names = sorted(stats)
+    dtypes = {k: stats[k].dtype for k in names}
+    columns += [stats[k].reshape(n, 1).float() if len(stats[k]) == n else model.means.new_zeros(n, 1) for k in names]
     widths = [c.shape[1] for c in columns]
     rows = torch.cat([c.float() for c in columns], dim=1)
 
@@ -86,8 +85,8 @@ def move_gaussians(optimizer: GaussianOptimizer, densify: DensifyStrategy, owner
             "exp_avg_sq": next(parts).reshape(params[f].shape).contiguous(),
         }
     optimizer.load_state_dict({"params": params, "ids": ids[by_id], "adam": new_adam})
-    grad2d_sum, count, max_radius2d = (next(parts)[:, 0].contiguous() for _ in _STATS)
-    densify.load_state_dict({"grad2d_sum": grad2d_sum, "count": count.round().to(torch.int32), "max_radius2d": max_radius2d})
+    moved = {k: next(parts)[:, 0].contiguous() for k in names}
+    densify.load_state_dict({k: v if dtypes[k].is_floating_point else v.round().to(dtypes[k]) for k, v in moved.items()})
     return int(send.sum() - send[ctx.rank]) if ctx.distributed else 0
 
 

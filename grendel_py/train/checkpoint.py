@@ -25,7 +25,7 @@ import torch.distributed as dist
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
-from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.densify import Strategy
 from grendel_py.model.gaussians import num_sh_rest
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 
@@ -58,7 +58,7 @@ def save_checkpoint(
     run_dir: Path,
     images_seen: int,
     optimizer: GaussianOptimizer,
-    densify: DensifyStrategy,
+    densify: Strategy,
     sampler_state: dict,
     next_id: int,
     keep: int,
@@ -192,8 +192,7 @@ def _empty(sh_degree: int) -> dict[str, Any]:
         "opacity_logits": torch.zeros(0), "sh0": torch.zeros(0, 1, 3), "shN": torch.zeros(0, num_sh_rest(sh_degree), 3),
     }  # fmt: skip
     optimizer = {"params": params, "ids": torch.zeros(0, dtype=torch.int64), "adam": {f: {} for f in TRAINABLE}}
-    densify = {"grad2d_sum": torch.zeros(0), "count": torch.zeros(0, dtype=torch.int32), "max_radius2d": torch.zeros(0)}
-    return {"optimizer": optimizer, "densify": densify}
+    return {"optimizer": optimizer, "densify": {}}
 
 
 def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,12 +210,12 @@ def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("exp_avg", "exp_avg_sq"):
             adam[f][key] = torch.cat([o["adam"][f][key] if o["adam"][f] else torch.zeros_like(o["params"][f]) for o in opts])
     densify = {}
-    for key in ("grad2d_sum", "count", "max_radius2d"):
+    for key in sorted({k for s in states for k in s["densify"]}):  # a shard without statistics yet: zeros
+        dtype = next(s["densify"][key].dtype for s in states if key in s["densify"])
         parts = []
         for s, o in zip(states, opts):
-            value = s["densify"][key]
-            n = len(o["ids"])
-            parts.append(value if len(value) == n else torch.zeros(n, dtype=value.dtype))
+            value, n = s["densify"].get(key), len(o["ids"])
+            parts.append(value if value is not None and len(value) == n else torch.zeros(n, dtype=dtype))
         densify[key] = torch.cat(parts)
     ids = torch.cat([o["ids"] for o in opts])
     return {"optimizer": {"params": params, "ids": ids, "adam": adam}, "densify": densify}

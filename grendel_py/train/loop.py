@@ -39,7 +39,7 @@ from grendel_py.parallel.runtime import DistContext
 from grendel_py.parallel.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, ensure_folder, os_problem
-from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.densify import Strategy, densify_strategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
@@ -106,6 +106,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                 )
                 for part in micro_batches(len(cameras), t.micro_batch)
             ]  # fmt: skip
+            densify.regularise(shard, len(cameras))
             optimizer.update_lr(seen, t.images)
             optimizer.step()
             before, seen = seen, seen + len(cameras)
@@ -173,7 +174,7 @@ def _closing(bar: tqdm, writer, images: GroundTruth) -> Iterator[None]:
 def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: DistContext):
     """(optimizer over this rank's shard, densification, camera sampler, id allocator, images seen): from
     the initial Gaussians of the scene, or from the checkpoint ``resume`` (on any number of ranks)."""
-    densify = DensifyStrategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
+    densify = densify_strategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
     sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
     if resume is None:
         model = initial_gaussians(cfg.model, scene, cfg.seed)
@@ -289,7 +290,7 @@ class PassStats:
 
 def train_pass(
     shard: Gaussians, cameras: list, gts: list[Photo], background: torch.Tensor, sh_degree: int, lambda_dssim: float,
-    ctx: DistContext, balancer: TileBalancer, backend: str, densify: DensifyStrategy, antialiased: bool = False,
+    ctx: DistContext, balancer: TileBalancer, backend: str, densify: Strategy, antialiased: bool = False,
 ) -> PassStats:
     """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``),
     and their densification statistics; what the pass rendered is freed when it returns. ``background``: [3],
