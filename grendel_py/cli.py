@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from grendel_py.train.evaluate import run_eval
 
-    result = run_eval(args.model, _config(args, args.data), args.split)
+    result = run_eval(args.model, _config(args, args.data), args.split, args.exposure)
     text = json.dumps(result, indent=2)
     if args.out is not None:
         from grendel_py.fileio import atomic_open
@@ -276,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="scene folder whose cameras and photos to use")
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    p.add_argument(
+        "--exposure", choices=("identity", "fit-left"), default="identity",
+        help="identity: compare the renders as they are; fit-left: INRIA's train_test_exp split, an affine colour "
+        "transform fitted on the left half of each view, metrics on the right half",
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
 

@@ -97,7 +97,9 @@ class RenderConfig:
 class OptimConfig:
     """Adam learning rates per parameter group (INRIA 3DGS defaults). The position rate is multiplied by
     the scene extent and decays exponentially from ``position_lr_init`` to ``position_lr_final`` over the
-    run's images."""
+    run's images. ``exposure_lr``: per-photo exposure compensation, a learned affine colour transform per
+    training photo applied to the render before the loss (Adam, decaying log-linearly to a tenth over the
+    run, as INRIA's 0.01 -> 0.001); 0: off."""
 
     position_lr_init: float = 1.6e-4
     position_lr_final: float = 1.6e-6
@@ -107,11 +109,15 @@ class OptimConfig:
     scaling_lr: float = 5e-3
     rotation_lr: float = 1e-3
     eps: float = 1e-15
+    exposure_lr: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _require(value > 0.0, f.name, value, "a number > 0")
+            if f.name == "exposure_lr":
+                _require(value >= 0.0, f.name, value, "a number >= 0 (0: no exposure compensation)")
+            else:
+                _require(value > 0.0, f.name, value, "a number > 0")
 
 
 @dataclass(frozen=True)

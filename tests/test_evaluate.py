@@ -130,6 +130,8 @@ def test_eval_command_reads_the_photo_cache(scene_dir: Path, tmp_path: Path) -> 
     assert result["count"] == 2 and math.isfinite(result["psnr"])
     cache = PhotoCache(cache_dir, scene)
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted(cache.path(c).name for c in scene.test_cameras)
+    split = run_eval(scene_dir / "perturbed.ply", cfg, "test", exposure="fit-left")  # INRIA's train_test_exp split
+    assert split["count"] == 2 and [v["psnr"] for v in split["views"]] != [v["psnr"] for v in result["views"]]
 
 
 def test_empty_split_is_input_error(scene_dir: Path) -> None:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from grendel_py.data.cameras import Camera
 from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
+from grendel_py.model.exposure import apply_exposure
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project_batch, rasterize_batch
 from grendel_py.render.intersect import BatchTiles, PairPieces, count_values
@@ -106,7 +108,7 @@ def render_batch(
     balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
     batch, parts, rows = project_batch(shard, cameras, sh_degree, backend, antialiased)
-    if torch.is_grad_enabled():
+    if batch.means2d.requires_grad:  # not when the model is frozen (only the exposures train) or under no_grad
         batch.means2d.retain_grad()
     pairs = PairPieces(batch, parts, grids)  # listed piece by piece for the table, then again for the routing
     table = tile_table(pairs, grids, ctx)
@@ -182,11 +184,17 @@ def batch_loss(
     balancer: TileBalancer | None = None,
     backend: str = "torch",
     antialiased: bool = False,
+    exposures: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Rendered]:
     """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered.
     ``images``: each camera's photo, as a tensor or a :class:`grendel_py.train.images.Photo` (then only the
-    rank's regions are read, once the tile plan is known)."""
+    rank's regions are read, once the tile plan is known). ``exposures`` [B, 3, 4]: each camera's render
+    goes through its affine colour transform before the loss (and the logged errors)."""
     rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend, antialiased)
+    if exposures is not None:
+        rendered.regions = [
+            None if r is None else expose_region(r, t, cam.height, cam.width) for r, t, cam in zip(rendered.regions, exposures, cameras)
+        ]
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
         if region is not None:
@@ -200,6 +208,17 @@ def batch_loss(
                 # and recomputes them band by band in the backward pass, to the same bits
                 loss = loss + (checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args))
     return loss + 0.0 * rendered.tie, rendered
+
+
+def expose_region(region: Region, transform: torch.Tensor, height: int, width: int) -> Region:
+    """``region`` with its canvas through the affine colour ``transform`` [3, 4] inside the image of
+    ``height`` x ``width`` (outside it stays 0, as SSIM's padding)."""
+    canvas = apply_exposure(region.canvas, transform)
+    h, w = canvas.shape[:2]
+    ys = torch.arange(h, device=canvas.device) + (region.y0 - HALO)
+    xs = torch.arange(w, device=canvas.device) + (region.x0 - HALO)
+    inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]
+    return dataclasses.replace(region, canvas=torch.where(inside[..., None], canvas, 0.0))
 
 
 def _owned_pairs(rendered: Rendered, images: list):

@@ -31,6 +31,7 @@ from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+REPLICATED = "replicated.pt"
 _PREFIX = "images_"
 
 
@@ -63,9 +64,11 @@ def save_checkpoint(
     next_id: int,
     keep: int,
     ctx: DistContext,
+    replicated: dict[str, Any] | None = None,
 ) -> Path:
     """Write this rank's shard and (rank 0) the manifest of checkpoint ``images_seen``; collective. Keeps the
-    newest ``keep`` complete checkpoints. Returns the checkpoint folder."""
+    newest ``keep`` complete checkpoints. Returns the checkpoint folder. ``replicated``: state every rank holds
+    the same copy of (the exposures), written once by rank 0 (``replicated.pt``, :func:`load_replicated`)."""
     folder = checkpoint_dir(run_dir, images_seen)
     state = {
         "format": FORMAT,
@@ -81,6 +84,9 @@ def save_checkpoint(
     sizes[ctx.rank] = len(optimizer.gaussians)
     sizes = ctx.reduce(torch.tensor(sizes), "sum").tolist()  # collective: every rank has written its file
     if ctx.is_main:
+        if replicated:
+            with atomic_open(folder / REPLICATED) as f:
+                torch.save(replicated, f)
         manifest = {
             "format": FORMAT,
             "world_size": ctx.world_size,
@@ -156,6 +162,17 @@ def find_checkpoint(path: Path) -> Manifest:
 def run_dir_of(manifest: Manifest) -> Path:
     """The run folder a checkpoint belongs to."""
     return manifest.folder.parent.parent
+
+
+def load_replicated(manifest: Manifest) -> dict[str, Any]:
+    """The state saved once for all ranks with checkpoint ``manifest`` ({} when there is none)."""
+    path = manifest.folder / REPLICATED
+    if not path.is_file():
+        return {}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load reports corruption with assorted exception types
+        raise InputError(path, f"unreadable checkpoint file: {e}") from None
 
 
 def load_shards(manifest: Manifest, ctx: DistContext) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,16 @@ from grendel_py.data.dataset import Scene, over_background, scene_from_config
 from grendel_py.parallel.runtime import DistContext, single_process
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.exposure import exposure_moments, fit_exposure
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
 from grendel_py.data.photo_cache import photo_cache
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
+from grendel_py.train.loss import HALO
 from partition.tiles import TileGrid
 
 Split = Literal["test", "train", "all"]
+Exposure = Literal["identity", "fit-left"]
 
 
 def evaluate(
@@ -49,11 +53,11 @@ def evaluate(
     return evaluate_sharded(gaussians, photo, cameras, background, single_process(), renders_dir, max_renders, antialiased=antialiased)
 
 
-def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict[str, Any]:
+def run_eval(model_path: str | Path, cfg: Config, split: Split = "test", exposure: Exposure = "identity") -> dict[str, Any]:
     """Evaluate the PLY model at ``model_path`` on the ``split`` cameras of the scene ``cfg.data``, rendered
     with ``cfg.render``, against the photos read through the photo cache (``cfg.data.cache_dir``), as training
-    reads them: each decoded once per node, then only the rendered regions read. InputError when the split
-    has no cameras."""
+    reads them: each decoded once per node, then only the rendered regions read; ``exposure``: see
+    :func:`evaluate_sharded`. InputError when the split has no cameras."""
     scene = scene_from_config(cfg.data)
     cameras = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.cameras}[split]
     if not cameras:
@@ -62,7 +66,9 @@ def run_eval(model_path: str | Path, cfg: Config, split: Split = "test") -> dict
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device, background)
     try:
-        return evaluate_sharded(gaussians, photos.photo, cameras, background, single_process(), antialiased=cfg.render.antialiased)
+        return evaluate_sharded(
+            gaussians, photos.photo, cameras, background, single_process(), antialiased=cfg.render.antialiased, exposure=exposure
+        )
     finally:
         photos.close()
 
@@ -77,13 +83,20 @@ def evaluate_sharded(
     max_renders: int = 0,
     backend: str = "torch",
     antialiased: bool = False,
+    exposure: Exposure = "identity",
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
     result), rendered with the (resolved) ``backend`` (``antialiased``: see :func:`grendel_py.render.project`). ``photos(camera)`` is the camera's photo as float32 in
     [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
     ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
-    (only rank 0 needs one)."""
+    (only rank 0 needs one).
+
+    ``exposure``: how a view's colours are compared. ``identity``: as rendered (test photos have no learned
+    exposure). ``fit-left``: INRIA's ``train_test_exp`` split of each view: an affine colour transform is
+    fitted (least squares, closed form, summed over ranks) on the left half of the image, W // 2 columns,
+    and the metrics are over the right half only, through that transform (INRIA learns the transform while
+    training on the left halves of the test photos; here the model never sees them)."""
     from grendel_py.parallel.step import (
         region_squared_errors,
         region_ssim_sums,
@@ -97,10 +110,13 @@ def evaluate_sharded(
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = photos(cam)
             rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend, antialiased=antialiased)
+            n = cam.width * cam.height
+            if exposure == "fit-left":
+                _fit_left_half(rendered, gt, cam, ctx)
+                n = cam.height * (cam.width - cam.width // 2)
             sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
             if ctx.distributed:
                 dist.all_reduce(sums)
-            n = cam.width * cam.height
             mse = float(sums[0]) / (3 * n)
             views.append({"name": cam.name, "uid": cam.uid, "psnr": -10.0 * math.log10(mse) if mse > 0 else math.inf, "ssim": float(sums[1]) / n})
             if i < max_renders:  # every rank sends its tiles; rank 0 saves into renders_dir
@@ -111,6 +127,28 @@ def evaluate_sharded(
         "ssim": sum(v["ssim"] for v in views) / len(views),
         "count": len(views),
     }
+
+
+def _fit_left_half(rendered, gt, cam: Camera, ctx: DistContext) -> None:
+    """Put the view's render through the affine colour transform that best maps its left half (W // 2
+    columns) onto the photo, fitted over every rank's pixels, and keep only the right half as the rank's
+    pixels to measure (``rendered.regions`` replaced)."""
+    from grendel_py.parallel.step import expose_region, ground_truth_region
+
+    half = cam.width // 2
+    region = rendered.regions[0]
+    moments = torch.zeros(4, 7, dtype=torch.float64, device=rendered.tie.device)
+    if region is not None:
+        core = (slice(HALO, -HALO), slice(HALO, -HALO))
+        cols = torch.arange(region.owned.shape[1], device=region.owned.device) + region.x0
+        left = region.owned & (cols < half)[None, :]
+        moments = exposure_moments(region.canvas[core][left], ground_truth_region(region, gt)[core][left])
+    if ctx.distributed:
+        dist.all_reduce(moments)
+    transform = fit_exposure(moments)
+    if region is not None:
+        exposed = expose_region(region, transform, cam.height, cam.width)
+        rendered.regions = [dataclasses.replace(exposed, owned=region.owned & (cols >= half)[None, :])]
 
 
 def _save_gathered(rendered, cam: Camera, gt, renders_dir: Path | None, ctx: DistContext) -> None:

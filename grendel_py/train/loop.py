@@ -40,13 +40,14 @@ from grendel_py.parallel.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 from grendel_py.model.densify import Strategy, densify_strategy
+from grendel_py.model.exposure import Exposures
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
 from grendel_py.render import resolve_backend
 from grendel_py.train.checkpoint import (
-    MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_shards, run_dir_of, save_checkpoint,
+    MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_replicated, load_shards, run_dir_of, save_checkpoint,
 )  # fmt: skip
 from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.images import GroundTruth, Photo, random_backgrounds
@@ -76,7 +77,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
         raise InputError(scene.source, f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
                          f"training cameras; use train.batch_size<={len(scene.train_cameras)}")  # fmt: skip
     photos = photo_cache(cfg.data, scene)
-    optimizer, densify, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
+    optimizer, densify, exposures, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
@@ -93,7 +94,8 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     with StopSignals() as stop, _closing(bar, writer, images):
         while seen < t.images:
             tic, waited = time.perf_counter(), images.wait_seconds
-            cameras = [scene.train_cameras[i] for i in sampler.next_batch()]
+            slots = sampler.next_batch()  # the photos' indices among the training cameras
+            cameras = [scene.train_cameras[i] for i in slots]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
             backgrounds = random_backgrounds(cfg.seed, seen, len(cameras), ctx.device) if cfg.render.random_background else None
             gts = images.batch(cameras, backgrounds)
@@ -103,12 +105,15 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                 train_pass(
                     shard, cameras[part], gts[part], background if backgrounds is None else backgrounds[part], sh_degree,
                     t.lambda_dssim, ctx, balancer, backend, densify, cfg.render.antialiased,
+                    None if exposures is None else exposures.of(slots[part]),
                 )
                 for part in micro_batches(len(cameras), t.micro_batch)
             ]  # fmt: skip
             densify.regularise(shard, len(cameras))
             optimizer.update_lr(seen, t.images)
             optimizer.step()
+            if exposures is not None:
+                exposures.step(slots, seen, t.images, ctx.reduce)
             before, seen = seen, seen + len(cameras)
             events = densify.step(before, seen, shard, optimizer, allocate_ids)
             if events["densified"] and should_redistribute(len(shard), cfg.dist.rebalance_threshold, ctx):
@@ -117,7 +122,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     sampler.set_affinity(_affinity(shard, scene, ctx))
             checkpoint = None
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
-                checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
+                checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
 
             stats, stopping = _batch_stats(passes, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
@@ -134,7 +139,7 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
             if stopping:  # every rank saw the stop signals' flags in the same all-reduce
                 if checkpoint is None:
-                    checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx)
+                    checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
                 raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(shard, test_photos, scene.test_cameras, background, ctx, backend=backend, antialiased=cfg.render.antialiased)
@@ -151,6 +156,9 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
         **_per_rank_usage(images.wait_seconds / max(iterations, 1), ctx),
     }
     result = _finish(out, cfg, scene, test_photos, shard, background, backend, timing, ctx)
+    if exposures is not None and ctx.is_main:
+        with atomic_open(out / "exposures.json", "w") as f:  # INRIA's exposure.json: photo name -> [3, 4]
+            json.dump({c.name: m for c, m in zip(scene.train_cameras, exposures.transforms.detach().cpu().tolist())}, f, indent=1)
     if writer is not None:
         if result["test"]:
             writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
@@ -172,9 +180,11 @@ def _closing(bar: tqdm, writer, images: GroundTruth) -> Iterator[None]:
 
 
 def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: DistContext):
-    """(optimizer over this rank's shard, densification, camera sampler, id allocator, images seen): from
-    the initial Gaussians of the scene, or from the checkpoint ``resume`` (on any number of ranks)."""
+    """(optimizer over this rank's shard, densification, exposures (None without ``optim.exposure_lr``),
+    camera sampler, id allocator, images seen): from the initial Gaussians of the scene, or from the
+    checkpoint ``resume`` (on any number of ranks; exposures start at the identity when it has none)."""
     densify = densify_strategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
+    exposures = Exposures(len(scene.train_cameras), cfg.optim.exposure_lr, ctx.device) if cfg.optim.exposure_lr > 0 else None
     sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
     if resume is None:
         model = initial_gaussians(cfg.model, scene, cfg.seed)
@@ -200,9 +210,17 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
     if resume is not None:
         optimizer.load_state_dict(loaded["optimizer"])  # onto the shard's device
         densify.load_state_dict({k: v.to(ctx.device) for k, v in loaded["densify"].items()})
+        saved = load_replicated(resume).get("exposures")
+        if exposures is not None and saved is not None:
+            exposures.load_state_dict(saved)
     if resume is None or resume.world_size != ctx.world_size:
         redistribute(optimizer, densify, cfg.dist.ownership, ctx)
-    return optimizer, densify, sampler, allocate_ids, seen
+    return optimizer, densify, exposures, sampler, allocate_ids, seen
+
+
+def _replicated(exposures: Exposures | None) -> dict:
+    """What a checkpoint saves once for all ranks."""
+    return {} if exposures is None else {"exposures": exposures.state_dict()}
 
 
 _LEFTOVERS = {"config.yaml", "tb", "checkpoints"}  # what a run writes before its first complete checkpoint
@@ -291,11 +309,12 @@ class PassStats:
 def train_pass(
     shard: Gaussians, cameras: list, gts: list[Photo], background: torch.Tensor, sh_degree: int, lambda_dssim: float,
     ctx: DistContext, balancer: TileBalancer, backend: str, densify: Strategy, antialiased: bool = False,
+    exposures: torch.Tensor | None = None,
 ) -> PassStats:
-    """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``),
-    and their densification statistics; what the pass rendered is freed when it returns. ``background``: [3],
-    or [B, 3] one per camera."""
-    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased)
+    """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``,
+    and in the exposures' table through ``exposures`` [B, 3, 4]), and their densification statistics; what
+    the pass rendered is freed when it returns. ``background``: [3], or [B, 3] one per camera."""
+    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures)
     loss.backward()
     for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
         densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
