@@ -30,6 +30,7 @@ from grendel_py.counter_rng import hashed_normal
 from grendel_py.model.mcmc import MCMCStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.model.schedule import last_multiple
 from grendel_py.render.projection import Splats, quats_to_rotmats, reaches_image
 from partition.select import Reduce, local_reduce, ordered_key, take_smallest
 
@@ -117,10 +118,10 @@ class DensifyStrategy:
         self._check_size(len(gaussians), gaussians.device)
         result: dict[str, Any] = {"densified": False, "cloned": 0, "split": 0, "pruned": 0, "reset_opacity": False}
         c, before, after = self.cfg, images_seen_before, images_seen_after
-        densify_at = _last_multiple(before, after, c.every_images, c.start_images + 1, c.stop_images - 1)
+        densify_at = last_multiple(before, after, c.every_images, c.start_images + 1, c.stop_images - 1)
         if densify_at is not None:
             result.update(self._densify_and_prune(densify_at, gaussians, optimizer, allocate_ids), densified=True)
-        if _last_multiple(before, after, c.reset_opacity_every, 1, c.stop_images - 1) is not None:
+        if last_multiple(before, after, c.reset_opacity_every, 1, c.stop_images - 1) is not None:
             reset_opacity(optimizer)
             result["reset_opacity"] = True
         return result
@@ -198,13 +199,6 @@ def reset_opacity(optimizer: GaussianOptimizer) -> None:
     logits = optimizer.gaussians.opacity_logits.detach()
     ceiling = math.log(RESET_OPACITY / (1.0 - RESET_OPACITY))
     optimizer.reset_field("opacity_logits", logits.clamp_max(ceiling))
-
-
-def _last_multiple(before: int, after: int, every: int, lo: int, hi: int) -> int | None:
-    """The largest multiple of ``every`` in (before, after] and in [lo, hi], or None."""
-    top = min(after, hi)
-    m = top - top % every
-    return m if m > before and m >= lo else None
 
 
 def _split_children(parents: Gaussians, event_key: int) -> Gaussians:

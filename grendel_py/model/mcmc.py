@@ -42,6 +42,7 @@ from grendel_py.config import DensifyConfig
 from grendel_py.counter_rng import hashed_bits, hashed_normal, hashed_uniform
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.model.schedule import last_multiple
 from grendel_py.render.projection import covariances_3d
 from partition.select import Reduce, local_reduce, take_smallest
 
@@ -162,9 +163,8 @@ class MCMCStrategy:
             raise ValueError("step: gaussians is not the model of optimizer")
         c = self.cfg
         result: dict[str, Any] = {"densified": False, "relocated": 0, "added": 0}
-        top = min(images_seen_after, c.stop_images - 1)
-        at = top - top % c.every_images
-        if at > images_seen_before and at >= c.start_images + 1:
+        at = last_multiple(images_seen_before, images_seen_after, c.every_images, c.start_images + 1, c.stop_images - 1)
+        if at is not None:
             result.update(self._refine(at, gaussians, optimizer, allocate_ids), densified=True)
         self._noise(images_seen_after, optimizer)
         return result

@@ -1,0 +1,10 @@
+"""Schedules counted in training images: when a periodic event falls within a step."""
+
+from __future__ import annotations
+
+
+def last_multiple(before: int, after: int, every: int, lo: int, hi: int) -> int | None:
+    """The largest multiple of ``every`` in (before, after] and in [lo, hi], or None."""
+    top = min(after, hi)
+    m = top - top % every
+    return m if m > before and m >= lo else None
