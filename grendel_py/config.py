@@ -77,8 +77,8 @@ class ModelConfig:
 class RenderConfig:
     """Rasteriser choice and background colour (RGB in [0, 1]): photos with alpha are composited over it, and
     so is the render. ``random_background``: in training, each photo of a batch gets a random background
-    instead (the same colour behind the render and the photo's transparent pixels, drawn from the seed,
-    the image count and the camera, so it does not depend on the ranks), which keeps the model from
+    instead (the same colour behind the render and the photo's transparent pixels, drawn from the seed and
+    the image's number in the run, so it does not depend on the ranks), which keeps the model from
     explaining a constant background with Gaussians; evaluation uses ``background``. ``antialiased``: the
     Mip-Splatting 2D filter (gsplat's ``antialiased`` mode): each splat's opacity is scaled by
     sqrt(det(cov2d) / det(cov2d + 0.3 I)), in training, evaluation and ``grendel render``; a model trained
@@ -254,6 +254,7 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
         key, value = _parse_override(text)
         _merge(data, key.split("."), value)
         override_sources[key] = text
+    _rename_old_keys(data)
     try:
         return _build(Config, data, "")
     except _KeyError as e:
@@ -261,6 +262,19 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
         if source is not None:
             raise InputError(None, f"override {source!r}: {e}") from None
         raise InputError(path, str(e)) from None
+
+
+RENAMED = {("densify", "max_gaussians"): "budget"}
+"""Keys of earlier versions (section, old name) -> new name: the config.yaml of an older run still loads."""
+
+
+def _rename_old_keys(data: dict[str, Any]) -> None:
+    for (section, old), new in RENAMED.items():
+        values = data.get(section)
+        if isinstance(values, dict) and old in values:
+            if new in values:
+                raise InputError(None, f"{section}.{old} is the old name of {section}.{new}; give only {section}.{new}")
+            values[new] = values.pop(old)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -195,3 +195,13 @@ def test_generic_types_for_new_sections() -> None:
     ]:
         with pytest.raises(_KeyError, match=message.replace("[", r"\[")):
             _build(_Extra, data, "extra.")
+
+
+def test_an_older_runs_config_still_loads(tmp_path: Path) -> None:
+    """densify.max_gaussians (before the MCMC strategy) is read as densify.budget; giving both is an error."""
+    old = tmp_path / "config.yaml"
+    old.write_text("densify:\n  max_gaussians: 1234\n")
+    assert load_config(old, []).densify.budget == 1234
+    assert load_config(old, ["densify.max_gaussians=77"]).densify.budget == 77
+    with pytest.raises(InputError, match="densify.max_gaussians is the old name of densify.budget"):
+        load_config(old, ["densify.budget=5"])

@@ -24,7 +24,6 @@ def _train_job(ctx, scene: str, out: str, micro_batch: int = 0, extra: tuple[str
         "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=20", "model.sh_degree=1",
         "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
         "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
-        "render.random_background=true",  # one background per camera of a batch, the same on every rank
     ])  # fmt: skip
     result = train(cfg, ctx)
     return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"], "bytes": result["exchange_bytes_per_iteration"]}
@@ -90,10 +89,12 @@ def _final_model(run: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 def test_mcmc_on_two_ranks_grows_the_one_rank_model_within_the_global_budget(scene: Path, tmp_path: Path) -> None:
     """densify.strategy=mcmc: relocation, growth, noise and regularisers give the one-rank model on two ranks,
-    Gaussian by Gaussian (the same global ids), and the budget caps the whole model, not each rank's share."""
+    Gaussian by Gaussian (the same global ids), and the budget caps the whole model, not each rank's share;
+    also with random backgrounds and antialiasing."""
     start = len(load_scene(scene).points_xyz)
     budget = int(start * 1.08)  # growth 1.05 per refinement at 10, 20 and 30 images: the budget binds at the second
-    extra = ("densify.strategy=mcmc", f"densify.budget={budget}", "densify.min_opacity=0.02")
+    extra = ("densify.strategy=mcmc", f"densify.budget={budget}", "densify.min_opacity=0.02",
+             "render.random_background=true", "render.antialiased=true")  # one background per camera, the same on every rank
     one = run_ranks(1, _train_job, str(scene), str(tmp_path / "w1"), 0, extra)[0]
     two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"), 0, extra)
     assert one["n"] == two[0]["n"] == two[1]["n"] == budget

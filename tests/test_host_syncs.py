@@ -28,8 +28,12 @@ from tests.dist_util import run_ranks
 BUDGET = Path(__file__).with_name("host_sync_budget.json")
 
 
-def _syncs(ctx, scene: str, out: str, batch: int, iterations: int) -> Counter:
-    cfg = load_config(None, [
+QUALITY = ("densify.strategy=mcmc", "render.random_background=true", "render.antialiased=true", "optim.exposure_lr=0.01")
+"""The quality options (MCMC between its refinements: noise and regularisers; backgrounds; exposures)."""
+
+
+def _syncs(ctx, scene: str, out: str, batch: int, iterations: int, extra: tuple[str, ...] = ()) -> Counter:
+    cfg = load_config(None, [*extra,
         f"data.path={scene}", "data.downscale=2", f"train.out={out}", f"train.images={batch * iterations}",
         f"train.batch_size={batch}", "train.eval_every=0", "train.eval_renders=0", "train.checkpoint_every=0",
         "train.log_every=1", "model.sh_degree=1", "train.sh_degree_every=1000", "densify.start_images=1000",
@@ -40,16 +44,22 @@ def _syncs(ctx, scene: str, out: str, batch: int, iterations: int) -> Counter:
     return Counter({site: n for site, n in counter.sites.items() if " at grendel_py/data/" not in site})
 
 
-def _per_iteration(ctx, scene: str, out: str, batch: int) -> dict[str, float]:
-    short, long = _syncs(ctx, scene, f"{out}/a", batch, 2), _syncs(ctx, scene, f"{out}/b", batch, 4)
+def _per_iteration(ctx, scene: str, out: str, batch: int, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    short, long = _syncs(ctx, scene, f"{out}/a", batch, 2, extra), _syncs(ctx, scene, f"{out}/b", batch, 4, extra)
     sites = set(short) | set(long)
     return {k: (long[k] - short[k]) / 2 for k in sorted(sites) if long[k] != short[k]}
 
 
-@pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize("batch", [1, 4])
-def test_host_synchronisations_per_iteration(object_scene_seed2: Path, tmp_path: Path, world: int, batch: int) -> None:
-    per_rank = run_ranks(world, _per_iteration, str(object_scene_seed2), str(tmp_path), batch)
+@pytest.mark.parametrize(
+    "world, batch, extra",
+    [(1, 1, ()), (1, 4, ()), (2, 1, ()), (2, 4, ()), (2, 4, QUALITY)],
+    ids=["W1-B1", "W1-B4", "W2-B1", "W2-B4", "W2-B4-quality"],
+)
+def test_host_synchronisations_per_iteration(
+    object_scene_seed2: Path, tmp_path: Path, world: int, batch: int, extra: tuple[str, ...]
+) -> None:
+    """Also with the quality options on, which must add none."""
+    per_rank = run_ranks(world, _per_iteration, str(object_scene_seed2), str(tmp_path), batch, extra)
     worst = max(per_rank, key=lambda sites: sum(sites.values()))
     total = sum(worst.values())
     budget = json.loads(BUDGET.read_text())[f"W{world}_B{batch}"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from grendel_py.model.optim import expon_lr
+from grendel_py.model.optim import FUSED_DEVICES, expon_lr
 
 IDENTITY = torch.eye(3, 4)
 
@@ -51,11 +51,11 @@ class Exposures:
         self.transforms = IDENTITY.repeat(photos, 1, 1).to(device).requires_grad_(True)
         # Adam's default eps, not the Gaussians' 1e-15: a photo whose render matches gets gradients of float
         # noise, which a tiny eps would turn into full steps of random sign.
-        self.optimizer = torch.optim.Adam([self.transforms], lr=lr, eps=1e-8)
+        self.optimizer = torch.optim.Adam([self.transforms], lr=lr, eps=1e-8, fused=device.type in FUSED_DEVICES)
 
     def of(self, slots: list[int]) -> torch.Tensor:
         """The transforms of the photos ``slots``, [B, 3, 4], through autograd (their gradients reach the table)."""
-        return self.transforms[torch.tensor(slots, device=self.transforms.device)]
+        return torch.stack([self.transforms[s] for s in slots])  # python indices: nothing to upload
 
     def step(self, slots: list[int], images_seen: int, total_images: int, reduce) -> None:
         """Sum the gradients of the batch's photos ``slots`` over ranks (``reduce``), take an Adam step at the
@@ -63,8 +63,9 @@ class Exposures:
         if self.transforms.grad is None:  # no pixel of this rank reached them; the others' gradients still count
             self.transforms.grad = torch.zeros_like(self.transforms)
         grad = self.transforms.grad
-        rows = torch.tensor(slots, device=grad.device)
-        grad[rows] = reduce(grad[rows].contiguous(), "sum")
+        rows = torch.stack([grad[s] for s in slots])
+        for s, row in zip(slots, reduce(rows, "sum")):
+            grad[s] = row
         for group in self.optimizer.param_groups:
             group["lr"] = expon_lr(self.base_lr, self.base_lr / 10.0, images_seen / total_images)
         self.optimizer.step()

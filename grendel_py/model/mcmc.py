@@ -13,7 +13,8 @@ A Gaussian drawn k times becomes k + 1 Gaussians at its place (itself and k copi
 contribution: opacity 1 - (1 - o)^(1/(k+1)) (the same alpha where they all overlap) and scales times
 o / sum_{j=1..k+1} C(k+1, j) (-1)^(j+1) o'^j / sqrt(j) (the same integral of opacity along any line through the
 centre: the paper's rule), with k + 1 at most :data:`MAX_SHARE`. Its Adam moments are zeroed, and the copies
-start at zero. After every step, positions get noise N(0, Sigma) x (means learning rate) x ``noise_lr``, gated
+start at zero (gsplat zeroes those of relocation's sources only, keeps a grown source's, and leaves a dead
+slot's stale moments to the copy written into it). After every step, positions get noise N(0, Sigma) x (means learning rate) x ``noise_lr``, gated
 by sigmoid(100 (1 - o - 0.995)) so that only nearly transparent Gaussians wander; before every step, the
 regularisers ``opacity_reg`` x mean opacity + ``scale_reg`` x mean scale (per image, over the whole model)
 add their gradients.
@@ -83,8 +84,7 @@ def draw_counts(weights: torch.Tensor, ids: torch.Tensor, n: int, key: int, redu
     if total == 0:
         return counts
     mean_draws = n + math.ceil(6.0 * math.sqrt(n)) + 10  # Poisson counts short of n with odds below 1e-9
-    counts = _poisson(fixed.to(torch.float64) * (mean_draws / total), hashed_uniform(ids, key, 1)[:, 0])
-    counts = counts.clamp_max(MAX_SHARE - 1)
+    counts = _poisson(fixed.to(torch.float64) * (mean_draws / total), hashed_uniform(ids, key, 1)[:, 0], MAX_SHARE - 1)
     drawn = int(reduce(counts.sum().reshape(1), "sum")[0])
     if drawn <= n:
         return counts
@@ -99,15 +99,13 @@ def draw_counts(weights: torch.Tensor, ids: torch.Tensor, n: int, key: int, redu
     return torch.bincount(rows[keep], minlength=counts.shape[0])
 
 
-def _poisson(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF Poisson draws, int64: the number of k >= 0 with CDF(k; lam) < u (float64 [N] each)."""
+def _poisson(lam: torch.Tensor, u: torch.Tensor, most: int) -> torch.Tensor:
+    """Inverse-CDF Poisson draws capped at ``most``, int64: the number of k in 0..most-1 with CDF(k; lam) < u
+    (float64 [N] each). A fixed number of terms: no host read, and the same on every rank."""
     counts = torch.zeros(lam.shape[0], dtype=torch.int64, device=lam.device)
-    if lam.numel() == 0:
-        return counts
-    top = float(lam.max())
     p = torch.exp(-lam)
     cdf = p.clone()
-    for k in range(1, int(top + 10.0 * math.sqrt(top) + 30.0) + 1):
+    for k in range(1, most + 1):
         counts += cdf < u
         p = p * lam / k
         cdf = cdf + p
@@ -172,13 +170,13 @@ class MCMCStrategy:
     @torch.no_grad()
     def _refine(self, images: int, gaussians: Gaussians, optimizer: GaussianOptimizer, allocate_ids) -> dict[str, int]:
         c = self.cfg
-        key = self._key(images, 0)
+        key, before = self._key(images, 0), self.total(gaussians)
         dead = gaussians.opacities() <= c.min_opacity
         n_dead = int(self.reduce(dead.sum().reshape(1), "sum")[0])
         weights = torch.where(dead, 0.0, gaussians.opacities())
         relocated = self._replicate(draw_counts(weights, gaussians.ids, n_dead, key, self.reduce), optimizer, allocate_ids)
         optimizer.keep(torch.cat([~dead, dead.new_ones(len(gaussians) - len(dead))]))
-        total = self.total(gaussians) - n_dead + relocated
+        total = before - n_dead + relocated
         n_add = max(0, min(c.budget, math.floor(c.growth_rate * total)) - total)
         added = self._replicate(draw_counts(gaussians.opacities(), gaussians.ids, n_add, self._key(images, 1), self.reduce), optimizer, allocate_ids)
         self._total = total + added
