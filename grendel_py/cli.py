@@ -1,4 +1,4 @@
-"""The ``grendel`` command: synth, info, init, render, train, eval and simulate.
+"""The ``grendel`` command: synth, info, init, render, train, eval, export and simulate.
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from grendel_py.config import Config, load_config
+from grendel_py.model.splat_formats import FORMATS
 from grendel_py.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PREEMPTED, InputError
 
 
@@ -174,6 +175,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from grendel_py.model.splat_formats import read_model
+    from grendel_py.parallel.export import write_merged
+    from grendel_py.parallel.runtime import single_process
+
+    if args.out.resolve() == args.model.resolve():
+        raise InputError(args.out, "is the model being read; give another --out")
+    model = read_model(args.model)
+    write_merged(args.out, model, single_process("cpu"), args.format, args.antialiased)
+    print(f"wrote {args.out}: {len(model)} Gaussians, {args.format}, {args.out.stat().st_size:,} bytes")
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -216,7 +230,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise InputError(None, f"--scenes: unknown scene {name!r}; choose from city, fox")
     rows = sim.sweep(
         scenes, args.worlds, args.batch_factors, args.tolerances, args.images,
-        args.intersection_ns * 1e-9, args.link_gbps * 1e9 / 8, args.seed,
+        args.intersection_ns * 1e-9, args.link_gbps * 1e9 / 8, args.seed, args.pictures,
     )  # fmt: skip
     print(sim.rows_to_json(rows) if args.json else sim.rows_to_markdown(rows))
     return 0
@@ -284,6 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("export", help="write a model in a format web viewers read (or convert between formats)")
+    p.add_argument("model", type=Path, help="the model: PLY (INRIA or gsplat layout, or compressed), .splat or .spz")
+    p.add_argument(
+        "--format", required=True, choices=FORMATS,
+        help="splat: antimatter15's .splat (colour only); spz: Niantic's SPZ v3; ply-compressed: SuperSplat / "
+        "PlayCanvas compressed PLY; ply: the INRIA layout",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output file (written atomically)")
+    p.add_argument(
+        "--antialiased", action="store_true",
+        help="mark the model as trained with render.antialiased (SPZ's flag, the compressed PLY's render mode)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser(
         "simulate",
         help="W virtual ranks in one process: bytes exchanged, balance and modelled time of each tile assignment",
@@ -305,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fox-downscale", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help='print {"rows": [...]} instead of markdown tables')
+    p.add_argument(
+        "--pictures", type=Path, metavar="DIR",
+        help="also write, for every configuration, the tiles of its first camera coloured by rank with each "
+        "rank's work (DIR/{scene}_w{W}_b{batch}_{ownership}_{sampler}_{assignment}.png)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_simulate)
     return parser
 

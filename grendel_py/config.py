@@ -164,7 +164,10 @@ class DensifyConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training run: length and batch in images, loss weight, logging, evaluation and outputs."""
+    """The training run: length and batch in images, loss weight, logging, evaluation and outputs.
+    ``export``: formats the final model is written in besides ``model.ply`` (see
+    :mod:`grendel_py.model.splat_formats`): ``splat`` (model.splat), ``spz`` (model.spz), ``ply-compressed``
+    (model.compressed.ply)."""
 
     out: str = ""
     images: int = 30_000
@@ -178,6 +181,7 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    export: tuple[Literal["splat", "spz", "ply-compressed"], ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.images > 0, "images", self.images, "an integer > 0")

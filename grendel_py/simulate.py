@@ -36,6 +36,7 @@ from grendel_py.config import ModelConfig
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.ply import read_ply
+from grendel_py.pictures import save_picture, tile_heat, tile_picture
 from grendel_py.render import project
 from grendel_py.render.intersect import tile_pairs
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
@@ -178,8 +179,11 @@ def run_config(
     intersection_seconds: float,
     link_bytes_per_s: float,
     seed: int = 0,
+    pictures: Path | None = None,
 ) -> Row:
-    """Simulate ``iterations`` batches of one configuration."""
+    """Simulate ``iterations`` batches of one configuration; with ``pictures``, save there the tile picture
+    (:func:`grendel_py.pictures.tile_picture` over the view's intersections) of the first camera of the first
+    batch."""
     owner = assign_owners(scene.model.means, world_size, ownership).numpy()
     sampler = CameraSampler(len(scene.cameras), batch_size, seed)
     if sampler_kind == "owner-aware":
@@ -190,10 +194,12 @@ def run_config(
         assignment, world_size, tolerance, link_bytes_per_s, seconds_per_work=intersection_seconds
     )
     total_bytes = balance = model_time = remote = inter = 0.0
-    for _ in range(iterations):
+    for i in range(iterations):
         batch = sampler.next_batch()
         table = _table(scene, batch, owner, world_size)
         plan = balancer.plan(table)
+        if pictures is not None and i == 0:
+            _save_tile_picture(pictures, scene, batch[0], table, plan, _config_name(ownership, sampler_kind, assignment, tolerance, world_size, batch_size))
         sent, received = exchange_bytes(scene, batch, owner, plan)
         balancer.observe(plan, table, float(sent.sum()), None)
         compute = plan.work(balancer.work(table)) * intersection_seconds
@@ -209,6 +215,21 @@ def run_config(
     )  # fmt: skip
 
 
+def _config_name(ownership: str, sampler: str, assignment: str, tolerance: float | None, world_size: int, batch_size: int) -> str:
+    tol = "" if assignment != "locality" else f"-tol-{'auto' if tolerance is None else f'{tolerance:g}'}"
+    return f"w{world_size}_b{batch_size}_{ownership}_{sampler}_{assignment}{tol}"
+
+
+def _save_tile_picture(folder: Path, scene: SimScene, camera: int, table: TileTable, plan: Assignment, name: str) -> None:
+    """The tile picture of the batch's first camera (``camera``) under ``plan``, as ``{scene}_{name}.png``."""
+    grid = plan.grids[0]
+    n = grid.n_tiles
+    ranks, per_tile = plan.rank[:n], table.intersections[:n]
+    work = np.bincount(ranks, weights=per_tile, minlength=plan.world_size)
+    title = f"{scene.name} camera {camera}, {name}"
+    save_picture(tile_picture(tile_heat(grid, per_tile), grid, ranks, work, title), Path(folder) / f"{scene.name}_{name}.png")
+
+
 def sweep(
     scenes: list[SimScene],
     worlds: list[int],
@@ -218,11 +239,12 @@ def sweep(
     intersection_seconds: float,
     link_bytes_per_s: float,
     seed: int = 0,
+    pictures: Path | None = None,
 ) -> list[Row]:
     """Every scene x world size x batch (factor x W, skipped beyond a scene's cameras) x ownership x sampler x
     assignment (rows, balanced, locality, majority), ``images`` / batch iterations each. With spatial ownership
     locality runs at every tolerance and owner-aware sampling is tried too; array-order shards all see every
-    camera alike, so there only the automatic tolerance and random batches."""
+    camera alike, so there only the automatic tolerance and random batches. ``pictures``: see :func:`run_config`."""
     spatial = [("rows", None), ("balanced", None)] + [("locality", t) for t in tolerances] + [("majority", None)]
     grendel = [("rows", None), ("balanced", None), ("locality", None), ("majority", None)]
     configs = []
@@ -238,7 +260,7 @@ def sweep(
     rows = []
     for scene, ownership, s, a, t, w, b in tqdm(configs, desc="simulate", unit="config", disable=None):
         iterations = max(1, images // b)
-        rows.append(run_config(scene, ownership, s, a, t, w, b, iterations, intersection_seconds, link_bytes_per_s, seed))
+        rows.append(run_config(scene, ownership, s, a, t, w, b, iterations, intersection_seconds, link_bytes_per_s, seed, pictures))
     return rows
 
 

@@ -3,6 +3,7 @@ densification included), and a merged PLY."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,13 @@ def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path, one_ran
     assert two[0]["psnr"] == pytest.approx(one["psnr"], abs=0.05)
     assert one["bytes"] == 0 < two[0]["bytes"]
     names = sorted(p.name for p in (tmp_path / "w2").iterdir())
-    assert names == ["checkpoints", "config.yaml", "metrics.json", "model.ply", "renders", "tb"]
+    assert names == ["checkpoints", "config.yaml", "metrics.json", "model.ply", "renders", "tb", "work"]
+    # The pictures of the distributed work: one test view's tiles by rank, and both shards' boxes.
+    work = tmp_path / "w2" / "work" / "00000040"
+    (render,) = (tmp_path / "w2" / "renders").glob("*.png")
+    assert sorted(p.name for p in work.iterdir()) == [f"{render.stem}_tiles.png", "shards.json", "shards.png"]
+    shards = json.loads((work / "shards.json").read_text())["ranks"]
+    assert [r["rank"] for r in shards] == [0, 1] and sum(r["gaussians"] for r in shards) == one["n"]
 
 
 def _final_model(run: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

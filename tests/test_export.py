@@ -12,7 +12,7 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from grendel_py.parallel import export
-from grendel_py.parallel.export import ply_header, write_merged_ply
+from grendel_py.parallel.export import ply_header, write_merged
 from grendel_py.parallel.runtime import DistContext, init_distributed
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, read_ply, write_ply
@@ -76,7 +76,7 @@ def test_header_is_plyfiles(n: int, sh_degree: int) -> None:
 def test_single_rank_equals_write_ply(tmp_path: Path, sh_degree: int) -> None:
     g = _model(57, sh_degree)
     (tmp_path / ".merged.ply.merge.tmp").write_bytes(b"stale leftover of a crashed run" * 1000)
-    write_merged_ply(tmp_path / "merged.ply", g, _single())
+    write_merged(tmp_path / "merged.ply", g, _single())
     write_ply(tmp_path / "plain.ply", _by_id(g))  # rows are written in id order
     assert (tmp_path / "merged.ply").read_bytes() == (tmp_path / "plain.ply").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.ply", "plain.ply"]
@@ -84,7 +84,7 @@ def test_single_rank_equals_write_ply(tmp_path: Path, sh_degree: int) -> None:
 
 def test_single_rank_empty_model(tmp_path: Path) -> None:
     g = _model(0, 1)
-    write_merged_ply(tmp_path / "merged.ply", g, _single())
+    write_merged(tmp_path / "merged.ply", g, _single())
     write_ply(tmp_path / "plain.ply", g)
     assert (tmp_path / "merged.ply").read_bytes() == (tmp_path / "plain.ply").read_bytes()
 
@@ -93,9 +93,9 @@ def test_failure_removes_temporary_file(tmp_path: Path, monkeypatch: pytest.Monk
     def fail(*args) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "_write_rows", fail)
+    monkeypatch.setattr(export, "_write_pieces", fail)
     with pytest.raises(OSError, match="disk full"):
-        write_merged_ply(tmp_path / "sub" / "merged.ply", _model(10), _single())
+        write_merged(tmp_path / "sub" / "merged.ply", _model(10), _single())
     assert list((tmp_path / "sub").iterdir()) == []
 
 
@@ -103,12 +103,12 @@ def test_invalid_shard_is_rejected(tmp_path: Path) -> None:
     g = _model(10)
     g.quats[3, 1] = float("nan")
     with pytest.raises(ValueError, match="quats"):
-        write_merged_ply(tmp_path / "merged.ply", g, _single())
+        write_merged(tmp_path / "merged.ply", g, _single())
     assert list(tmp_path.iterdir()) == []
 
 
 def _write_job(ctx: DistContext, path: str, n: int, sizes: list[int]) -> tuple[bool, list[str]]:
-    write_merged_ply(path, _shards(_model(n), sizes)[ctx.rank], ctx)
+    write_merged(path, _shards(_model(n), sizes)[ctx.rank], ctx)
     return Path(path).exists(), sorted(p.name for p in Path(path).parent.iterdir())
 
 
@@ -132,7 +132,7 @@ def _failing_job(ctx: DistContext, path: str, fault: str) -> str:
     if ctx.rank == 1 and fault == "degree":
         shard.shN = shard.shN[:, :3]
     try:
-        write_merged_ply(path, shard, ctx)
+        write_merged(path, shard, ctx)
     except (ValueError, RuntimeError) as e:
         return f"{type(e).__name__}: {e}"
     return "no error"

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from grendel_py.parallel.step import render_batch
+from grendel_py.pictures import rank_colours
 from grendel_py.simulate import SimScene, city_scene, exchange_bytes, run_config, sweep, _table
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners
@@ -68,12 +70,18 @@ def test_sweep_rows_cover_every_combination(tiny_city: SimScene) -> None:
 def test_cli_json_and_errors(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "grendel_py", "simulate", "--scenes", "city,fox", "--fox", str(tmp_path / "nope"),
            "--worlds", "2", "--batch-factors", "1", "--images", "2", "--city-gaussians", "2000", "--city-scale", "1",
-           "--tolerances", "auto", "--json"]  # fmt: skip
+           "--tolerances", "auto", "--json", "--pictures", str(tmp_path / "pictures")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "skipping fox" in done.stderr
     rows = json.loads(done.stdout)["rows"]
     assert rows and all(REQUIRED <= set(r) and r["scene"] == "city" for r in rows)
+    # One tile picture per configuration, tiles in both ranks' colours.
+    pictures = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    assert len(pictures) == len(rows) and "city_w2_b2_kd_owner-aware_locality-tol-auto.png" in pictures
+    image = np.asarray(Image.open(tmp_path / "pictures" / "city_w2_b2_array-order_random_rows.png").convert("RGB"))
+    for colour in rank_colours(2):
+        assert np.all(image == colour, axis=-1).any()  # the bars, drawn in the ranks' colours
     bad = subprocess.run(cmd[:8] + ["--worlds", "65"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at most 64" in bad.stderr
 

@@ -16,6 +16,7 @@ from grendel_py.parallel.runtime import init_distributed
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.train.evaluate import evaluate
 from grendel_py.train.loop import train
+from grendel_py.model.splat_formats import read_model
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _overrides(scene: Path, out: Path, images: int = 120) -> list[str]:
 
 def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cfg = load_config(None, _overrides(scene, out))
+    cfg = load_config(None, [*_overrides(scene, out), "train.export=[spz, ply-compressed]"])
     data = load_scene(scene, downscale=4)
     start = evaluate(initial_gaussians(cfg.model, data, cfg.seed), data, data.test_cameras, torch.zeros(3))
     result = train(cfg, init_distributed(env={}))
@@ -45,6 +46,11 @@ def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None
     assert (out / "model.ply").is_file() and (out / "config.yaml").is_file()
     assert json.loads((out / "metrics.json").read_text())["test"]["count"] == len(data.test_cameras)
     assert len(list((out / "renders").glob("*.png"))) == 2
+    # Pictures of the work at each evaluation (60 and 120 images); the model also in the asked formats.
+    assert sorted(p.name for p in (out / "work").iterdir()) == ["00000060", "00000120"]
+    assert len(list((out / "work" / "00000120").glob("*_tiles.png"))) == 2
+    for name in ("model.spz", "model.compressed.ply"):
+        assert len(read_model(out / name)) == result["num_gaussians"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert load_config(out / "config.yaml", []) == cfg  # the resolved config is saved with the run
     assert not list(tmp_path.rglob(".*tmp*"))

@@ -1,28 +1,41 @@
-"""One PLY file from a model sharded over the ranks, without any rank holding the whole model.
+"""One model file from a model sharded over the ranks, without any rank holding the whole model.
 
-Every record of the INRIA layout (see :mod:`grendel_py.model.ply`) has the same size, so each rank can write
-its own rows at a known offset: rank 0 writes the header and sizes a temporary file next to the target, every
-rank writes its shard (rows sorted by global id) at the exclusive prefix sum of the shard sizes, and rank 0
-renames the file into place. The file's rows are therefore ordered by rank, then by id.
+Every format of :data:`~grendel_py.model.splat_formats.FORMATS` but SPZ is records of a fixed size per
+Gaussian (and per chunk of 256, for the compressed PLY), so each rank encodes its own rows and writes them
+at a known offset: rank 0 writes the header and sizes a temporary file next to the target, every rank writes
+its shard at the exclusive prefix sum of the shard sizes, and rank 0 renames the file into place. Rows are
+ordered by rank, then by global id (``ply``, ``splat``, ``spz``) or along a Morton curve over the rank's
+shard (``ply-compressed``, whose chunks then have tight bounds; a chunk that spans two ranks gets bounds
+merged from both, the only data the ranks exchange besides their sizes).
+
+SPZ cannot be written in parallel: the file is ONE gzip stream (its readers stop after the first gzip
+member, so per-rank members cannot be concatenated), and a deflate stream has to pass through one
+compressor. The ranks still encode their rows in parallel, into an uncompressed payload file at their
+offsets, which rank 0 then streams through the compressor (its memory does not grow with the model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from grendel_py.parallel.runtime import DistContext
+from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open
+from grendel_py.model import splat_formats as sf
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, ply_records
+from grendel_py.parallel.runtime import DistContext
 
 T = TypeVar("T")
+Pieces = Iterable[tuple[int, np.ndarray]]  # (byte offset in the body, contiguous array)
 
 
 def ply_header(n: int, sh_degree: int) -> bytes:
@@ -37,29 +50,105 @@ def ply_header(n: int, sh_degree: int) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def write_merged_ply(path: str | Path, shard: Gaussians, ctx: DistContext) -> None:
-    """Write the union of every rank's ``shard`` to ``path`` as one INRIA PLY; collective over all ranks.
+@dataclass(frozen=True)
+class _Format:
+    """How one format is written by many ranks: the ``header`` and ``body_size`` (total, SH degree,
+    antialiased), the ``order`` of a shard's rows, a small ``summary`` of a rank's rows every rank gets
+    (shard, first row), and the ``pieces`` of the body a rank writes (shard, first row, total, summaries)."""
 
-    Each shard is validated and its rows sorted by global id; the file holds rank 0's rows, then rank 1's, ...
-    The file appears whole or not at all: it is assembled in ``.{name}.merge.tmp`` next to ``path`` (a
-    directory all ranks must see) and renamed when every rank has written and fsynced its part. A failure on
-    any rank raises on every rank and rank 0 removes the temporary file. With one rank and ids in ascending
-    order the bytes equal :func:`~grendel_py.model.ply.write_ply`'s.
+    header: Callable[[int, int, bool], bytes]
+    body_size: Callable[[int, int], int]
+    order: Callable[[Gaussians], torch.Tensor]
+    pieces: Callable[[Gaussians, int, int, list[Any]], Pieces]
+    summary: Callable[[Gaussians, int], Any] = lambda shard, first: None
+
+
+def _by_id(shard: Gaussians) -> torch.Tensor:
+    return torch.argsort(shard.ids)
+
+
+def _morton(shard: Gaussians) -> torch.Tensor:
+    by_id = _by_id(shard)  # ties along the curve stay in id order
+    return by_id[sf.morton_order(shard.means[by_id])]
+
+
+def _ply_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
+    records = ply_records(shard)
+    return [(first * records.shape[1] * 4, records)]
+
+
+def _splat_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
+    return [(first * sf.SPLAT_RECORD, sf.splat_records(shard))]
+
+
+def _spz_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
+    widths = sf.spz_widths(shard.sh_degree)
+    columns = sf.spz_columns(shard)
+    start, pieces = 0, []
+    for name, width in widths.items():
+        pieces.append((start + first * width, columns[name]))
+        start += total * width
+    return pieces
+
+
+def _chunk_summary(shard: Gaussians, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds of the (at most two) chunks this rank may share with others: its first and last."""
+    chunks, bounds = sf.chunk_bounds(sf.chunk_features(shard), first)
+    ends = [0, len(chunks) - 1] if len(chunks) else []
+    return chunks[ends], bounds[ends]
+
+
+def _compressed_pieces(shard: Gaussians, first: int, total: int, summaries: list[Any]) -> Pieces:
+    bounds = sf.merge_bounds([sf.chunk_bounds(sf.chunk_features(shard), first), *summaries])
+    own, chunks, vertex, sh = sf.compressed_records(shard, first, bounds)
+    chunk_bytes, vertex_bytes, _ = sf.compressed_sizes(total, shard.sh_degree)
+    pieces = [(chunk_bytes + first * vertex.shape[1] * 4, vertex), (chunk_bytes + vertex_bytes + first * sh.shape[1], sh)]
+    if len(own):
+        pieces.append((int(own[0]) * chunks.shape[1] * 4, chunks))
+    return pieces
+
+
+FORMAT_WRITERS = {
+    "ply": _Format(
+        lambda n, d, aa: ply_header(n, d), lambda n, d: n * 4 * len(ply_property_names(d)), _by_id, _ply_pieces
+    ),
+    "splat": _Format(lambda n, d, aa: b"", lambda n, d: n * sf.SPLAT_RECORD, _by_id, _splat_pieces),
+    "spz": _Format(sf.spz_header, lambda n, d: n * sum(sf.spz_widths(d).values()), _by_id, _spz_pieces),
+    "ply-compressed": _Format(
+        sf.compressed_header, lambda n, d: sum(sf.compressed_sizes(n, d)), _morton, _compressed_pieces, _chunk_summary
+    ),
+}  # fmt: skip
+
+
+def write_merged(path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str = "ply", antialiased: bool = False) -> None:
+    """Write the union of every rank's ``shard`` to ``path`` as one file in format ``fmt`` (see
+    :data:`~grendel_py.model.splat_formats.FORMATS`; ``antialiased`` marks models trained with
+    ``render.antialiased`` in the formats that say so: SPZ's flag, the compressed PLY's render-mode
+    comment); collective over all ranks.
+
+    Each shard is validated; the file holds rank 0's rows, then rank 1's, ... (in the format's order). The
+    file appears whole or not at all: it is assembled in ``.{name}.merge.tmp`` next to ``path`` (a directory
+    all ranks must see) and renamed, or for SPZ compressed into place, when every rank has written and
+    fsynced its part. A failure on any rank raises on every rank and rank 0 removes the temporary file. With
+    one rank, ``ply`` and ids in ascending order the bytes equal :func:`~grendel_py.model.ply.write_ply`'s.
     """
     path = Path(path)
+    writer = FORMAT_WRITERS[fmt]
     tmp = path.parent / f".{path.name}.merge.tmp"
     try:
         layout = _agree(ctx, lambda: _validated_layout(shard))
         degrees = sorted({degree for _, degree in layout})
         if len(degrees) != 1:
-            raise ValueError(f"write_merged_ply: shards have different SH degrees {degrees}")
+            raise ValueError(f"write_merged: shards have different SH degrees {degrees}")
         sizes = [n for n, _ in layout]
-        header = ply_header(sum(sizes), degrees[0])
-        record_size = 4 * len(ply_property_names(degrees[0]))
-        offset = len(header) + sum(sizes[: ctx.rank]) * record_size
-        _agree(ctx, lambda: _create(tmp, header, sum(sizes) * record_size) if ctx.is_main else None)
-        _agree(ctx, lambda: _write_rows(tmp, offset, shard))
-        _agree(ctx, lambda: os.replace(tmp, path) if ctx.is_main else None)
+        total, first = sum(sizes), sum(sizes[: ctx.rank])
+        header = writer.header(total, degrees[0], antialiased)
+        ordered = shard.select(writer.order(shard))
+        summaries = _agree(ctx, lambda: writer.summary(ordered, first))
+        others = [s for r, s in enumerate(summaries) if r != ctx.rank]
+        _agree(ctx, lambda: _create(tmp, header, writer.body_size(total, degrees[0])) if ctx.is_main else None)
+        _agree(ctx, lambda: _write_pieces(tmp, len(header), _encoded(path, lambda: writer.pieces(ordered, first, total, others))))
+        _agree(ctx, lambda: _publish(tmp, path, fmt) if ctx.is_main else None)
     except BaseException:
         if ctx.is_main:
             with contextlib.suppress(OSError):
@@ -81,14 +170,32 @@ def _create(tmp: Path, header: bytes, body_size: int) -> None:
         f.truncate(len(header) + body_size)
 
 
-def _write_rows(tmp: Path, offset: int, shard: Gaussians) -> None:
-    """Write the records of ``shard``, sorted by id, into ``tmp`` at byte ``offset``, and fsync."""
-    records = ply_records(shard.select(torch.argsort(shard.ids)))
+def _encoded(path: Path, encode: Callable[[], Pieces]) -> Pieces:
+    """``encode()``; a value the format cannot hold (ValueError) becomes an InputError naming ``path``."""
+    try:
+        return encode()
+    except ValueError as e:
+        raise InputError(path, str(e)) from None
+
+
+def _write_pieces(tmp: Path, body: int, pieces: Pieces) -> None:
+    """Write each (offset, array) of ``pieces`` into ``tmp`` at byte ``body + offset``, and fsync."""
     with open(tmp, "r+b") as f:
-        f.seek(offset)
-        f.write(records.reshape(-1).view(np.uint8))
+        for offset, array in pieces:
+            f.seek(body + offset)
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, path: Path, fmt: str) -> None:
+    """The assembled ``tmp`` as ``path``: renamed, or for SPZ compressed into it (then removed)."""
+    if fmt != "spz":
+        os.replace(tmp, path)
+        return
+    with atomic_open(path) as f:
+        sf.spz_compress(tmp, f)
+    os.unlink(tmp)
 
 
 def _agree(ctx: DistContext, step: Callable[[], T]) -> list[T]:
@@ -107,5 +214,5 @@ def _agree(ctx: DistContext, step: Callable[[], T]) -> list[T]:
         raise error
     failed = {rank: report for rank, (_, report) in enumerate(results) if report is not None}
     if failed:
-        raise RuntimeError(f"write_merged_ply failed on other ranks: {failed}")
+        raise RuntimeError(f"write_merged failed on other ranks: {failed}")
     return [v for v, _ in results]

@@ -21,6 +21,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.exposure import exposure_moments, fit_exposure
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
+from grendel_py.pictures import save_boxes, save_picture, shard_boxes, shard_picture, tile_picture
 from grendel_py.data.photo_cache import photo_cache
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
 from grendel_py.train.loss import HALO
@@ -84,13 +85,17 @@ def evaluate_sharded(
     backend: str = "torch",
     antialiased: bool = False,
     exposure: Exposure = "identity",
+    pictures_dir: Path | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
     result), rendered with the (resolved) ``backend`` (``antialiased``: see :func:`grendel_py.render.project`). ``photos(camera)`` is the camera's photo as float32 in
     [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
     ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
-    (only rank 0 needs one).
+    and, with ``pictures_dir``, the pictures of the distributed work there (only rank 0 needs either folder):
+    for each of those views, which rank rasterized each tile and each rank's work
+    (``{uid:05d}_{stem}_tiles.png``), and for the first one the shards' boxes (``shards.png``,
+    ``shards.json``; see :mod:`grendel_py.pictures`).
 
     ``exposure``: how a view's colours are compared. ``identity``: as rendered (test photos have no learned
     exposure). ``fit-left``: INRIA's ``train_test_exp`` split of each view: an affine colour transform is
@@ -106,6 +111,7 @@ def evaluate_sharded(
     if not cameras:
         raise ValueError("evaluate: no cameras given")
     views = []
+    boxes = shard_boxes(shard, ctx) if max_renders > 0 else None  # every rank takes part
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = photos(cam)
@@ -120,7 +126,11 @@ def evaluate_sharded(
             mse = float(sums[0]) / (3 * n)
             views.append({"name": cam.name, "uid": cam.uid, "psnr": -10.0 * math.log10(mse) if mse > 0 else math.inf, "ssim": float(sums[1]) / n})
             if i < max_renders:  # every rank sends its tiles; rank 0 saves into renders_dir
-                _save_gathered(rendered, cam, gt, renders_dir, ctx)
+                image = _gathered(rendered, cam, ctx)
+                if image is not None and renders_dir is not None:
+                    save_png(torch.cat([image, gt[:, :].cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+                if image is not None and pictures_dir is not None:
+                    _save_pictures(image.numpy(), rendered, cam, boxes if i == 0 else None, Path(pictures_dir))
     return {
         "views": views,
         "psnr": sum(v["psnr"] for v in views) / len(views),
@@ -151,16 +161,27 @@ def _fit_left_half(rendered, gt, cam: Camera, ctx: DistContext) -> None:
         rendered.regions = [dataclasses.replace(exposed, owned=region.owned & (cols >= half)[None, :])]
 
 
-def _save_gathered(rendered, cam: Camera, gt, renders_dir: Path | None, ctx: DistContext) -> None:
-    """Gather every rank's tiles of ``cam`` on rank 0 and save "render | ground truth"."""
+def _gathered(rendered, cam: Camera, ctx: DistContext) -> torch.Tensor | None:
+    """Every rank's tiles of ``cam`` gathered on rank 0 as the render [H, W, 3] on the CPU (None elsewhere)."""
     mine = (rendered.tile_ids[0].cpu(), rendered.tile_colors[0].cpu())  # object collectives carry CPU payloads
     parts = [None] * ctx.world_size if ctx.is_main else None
     if ctx.distributed:
         dist.gather_object(mine, parts, dst=0)
     else:
         parts = [mine]
-    if ctx.is_main:
-        grid = TileGrid(cam.width, cam.height)
-        tiles = torch.cat([p[0] for p in parts])
-        image = grid.tiles_to_image(torch.cat([p[1] for p in parts]), tiles).clamp(0.0, 1.0)
-        save_png(torch.cat([image, gt[:, :].cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+    if not ctx.is_main:
+        return None
+    grid = TileGrid(cam.width, cam.height)
+    tiles = torch.cat([p[0] for p in parts])
+    return grid.tiles_to_image(torch.cat([p[1] for p in parts]), tiles).clamp(0.0, 1.0)
+
+
+def _save_pictures(image, rendered, cam: Camera, boxes, folder: Path) -> None:
+    """The tile picture of ``cam`` (its render ``image``, the batch's assignment and tile table) and, given
+    ``boxes``, the shard picture and boxes, into ``folder``."""
+    stem = f"{cam.uid:05d}_{Path(cam.name).stem}"
+    work = rendered.assignment.work(rendered.table.intersections)
+    save_picture(tile_picture(image, TileGrid(cam.width, cam.height), rendered.assignment.rank, work, stem), folder / f"{stem}_tiles.png")
+    if boxes is not None:
+        save_picture(shard_picture(image, cam, *boxes, stem), folder / "shards.png")
+        save_boxes(*boxes, folder / "shards.json")

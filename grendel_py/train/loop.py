@@ -7,9 +7,12 @@ own shard, and the shards are re-partitioned (:mod:`grendel_py.parallel.redistri
 unbalanced them. With one process the same code runs without a process group.
 
 The run folder (``train.out``) gets the resolved ``config.yaml`` first, TensorBoard scalars under ``tb/`` and
-sharded checkpoints under ``checkpoints/`` (:mod:`grendel_py.train.checkpoint`) while training, and at the end ``model.ply`` (one merged file), ``metrics.json`` and ``renders/`` (test views,
-render | ground truth). Every file is written atomically, by rank 0 except the merged PLY. Schedules count
-images, so the batch size can change freely.
+sharded checkpoints under ``checkpoints/`` (:mod:`grendel_py.train.checkpoint`) while training, at each
+evaluation the pictures of the distributed work under ``work/<images>/`` (:mod:`grendel_py.pictures`: tiles
+by rank and each rank's work for the first ``train.eval_renders`` test views, the shards' boxes), and at the
+end ``model.ply`` (one merged file; also in the formats of ``train.export``), ``metrics.json`` and
+``renders/`` (test views, render | ground truth). Every file is written atomically, by rank 0 except the
+merged model files (every rank writes its rows). Schedules count images, so the batch size can change freely.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from tqdm import tqdm
 from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.data.photo_cache import photo_cache
-from grendel_py.parallel.export import write_merged_ply
+from grendel_py.parallel.export import write_merged
+from grendel_py.model.splat_formats import FILE_NAMES
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import redistribute, should_redistribute
 from grendel_py.parallel.runtime import DistContext
@@ -142,7 +146,10 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
                 raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
-                metrics = evaluate_sharded(shard, test_photos, scene.test_cameras, background, ctx, backend=backend, antialiased=cfg.render.antialiased)
+                metrics = evaluate_sharded(
+                    shard, test_photos, scene.test_cameras, background, ctx, None, t.eval_renders, backend,
+                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, seen, ctx),
+                )  # fmt: skip
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
@@ -390,20 +397,28 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
+def _pictures_dir(out: Path, images: int, ctx: DistContext) -> Path | None:
+    """Where rank 0 puts the pictures of the distributed work of the evaluation after ``images`` images."""
+    return out / "work" / f"{images:08d}" if ctx.is_main else None
+
+
 def _finish(
     out: Path, cfg: Config, scene: Scene, photos, shard: Gaussians, background, backend: str, timing: dict, ctx: DistContext
 ) -> dict:
     """Write model.ply (merged from every rank), renders/ and metrics.json (the test views' ``photos`` from
     the photo cache); return the metrics."""
     model = Gaussians(**{k: v.detach() for k, v in vars(shard).items()})
-    write_merged_ply(out / "model.ply", model, ctx)
+    write_merged(out / FILE_NAMES["ply"], model, ctx)
+    for fmt in cfg.train.export:
+        write_merged(out / FILE_NAMES[fmt], model, ctx, fmt, cfg.render.antialiased)
     test = None
     if scene.test_cameras:
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
                 test = evaluate_sharded(
-                    model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend, cfg.render.antialiased
-                )
+                    model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend,
+                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, cfg.train.images, ctx),
+                )  # fmt: skip
         else:
             test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend, cfg.render.antialiased)
     total = torch.tensor([float(len(model))], dtype=torch.float64)
