@@ -72,7 +72,7 @@ def tile_picture(image: np.ndarray, grid: TileGrid, ranks: np.ndarray, work: np.
     s = _scale(grid.height, grid.width)
     view = Image.fromarray(_upscaled(tinted, s))
     draw = ImageDraw.Draw(view)
-    edge = max(1, s)
+    edge = max(1, s // 3)
     for ty in range(grid.ny):
         for tx in range(grid.nx):
             x1, y1 = min((tx + 1) * t, grid.width) * s, min((ty + 1) * t, grid.height) * s
@@ -102,12 +102,13 @@ def _bar_chart(values: np.ndarray, colours: np.ndarray, height: int, label: str)
     font = ImageFont.load_default()
     n = len(values)
     bar = max(4, min(32, 640 // max(n, 1)))
-    width = max(160, n * (bar + 4) + 16)
+    caption = f"{label} (max {values.max() if n else 0:,.0f})"
+    width = max(int(font.getlength(caption)) + 16, n * (bar + 4) + 16)
     chart = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(chart)
     top, bottom = 28, height - 16
     peak = float(values.max()) if n and values.max() > 0 else 1.0
-    draw.text((8, 4), f"{label} (max {values.max() if n else 0:,.0f})", fill=(0, 0, 0), font=font)
+    draw.text((8, 4), caption, fill=(0, 0, 0), font=font)
     for r, v in enumerate(values):
         x0 = 8 + r * (bar + 4)
         y0 = bottom - (bottom - top) * float(v) / peak
