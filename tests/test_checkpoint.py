@@ -26,8 +26,8 @@ def scene(object_scene_seed2: Path) -> Path:
     return object_scene_seed2
 
 
-def _cfg(scene: str, out: str):
-    return load_config(None, [
+def _cfg(scene: str, out: str, extra: tuple[str, ...] = ()):
+    return load_config(None, [*extra,
         f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
         "train.eval_every=0", "train.eval_renders=1", "train.log_every=2", "train.sh_degree_every=20",
         "train.checkpoint_every=20", "train.keep_checkpoints=2", "model.sh_degree=1",
@@ -72,6 +72,21 @@ def test_resume_on_the_same_world_size_continues_exactly(scene: Path, tmp_path: 
     assert (a / "model.ply").read_bytes() == (tmp_path / "b" / "model.ply").read_bytes()
     before, after = _losses(a), _losses(tmp_path / "b")
     assert sorted(before) == sorted(after) == list(range(2, 41, 2))
+    assert [after[s] for s in range(22, 41, 2)] == [before[s] for s in range(22, 41, 2)]
+
+
+def test_an_mcmc_run_with_exposures_resumes_exactly(scene: Path, tmp_path: Path) -> None:
+    """densify.strategy=mcmc (its relocations, growth and noise draws), per-photo exposures (saved once per
+    checkpoint), random backgrounds and antialiasing: resuming at 20 images gives the uninterrupted run."""
+    extra = ("densify.strategy=mcmc", "densify.min_opacity=0.09", "optim.exposure_lr=0.01",
+             "render.random_background=true", "render.antialiased=true")  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    n = train(_cfg(str(scene), str(a), extra), single_process())["num_gaussians"]
+    start = _resume_copy(a, b, 20)
+    assert train(_cfg(str(scene), str(b), extra), single_process(), find_checkpoint(start))["num_gaussians"] == n
+    assert (a / "model.ply").read_bytes() == (b / "model.ply").read_bytes()
+    assert (a / "exposures.json").read_text() == (b / "exposures.json").read_text()
+    before, after = _losses(a), _losses(b)
     assert [after[s] for s in range(22, 41, 2)] == [before[s] for s in range(22, 41, 2)]
 
 
