@@ -217,3 +217,25 @@ def test_export_command_converts_and_reports_bad_input(tmp_path: Path, capsys: p
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "missing.ply" in errors[0] and "far.spz" in errors[2] and "2048" in errors[2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.ply", "far.ply", "m.compressed.ply", "m.spz", "model.ply"]
+
+
+@pytest.mark.parametrize("fmt", ["ply", "splat", "spz", "ply-compressed"])
+def test_blocks_of_rows_encode_the_bytes_of_the_whole_shard(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard encoded in blocks (host memory bounded) gives the bytes of one block, also for a shard that
+    starts inside a chunk of 256 (rows 130.. of a 1130-row file)."""
+    from grendel_py.parallel import export
+
+    writer = export.FORMAT_WRITERS[fmt]
+    shard = _model(1000, 2)
+    summary = [writer.summary(_model(130, 2, seed=1), 0)]
+
+    def body() -> bytes:
+        out = bytearray(writer.body_size(1130, 2))
+        for offset, array in writer.pieces(shard, 130, 1130, summary):
+            data = np.ascontiguousarray(array).reshape(-1).view(np.uint8).tobytes()
+            out[offset : offset + len(data)] = data
+        return bytes(out)
+
+    whole = body()
+    monkeypatch.setattr(export, "BLOCK_ROWS", 300)
+    assert body() == whole

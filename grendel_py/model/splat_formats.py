@@ -332,8 +332,9 @@ def compressed_records(g: Gaussians, first_row: int, bounds: dict[int, np.ndarra
     n = len(g)
     rows = first_row + np.arange(n)
     chunk = rows // CHUNK
-    lo = np.stack([bounds[c][0] for c in chunk.tolist()]).astype(np.float64) if n else np.zeros((0, 9))
-    hi = np.stack([bounds[c][1] for c in chunk.tolist()]).astype(np.float64) if n else np.zeros((0, 9))
+    c0 = first_row // CHUNK
+    per_chunk = np.stack([bounds[c] for c in range(c0, c0 + len(np.unique(chunk)))]).astype(np.float64) if n else np.zeros((0, 2, 9))
+    lo, hi = per_chunk[chunk - c0, 0], per_chunk[chunk - c0, 1]
     lo[:, 3:6], hi[:, 3:6] = np.clip(lo[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT), np.clip(hi[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT)
     features = chunk_features(g).astype(np.float64)
     t = np.where(hi - lo < 1e-5, 0.0, (features - lo) / np.where(hi - lo < 1e-5, 1.0, hi - lo))

@@ -72,23 +72,37 @@ def _morton(shard: Gaussians) -> torch.Tensor:
     return by_id[sf.morton_order(shard.means[by_id])]
 
 
+BLOCK_ROWS = 1 << 20
+"""Rows encoded at a time, so that the host memory an export takes does not grow with the shard."""
+
+
+def _blocks(shard: Gaussians, first: int, align: int = 1):
+    """(block, the file row it starts at) over ``shard``'s rows (file rows ``first``..) in blocks of about
+    :data:`BLOCK_ROWS`; every block but the first starts at a file row that is a multiple of ``align``."""
+    start = 0
+    while start < len(shard):
+        end = min(len(shard), (first + start + BLOCK_ROWS) // align * align - first)
+        yield shard.select(slice(start, end)), first + start
+        start = end
+
+
 def _ply_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
-    records = ply_records(shard)
-    return [(first * records.shape[1] * 4, records)]
+    record = 4 * len(ply_property_names(shard.sh_degree))
+    for block, row in _blocks(shard, first):
+        yield row * record, ply_records(block)
 
 
 def _splat_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
-    return [(first * sf.SPLAT_RECORD, sf.splat_records(shard))]
+    for block, row in _blocks(shard, first):
+        yield row * sf.SPLAT_RECORD, sf.splat_records(block)
 
 
 def _spz_pieces(shard: Gaussians, first: int, total: int, _) -> Pieces:
     widths = sf.spz_widths(shard.sh_degree)
-    columns = sf.spz_columns(shard)
-    start, pieces = 0, []
-    for name, width in widths.items():
-        pieces.append((start + first * width, columns[name]))
-        start += total * width
-    return pieces
+    starts = dict(zip(widths, np.cumsum([0, *widths.values()])[:-1] * total))
+    for block, row in _blocks(shard, first):
+        for name, column in sf.spz_columns(block).items():
+            yield int(starts[name]) + row * widths[name], column
 
 
 def _chunk_summary(shard: Gaussians, first: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,12 +114,13 @@ def _chunk_summary(shard: Gaussians, first: int) -> tuple[np.ndarray, np.ndarray
 
 def _compressed_pieces(shard: Gaussians, first: int, total: int, summaries: list[Any]) -> Pieces:
     bounds = sf.merge_bounds([sf.chunk_bounds(sf.chunk_features(shard), first), *summaries])
-    own, chunks, vertex, sh = sf.compressed_records(shard, first, bounds)
     chunk_bytes, vertex_bytes, _ = sf.compressed_sizes(total, shard.sh_degree)
-    pieces = [(chunk_bytes + first * vertex.shape[1] * 4, vertex), (chunk_bytes + vertex_bytes + first * sh.shape[1], sh)]
-    if len(own):
-        pieces.append((int(own[0]) * chunks.shape[1] * 4, chunks))
-    return pieces
+    for block, row in _blocks(shard, first, sf.CHUNK):
+        own, chunks, vertex, sh = sf.compressed_records(block, row, bounds)
+        yield chunk_bytes + row * vertex.shape[1] * 4, vertex
+        yield chunk_bytes + vertex_bytes + row * sh.shape[1], sh
+        if len(own):
+            yield int(own[0]) * chunks.shape[1] * 4, chunks
 
 
 FORMAT_WRITERS = {
@@ -171,9 +186,10 @@ def _create(tmp: Path, header: bytes, body_size: int) -> None:
 
 
 def _encoded(path: Path, encode: Callable[[], Pieces]) -> Pieces:
-    """``encode()``; a value the format cannot hold (ValueError) becomes an InputError naming ``path``."""
+    """The pieces of ``encode()``, each encoded as it is written; a value the format cannot hold (ValueError)
+    becomes an InputError naming ``path``."""
     try:
-        return encode()
+        yield from encode()
     except ValueError as e:
         raise InputError(path, str(e)) from None
 
