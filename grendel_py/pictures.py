@@ -83,7 +83,7 @@ def tile_picture(image: np.ndarray, grid: TileGrid, ranks: np.ndarray, work: np.
     mean = work.mean() if work.size else 0.0
     balance = f"balance {work.max() / mean:.3f} (max / mean)" if mean > 0 else "no work"
     chart = _bar_chart(work, colours, view.height, "intersections per rank")
-    return _titled([view, chart], f"{title}: tiles by rank; {balance}")
+    return _titled([view, chart], f"{title}: tiles by rank; in this view {balance}")
 
 
 def tile_heat(grid: TileGrid, per_tile: np.ndarray) -> np.ndarray:
