@@ -1,4 +1,4 @@
-"""The ``grendel`` command: synth, info, init, render, train, eval, export and simulate.
+"""The ``grendel`` command: synth, info, init, render, train, eval, export, view and simulate.
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -188,6 +189,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    import time
+
+    from grendel_py.model.splat_formats import read_model
+    from grendel_py.view_splats import select_for_view, view_splats
+    from grendel_py.viewer import Viewer
+
+    model = read_model(args.model)
+    cameras = _scene(_config(args, args.data)).cameras if args.data is not None else []
+    shown = select_for_view(model, args.budget)
+    viewer = Viewer(args.port, cameras, args.host)
+    try:
+        viewer.show_model(view_splats(shown))
+        stop = "" if args.seconds is None else f" for {args.seconds:g} s"
+        print(f"viewing {args.model}: {len(shown)} of {len(model)} Gaussians at http://{args.host}:{viewer.port}{stop} "
+              "(Ctrl-C stops)", flush=True)  # fmt: skip
+        end = math.inf if args.seconds is None else time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -311,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark the model as trained with render.antialiased (SPZ's flag, the compressed PLY's render mode)",
     )  # fmt: skip
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("view", help="show a model in the browser (viser; the `viewer` extra)")
+    p.add_argument("model", type=Path, help="the model: PLY (INRIA, gsplat or compressed layout), .splat or .spz")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (0: any free one; busy: the next free one)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (127.0.0.1: this machine only)")
+    p.add_argument(
+        "--budget", type=int, default=1_000_000,
+        help="Gaussians sent to the browser at most, largest opacity x footprint first",
+    )  # fmt: skip
+    p.add_argument("--data", type=Path, help="scene folder whose cameras to show as frusta")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: at Ctrl-C)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser(
         "simulate",

@@ -1,0 +1,82 @@
+"""The browser viewer (viser): a model, the cameras and scalars served over HTTP; ``grendel view``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.ply import write_ply
+from grendel_py.view_splats import select_for_view, view_splats
+from grendel_py.viewer import BATCH_COLOUR, CAMERA_COLOUR, Viewer
+
+pytest.importorskip("viser", reason="the viewer extra (a dev dependency) is not installed")
+
+
+def _model(n: int) -> Gaussians:
+    gen = torch.Generator().manual_seed(0)
+    return Gaussians(
+        means=torch.randn(n, 3, generator=gen), log_scales=torch.randn(n, 3, generator=gen) - 3,
+        quats=torch.randn(n, 4, generator=gen), opacity_logits=torch.randn(n, generator=gen),
+        sh0=torch.randn(n, 1, 3, generator=gen), shN=torch.zeros(n, 3, 3), ids=torch.arange(n),
+    )  # fmt: skip
+
+
+def _cameras() -> list[Camera]:
+    out = []
+    for uid, x in enumerate((-1.0, 1.0)):
+        R = torch.eye(3, dtype=torch.float64)
+        out.append(Camera(uid, f"c{uid}.png", 64, 48, 50.0, 50.0, 32.0, 24.0, R, torch.tensor([x, 0.0, 4.0], dtype=torch.float64)))
+    return out
+
+
+def _page(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+        assert r.status == 200
+        return r.read().decode("utf-8", "replace")
+
+
+def test_viewer_serves_the_model_cameras_and_scalars() -> None:
+    viewer = Viewer(0, _cameras(), host="127.0.0.1")
+    try:
+        assert viewer.port > 0 and viewer.clients == 0
+        assert "<html" in _page(viewer.port).lower()
+        viewer.show_model(view_splats(select_for_view(_model(500), 100)))
+        first = viewer._splats
+        viewer.show_model(view_splats(select_for_view(_model(500), 300)))  # a new count: the same node, updated
+        assert viewer._splats is first and len(first.centers) == 300
+        viewer.show_batch([1])
+        assert tuple(viewer._frusta[1].color) == BATCH_COLOUR and tuple(viewer._frusta[0].color) == CAMERA_COLOUR
+        viewer.show_batch([0, 7])  # a camera the viewer does not show is ignored
+        assert tuple(viewer._frusta[1].color) == CAMERA_COLOUR and tuple(viewer._frusta[0].color) == BATCH_COLOUR
+        viewer.show_scalars({"loss": 0.25, "images": 100})
+        viewer.show_scalars({"loss": 0.125})
+        assert viewer._numbers["loss"].value == 0.125
+    finally:
+        viewer.close()
+
+
+def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
+    write_ply(tmp_path / "model.ply", _model(400))
+    cmd = [sys.executable, "-m", "grendel_py", "view", str(tmp_path / "model.ply"), "--port", "0", "--host", "127.0.0.1",
+           "--budget", "150", "--seconds", "10"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, match = [], None
+        while match is None and len(lines) < 40:  # viser prints its own box of addresses first
+            lines.append(proc.stdout.readline())
+            match = re.search(r"150 of 400 Gaussians at http://127\.0\.0\.1:(\d+)", lines[-1])
+        assert match, (lines, proc.stderr.read() if proc.poll() is not None else "")
+        assert "<html" in _page(int(match.group(1))).lower()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    bad = subprocess.run(cmd[:4] + [str(tmp_path / "missing.ply")] + cmd[5:], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing.ply" in bad.stderr
