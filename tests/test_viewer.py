@@ -80,3 +80,33 @@ def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
         proc.kill()
     bad = subprocess.run(cmd[:4] + [str(tmp_path / "missing.ply")] + cmd[5:], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing.ply" in bad.stderr
+
+
+def _watched_training_job(ctx, scene: str, out: str, port: int) -> list[int] | None:
+    """A 40-image run with ``train.viewer_port`` whose viewer believes a browser is connected; rank 0 returns
+    how many Gaussians each refresh showed."""
+    from grendel_py.config import load_config
+    from grendel_py.train.loop import train
+
+    shown: list[int] = []
+    Viewer.clients = property(lambda self: 1)  # a browser, as far as the loop can tell
+    show_model = Viewer.show_model
+    Viewer.show_model = lambda self, splats: (shown.append(len(splats["centers"])), show_model(self, splats))[1]
+    cfg = load_config(None, [
+        f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
+        "train.eval_every=0", "train.eval_renders=0", "densify.start_images=5", "densify.every_images=10",
+        "densify.stop_images=35", f"train.viewer_port={port}", "train.viewer_every=10", "train.viewer_budget=500",
+    ])  # fmt: skip
+    train(cfg, ctx)
+    return shown if ctx.is_main else None
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_watched_run_refreshes_its_viewer_within_the_budget(object_scene_seed2: Path, tmp_path: Path, world: int) -> None:
+    """Refreshed when the browser connects (after the first batch) and every 10 images: 5 times in 40 images;
+    each time at most the budget (+ W - 1: each rank rounds its share up) and no fewer."""
+    from tests.dist_util import free_port, run_ranks
+
+    shown = run_ranks(world, _watched_training_job, str(object_scene_seed2), str(tmp_path / "run"), free_port())[0]
+    assert len(shown) == 5
+    assert all(500 <= n <= 500 + world - 1 for n in shown), shown

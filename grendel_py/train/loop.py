@@ -13,6 +13,9 @@ by rank and each rank's work for the first ``train.eval_renders`` test views, th
 end ``model.ply`` (one merged file; also in the formats of ``train.export``), ``metrics.json`` and
 ``renders/`` (test views, render | ground truth). Every file is written atomically, by rank 0 except the
 merged model files (every rank writes its rows). Schedules count images, so the batch size can change freely.
+With ``train.viewer_port``, rank 0 serves a browser viewer (:mod:`grendel_py.viewer`); whether a browser is
+connected rides in the step's statistics all-reduce, and only then do the ranks gather a budgeted selection
+of their shards (:mod:`grendel_py.view_splats`), every ``train.viewer_every`` images and when one connects.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.outputs import staged_dir
+from grendel_py.view_splats import gather_view_splats
+from grendel_py.viewer import Viewer
 from grendel_py.render import resolve_backend
 from grendel_py.train.checkpoint import (
     MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_replicated, load_shards, run_dir_of, save_checkpoint,
@@ -93,9 +98,11 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
         sampler.set_affinity(_affinity(shard, scene, ctx))
 
     writer = _writer(out, seen, ctx)
+    viewer = Viewer(t.viewer_port, scene.train_cameras) if t.viewer_port and ctx.is_main else None
+    was_watched = False
     start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
     bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
-    with StopSignals() as stop, _closing(bar, writer, images):
+    with StopSignals() as stop, _closing(bar, writer, images, viewer):
         while seen < t.images:
             tic, waited = time.perf_counter(), images.wait_seconds
             slots = sampler.next_batch()  # the photos' indices among the training cameras
@@ -128,8 +135,17 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
                 checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
 
-            stats, stopping = _batch_stats(passes, gts, len(shard), events.get("moved", 0), stop.flags(), balancer, ctx)
+            watched = float(viewer is not None and viewer.clients > 0)  # rank 0 tells the others in the stats' all-reduce
+            stats, stopping, watched = _batch_stats(passes, gts, len(shard), events.get("moved", 0), stop.flags(), watched, balancer, ctx)
             stats["step_seconds"] = time.perf_counter() - tic
+            if watched and (not was_watched or _crossed(before, seen, t.viewer_every)):  # a new browser sees it at once
+                splats = gather_view_splats(shard, int(stats["gaussians"]), t.viewer_budget, ctx)  # every rank
+                if viewer is not None:
+                    viewer.show_model(splats)
+            was_watched = watched
+            if viewer is not None and watched:
+                viewer.show_batch([c.uid for c in cameras])
+                viewer.show_scalars({"images": seen, "gaussians": stats["gaussians"], "loss": stats["loss"], "psnr": stats["psnr"]})
             stats["data_seconds"] = images.wait_seconds - waited  # this rank's wait for photos
             iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
             bar.update(len(cameras))
@@ -175,13 +191,16 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
 
 
 @contextlib.contextmanager
-def _closing(bar: tqdm, writer, images: GroundTruth) -> Iterator[None]:
-    """Close the progress bar, stop the photo prefetcher and flush the TensorBoard writer however the loop ends."""
+def _closing(bar: tqdm, writer, images: GroundTruth, viewer: Viewer | None) -> Iterator[None]:
+    """Close the progress bar, stop the photo prefetcher and the viewer and flush the TensorBoard writer
+    however the loop ends."""
     try:
         yield
     finally:
         bar.close()
         images.close()
+        if viewer is not None:
+            viewer.close()
         if writer is not None:
             writer.flush()
 
@@ -330,26 +349,27 @@ def train_pass(
 
 
 def _batch_stats(
-    passes: list[PassStats], gts: list[Photo], n_local: int, moved: int, stop_flags: list[float], balancer: TileBalancer,
+    passes: list[PassStats], gts: list[Photo], n_local: int, moved: int, stop_flags: list[float], watched: float, balancer: TileBalancer,
     ctx: DistContext,
 ) -> tuple[dict, str | None]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchanges moved and
     Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds of each pass
     (one all-reduce), which calibrate ``balancer``; the tile assignments' balance (largest over mean work per
     rank, work = intersections + 1 per tile; the mean over passes). And the stop signal the ranks agree on
-    (:func:`agreed_signal` of the ``stop_flags`` summed in the same all-reduce), or None."""
+    (:func:`agreed_signal` of the ``stop_flags`` summed in the same all-reduce), or None; and whether a
+    browser watches rank 0's viewer (``watched``, summed in the same all-reduce)."""
     device = passes[0].loss.device
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     seconds = np.zeros((len(passes), ctx.world_size))
     seconds[:, ctx.rank] = [p.raster_seconds() for p in passes]
     device_part = torch.stack([sum(p.loss for p in passes), sum(p.squared for p in passes)])
     sent = [p.bytes_sent for p in passes]
-    host_part = torch.tensor([n_local, moved, *stop_flags, *sent, *seconds.flat], dtype=torch.float64)
+    host_part = torch.tensor([n_local, moved, watched, *stop_flags, *sent, *seconds.flat], dtype=torch.float64)
     values = ctx.reduce(torch.cat([device_part, host_part.to(device)]), "sum").tolist()  # the one host sync
-    loss_sum, squared, gaussians, moved_sum = values[:4]
-    flags = values[4 : 4 + len(stop_flags)]
-    exchanged = values[4 + len(stop_flags) : 4 + len(stop_flags) + len(passes)]
-    seconds = np.array(values[4 + len(stop_flags) + len(passes) :]).reshape(len(passes), ctx.world_size)
+    loss_sum, squared, gaussians, moved_sum, watched = values[:5]
+    flags = values[5 : 5 + len(stop_flags)]
+    exchanged = values[5 + len(stop_flags) : 5 + len(stop_flags) + len(passes)]
+    seconds = np.array(values[5 + len(stop_flags) + len(passes) :]).reshape(len(passes), ctx.world_size)
     for p, moved_bytes, s in zip(passes, exchanged, seconds):
         balancer.observe(p.assignment, p.table, moved_bytes, s)
     stats = {
@@ -360,7 +380,7 @@ def _batch_stats(
         "moved_gaussians": moved_sum,
         "balance": sum(p.assignment.balance(balancer.work(p.table)) for p in passes) / len(passes),
     }
-    return stats, agreed_signal(flags)
+    return stats, agreed_signal(flags), watched > 0
 
 
 def _per_rank_usage(data_seconds: float, ctx: DistContext) -> dict[str, list[float]]:
