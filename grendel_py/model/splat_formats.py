@@ -419,13 +419,23 @@ def read_compressed_ply(path: str | Path) -> Gaussians:
 def read_model(path: str | Path) -> Gaussians:
     """A model file in any of :data:`FORMATS`, told apart by its name (``.splat``, ``.spz``) and, for PLY
     files, by its elements."""
-    from grendel_py.model.ply import read_ply, read_ply_data
+    from grendel_py.model.ply import read_ply
 
     suffix = Path(path).suffix.lower()
     if suffix == ".splat":
         return read_splat(path)
     if suffix == ".spz":
         return read_spz(path)
-    if [el.name for el in read_ply_data(path).elements][:1] == ["chunk"]:
-        return read_compressed_ply(path)
-    return read_ply(path)
+    return read_compressed_ply(path) if _first_ply_element(path) == b"chunk" else read_ply(path)
+
+
+def _first_ply_element(path: str | Path) -> bytes | None:
+    """The name of the first element in the PLY header at ``path`` (None when it cannot be read: the reader
+    then says why)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(1 << 16).split(b"end_header", 1)[0]
+    except OSError:
+        return None
+    names = [line.split()[1] for line in header.splitlines() if line.startswith(b"element ") and len(line.split()) > 1]
+    return names[0] if names else None
