@@ -33,6 +33,7 @@ import torch
 
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import C0, MAX_SH_DEGREE, Gaussians, num_sh_rest
+from partition.spatial import morton_codes
 
 FORMATS = ("ply", "splat", "spz", "ply-compressed")
 """The formats :func:`grendel_py.parallel.export.write_merged` writes ("ply": the INRIA layout)."""
@@ -280,18 +281,11 @@ def compressed_sizes(total: int, sh_degree: int) -> tuple[int, int, int]:
 
 
 def morton_order(means: torch.Tensor) -> torch.Tensor:
-    """A stable order of the rows of ``means`` [N, 3] along a Morton curve (10 bits per axis over their box)."""
-    x = means.detach().double().cpu()
-    if len(x) == 0:
+    """A stable order of the rows of ``means`` [N, 3] along a Morton curve over their box
+    (:func:`partition.spatial.morton_codes`)."""
+    if len(means) == 0:
         return torch.zeros(0, dtype=torch.int64)
-    lo, hi = x.min(dim=0).values, x.max(dim=0).values
-    extent = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    cells = ((x - lo) / extent * 1024).clamp(0, 1023).to(torch.int64)
-    code = torch.zeros(len(x), dtype=torch.int64)
-    for bit in range(10):
-        for axis in range(3):
-            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return torch.sort(code, stable=True).indices
+    return torch.sort(morton_codes(means.detach().cpu()), stable=True).indices
 
 
 def chunk_features(g: Gaussians) -> np.ndarray:
