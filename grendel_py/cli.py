@@ -202,6 +202,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     viewer = Viewer(args.port, cameras, args.host)
     try:
         viewer.show_model(view_splats(shown))
+        evaluations = sorted(d for d in (args.model.parent / "work").glob("[0-9]" * 8) if d.is_dir())  # a run folder's
+        if evaluations:
+            viewer.show_work(evaluations[-1], int(evaluations[-1].name))
+            print(f"showing the pictures of the distributed work in {evaluations[-1]}")
         stop = "" if args.seconds is None else f" for {args.seconds:g} s"
         print(f"viewing {args.model}: {len(shown)} of {len(model)} Gaussians at http://{args.host}:{viewer.port}{stop} "
               "(Ctrl-C stops)", flush=True)  # fmt: skip
@@ -340,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("view", help="show a model in the browser (viser; the `viewer` extra)")
-    p.add_argument("model", type=Path, help="the model: PLY (INRIA, gsplat or compressed layout), .splat or .spz")
+    p.add_argument(
+        "model", type=Path,
+        help="the model: PLY (INRIA, gsplat or compressed layout), .splat or .spz; in a run folder, the pictures of "
+        "its last evaluation's distributed work (work/) are shown too",
+    )  # fmt: skip
     p.add_argument("--port", type=int, default=8080, help="port to serve on (0: any free one; busy: the next free one)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (127.0.0.1: this machine only)")
     p.add_argument(

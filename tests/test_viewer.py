@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from grendel_py.data.cameras import Camera
+from grendel_py.data.cameras import Camera, look_at
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import write_ply
 from grendel_py.view_splats import select_for_view, view_splats
-from grendel_py.viewer import BATCH_COLOUR, CAMERA_COLOUR, Viewer
+from grendel_py.pictures import rank_colours
+from grendel_py.viewer import BACK_OFF, BATCH_COLOUR, CAMERA_COLOUR, Viewer
 
 pytest.importorskip("viser", reason="the viewer extra (a dev dependency) is not installed")
 
@@ -63,8 +67,78 @@ def test_viewer_serves_the_model_cameras_and_scalars() -> None:
         viewer.close()
 
 
+def _ring(target: tuple[float, float, float], count: int = 6, radius: float = 3.0) -> list[Camera]:
+    """Cameras on a circle around ``target``, each looking at it (y up)."""
+    out = []
+    for uid in range(count):
+        a = 2.0 * np.pi * uid / count
+        eye = torch.tensor(target, dtype=torch.float64) + torch.tensor([radius * np.cos(a), 0.5, radius * np.sin(a)], dtype=torch.float64)
+        R, t = look_at(eye, torch.tensor(target, dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+        out.append(Camera(uid, f"r{uid}.png", 64, 48, 40.0, 40.0, 32.0, 24.0, R, t))
+    return out
+
+
+def test_the_view_opens_behind_the_first_camera_looking_where_the_cameras_look() -> None:
+    """Cameras around a point: the view looks at that point along the first camera's axis, from BACK_OFF of
+    the way behind it, with its up and field of view; cameras that all look one way: the target lies as far
+    ahead as they are spread."""
+    target = np.array([1.0, 2.0, -0.5])
+    ring = _ring(tuple(target))
+    viewer = Viewer(0, ring, host="127.0.0.1")
+    try:
+        start = viewer.server.initial_camera
+        eye = ring[0].center.numpy()
+        np.testing.assert_allclose(start.look_at, target, atol=1e-9)
+        np.testing.assert_allclose(start.position, eye - BACK_OFF * (target - eye), atol=1e-9)
+        np.testing.assert_allclose(start.up, -ring[0].R.numpy()[1], atol=1e-12)
+        assert start.fov == pytest.approx(2.0 * np.arctan(48 / 80.0))
+    finally:
+        viewer.close()
+    parallel = _cameras()  # two cameras 2 apart looking along +z: spread 1
+    viewer = Viewer(0, parallel, host="127.0.0.1")
+    try:
+        np.testing.assert_allclose(viewer.server.initial_camera.look_at, parallel[0].center.numpy() + [0.0, 0.0, 1.0], atol=1e-12)
+    finally:
+        viewer.close()
+
+
+def _work_folder(folder: Path, boxes: list, names: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(folder / f"{name}_tiles.png")
+    ranks = [{"rank": r, "gaussians": 10, "low": b and b[0], "high": b and b[1]} for r, b in enumerate(boxes)]
+    (folder / "shards.json").write_text(json.dumps({"quantile": 0.01, "ranks": ranks}))
+    return folder
+
+
+def test_the_work_pictures_and_shard_boxes_replace_the_last_ones(tmp_path: Path) -> None:
+    viewer = Viewer(0, _cameras(), host="127.0.0.1")
+    try:
+        first = _work_folder(tmp_path / "00000060", [[[0, 0, 0], [1, 2, 4]], None, [[-1, -1, -1], [0, 0, 0]]], ["00001_a", "00002_b"])
+        viewer.show_work(first, 60)
+        panel, *rest = viewer._work
+        assert panel.label == "Work after 60 images"
+        boxes = [h for h in rest if type(h).__name__ == "BoxHandle"]  # viser's handle classes are not exported
+        assert len(boxes) == 2  # the empty rank 1 has none
+        np.testing.assert_allclose(boxes[0].position, [0.5, 1.0, 2.0])
+        np.testing.assert_allclose(boxes[0].dimensions, [1.0, 2.0, 4.0])
+        assert tuple(boxes[1].color) == tuple(rank_colours(3)[2])
+        images = [h for h in rest if type(h).__name__ == "GuiImageHandle"]
+        assert [h.label for h in images] == ["00001_a_tiles", "00002_b_tiles"]
+        assert images[1].image.shape == (20, 30, 3) and int(images[1].image.max()) == 40
+        viewer.show_work(_work_folder(tmp_path / "00000120", [[[0, 0, 0], [1, 1, 1]]], ["00001_a"]), 120)
+        assert viewer._work[0].label == "Work after 120 images"
+        assert [type(h).__name__ for h in viewer._work[1:]] == ["GuiImageHandle", "BoxHandle"]
+        viewer.show_work(tmp_path / "nothing", 180)  # an evaluation without pictures: nothing shown
+        assert viewer._work == []
+    finally:
+        viewer.close()
+
+
 def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
     write_ply(tmp_path / "model.ply", _model(400))
+    _work_folder(tmp_path / "work" / "00000060", [[[0, 0, 0], [1, 1, 1]]], ["00001_a"])
+    _work_folder(tmp_path / "work" / "00000120", [[[0, 0, 0], [1, 1, 1]]], ["00001_a"])  # the last evaluation's
     cmd = [sys.executable, "-m", "grendel_py", "view", str(tmp_path / "model.ply"), "--port", "0", "--host", "127.0.0.1",
            "--budget", "150", "--seconds", "10"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -74,6 +148,7 @@ def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
             lines.append(proc.stdout.readline())
             match = re.search(r"150 of 400 Gaussians at http://127\.0\.0\.1:(\d+)", lines[-1])
         assert match, (lines, proc.stderr.read() if proc.poll() is not None else "")
+        assert any(f"work in {tmp_path / 'work' / '00000120'}" in line for line in lines), lines
         assert "<html" in _page(int(match.group(1))).lower()
         assert proc.wait(timeout=120) == 0
     finally:

@@ -92,7 +92,8 @@ def evaluate_sharded(
     [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
     ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
     all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
-    and, with ``pictures_dir``, the pictures of the distributed work there (only rank 0 needs either folder):
+    (only rank 0 needs it) and, with ``pictures_dir`` (given on every rank or on none: the shard boxes are
+    gathered from every rank; only rank 0 writes), the pictures of the distributed work there:
     for each of those views, which rank rasterized each tile and each rank's work
     (``{uid:05d}_{stem}_tiles.png``), and for the first one the shards' boxes (``shards.png``,
     ``shards.json``; see :mod:`grendel_py.pictures`).
@@ -111,7 +112,7 @@ def evaluate_sharded(
     if not cameras:
         raise ValueError("evaluate: no cameras given")
     views = []
-    boxes = shard_boxes(shard, ctx) if max_renders > 0 else None  # every rank takes part
+    boxes = shard_boxes(shard, ctx) if max_renders > 0 and pictures_dir is not None else None  # every rank takes part
     with torch.no_grad():
         for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
             gt = photos(cam)

@@ -164,11 +164,13 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(
                     shard, test_photos, scene.test_cameras, background, ctx, None, t.eval_renders, backend,
-                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, seen, ctx),
+                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, seen),
                 )  # fmt: skip
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
+                if viewer is not None:
+                    viewer.show_work(_pictures_dir(out, seen), seen)
     elapsed = time.perf_counter() - start
     timing = {
         "train_seconds": elapsed,
@@ -417,9 +419,9 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _pictures_dir(out: Path, images: int, ctx: DistContext) -> Path | None:
+def _pictures_dir(out: Path, images: int) -> Path:
     """Where rank 0 puts the pictures of the distributed work of the evaluation after ``images`` images."""
-    return out / "work" / f"{images:08d}" if ctx.is_main else None
+    return out / "work" / f"{images:08d}"
 
 
 def _finish(
@@ -433,14 +435,18 @@ def _finish(
         write_merged(out / FILE_NAMES[fmt], model, ctx, fmt, cfg.render.antialiased)
     test = None
     if scene.test_cameras:
+        pictures = _pictures_dir(out, cfg.train.images)
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
                 test = evaluate_sharded(
                     model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend,
-                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, cfg.train.images, ctx),
+                    cfg.render.antialiased, pictures_dir=pictures,
                 )  # fmt: skip
         else:
-            test = evaluate_sharded(model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend, cfg.render.antialiased)
+            test = evaluate_sharded(
+                model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend,
+                cfg.render.antialiased, pictures_dir=pictures,
+            )  # fmt: skip
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)
