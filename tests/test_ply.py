@@ -75,6 +75,15 @@ def test_round_trip_bit_exact(tmp_path: Path, sh_degree: int) -> None:
     assert torch.equal(back.ids, torch.arange(57))
 
 
+def test_binary_vertices_are_mapped_not_parsed_row_by_row(tmp_path: Path) -> None:
+    """plyfile parses an unmapped binary element one row and one property at a time in Python (minutes for
+    millions of Gaussians); a model file is mapped (copy-on-write) and still reads bit for bit."""
+    g = _random(300, 3)
+    write_ply(tmp_path / "m.ply", g)
+    assert isinstance(ply_module.read_ply_data(tmp_path / "m.ply")["vertex"].data, np.memmap)
+    _assert_bit_equal(g, read_ply(tmp_path / "m.ply"))
+
+
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_byte_layout_matches_inria(tmp_path: Path, sh_degree: int) -> None:
     g = _random(9, sh_degree)
