@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from grendel_py.model.gaussians import C0, Gaussians
+from grendel_py.model.gaussians import Gaussians, sh0_to_rgb
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render.projection import quats_to_rotmats
 
@@ -32,24 +32,31 @@ def view_score(g: Gaussians) -> torch.Tensor:
     return torch.sigmoid(g.opacity_logits.detach()) * torch.exp(top2)
 
 
-def select_for_view(g: Gaussians, count: int) -> Gaussians:
-    """The ``count`` Gaussians of ``g`` with the largest :func:`view_score` (ties: smaller id first), in
-    that order."""
+def view_order(g: Gaussians, count: int) -> torch.Tensor:
+    """The rows of the ``count`` Gaussians of ``g`` with the largest :func:`view_score` (ties: smaller id
+    first), in that order (int64, on ``g``'s device)."""
     count = max(0, min(count, len(g)))
     by_id = torch.argsort(g.ids)
     order = torch.argsort(view_score(g)[by_id], descending=True, stable=True)
-    return g.select(by_id[order[:count]])
+    return by_id[order[:count]]
 
 
-def view_splats(g: Gaussians) -> ViewSplats:
-    """The viewer's arrays for the Gaussians of ``g`` (on the host)."""
-    h = g.to("cpu")
+def select_for_view(g: Gaussians, count: int) -> Gaussians:
+    """The Gaussians of :func:`view_order`."""
+    return g.select(view_order(g, count))
+
+
+def view_splats(g: Gaussians, rows: torch.Tensor | None = None) -> ViewSplats:
+    """The viewer's arrays for the Gaussians of ``g`` (those at ``rows`` only), computed on ``g``'s device
+    from the fields they need and returned on the host."""
     with torch.no_grad():
-        rot = quats_to_rotmats(torch.nn.functional.normalize(h.quats, dim=-1))
-        cov = rot @ torch.diag_embed(torch.exp(2.0 * h.log_scales)) @ rot.transpose(1, 2)
-        rgb = (0.5 + C0 * h.sh0.reshape(len(h), 3)).clamp(0.0, 1.0)
-        arrays = {"centers": h.means, "covariances": cov, "rgbs": rgb, "opacities": torch.sigmoid(h.opacity_logits)[:, None]}
-    return {k: np.ascontiguousarray(v.detach().float().numpy()) for k, v in arrays.items()}
+        means, quats, log_scales, sh0, logits = (
+            t.detach() if rows is None else t.detach()[rows] for t in (g.means, g.quats, g.log_scales, g.sh0, g.opacity_logits)
+        )  # fmt: skip
+        rot = quats_to_rotmats(torch.nn.functional.normalize(quats, dim=-1))
+        cov = (rot * torch.exp(2.0 * log_scales)[:, None, :]) @ rot.transpose(1, 2)  # R diag(s^2) R^T
+        arrays = {"centers": means, "covariances": cov, "rgbs": sh0_to_rgb(sh0).clamp(0.0, 1.0), "opacities": torch.sigmoid(logits)[:, None]}
+        return {k: np.ascontiguousarray(v.float().cpu().numpy()) for k, v in arrays.items()}
 
 
 def share_of_budget(budget: int, local: int, total: int) -> int:
@@ -63,7 +70,7 @@ def share_of_budget(budget: int, local: int, total: int) -> int:
 def gather_view_splats(shard: Gaussians, total: int, budget: int, ctx: DistContext) -> ViewSplats | None:
     """Every rank's budgeted selection of its ``shard`` (``total``: the Gaussians of all ranks, known to
     every rank), gathered on rank 0 in one collective: the arrays there, None on the other ranks."""
-    mine = view_splats(select_for_view(shard, share_of_budget(budget, len(shard), total)))
+    mine = view_splats(shard, view_order(shard, share_of_budget(budget, len(shard), total)))
     if not ctx.distributed:
         return mine
     parts: list[ViewSplats] | None = [None] * ctx.world_size if ctx.is_main else None  # type: ignore[list-item]

@@ -186,6 +186,12 @@ def nearest_neighbour_dist2(points: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.mean(dist[:, 1:] ** 2, axis=1)).to(torch.float32)
 
 
+def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
+    """[N, 3] the view-independent colour ``0.5 + C0 * f_dc`` of DC coefficients ``sh0`` [N, 1, 3] (not
+    clamped), what viewers and compact formats show."""
+    return 0.5 + C0 * sh0.reshape(-1, 3)
+
+
 def _rgb_to_sh0(rgb: np.ndarray | torch.Tensor | None, p: int) -> torch.Tensor:
     """[P, 1, 3] DC coefficients for uint8 colours ``rgb`` [P, 3] (grey 0.5 when None)."""
     if rgb is None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from grendel_py.errors import InputError
-from grendel_py.model.gaussians import C0, MAX_SH_DEGREE, Gaussians, num_sh_rest
+from grendel_py.model.gaussians import C0, MAX_SH_DEGREE, Gaussians, num_sh_rest, sh0_to_rgb
 from partition.spatial import morton_codes
 
 FORMATS = ("ply", "splat", "spz", "ply-compressed")
@@ -109,7 +109,7 @@ def splat_records(g: Gaussians) -> np.ndarray:
     out = np.empty((n, SPLAT_RECORD), dtype=np.uint8)
     out[:, 0:12] = a["means"].astype("<f4").view(np.uint8).reshape(n, 12)
     out[:, 12:24] = np.exp(a["log_scales"]).astype("<f4").view(np.uint8).reshape(n, 12)
-    rgba = np.concatenate([0.5 + C0 * a["dc"], _sigmoid(a["opacity"])[:, None]], axis=1)
+    rgba = np.concatenate([0.5 + C0 * a["dc"], _sigmoid(a["opacity"])[:, None]], axis=1)  # sh0_to_rgb in float64: truncated to bytes
     out[:, 24:28] = np.clip(rgba * 255.0, 0, 255).astype(np.uint8)
     out[:, 28:32] = np.clip(_unit_quats(a["quats"]) * 128.0 + 128.0, 0, 255).astype(np.uint8)
     return out
@@ -292,8 +292,7 @@ def chunk_features(g: Gaussians) -> np.ndarray:
     """float32 [N, 9] per Gaussian: position, log scale and colour (``C0 * f_dc + 0.5``), whose per-chunk
     minimum and maximum are the chunk's bounds."""
     h = g.to("cpu")
-    colour = h.sh0.detach().reshape(len(g), 3) * C0 + 0.5
-    return torch.cat([h.means.detach(), h.log_scales.detach(), colour], dim=1).float().numpy()
+    return torch.cat([h.means.detach(), h.log_scales.detach(), sh0_to_rgb(h.sh0.detach())], dim=1).float().numpy()
 
 
 def chunk_bounds(features: np.ndarray, first_row: int) -> tuple[np.ndarray, np.ndarray]:
