@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grendel_py.model.gaussians import Gaussians  # noqa: E402
 from grendel_py.parallel.runtime import DistContext  # noqa: E402
@@ -50,8 +50,7 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
     shard = _shard(rank, world, args.gaussians)
     viewer = browser = None
     if rank == 0:
-        from viewer_overhead import Browser
-
+        from bench.viewer_overhead import Browser
         from grendel_py.viewer import Viewer
 
         viewer = Viewer(0, [], host="127.0.0.1")

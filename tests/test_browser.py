@@ -34,6 +34,7 @@ WINDOW = (800, 600)
 PANEL_X = 460  # viser's control panel floats at the right of the window from about here
 TOAST = (330, 200)  # its "software WebGL" notice covers the top left corner up to here
 NUMBERS = ("images", "gaussians", "loss", "psnr")  # the scalars the training loop shows
+MIN_DRAWN = 0.05  # share of the view the splats must change (29% measured; frusta and shard boxes are thin lines)
 
 
 def _browser() -> str | None:
@@ -109,7 +110,14 @@ def _viewer_without_model(scene: Path, tmp_path: Path) -> np.ndarray:
         viewer.close()
 
 
+def _splats_drawn(shot: np.ndarray, empty: np.ndarray) -> float:
+    """The share of the 3D view's pixels that differ clearly from the same view without the model."""
+    mask = _scene_pixels(shot)
+    return float((np.abs(shot - empty).max(axis=2) > 40)[mask].mean())
+
+
 def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_scene_seed2: Path, tmp_path: Path) -> None:
+    empty = _viewer_without_model(object_scene_seed2, tmp_path)
     port, master = free_port(), str(free_port())
     args = [
         f"data.path={object_scene_seed2}", "data.downscale=4", f"train.out={tmp_path / 'run'}", "train.images=100000",
@@ -134,7 +142,10 @@ def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_sc
             assert all(p.poll() is None for p in procs), [finish_child(p, 10) for p in procs]
         assert all(n in numbers for n in NUMBERS), (numbers, dom[-3000:])
         assert "Work after" in dom and "_tiles" in dom, dom[-3000:]
-        shot = _screenshot(url, tmp_path / "profile", tmp_path / "run.png", 12000)
+        for attempt in range(3):  # the page draws once its worker has sorted the splats: give it longer each time
+            shot = _screenshot(url, tmp_path / "profile", tmp_path / "run.png", 12000 * (attempt + 1))
+            if _splats_drawn(shot, empty) > MIN_DRAWN:
+                break
     finally:
         for p in procs:
             if p.poll() is None:
@@ -148,8 +159,6 @@ def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_sc
     assert numbers["gaussians"] >= 1000 and 0.0 < numbers["loss"] < 1.0 and 5.0 < numbers["psnr"] < 60.0, numbers
 
     # Splats drawn: the 3D view differs from the same view without the model over much of its area.
-    empty = _viewer_without_model(object_scene_seed2, tmp_path)
-    mask = _scene_pixels(shot)
-    changed = np.abs(shot - empty).max(axis=2) > 40
-    assert changed[mask].mean() > 0.05, f"only {changed[mask].mean():.1%} of the view changed with the model in it"
-    assert len(np.unique(shot[mask].reshape(-1, 3) // 16, axis=0)) > 20  # a picture, not a flat page
+    drawn = _splats_drawn(shot, empty)
+    assert drawn > MIN_DRAWN, f"only {drawn:.1%} of the view changed with the model in it"
+    assert len(np.unique(shot[_scene_pixels(shot)].reshape(-1, 3) // 16, axis=0)) > 20  # a picture, not a flat page

@@ -214,9 +214,16 @@ def test_export_command_converts_and_reports_bad_input(tmp_path: Path, capsys: p
     g.means[7, 0] = 5000.0
     write_ply(tmp_path / "far.ply", g)
     assert main(["export", str(tmp_path / "far.ply"), "--format", "spz", "--out", str(tmp_path / "far.spz")]) == 2
+    ply = PlyData.read(str(tmp_path / "model.ply"))
+    ply["vertex"].data["opacity"][5] = float("nan")
+    ply.write(str(tmp_path / "nan.ply"))
+    assert main(["export", str(tmp_path / "nan.ply"), "--format", "splat", "--out", str(tmp_path / "nan.splat")]) == 2
+    unwritable = tmp_path / "model.ply" / "m.splat"  # under a file: no folder can be made there (root included)
+    assert main(["export", str(tmp_path / "model.ply"), "--format", "splat", "--out", str(unwritable)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and "missing.ply" in errors[0] and "far.spz" in errors[2] and "2048" in errors[2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.ply", "far.ply", "m.compressed.ply", "m.spz", "model.ply"]
+    assert len(errors) == 5 and "missing.ply" in errors[0] and "far.spz" in errors[2] and "2048" in errors[2]
+    assert "nan.ply" in errors[3] and "opacity" in errors[3] and str(unwritable) in errors[4], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.ply", "far.ply", "m.compressed.ply", "m.spz", "model.ply", "nan.ply"]
 
 
 @pytest.mark.parametrize("fmt", ["ply", "splat", "spz", "ply-compressed"])

@@ -26,6 +26,7 @@ import gzip
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -173,19 +174,39 @@ def spz_columns(g: Gaussians) -> dict[str, np.ndarray]:
 
 
 def _smallest_three_spz(q: np.ndarray) -> np.ndarray:
-    """SPZ v3 rotations, uint8 [N, 4] (a little-endian uint32 each): the index of the largest of (x, y, z, w)
-    in bits 31-30, then the other three as sign + 9-bit magnitude / sqrt(1/2), in ascending index order."""
-    xyzw = q[:, [1, 2, 3, 0]]
-    largest = np.argmax(np.abs(xyzw), axis=1)
-    flip = np.take_along_axis(xyzw, largest[:, None], axis=1) < 0
+    """SPZ v3 rotations, uint8 [N, 4] (a little-endian uint32 each): :func:`_pack_smallest_three` of (x, y, z, w)
+    with each kept component as sign + 9-bit magnitude / sqrt(1/2)."""
+    word = _pack_smallest_three(
+        q[:, [1, 2, 3, 0]],
+        lambda v: (v < 0).astype(np.uint64) << np.uint64(9) | np.floor(511.0 * np.abs(v) / _SQRT1_2 + 0.5).astype(np.uint64),
+    )  # fmt: skip
+    return word.astype("<u4").view(np.uint8).reshape(len(q), 4)
+
+
+def _pack_smallest_three(q: np.ndarray, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """uint64 [N] "smallest three" words of unit quaternions ``q`` [N, 4] (in the format's component order):
+    the index of the largest |component| in bits 31-30, then ``encode`` (10 bits) of each other component, in
+    ascending index order, the quaternion's sign chosen so that the dropped component is non-negative."""
+    largest = np.argmax(np.abs(q), axis=1)
+    q = q * np.where(np.take_along_axis(q, largest[:, None], axis=1) < 0, -1.0, 1.0)
     word = largest.astype(np.uint64)
     for i in range(4):
+        word = np.where(largest != i, word << np.uint64(10) | encode(q[:, i]).astype(np.uint64), word)
+    return word
+
+
+def _unpack_smallest_three(word: np.ndarray, decode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """float64 [N, 4] quaternions (in the format's component order) from :func:`_pack_smallest_three` words,
+    ``decode`` taking each kept component's 10 bits; the dropped one is ``sqrt(1 - the others' squares)``."""
+    word = word.astype(np.uint64)
+    largest = (word >> np.uint64(30)).astype(np.int64)
+    q = np.zeros((len(word), 4))
+    for i in (3, 2, 1, 0):
         keep = largest != i
-        value = xyzw[:, i]
-        sign = ((value < 0) ^ flip[:, 0]).astype(np.uint64)
-        mag = np.floor(511.0 * (np.abs(value) / _SQRT1_2) + 0.5).astype(np.uint64)
-        word = np.where(keep, (word << np.uint64(10)) | (sign << np.uint64(9)) | mag, word)
-    return word.astype("<u4").view(np.uint8).reshape(len(q), 4)
+        q[:, i] = np.where(keep, decode(word & np.uint64(1023)), 0.0)
+        word = np.where(keep, word >> np.uint64(10), word)
+    q[np.arange(len(word)), largest] = np.sqrt(np.maximum(0.0, 1.0 - (q**2).sum(axis=1)))
+    return q
 
 
 def spz_compress(payload: Path, out, chunk_bytes: int = 1 << 24) -> None:
@@ -239,15 +260,8 @@ def _spz_rotations(b: np.ndarray, version: int) -> np.ndarray:
         w = np.sqrt(np.maximum(0.0, 1.0 - (xyz**2).sum(axis=1)))
         return np.concatenate([w[:, None], xyz], axis=1)
     word = b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24
-    largest = word >> 30
-    xyzw = np.zeros((len(b), 4))
-    for i in (3, 2, 1, 0):
-        keep = largest != i
-        mag, negative = word & 511, (word >> 9) & 1
-        xyzw[:, i] = np.where(keep, np.where(negative == 1, -1.0, 1.0) * _SQRT1_2 * mag / 511.0, 0.0)
-        word = np.where(keep, word >> 10, word)
-    rest = np.sqrt(np.maximum(0.0, 1.0 - (xyzw**2).sum(axis=1)))
-    xyzw[np.arange(len(b)), largest] = rest
+    sign = lambda bits: np.where(bits >> np.uint64(9) == 1, -1.0, 1.0)  # noqa: E731
+    xyzw = _unpack_smallest_three(word, lambda bits: sign(bits) * _SQRT1_2 * (bits & np.uint64(511)) / 511.0)
     return xyzw[:, [3, 0, 1, 2]]
 
 
@@ -360,14 +374,9 @@ def _pack_111011(t: np.ndarray) -> np.ndarray:
 
 
 def _smallest_three_ply(q: np.ndarray) -> np.ndarray:
-    """PlayCanvas rotations, uint32 [N]: the index of the largest of (rot_0..rot_3) in bits 31-30, then the other
-    three (made non-negative largest first) as 10-bit unorms of ``q * sqrt(2) / 2 + 0.5``, ascending index."""
-    largest = np.argmax(np.abs(q), axis=1)
-    q = q * np.where(np.take_along_axis(q, largest[:, None], axis=1) < 0, -1.0, 1.0)
-    word = largest.astype(np.uint32)
-    for i in range(4):
-        word = np.where(largest != i, word << 10 | _unorm(q[:, i] * _SQRT1_2 + 0.5, 10), word)
-    return word
+    """PlayCanvas rotations, uint32 [N]: :func:`_pack_smallest_three` of (rot_0..rot_3) with each kept component
+    as the 10-bit unorm of ``q * sqrt(2) / 2 + 0.5``."""
+    return _pack_smallest_three(q, lambda v: _unorm(v * _SQRT1_2 + 0.5, 10)).astype(np.uint32)
 
 
 def read_compressed_ply(path: str | Path) -> Gaussians:
@@ -390,14 +399,7 @@ def read_compressed_ply(path: str | Path) -> Gaussians:
     log_scales = lerp(c[:, 6:9], c[:, 9:12], unpack(v[:, 2]))
     col = np.stack([((v[:, 3] >> s) & 255) / 255.0 for s in (24, 16, 8, 0)], axis=1)
     rgb = lerp(c[:, 12:15], c[:, 15:18], col[:, :3])
-    word = v[:, 1]
-    largest = (word >> 30).astype(np.int64)
-    q = np.zeros((n, 4))
-    for i in (3, 2, 1, 0):
-        keep = largest != i
-        q[:, i] = np.where(keep, ((word & 1023) / 1023.0 - 0.5) / _SQRT1_2, 0.0)
-        word = np.where(keep, word >> 10, word)
-    q[np.arange(n), largest] = np.sqrt(np.maximum(0.0, 1.0 - (q**2).sum(axis=1)))
+    q = _unpack_smallest_three(v[:, 1], lambda bits: (bits / 1023.0 - 0.5) / _SQRT1_2)
     if "sh" in names:
         props = [p.name for p in ply["sh"].properties]
         rest = np.stack([np.asarray(ply["sh"].data[p], dtype=np.float64) for p in props], axis=1)

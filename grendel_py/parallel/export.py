@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.errors import InputError
-from grendel_py.fileio import atomic_open
+from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 from grendel_py.model import splat_formats as sf
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, ply_records
@@ -161,7 +161,7 @@ def write_merged(path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str 
         ordered = shard.select(writer.order(shard))
         summaries = _agree(ctx, lambda: writer.summary(ordered, first))
         others = [s for r, s in enumerate(summaries) if r != ctx.rank]
-        _agree(ctx, lambda: _create(tmp, header, writer.body_size(total, degrees[0])) if ctx.is_main else None)
+        _agree(ctx, lambda: _create(tmp, path, header, writer.body_size(total, degrees[0])) if ctx.is_main else None)
         _agree(ctx, lambda: _write_pieces(tmp, len(header), _encoded(path, lambda: writer.pieces(ordered, first, total, others))))
         _agree(ctx, lambda: _publish(tmp, path, fmt) if ctx.is_main else None)
     except BaseException:
@@ -177,10 +177,15 @@ def _validated_layout(shard: Gaussians) -> tuple[int, int]:
     return len(shard), shard.sh_degree
 
 
-def _create(tmp: Path, header: bytes, body_size: int) -> None:
-    """``tmp`` holding ``header`` followed by ``body_size`` zero bytes (parent directories created)."""
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+def _create(tmp: Path, path: Path, header: bytes, body_size: int) -> None:
+    """``tmp`` holding ``header`` followed by ``body_size`` zero bytes (parent directories created); InputError
+    naming the output ``path`` when it cannot be created there."""
+    ensure_folder(tmp.parent, path)
+    try:
+        f = open(tmp, "wb")
+    except OSError as e:
+        raise InputError(path, f"cannot write: {os_problem(e, tmp.parent)}") from None
+    with f:
         f.write(header)
         f.truncate(len(header) + body_size)
 
