@@ -1,6 +1,6 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
 around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
@@ -14,6 +14,7 @@ enough; the per-Gaussian cost of projection does not depend on their size. Print
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import resource
@@ -54,7 +55,9 @@ def main() -> int:
     p.add_argument("--micro-batch", type=int, default=0, help="cameras per forward and backward pass (0: all)")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
+    p.add_argument("--malloc-trim", action="store_true", help="glibc malloc_trim(0) after each pass and step")
     args = p.parse_args()
+    trim = ctypes.CDLL("libc.so.6").malloc_trim if args.malloc_trim else lambda _: None
     ctx = single_process("cpu")
     n = args.gaussians
     cameras = _views(args.batch, args.width, args.height)
@@ -81,13 +84,15 @@ def main() -> int:
         tic = time.perf_counter()
         for part in micro_batches(len(cameras), args.micro_batch):
             train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
+            trim(0)
         optimizer.step()
+        trim(0)
         seconds.append(time.perf_counter() - tic)
     steady = rss_bytes() - baseline
     peak = peak_rss_bytes() - baseline
     print(json.dumps({
         "gaussians": n, "width": args.width, "height": args.height, "batch": args.batch, "micro_batch": args.micro_batch, "sh_degree": 3,
-        "iterations": args.iterations + 1, "seconds_per_iteration": seconds,
+        "iterations": args.iterations + 1, "seconds_per_iteration": seconds, "malloc_trim": args.malloc_trim,
         "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
         "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,
     }))  # fmt: skip
