@@ -1,25 +1,30 @@
 """The measurements of bench/gpu_check.sh, one subcommand each; every one prints one JSON object.
 
     python bench/gpu_check.py facts
+    python bench/gpu_check.py tests [PYTEST ARGS...]
     python bench/gpu_check.py parity [--n 200000] [--width 1920 --height 1080] [--device cuda]
     python bench/gpu_check.py step [--n 1000000] [--width 1920 --height 1080] [--batch 1,4] [--device cuda]
 
 - facts: the machine (GPU name, memory, driver), Python, torch, CUDA, CuPy and the project's commit.
+- tests: pytest with the given arguments, its report on stderr; the counts of passed, failed, skipped and
+  errored tests. On the GPU machine a skipped test is a failure too: every test the GPU steps select needs
+  only a GPU and CuPy, so a skip there means they are missing (a silent pass otherwise).
 - parity: one scene rendered by the ``torch`` spec and the ``cupy`` kernels on the GPU: images, alpha, bins
   (tile ids, splat order, offsets: must be equal) and the gradient of every parameter for a random output
   gradient, as max errors relative to the spec's largest value, with the bounds the kernel tests use.
 - step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
   batches of 1080p views: seconds per iteration (CUDA events), the share of it the GPU spent in kernels
-  (torch.profiler's device time; CuPy's kernels are seen through CUPTI), peak memory, and the host
-  synchronisations per iteration (grendel_py.host_syncs).
+  (torch.profiler's device time; CuPy's kernels are seen through CUPTI; the busiest kernels' table on stderr),
+  peak memory (and per Gaussian), and the host synchronisations per iteration (grendel_py.host_syncs).
 
 With ``--device cpu`` and small sizes the same code runs on a CPU machine (bench/gpu_check.sh --dry-run), so
-CI checks everything here that does not need a GPU; parity is skipped there (CuPy needs CUDA).
+CI checks everything here that does not need a GPU; parity is not run there (CuPy needs CUDA; asked for, it fails).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -81,6 +86,28 @@ def _git(*args: str) -> str | None:
     return _run(["git", "-C", str(ROOT), *args])
 
 
+class _Outcomes:
+    """pytest plugin: the session's counts of each outcome of its tests."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        # tests only: a module skipped whole at collection (one needing the viewer extra, say) is not a GPU test
+        self.counts = {k: sum(getattr(r, "when", None) != "collect" for r in v) for k, v in terminalreporter.stats.items()
+                       if k in ("passed", "failed", "skipped", "error")}  # fmt: skip
+
+
+def tests(args: list[str]) -> dict:
+    import pytest
+
+    outcomes = _Outcomes()
+    with contextlib.redirect_stdout(sys.stderr):
+        code = int(pytest.main(["-p", "no:cacheprovider", "-rs", *args], plugins=[outcomes]))
+    counts = outcomes.counts
+    return {"exit_code": code, **counts, "ok": code == 0 and counts.get("passed", 0) > 0 and not counts.get("skipped")}
+
+
 def _params(gaussians) -> list[torch.Tensor]:
     return [getattr(gaussians, f) for f in TRAINABLE]
 
@@ -113,7 +140,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def parity(n: int, width: int, height: int, device: str) -> dict:
     if device != "cuda" or not torch.cuda.is_available() or _version("cupy") is None:
-        return {"skipped": "needs a CUDA GPU and CuPy"}
+        return {"error": "needs a CUDA GPU and CuPy", "ok": False}
     spec, kernels = (_render_with(b, n, width, height, device) for b in ("torch", "cupy"))
     bins_equal = all(torch.equal(spec[k], kernels[k]) for k in ("tile_ids", "splat_index", "offsets"))
     errors = {"colors": _rel(kernels["colors"], spec["colors"]), "alpha": _rel(kernels["alpha"], spec["alpha"])}
@@ -177,11 +204,15 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     if cuda:
         device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages())
         kernel_share = device_us / 1e6 / sum(times)
+        print(f"step n={n} {width}x{height} batch {batch}: the busiest GPU work over {iterations} iterations", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30), file=sys.stderr)
     times.sort()
+    peak = torch.cuda.max_memory_allocated() if cuda else None
     return {
         "n": n, "width": width, "height": height, "batch": batch, "backend": backend, "device": str(ctx.device),
         "iterations": iterations, "seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
-        "kernel_share": kernel_share, "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "kernel_share": kernel_share, "peak_memory_bytes": peak,
+        "peak_bytes_per_gaussian": None if peak is None else peak / n,
         "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds), "host_syncs_by_site": dict(syncs.sites),
     }  # fmt: skip
 
@@ -190,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("facts")
+    sub.add_parser("tests")  # every further argument is pytest's
     for name, n in (("parity", 200_000), ("step", 1_000_000)):
         p = sub.add_parser(name)
         p.add_argument("--n", type=int, default=n)
@@ -199,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "step":
             p.add_argument("--batch", default="1,4", help="batch sizes, comma separated")
             p.add_argument("--iterations", type=int, default=5)
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if rest and args.what != "tests":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.what == "facts":
         result = facts()
+    elif args.what == "tests":
+        result = tests(rest)
     elif args.what == "parity":
         result = parity(args.n, args.width, args.height, args.device)
     else:

@@ -2,7 +2,7 @@
 # GPU validation of grendel_py in one command, for the lent one-GPU machine (planned for under 8 minutes;
 # every step has its own time limit, so a hung step cannot eat the lease):
 #
-#   bash bench/gpu_check.sh [--out DIR] [--wheels DIR]      # on the GPU machine, from the repository root
+#   bash bench/gpu_check.sh [--out DIR] [--wheels DIR] [--fox DIR] [--only a,b]   # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run [--out DIR]           # anywhere: the CPU-possible parts (CI runs this)
 #   bash bench/gpu_check.sh --fetch-wheels [--wheels DIR]   # here, with PyPI: fill DIR (default .whl) with the
 #                                                           # wheels the GPU machine lacks (Python 3.12, x86-64)
@@ -12,20 +12,28 @@
 # temporary site folder. The project itself runs from the checkout (PYTHONPATH), not installed.
 #
 # Steps, each recorded with its status, seconds and result in DIR/gpu_check.json (default DIR: $OUT when
-# set, else bench/results/gpu_check), the full log in DIR/gpu_check.log:
+# set, else bench/results/gpu_check; rewritten after every phase, so a run cut short still reports what it
+# finished), the full log in DIR/gpu_check.log:
 #   facts    GPU, driver, Python, torch, CUDA, CuPy, commit
 #   wheels   which required modules were missing and where they came from
-#   pytest   python -m pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU)
+#   -- correctness, run side by side (their times mean nothing):
+#   pytest   pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU); a skip fails it
 #   racecheck, memcheck   compute-sanitizer on the kernel tests of one scene through CuPy: shared-memory
 #            races and out-of-bounds or misaligned accesses, which the CPU's host runtime cannot see
 #   parity   cupy vs torch on the GPU at 1920x1080, 200k Gaussians: images, bins, every gradient
+#   -- training end to end, side by side (their seconds are those of two trainings sharing the machine):
 #   demo     the demo scene trained on the GPU with cupy, one rank; test PSNR beside the CPU reference
 #            (bench/results/demo_cpu.json; expected within 0.2 dB)
 #   share    the same on two ranks sharing the GPU over gloo (dist.share_gpus): must grow the one-rank model
-#   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory, host syncs
-# --dry-run runs facts, wheels (lookup only), a tiny demo and a tiny step on the CPU, and records the GPU
-# steps as skipped: what CI can check of this script without a GPU. Exit status: 0 when every step that ran
-# passed, 1 otherwise, 2 for bad arguments.
+#   -- timings, one at a time:
+#   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory and bytes
+#            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log
+#   fox      configs/fox.yaml trained on the GPU (cupy, one rank) from the fox photos in --fox DIR (default
+#            .fox; skipped when absent: carry a copy of ../shared/data/fox there)
+# --only a,b runs only the named steps of those (facts and wheels always run). --dry-run runs facts, wheels
+# (lookup only), a tiny demo and a tiny step on the CPU, and records the GPU steps as skipped: what CI can
+# check of this script without a GPU. Exit status: 0 when every step that ran passed, 1 otherwise, 2 for bad
+# arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,11 +45,15 @@ usage() {
 
 OUT_DIR=${OUT:-$ROOT/bench/results/gpu_check}
 WHEELS=$ROOT/.whl
+FOX=$ROOT/.fox
+ONLY=
 MODE=gpu
 while (($#)); do
     case $1 in
         --out) OUT_DIR=${2:?--out needs a folder}; shift 2 ;;
         --wheels) WHEELS=${2:?--wheels needs a folder}; shift 2 ;;
+        --fox) FOX=${2:?--fox needs a folder}; shift 2 ;;
+        --only) ONLY=,${2:?--only needs step names},; shift 2 ;;
         --dry-run) MODE=dry; shift ;;
         --fetch-wheels) MODE=fetch; shift ;;
         -h | --help) usage ;;
@@ -77,28 +89,36 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$STEPS" "$WORK"' EXIT
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-FAILED=0
+ORDER="facts wheels pytest racecheck memcheck parity synth demo share step fox"
 
 # record NAME STATUS SECONDS [JSON]: one step's entry (JSON: its result, an object; default null).
 record() {
-    "$PY" - "$STEPS/$(printf '%02d' "$(ls "$STEPS" | wc -l)")_$1.json" "$1" "$2" "$3" "${4:-null}" <<'PY'
+    "$PY" - "$STEPS/$1.json" "$1" "$2" "$3" "${4:-null}" <<'PY'
 import json, sys
 path, name, status, seconds, result = sys.argv[1:]
 json.dump({"step": name, "status": status, "seconds": round(float(seconds), 1), "result": json.loads(result)}, open(path, "w"))
 PY
-    [[ $2 == failed ]] && FAILED=1
-    echo "gpu_check: $1: $2 ($3 s)" | tee -a "$LOG"
+    echo "gpu_check: $1: $2 ($3 s)"
 }
 
-# step NAME LIMIT CMD...: run CMD with a time limit, its output in the log; its last stdout line, when it
-# is a JSON object, is the step's result.
+# want NAME: whether the step runs (--only, when given, names it; facts always runs)
+want() {
+    [[ -z $ONLY || $1 == facts || $ONLY == *",$1,"* ]]
+}
+
+# step NAME LIMIT CMD...: run CMD with a time limit, its output in the step's own log (steps may run side by
+# side; the report joins the logs in order); its last stdout line, when it is a JSON object, is its result.
 step() {
     local name=$1 limit=$2 start=$SECONDS status=passed out code
     shift 2
-    echo "=== $name: $*" >>"$LOG"
-    timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.out" 2>>"$LOG"
+    if ! want "$name"; then
+        record "$name" skipped 0 '{"reason": "not in --only"}'
+        return 0
+    fi
+    echo "\$ $*" >"$WORK/$name.log"
+    timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.out" 2>>"$WORK/$name.log"
     code=$?
-    cat "$WORK/$name.out" >>"$LOG"
+    cat "$WORK/$name.out" >>"$WORK/$name.log"
     out=$(tail -n 1 "$WORK/$name.out")
     case $code in
         0) ;;
@@ -131,7 +151,7 @@ wheels() {
         return 0
     fi
     if [[ " ${from[*]} " == *" none "* ]]; then
-        echo "gpu_check: no wheel in $WHEELS for: ${missing[*]}; fill it here with: bash bench/gpu_check.sh --fetch-wheels" | tee -a "$LOG"
+        echo "gpu_check: no wheel in $WHEELS for: ${missing[*]}; fill it here with: bash bench/gpu_check.sh --fetch-wheels" | tee "$WORK/wheels.log"
         record wheels failed $((SECONDS - start)) "$json"
         return 1
     fi
@@ -139,38 +159,43 @@ wheels() {
         record wheels passed $((SECONDS - start)) "$json"  # lookup only: nothing installed on a dry run
         return 0
     fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${from[@]}" >>"$LOG" 2>&1 || {
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${from[@]}" >"$WORK/wheels.log" 2>&1 || {
         record wheels failed $((SECONDS - start)) "$json"; return 1; }
     export PYTHONPATH=$PYTHONPATH:$WORK/site
     record wheels passed $((SECONDS - start)) "$json"
 }
 
-# demo NAME LIMIT LAUNCH... -- OVERRIDES...: train the demo scene; the result joins metrics.json's numbers
-# and the CPU reference.
-demo() {
+# train NAME LIMIT LAUNCH... -- OVERRIDES...: a training run; the result is metrics.json's numbers (with the
+# CPU reference of the demo for the demo's runs).
+train() {
     local name=$1 limit=$2 run=$WORK/$1
     shift 2
     step "$name" "$limit" bash -c '
         run=$1; shift
         "$@" train.out="$run" >&2 || exit 1
-        "$PY" - "$run/metrics.json" "$ROOT/bench/results/demo_cpu.json" <<"PY"
+        "$PY" - "$run/metrics.json" "$ROOT/bench/results/demo_cpu.json" "$run" <<"PY"
 import json, sys
 m = json.load(open(sys.argv[1]))
-ref = json.load(open(sys.argv[2]))
 out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m["train_seconds"],
        "seconds_per_iteration": m["seconds_per_iteration"], "num_gaussians": m["num_gaussians"],
-       "test_psnr": m["test"]["psnr"], "test_ssim": m["test"]["ssim"], "cpu_reference": ref}
+       "test_psnr": m["test"]["psnr"], "test_ssim": m["test"]["ssim"]}
+for key in ("peak_rss_bytes", "peak_device_bytes", "data_seconds_per_iteration"):
+    if key in m:
+        out[key] = m[key]
+if "/demo" in sys.argv[3] or "/share" in sys.argv[3]:
+    out["cpu_reference"] = json.load(open(sys.argv[2]))
 print(json.dumps(out))
 PY
     ' _ "$run" "$@"
 }
 
-# report: DIR/gpu_check.json from the steps recorded so far (written whole or not at all).
+# report: DIR/gpu_check.json from the steps recorded so far and DIR/gpu_check.log from their logs (each
+# written whole or not at all).
 report() {
-    "$PY" - "$STEPS" "$OUT_DIR/gpu_check.json" "$MODE" <<'PY'
+    "$PY" - "$STEPS" "$OUT_DIR/gpu_check.json" "$MODE" "$ORDER" <<'PY'
 import json, pathlib, sys
-steps, out, mode = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-entries = [json.loads(p.read_text()) for p in sorted(steps.glob("*.json"))]
+steps, out, mode, order = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split()
+entries = [json.loads((steps / f"{n}.json").read_text()) for n in order if (steps / f"{n}.json").exists()]
 report = {"mode": mode, "steps": entries}
 by = {e["step"]: e for e in entries}
 demo, share = by.get("demo", {}).get("result") or {}, by.get("share", {}).get("result") or {}
@@ -183,36 +208,50 @@ tmp = pathlib.Path(out).with_suffix(".json.tmp")
 tmp.write_text(json.dumps(report, indent=1) + "\n")
 tmp.replace(out)
 PY
-    echo "gpu_check: wrote $OUT_DIR/gpu_check.json ($MODE)" | tee -a "$LOG"
+    for name in $ORDER; do
+        if [[ -f $WORK/$name.log ]]; then echo "=== $name"; cat "$WORK/$name.log"; fi
+    done >"$LOG.tmp" && mv "$LOG.tmp" "$LOG"
 }
 
 export PY ROOT
 step facts 60 "$PY" bench/gpu_check.py facts
 wheels || { report; exit 1; }  # nothing else can run without its modules
 if [[ $MODE == dry ]]; then
-    skip pytest "dry run: no GPU"
-    skip racecheck "dry run: no GPU"
-    skip memcheck "dry run: no GPU"
-    skip parity "dry run: no GPU"
+    for name in pytest racecheck memcheck parity; do skip $name "dry run: no GPU"; done
     step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
-    demo demo 300 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
+    train demo 300 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
         train.eval_every=0 train.checkpoint_every=0 train.device=cpu render.backend=torch
     skip share "dry run: no GPU"
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
+    skip fox "dry run: no GPU"
 else
-    step pytest 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+    # correctness, side by side
+    step pytest 120 "$PY" bench/gpu_check.py tests -q -m gpu tests &
     for tool in racecheck memcheck; do
-        step $tool 75 compute-sanitizer --tool $tool --error-exitcode 1 "$PY" -m pytest -q -p no:cacheprovider \
-            tests/test_kernels.py -k "cupy and random and (rasterize_matches_spec or binning_matches_spec)"
+        step $tool 120 compute-sanitizer --tool $tool --error-exitcode 1 "$PY" bench/gpu_check.py tests -q \
+            tests/test_kernels.py -k "cupy and random and (rasterize_matches_spec or binning_matches_spec)" &
     done
-    step parity 60 "$PY" bench/gpu_check.py parity
-    step synth 60 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
-    demo demo 110 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
-        render.backend=cupy
-    demo share 130 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
-        --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda render.backend=cupy dist.share_gpus=true
+    step parity 90 "$PY" bench/gpu_check.py parity &
+    step synth 60 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0 &
+    wait
+    report
+    # training end to end, side by side
+    train demo 120 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
+        render.backend=cupy &
+    train share 140 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
+        --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda render.backend=cupy dist.share_gpus=true &
+    wait
+    report
+    # timings, one at a time
     step step 90 "$PY" bench/gpu_check.py step
+    report
+    if [[ -f $FOX/transforms.json ]]; then
+        train fox 140 "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy
+    else
+        skip fox "no fox photos in $FOX (carry a copy of ../shared/data/fox)"
+    fi
 fi
 
 report
-exit $FAILED
+echo "gpu_check: wrote $OUT_DIR/gpu_check.json ($MODE)"
+"$PY" -c 'import json, sys; sys.exit(any(s["status"] == "failed" for s in json.load(open(sys.argv[1]))["steps"]))' "$OUT_DIR/gpu_check.json"

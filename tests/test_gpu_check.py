@@ -26,14 +26,23 @@ def test_dry_run_writes_its_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "gpu_check.log").read_text()[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "pytest", "racecheck", "memcheck", "parity", "synth", "demo", "share", "step"]
+    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "pytest", "racecheck", "memcheck", "parity", "synth", "demo", "share", "step", "fox"]
     assert report["mode"] == "dry" and steps["facts"]["result"]["torch"]
-    assert {steps[n]["status"] for n in ("pytest", "racecheck", "memcheck", "parity", "share")} == {"skipped"}
+    assert {steps[n]["status"] for n in ("pytest", "racecheck", "memcheck", "parity", "share", "fox")} == {"skipped"}
     demo = steps["demo"]["result"]
     assert demo["images"] == 8 and demo["cpu_reference"]["test_psnr"] > 28
     assert report["demo_psnr_minus_cpu_reference"] == demo["test_psnr"] - demo["cpu_reference"]["test_psnr"]
     runs = steps["step"]["result"]["runs"]
     assert [r["batch"] for r in runs] == [1, 2] and all(r["host_syncs_per_iteration"] > 0 for r in runs)
+    assert "=== demo\n$ " in (tmp_path / "gpu_check.log").read_text()  # each step's log, in order
+
+
+def test_only_runs_the_named_steps(tmp_path: Path) -> None:
+    res = _run("--dry-run", "--out", str(tmp_path), "--only", "synth")
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = {s["step"]: s for s in json.loads((tmp_path / "gpu_check.json").read_text())["steps"]}
+    assert steps["facts"]["status"] == steps["wheels"]["status"] == steps["synth"]["status"] == "passed"
+    assert steps["demo"]["result"] == steps["step"]["result"] == {"reason": "not in --only"}
 
 
 def test_a_missing_module_is_looked_up_in_the_wheels(tmp_path: Path) -> None:
