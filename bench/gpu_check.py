@@ -112,15 +112,17 @@ def _params(gaussians) -> list[torch.Tensor]:
     return [getattr(gaussians, f) for f in TRAINABLE]
 
 
-def _render_with(backend: str, n: int, width: int, height: int, device: str) -> dict:
-    """Forward and backward of ``backend`` on the bench scene with a fixed random output gradient."""
+def _render_with(backend: str, n: int, width: int, height: int, device: str, backward: bool = True) -> dict:
+    """Forward (and backward, with a fixed random output gradient) of ``backend`` on the bench scene."""
     gaussians, camera = bench_scene(n, width, height, device)
     for p in _params(gaussians):
-        p.requires_grad_(True)
+        p.requires_grad_(backward)
     grid = TileGrid(width, height)
     background = torch.tensor([0.1, 0.2, 0.3], device=device)
     splats = project(gaussians, camera, 3, backend)
     colors, alpha, bins = rasterize(splats, grid, background, None, backend)
+    if not backward:
+        return {"colors": colors, "alpha": alpha, "tile_ids": bins.tile_ids}
     g = torch.Generator(device=device).manual_seed(1)
     weights = torch.rand(colors.shape, generator=g, device=device), torch.rand(alpha.shape, generator=g, device=device)
     ((colors * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
@@ -146,8 +148,31 @@ def parity(n: int, width: int, height: int, device: str) -> dict:
     errors = {"colors": _rel(kernels["colors"], spec["colors"]), "alpha": _rel(kernels["alpha"], spec["alpha"])}
     errors.update({f"grad_{f}": _rel(kernels["grads"][f], spec["grads"][f]) for f in TRAINABLE})
     ok = bins_equal and all(v <= (IMAGE_ATOL if k in ("colors", "alpha") else GRAD_ATOL) for k, v in errors.items())
+    # where the colours differ most, and the spec on the CPU (forward only) as a third opinion: which of the
+    # two on the GPU strays from it
+    worst = _worst(spec, kernels, _render_with("torch", n, width, height, "cpu", backward=False), TileGrid(width, height))
     return {"n": n, "width": width, "height": height, "intersections": spec["intersections"], "bins_equal": bins_equal,
-            "max_rel_error": errors, "ok": ok}  # fmt: skip
+            "max_rel_error": errors, "worst": worst, "ok": ok}  # fmt: skip
+
+
+def _worst(spec: dict, kernels: dict, cpu: dict, grid: TileGrid) -> dict:
+    """For colours and alpha: the pixel where the kernels differ most from the spec, the three values there
+    (spec and kernels on the GPU, spec on the CPU), how many values are over the bound, and each GPU image's
+    largest relative difference from the CPU spec's."""
+    worst = {}
+    for name in ("colors", "alpha"):
+        diff = (kernels[name].double() - spec[name].double()).abs()
+        flat = int(diff.argmax())
+        index = [int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)]
+        ty, tx = divmod(int(spec["tile_ids"][index[0]]), grid.nx)
+        worst[name] = {
+            "y": ty * grid.tile_size + index[1] // grid.tile_size, "x": tx * grid.tile_size + index[1] % grid.tile_size,
+            "index": index, "spec": spec[name].flatten()[flat].item(), "cupy": kernels[name].flatten()[flat].item(),
+            "spec_cpu": cpu[name].flatten()[flat].item(), "spec_alpha": spec["alpha"][index[0], index[1]].item(),
+            "values_over_bound": int((diff > IMAGE_ATOL * spec[name].double().abs().max()).sum()),
+            "spec_vs_spec_cpu": _rel(spec[name].cpu(), cpu[name]), "cupy_vs_spec_cpu": _rel(kernels[name].cpu(), cpu[name]),
+        }  # fmt: skip
+    return worst
 
 
 def _views(batch: int, width: int, height: int) -> list[Camera]:

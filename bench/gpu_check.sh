@@ -16,6 +16,7 @@
 # finished), the full log in DIR/gpu_check.log:
 #   facts    GPU, driver, Python, torch, CUDA, CuPy, commit
 #   wheels   which required modules were missing and where they came from
+#   synth    the demo scene (on the CPU, alone: beside the GPU steps it ran past 60 s)
 #   -- correctness, run side by side (their times mean nothing):
 #   pytest   pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU); a skip fails it
 #   racecheck, memcheck   compute-sanitizer on the kernel tests of one scene through CuPy: shared-memory
@@ -89,7 +90,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$STEPS" "$WORK"' EXIT
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-ORDER="facts wheels pytest racecheck memcheck parity synth demo share step fox"
+ORDER="facts wheels synth pytest racecheck memcheck parity demo share step fox"
 
 # record NAME STATUS SECONDS [JSON]: one step's entry (JSON: its result, an object; default null).
 record() {
@@ -225,14 +226,14 @@ if [[ $MODE == dry ]]; then
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
     skip fox "dry run: no GPU"
 else
+    step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0  # alone: CPU-bound
     # correctness, side by side
     step pytest 120 "$PY" bench/gpu_check.py tests -q -m gpu tests &
     for tool in racecheck memcheck; do
         step $tool 120 compute-sanitizer --tool $tool --error-exitcode 1 "$PY" bench/gpu_check.py tests -q \
             tests/test_kernels.py -k "cupy and random and (rasterize_matches_spec or binning_matches_spec)" &
     done
-    step parity 90 "$PY" bench/gpu_check.py parity &
-    step synth 60 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0 &
+    step parity 150 "$PY" bench/gpu_check.py parity &
     wait
     report
     # training end to end, side by side

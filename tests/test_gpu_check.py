@@ -26,7 +26,7 @@ def test_dry_run_writes_its_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "gpu_check.log").read_text()[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "pytest", "racecheck", "memcheck", "parity", "synth", "demo", "share", "step", "fox"]
+    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "synth", "pytest", "racecheck", "memcheck", "parity", "demo", "share", "step", "fox"]
     assert report["mode"] == "dry" and steps["facts"]["result"]["torch"]
     assert {steps[n]["status"] for n in ("pytest", "racecheck", "memcheck", "parity", "share", "fox")} == {"skipped"}
     demo = steps["demo"]["result"]

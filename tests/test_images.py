@@ -93,6 +93,13 @@ def test_regions_land_on_the_rank_device(scene, tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_to_float_same_bits_on_the_gpu() -> None:
+    levels = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    assert torch.equal(to_float(levels.cuda()).cpu(), to_float(levels))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_regions_uploaded_to_the_gpu(scene, tmp_path: Path) -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     cams = scene.train_cameras[:3]
