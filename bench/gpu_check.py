@@ -11,7 +11,8 @@
   only a GPU and CuPy, so a skip there means they are missing (a silent pass otherwise).
 - parity: one scene rendered by the ``torch`` spec and the ``cupy`` kernels on the GPU: images, alpha, bins
   (tile ids, splat order, offsets: must be equal) and the gradient of every parameter for a random output
-  gradient, as max errors relative to the spec's largest value, with the bounds the kernel tests use.
+  gradient, as max errors relative to the spec's largest value; the spec in float64 as the yardstick (the
+  kernels must be as close to it as the float32 spec, within 2x, or within the kernel tests' bounds).
 - step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
   batches of 1080p views: seconds per iteration (CUDA events), the share of it the GPU spent in kernels
   (torch.profiler's device time; CuPy's kernels are seen through CUPTI; the busiest kernels' table on stderr),
@@ -32,6 +33,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ from bench.render_speed import bench_scene  # noqa: E402
 from grendel_py.config import OptimConfig  # noqa: E402
 from grendel_py.data.cameras import Camera, look_at  # noqa: E402
 from grendel_py.host_syncs import HostSyncCounter  # noqa: E402
+from grendel_py.model.gaussians import Gaussians  # noqa: E402
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer  # noqa: E402
 from grendel_py.parallel.runtime import single_process  # noqa: E402
 from grendel_py.parallel.step import batch_loss  # noqa: E402
@@ -112,25 +115,29 @@ def _params(gaussians) -> list[torch.Tensor]:
     return [getattr(gaussians, f) for f in TRAINABLE]
 
 
-def _render_with(backend: str, n: int, width: int, height: int, device: str, backward: bool = True) -> dict:
-    """Forward (and backward, with a fixed random output gradient) of ``backend`` on the bench scene."""
+def _render_with(backend: str, n: int, width: int, height: int, device: str, dtype: torch.dtype = torch.float32) -> dict:
+    """Forward and backward of ``backend`` on the bench scene (its float fields in ``dtype``) with a fixed random
+    output gradient."""
     gaussians, camera = bench_scene(n, width, height, device)
+    gaussians = Gaussians(**{f.name: _as(getattr(gaussians, f.name), dtype) for f in fields(gaussians)})
     for p in _params(gaussians):
-        p.requires_grad_(backward)
+        p.requires_grad_(True)
     grid = TileGrid(width, height)
-    background = torch.tensor([0.1, 0.2, 0.3], device=device)
+    background = torch.tensor([0.1, 0.2, 0.3], device=device, dtype=dtype)
     splats = project(gaussians, camera, 3, backend)
     colors, alpha, bins = rasterize(splats, grid, background, None, backend)
-    if not backward:
-        return {"colors": colors, "alpha": alpha, "tile_ids": bins.tile_ids}
     g = torch.Generator(device=device).manual_seed(1)
-    weights = torch.rand(colors.shape, generator=g, device=device), torch.rand(alpha.shape, generator=g, device=device)
+    weights = [torch.rand(x.shape, generator=g, device=device).to(dtype) for x in (colors, alpha)]
     ((colors * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
     return {
         "colors": colors.detach(), "alpha": alpha.detach(), "tile_ids": bins.tile_ids, "splat_index": bins.splat_index,
         "offsets": bins.offsets, "grads": {f: getattr(gaussians, f).grad for f in TRAINABLE},
         "intersections": int(bins.offsets[-1]),
     }  # fmt: skip
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,24 +148,34 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parity(n: int, width: int, height: int, device: str) -> dict:
+    """The kernels against the float32 spec (bins must be equal), and both against the spec in float64: the
+    kernels pass when each of their images and gradients is no further from float64 than twice the float32
+    spec's distance, or within the kernel tests' bounds of it. (A direct bound fails at this size for reasons
+    of float32 alone: where a pixel is nearly opaque its colour hangs on splats whose alpha has an exponent of
+    ten or more, and the spec on the CPU and on CUDA differ there too.)"""
     if device != "cuda" or not torch.cuda.is_available() or _version("cupy") is None:
         return {"error": "needs a CUDA GPU and CuPy", "ok": False}
     spec, kernels = (_render_with(b, n, width, height, device) for b in ("torch", "cupy"))
+    exact = _render_with("torch", n, width, height, device, torch.float64)
     bins_equal = all(torch.equal(spec[k], kernels[k]) for k in ("tile_ids", "splat_index", "offsets"))
-    errors = {"colors": _rel(kernels["colors"], spec["colors"]), "alpha": _rel(kernels["alpha"], spec["alpha"])}
-    errors.update({f"grad_{f}": _rel(kernels["grads"][f], spec["grads"][f]) for f in TRAINABLE})
-    ok = bins_equal and all(v <= (IMAGE_ATOL if k in ("colors", "alpha") else GRAD_ATOL) for k, v in errors.items())
-    # where the colours differ most, and the spec on the CPU (forward only) as a third opinion: which of the
-    # two on the GPU strays from it
-    worst = _worst(spec, kernels, _render_with("torch", n, width, height, "cpu", backward=False), TileGrid(width, height))
+    same_tiles = torch.equal(spec["tile_ids"], exact["tile_ids"])
+    pick = {"colors": lambda r: r["colors"], "alpha": lambda r: r["alpha"]}
+    pick.update({f"grad_{f}": (lambda r, f=f: r["grads"][f]) for f in TRAINABLE})
+    errors, ok = {}, bins_equal and same_tiles
+    for name, get in pick.items():
+        bound = IMAGE_ATOL if name in ("colors", "alpha") else GRAD_ATOL
+        e = {"cupy_vs_spec": _rel(get(kernels), get(spec)), "cupy_vs_float64": _rel(get(kernels), get(exact)),
+             "spec_vs_float64": _rel(get(spec), get(exact))}  # fmt: skip
+        e["ok"] = e["cupy_vs_spec"] <= bound or e["cupy_vs_float64"] <= max(2 * e["spec_vs_float64"], bound)
+        errors[name], ok = e, ok and e["ok"]
+    worst = _worst(spec, kernels, exact, TileGrid(width, height))
     return {"n": n, "width": width, "height": height, "intersections": spec["intersections"], "bins_equal": bins_equal,
-            "max_rel_error": errors, "worst": worst, "ok": ok}  # fmt: skip
+            "float64_same_tiles": same_tiles, "max_rel_error": errors, "worst": worst, "ok": ok}  # fmt: skip
 
 
-def _worst(spec: dict, kernels: dict, cpu: dict, grid: TileGrid) -> dict:
-    """For colours and alpha: the pixel where the kernels differ most from the spec, the three values there
-    (spec and kernels on the GPU, spec on the CPU), how many values are over the bound, and each GPU image's
-    largest relative difference from the CPU spec's."""
+def _worst(spec: dict, kernels: dict, exact: dict, grid: TileGrid) -> dict:
+    """For colours and alpha: the pixel where the kernels differ most from the float32 spec, the three values
+    there (spec, kernels, spec in float64) and how many values differ by more than the kernel tests' bound."""
     worst = {}
     for name in ("colors", "alpha"):
         diff = (kernels[name].double() - spec[name].double()).abs()
@@ -167,10 +184,9 @@ def _worst(spec: dict, kernels: dict, cpu: dict, grid: TileGrid) -> dict:
         ty, tx = divmod(int(spec["tile_ids"][index[0]]), grid.nx)
         worst[name] = {
             "y": ty * grid.tile_size + index[1] // grid.tile_size, "x": tx * grid.tile_size + index[1] % grid.tile_size,
-            "index": index, "spec": spec[name].flatten()[flat].item(), "cupy": kernels[name].flatten()[flat].item(),
-            "spec_cpu": cpu[name].flatten()[flat].item(), "spec_alpha": spec["alpha"][index[0], index[1]].item(),
+            "spec": spec[name].flatten()[flat].item(), "cupy": kernels[name].flatten()[flat].item(),
+            "float64": exact[name].flatten()[flat].item(), "spec_alpha": spec["alpha"][index[0], index[1]].item(),
             "values_over_bound": int((diff > IMAGE_ATOL * spec[name].double().abs().max()).sum()),
-            "spec_vs_spec_cpu": _rel(spec[name].cpu(), cpu[name]), "cupy_vs_spec_cpu": _rel(kernels[name].cpu(), cpu[name]),
         }  # fmt: skip
     return worst
 
@@ -209,7 +225,7 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with HostSyncCounter() as syncs:
+    with HostSyncCounter(ctx.device) as syncs:
         iteration()
     times, kernel_share = [], None
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])

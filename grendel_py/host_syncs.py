@@ -2,11 +2,13 @@
 for the device (a value read back, an output whose size depends on the data, a copy to the host).
 
 :class:`HostSyncCounter` is a ``TorchDispatchMode``: it sees every aten operation and counts those that
-force a synchronisation on CUDA, by kind; ``Tensor.tolist`` and ``Tensor.numpy`` are counted too (they are
-no aten operations). On the CPU it counts the operations that WOULD synchronise on a GPU, so the budget of
-the training loop is tested on machines without one (tests/test_host_syncs.py), and bench/gpu_check.sh
-counts the same on a GPU. ``numpy()`` of a tensor that never left the host (a tile table built with numpy)
-counts as well: on the GPU path such tensors should not exist in the hot loop.
+force a synchronisation on CUDA, by kind. For work on the CPU (``device="cpu"``) it counts the operations
+that WOULD synchronise on a GPU, so the budget of the training loop is tested on machines without one
+(tests/test_host_syncs.py): ``Tensor.tolist`` and ``Tensor.numpy`` are counted too (no aten operations, and
+there every tensor stands for a device one; ``numpy()`` of a tile table built with numpy counts as well: on
+the GPU path such tensors should not exist in the hot loop). For work on a GPU (bench/gpu_check.sh) the
+copy to the host is what waits, and ``x.cpu().tolist()`` is one synchronisation, not two: there only the
+aten operations are counted (``tolist`` of a CUDA tensor copies it to the host through one).
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ def _site() -> str:
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """``with HostSyncCounter() as c: ...`` then ``c.total``, ``c.kinds`` (a Counter by kind) and ``c.sites``
-    (a Counter by "kind at file:line" of the project's code that asked for it)."""
+    """``with HostSyncCounter(device) as c: ...`` then ``c.total``, ``c.kinds`` (a Counter by kind) and
+    ``c.sites`` (a Counter by "kind at file:line" of the project's code that asked for it); ``device``: where
+    the counted work runs."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | str = "cpu"):
         super().__init__()
+        self.emulated = torch.device(device).type == "cpu"
         self.kinds: Counter[str] = Counter()
         self.sites: Counter[str] = Counter()
         self._patched: dict[str, object] = {}
@@ -99,7 +103,7 @@ class HostSyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
     def __enter__(self) -> HostSyncCounter:
-        for name in ("tolist", "numpy"):
+        for name in ("tolist", "numpy") if self.emulated else ():
             original = getattr(torch.Tensor, name)
             self._patched[name] = torch.Tensor.__dict__.get(name)  # None: inherited from the C base class
 

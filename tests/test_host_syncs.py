@@ -66,3 +66,16 @@ def test_host_synchronisations_per_iteration(
     listing = "\n".join(f"{n:6.1f} {site}" for site, n in sorted(worst.items(), key=lambda kv: -kv[1]))
     print(f"W={world} B={batch}: {total:g} per iteration\n{listing}")
     assert total <= budget, f"{total:g} host synchronisations per iteration (budget {budget}):\n{listing}"
+
+
+def test_host_reads_count_once_on_a_gpu() -> None:
+    """On the CPU every tensor stands for a device one, so reading it to Python counts; for work on a GPU the
+    copy to the host is the synchronisation, and reading the host copy afterwards is free."""
+    import torch
+
+    for device, expected in (("cpu", 2), ("cuda", 0)):
+        with HostSyncCounter(device) as counter:
+            torch.arange(3).tolist()
+            torch.arange(3).numpy()
+        assert counter.total == expected, device
+    assert torch.Tensor.tolist is torch._C.TensorBase.tolist  # the patch undone
