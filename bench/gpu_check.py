@@ -14,8 +14,8 @@
   gradient, as max errors relative to the spec's largest value; the spec in float64 as the yardstick (the
   kernels must be as close to it as the float32 spec, within 2x, or within the kernel tests' bounds).
 - step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
-  batches of 1080p views: seconds per iteration (CUDA events), the share of it the GPU spent in kernels
-  (torch.profiler's device time; CuPy's kernels are seen through CUPTI; the busiest kernels' table on stderr),
+  batches of 1080p views: seconds per iteration (CUDA events), the seconds the GPU was busy (its own events
+  in torch.profiler, CuPy's kernels seen through CUPTI; the busiest kernels' table on stderr) and their share,
   peak memory (and per Gaussian), and the host synchronisations per iteration (grendel_py.host_syncs).
 
 With ``--device cpu`` and small sizes the same code runs on a CPU machine (bench/gpu_check.sh --dry-run), so
@@ -37,6 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -227,24 +228,30 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         torch.cuda.reset_peak_memory_stats()
     with HostSyncCounter(ctx.device) as syncs:
         iteration()
-    times, kernel_share = [], None
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(iterations):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+    times = []
+    for _ in range(iterations):  # timed without the profiler, whose bookkeeping per operation slows the host
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            iteration()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            tic = time.perf_counter()
+            iteration()
+            times.append(time.perf_counter() - tic)
+    busy = launches = None
+    if cuda:  # the same iterations again under the profiler: what ran on the GPU, and for how long
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(iterations):
                 iteration()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1000.0)
-            else:
-                tic = time.perf_counter()
-                iteration()
-                times.append(time.perf_counter() - tic)
-    if cuda:
-        device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages())
-        kernel_share = device_us / 1e6 / sum(times)
+            torch.cuda.synchronize()
+        # the device's own events (kernels, copies, CuPy's through CUPTI): an aten operation's "self CUDA time"
+        # repeats its kernels' time, so summing the table's rows counts every kernel twice
+        on_gpu = [e for e in prof.events() if e.device_type != DeviceType.CPU]
+        busy = sum(e.time_range.elapsed_us() for e in on_gpu) / 1e6 / iterations
+        launches = len(on_gpu) / iterations
         print(f"step n={n} {width}x{height} batch {batch}: the busiest GPU work over {iterations} iterations", file=sys.stderr)
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30), file=sys.stderr)
     times.sort()
@@ -252,7 +259,8 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     return {
         "n": n, "width": width, "height": height, "batch": batch, "backend": backend, "device": str(ctx.device),
         "iterations": iterations, "seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
-        "kernel_share": kernel_share, "peak_memory_bytes": peak,
+        "gpu_busy_seconds_per_iteration": busy, "gpu_busy_share": None if busy is None else busy / times[len(times) // 2],
+        "gpu_events_per_iteration": launches, "peak_memory_bytes": peak,
         "peak_bytes_per_gaussian": None if peak is None else peak / n,
         "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds), "host_syncs_by_site": dict(syncs.sites),
     }  # fmt: skip
