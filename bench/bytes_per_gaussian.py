@@ -1,6 +1,6 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
 around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
@@ -9,20 +9,29 @@ densification statistics and every per-iteration buffer, i.e. the peak resident 
 (random 8-bit images, excluded as the issue asks) and the rest of the process were set up, divided by N.
 Gaussians are small (sigma ``--scale`` of the scene's half size at most), so the CPU renderer stays fast
 enough; the per-Gaussian cost of projection does not depend on their size. Prints one JSON object.
+
+``--live`` also reads glibc's bytes in use (``mallinfo2``: heap blocks in use plus mapped blocks) after
+every aten operation of the passes: the peak of live allocations, without the freed memory glibc keeps
+resident (which the resident size counts), and the operation and project code where it was reached.
+Slower (one ``mallinfo2`` per operation).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import math
+import os
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +55,36 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+class LivePeak(TorchDispatchMode):
+    """The peak of glibc's bytes in use (minus ``base``), read after every aten operation, and where it was:
+    the operation and the innermost lines of the project's code that ran it."""
+
+    def __init__(self, base: int):
+        super().__init__()
+        self.base, self.peak, self.where = base, 0, ""
+
+    @staticmethod
+    def in_use() -> int:
+        info = _LIBC.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        now = self.in_use() - self.base
+        if now > self.peak:
+            ours = [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno}" for f in traceback.extract_stack()[:-1] if f.filename.startswith(str(ROOT / "grendel_py"))]
+            self.peak, self.where = now, f"{func} at {' < '.join(reversed(ours[-3:]))}"
+        return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gaussians", type=int, default=2_000_000)
@@ -56,8 +95,9 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
     p.add_argument("--malloc-trim", action="store_true", help="glibc malloc_trim(0) after each pass and step")
+    p.add_argument("--live", action="store_true", help="also the peak of glibc's bytes in use (slower)")
     args = p.parse_args()
-    trim = ctypes.CDLL("libc.so.6").malloc_trim if args.malloc_trim else lambda _: None
+    trim = _LIBC.malloc_trim if args.malloc_trim else lambda _: None
     ctx = single_process("cpu")
     n = args.gaussians
     cameras = _views(args.batch, args.width, args.height)
@@ -66,6 +106,7 @@ def main() -> int:
     background = torch.zeros(3)
     balancer = TileBalancer("locality", 1, calibrate=False)
     baseline = rss_bytes()  # photos and the process: not counted
+    live = LivePeak(LivePeak.in_use()) if args.live else contextlib.nullcontext()
 
     gaussians = Gaussians(
         means=torch.rand(n, 3, generator=g) * 2 - 1,
@@ -83,7 +124,8 @@ def main() -> int:
     for _ in range(args.iterations + 1):
         tic = time.perf_counter()
         for part in micro_batches(len(cameras), args.micro_batch):
-            train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
+            with live:
+                train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
             trim(0)
         optimizer.step()
         trim(0)
@@ -95,6 +137,8 @@ def main() -> int:
         "iterations": args.iterations + 1, "seconds_per_iteration": seconds, "malloc_trim": args.malloc_trim,
         "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
         "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,
+        **({"peak_live_bytes_per_gaussian": live.peak / n, "peak_live_at": live.where} if args.live else {}),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }))  # fmt: skip
     return 0
 

@@ -186,11 +186,15 @@ class PairPieces:
         self.camera_bounds = [*starts, n]
         self.bounds = sorted({*range(0, n, PAIR_ROWS), *self.camera_bounds})
         ends = []
-        if n:
-            counts = torch.cat([self._spans(s, s + k, b)[-1] for b, (s, k) in enumerate(zip(starts, parts))])
-            ends = torch.cumsum(counts, 0)[[b - 1 for b in self.bounds[1:]]].tolist()
+        if n:  # each piece's pairs counted on its own: the boxes of a whole camera's splats would be a peak
+            pieces = zip(self.bounds[:-1], self.bounds[1:])
+            ends = torch.cumsum(torch.stack([self._spans(a, b, self._camera(a))[-1].sum() for a, b in pieces]), 0).tolist()
         self.ends = [0, *ends]  # pairs before each of ``bounds``
         self.total = self.ends[-1]
+
+    def _camera(self, row: int) -> int:
+        """The camera of the piece that starts at ``row`` (a camera without rows is skipped)."""
+        return bisect.bisect_right(self.camera_bounds, row) - 1
 
     def _spans(self, r0: int, r1: int, camera: int) -> tuple[torch.Tensor, ...]:
         """tx0, tx1, ty0 and the number of tiles of the boxes of rows [r0, r1) of ``camera``."""
@@ -206,7 +210,7 @@ class PairPieces:
         in order, as :func:`tile_pairs` lists them."""
         i0, i1 = self.bounds.index(r0), self.bounds.index(self.camera_bounds[-1] if r1 is None else r1)
         for a, b, p0, p1 in zip(self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]):
-            camera = bisect.bisect_right(self.camera_bounds, a) - 1  # a camera without rows is skipped
+            camera = self._camera(a)
             nx = self.grids[camera].nx
             tx0, tx1, ty0, counts = self._spans(a, b, camera)
             rows, local = expand_spans(tx0, tx1, ty0, counts, nx, p1 - p0)
