@@ -182,9 +182,9 @@ def _worst(spec: dict, kernels: dict, exact: dict, grid: TileGrid) -> dict:
         diff = (kernels[name].double() - spec[name].double()).abs()
         flat = int(diff.argmax())
         index = [int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)]
-        ty, tx = divmod(int(spec["tile_ids"][index[0]]), grid.nx)
+        x0, y0 = (int(v) for v in grid.tile_origins(spec["tile_ids"][index[0]].cpu()))
         worst[name] = {
-            "y": ty * grid.tile_size + index[1] // grid.tile_size, "x": tx * grid.tile_size + index[1] % grid.tile_size,
+            "y": y0 + index[1] // grid.tile_size, "x": x0 + index[1] % grid.tile_size,
             "spec": spec[name].flatten()[flat].item(), "cupy": kernels[name].flatten()[flat].item(),
             "float64": exact[name].flatten()[flat].item(), "spec_alpha": spec["alpha"][index[0], index[1]].item(),
             "values_over_bound": int((diff > IMAGE_ATOL * spec[name].double().abs().max()).sum()),

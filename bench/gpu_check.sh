@@ -166,15 +166,15 @@ wheels() {
     record wheels passed $((SECONDS - start)) "$json"
 }
 
-# train NAME LIMIT LAUNCH... -- OVERRIDES...: a training run; the result is metrics.json's numbers (with the
-# CPU reference of the demo for the demo's runs).
+# train NAME LIMIT REFERENCE LAUNCH... -- OVERRIDES...: a training run; the result is metrics.json's numbers,
+# with REFERENCE's (a JSON file of a CPU run; - for none) as cpu_reference.
 train() {
-    local name=$1 limit=$2 run=$WORK/$1
-    shift 2
+    local name=$1 limit=$2 reference=$3 run=$WORK/$1
+    shift 3
     step "$name" "$limit" bash -c '
-        run=$1; shift
+        run=$1 reference=$2; shift 2
         "$@" train.out="$run" >&2 || exit 1
-        "$PY" - "$run/metrics.json" "$ROOT/bench/results/demo_cpu.json" "$run" <<"PY"
+        "$PY" - "$run/metrics.json" "$reference" <<"PY"
 import json, sys
 m = json.load(open(sys.argv[1]))
 out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m["train_seconds"],
@@ -183,11 +183,11 @@ out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m[
 for key in ("peak_rss_bytes", "peak_device_bytes", "data_seconds_per_iteration"):
     if key in m:
         out[key] = m[key]
-if "/demo" in sys.argv[3] or "/share" in sys.argv[3]:
+if sys.argv[2] != "-":
     out["cpu_reference"] = json.load(open(sys.argv[2]))
 print(json.dumps(out))
 PY
-    ' _ "$run" "$@"
+    ' _ "$run" "$reference" "$@"
 }
 
 # report: DIR/gpu_check.json from the steps recorded so far and DIR/gpu_check.log from their logs (each
@@ -215,12 +215,13 @@ PY
 }
 
 export PY ROOT
+DEMO_CPU=$ROOT/bench/results/demo_cpu.json
 step facts 60 "$PY" bench/gpu_check.py facts
 wheels || { report; exit 1; }  # nothing else can run without its modules
 if [[ $MODE == dry ]]; then
     for name in pytest racecheck memcheck parity; do skip $name "dry run: no GPU"; done
     step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
-    train demo 300 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
+    train demo 300 "$DEMO_CPU" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
         train.eval_every=0 train.checkpoint_every=0 train.device=cpu render.backend=torch
     skip share "dry run: no GPU"
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
@@ -237,9 +238,9 @@ else
     wait
     report
     # training end to end, side by side
-    train demo 120 "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
+    train demo 120 "$DEMO_CPU" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
         render.backend=cupy &
-    train share 140 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
+    train share 140 "$DEMO_CPU" "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
         --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda render.backend=cupy dist.share_gpus=true &
     wait
     report
@@ -247,7 +248,7 @@ else
     step step 90 "$PY" bench/gpu_check.py step
     report
     if [[ -f $FOX/transforms.json ]]; then
-        train fox 140 "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy
+        train fox 140 - "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy
     else
         skip fox "no fox photos in $FOX (carry a copy of ../shared/data/fox)"
     fi
