@@ -169,6 +169,30 @@ def test_a_batch_is_binned_as_its_cameras_one_by_one(piece: int, monkeypatch: py
     assert torch.equal(got.offsets, torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()]))
 
 
+@pytest.mark.parametrize("piece", [1 << 18, 7])
+def test_bins_are_the_selected_pairs_by_tile_then_depth_then_id(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bin_batch`` lists pieces in depth order and places their rows without a sort over all pairs: its
+    bins are exactly ``tile_pairs``' pairs of the selected tiles, ordered by (selected tile, depth, global
+    id), for two cameras, some tiles selected, ids out of row order and exact depth ties."""
+    monkeypatch.setattr(intersect, "PAIR_ROWS", piece)
+    grids = [TileGrid(300, 200), TileGrid(97, 61)]
+    cams = [needle_splats(300, 300, 200, seed=11), needle_splats(200, 97, 61, seed=12)]
+    splats = Splats(*(torch.cat(v) for v in zip(*(c.__dict__.values() for c in cams))))
+    splats.ids = torch.randperm(len(splats), generator=torch.Generator().manual_seed(3)) * 5 + 1
+    splats.depths[1::3] = splats.depths[0::3][: splats.depths[1::3].shape[0]]  # ties, broken by id
+    parts = [300, 200]
+    tiles = BatchTiles(grids, [torch.arange(0, grids[0].n_tiles, 2), None], torch.device("cpu"))
+    got = bin_batch(splats, parts, tiles)
+    rows, batch_tile = tile_pairs(splats, parts, grids)
+    slot = tiles.slot_of_tile()[batch_tile]
+    rows, slot = rows[slot >= 0], slot[slot >= 0]
+    ref = sorted(zip(slot.tolist(), splats.depths[rows].tolist(), splats.ids[rows].tolist(), rows.tolist()))
+    assert len(ref) > 1000 and len({(s, d) for s, d, _, _ in ref}) < len(ref)  # many pairs, some depth ties in a tile
+    assert got.splat_index.tolist() == [r for *_, r in ref]
+    assert got.host_counts == torch.bincount(slot, minlength=tiles.ids.shape[0]).tolist()
+    assert torch.equal(got.offsets[1:], torch.cumsum(torch.tensor(got.host_counts), 0))
+
+
 @pytest.mark.parametrize("piece", [1 << 18, 5])
 def test_routing_piece_by_piece_reaches_the_owners_of_the_culled_pairs(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """``route_rows`` marks, from the pairs listed piece by piece, exactly the (rank, splat) pairs such that

@@ -171,14 +171,17 @@ values per pair) stay those of one piece, however many splats the batch has."""
 class PairPieces:
     """The (splat, tile) pairs of a batch's splats (``parts[b]`` rows for camera b, one camera after another),
     listed by :meth:`pieces` at most :data:`PAIR_ROWS` splats at a time (no piece crosses from one camera to
-    the next), as often as needed: nothing per pair or per splat is kept between pieces. One host
-    synchronisation, here: the number of pairs before each piece's end."""
+    the next), as often as needed: nothing per pair or per splat is kept between pieces. ``order`` (int64
+    [N], optional) lists the rows in that order instead of ascending; it must keep each camera's rows in the
+    camera's part (positions ``r0 .. r1`` of ``order`` are rows of the camera whose rows are ``r0 .. r1``).
+    Positions, bounds and :meth:`pairs_before` count along ``order``. One host synchronisation, here: the
+    number of pairs before each piece's end."""
 
-    def __init__(self, splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True):
+    def __init__(self, splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True, order: torch.Tensor | None = None):
         sizes = {g.tile_size for g in grids}
         if len(sizes) != 1:
             raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
-        self.splats, self.grids, self.cull, self.tile_size = splats, list(grids), cull, sizes.pop()
+        self.splats, self.grids, self.cull, self.tile_size, self.order = splats, list(grids), cull, sizes.pop(), order
         self.first_tile = part_starts([g.n_tiles for g in grids])
         self.culled_tile = sum(g.n_tiles for g in grids)
         starts = part_starts(parts)
@@ -196,25 +199,33 @@ class PairPieces:
         """The camera of the piece that starts at ``row`` (a camera without rows is skipped)."""
         return bisect.bisect_right(self.camera_bounds, row) - 1
 
+    def _rows(self, r0: int, r1: int) -> slice | torch.Tensor:
+        """The rows at positions [r0, r1)."""
+        return slice(r0, r1) if self.order is None else self.order[r0:r1]
+
     def _spans(self, r0: int, r1: int, camera: int) -> tuple[torch.Tensor, ...]:
-        """tx0, tx1, ty0 and the number of tiles of the boxes of rows [r0, r1) of ``camera``."""
-        tx0, tx1, ty0, ty1 = tile_spans(self.splats.select(slice(r0, r1)), self.grids[camera])
+        """tx0, tx1, ty0 and the number of tiles of the boxes of the rows at positions [r0, r1) of ``camera``."""
+        tx0, tx1, ty0, ty1 = tile_spans(self.splats.select(self._rows(r0, r1)), self.grids[camera])
         return tx0, tx1, ty0, (tx1 - tx0 + 1).clamp_min(0) * (ty1 - ty0 + 1).clamp_min(0)
 
     def pairs_before(self, row: int) -> int:
-        """The number of pairs of the rows before ``row`` (a camera bound or a piece bound)."""
+        """The number of pairs of the positions before ``row`` (a camera bound or a piece bound)."""
         return self.ends[self.bounds.index(row)]
 
     def pieces(self, r0: int = 0, r1: int | None = None):
-        """(first pair, rows, batch tiles) of each piece of the rows [r0, r1) (bounds of pieces; default all),
-        in order, as :func:`tile_pairs` lists them."""
+        """(first pair, rows, batch tiles) of each piece of the positions [r0, r1) (bounds of pieces; default
+        all), in order, as :func:`tile_pairs` lists them: a piece's pairs row by row (in the order of
+        positions), each row's tiles row-major."""
         i0, i1 = self.bounds.index(r0), self.bounds.index(self.camera_bounds[-1] if r1 is None else r1)
         for a, b, p0, p1 in zip(self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]):
             camera = self._camera(a)
             nx = self.grids[camera].nx
             tx0, tx1, ty0, counts = self._spans(a, b, camera)
             rows, local = expand_spans(tx0, tx1, ty0, counts, nx, p1 - p0)
-            rows += a
+            if self.order is None:
+                rows += a
+            else:
+                rows = self.order[a:b][rows]
             tiles = local + self.first_tile[camera]
             if self.cull:
                 s = self.splats
@@ -243,49 +254,51 @@ def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bo
 def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = True) -> TileBins:
     """List the splats of each selected tile of a batch, front to back: ``splats`` hold ``parts[b]`` rows for
     camera b, one after another. The tiles of the result are ``tiles.ids``; ``cull`` as in
-    :func:`tile_pairs`. Camera by camera (a tile holds one camera's splats), so that the pair lists and the
-    sort's temporaries are one camera's: each camera's pairs get keys (selected tile, depth rank), piece by
-    piece, are sorted, and give their splat rows, culled and unselected pairs last. Two host
+    :func:`tile_pairs`.
+
+    No sort over all pairs: each camera's splats are listed in depth order (depth, then global id),
+    :data:`PAIR_ROWS` at a time (:class:`PairPieces` over that order). Each piece's pairs are sorted by
+    selected tile with a stable sort, so that they stay in depth order inside a tile, and kept as splat rows
+    (4 bytes a pair), culled and unselected pairs last. Once the intersections per tile are known, each
+    piece's rows go to their tile's next places, piece after piece, which is depth order. So beside the
+    result (8 bytes a kept pair) only those rows and one piece's temporaries are alive. Two host
     synchronisations for the whole batch: the number of (splat, tile) pairs, and the intersections per tile
     (kept in ``host_counts`` for the compositor)."""
     device = splats.means2d.device
-    n, n_sel = max(len(splats), 1), tiles.ids.shape[0]
-    pairs = PairPieces(splats, parts, tiles.grids, cull)
+    n_sel = tiles.ids.shape[0]
+    bounds = [*part_starts(parts), sum(parts)]
+    order = torch.cat(
+        [r0 + depth_order(splats.depths[r0:r1], splats.ids[r0:r1]) for r0, r1 in zip(bounds[:-1], bounds[1:])]
+    ) if parts else torch.zeros(0, dtype=torch.int64, device=device)  # fmt: skip
+    del bounds
+    pairs = PairPieces(splats, parts, tiles.grids, cull, order)
     slot_of_tile = tiles.slot_of_tile()
-    order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=device)
-    per_tile = torch.zeros(n_sel, dtype=torch.int64, device=device)
-    ordered = torch.empty(pairs.total, dtype=torch.int64, device=device)  # sorted keys, camera by camera
-    firsts = []  # the first pair of each camera
-    for r0, r1 in zip(pairs.camera_bounds[:-1], pairs.camera_bounds[1:]):
-        q0, q1 = pairs.pairs_before(r0), pairs.pairs_before(r1)
-        keys = torch.empty(q1 - q0, dtype=torch.int64, device=device)
-        for p0, rows, batch_tile in pairs.pieces(r0, r1):
-            slot = slot_of_tile[batch_tile]
-            del batch_tile
-            slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs sort last
-            per_tile += count_values(slot, n_sel)
-            keys[p0 - q0 : p0 - q0 + rows.shape[0]] = slot.mul_(n).add_(rank[rows])  # by tile, then depth rank
-        ordered[q0:q1] = torch.sort(keys).values
-        firsts.append(q0)
-        del keys
+    by_tile = torch.empty(pairs.total, dtype=torch.int32 if len(splats) < 2**31 else torch.int64, device=device)
+    counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)  # pairs per slot, per piece
+    pieces = []  # (first pair, pairs) of each piece
+    for k, (p0, rows, batch_tile) in enumerate(pairs.pieces()):
+        slot = slot_of_tile[batch_tile]
+        del batch_tile
+        slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs: the spare slot, sorted last
+        counts[k] = count_values(slot, n_sel + 1)
+        by_tile[p0 : p0 + rows.shape[0]] = rows[torch.sort(slot, stable=True).indices]
+        pieces.append((p0, rows.shape[0]))
+        del rows, slot
+    per_tile = counts[:, :n_sel].sum(0)
     host_counts = per_tile.tolist()
+    total = sum(host_counts)
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
-    kept = _selected_per_camera(tiles, host_counts)
-    if len(firsts) == 1:
-        selected = ordered[: kept[0]]
-    else:  # each camera's selected pairs, end to end
-        selected = torch.cat([ordered[q0 : q0 + k] for q0, k in zip(firsts, kept)])
-    del ordered  # the splat rows get a tensor of their own, without the culled and unselected pairs
-    return TileBins(tile_ids=tiles.ids, splat_index=order[selected.remainder_(n)], offsets=offsets, host_counts=host_counts)
-
-
-def _selected_per_camera(tiles: BatchTiles, host_counts: list[int]) -> list[int]:
-    """The intersections of each camera's selected tiles (the selected tiles are in camera order)."""
-    starts = [0, *itertools.accumulate(tiles.sizes)]
-    return [sum(host_counts[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    splat_index = torch.empty(total + 1, dtype=torch.int64, device=device)  # the last place takes the spare slot
+    cursor = torch.cat([offsets[:-1], offsets.new_tensor([total])])  # each slot's next place
+    slot_ids = torch.arange(n_sel + 1, device=device)
+    for k, (p0, m) in enumerate(pieces):
+        slot = torch.repeat_interleave(slot_ids, counts[k], output_size=m)
+        place = torch.arange(m, device=device).sub_((torch.cumsum(counts[k], 0) - counts[k])[slot]).add_(cursor[slot])
+        splat_index[place.masked_fill_(slot == n_sel, total)] = by_tile[p0 : p0 + m].long()
+        cursor[:n_sel] += counts[k, :n_sel]
+        del slot, place
+    return TileBins(tile_ids=tiles.ids, splat_index=splat_index[:total], offsets=offsets, host_counts=host_counts)
 
 
 def bin_splats(splats: Splats, grid: TileGrid, tile_ids: torch.Tensor | None = None) -> TileBins:
