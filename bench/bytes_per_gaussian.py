@@ -27,7 +27,6 @@ import os
 import resource
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -65,24 +64,53 @@ _LIBC.mallinfo2.restype = _MallInfo2
 
 class LivePeak(TorchDispatchMode):
     """The peak of glibc's bytes in use (minus ``base``), read after every aten operation, and where it was:
-    the operation and the innermost lines of the project's code that ran it."""
+    the operation and the innermost lines of the project's code that ran it. Also the peak of each phase
+    (the outermost line of the project's code, the training pass's, then the functions of the next two
+    frames), so that one run shows the peaks that come after the highest."""
 
     def __init__(self, base: int):
         super().__init__()
         self.base, self.peak, self.where = base, 0, ""
+        self.phases: dict[str, tuple[int, str]] = {}
+        self._names: dict[str, str | None] = {}
 
     @staticmethod
     def in_use() -> int:
         info = _LIBC.mallinfo2()
         return info.uordblks + info.hblkhd
 
+    def _ours(self) -> list[tuple[str, str]]:
+        """The project's lines on the stack, innermost first: ("file:line", "file:function")."""
+        out, frame = [], sys._getframe(2)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename not in self._names:
+                self._names[filename] = str(Path(filename).relative_to(ROOT)) if filename.startswith(str(ROOT / "grendel_py")) else None
+            if self._names[filename] is not None:
+                out.append((f"{self._names[filename]}:{frame.f_lineno}", f"{self._names[filename]}:{frame.f_code.co_name}"))
+            frame = frame.f_back
+        return out
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         now = self.in_use() - self.base
-        if now > self.peak:
-            ours = [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno}" for f in traceback.extract_stack()[:-1] if f.filename.startswith(str(ROOT / "grendel_py"))]
-            self.peak, self.where = now, f"{func} at {' < '.join(reversed(ours[-3:]))}"
+        ours = self._ours()
+        phase = " > ".join([line for line, _ in ours[-1:]] + [name for _, name in ours[-3:-1][::-1]])
+        if now > self.phases.get(phase, (-1, ""))[0] or now > self.peak:
+            where = f"{func} at {' < '.join(line for line, _ in ours[:3])}"
+            if now > self.phases.get(phase, (-1, ""))[0]:
+                self.phases[phase] = (now, where)
+            if now > self.peak:
+                self.peak, self.where = now, where
         return out
+
+    def report(self, n: int, top: int = 10) -> dict:
+        """The peak and the ``top`` highest phase peaks, in bytes per Gaussian of ``n``."""
+        phases = sorted(self.phases.items(), key=lambda kv: -kv[1][0])[:top]
+        return {
+            "peak_live_bytes_per_gaussian": self.peak / n, "peak_live_at": self.where,
+            "live_peaks_by_phase": [{"bytes_per_gaussian": round(b / n, 1), "phase": k, "at": at} for k, (b, at) in phases],
+        }  # fmt: skip
 
 
 def main() -> int:
@@ -137,7 +165,7 @@ def main() -> int:
         "iterations": args.iterations + 1, "seconds_per_iteration": seconds, "malloc_trim": args.malloc_trim,
         "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
         "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,
-        **({"peak_live_bytes_per_gaussian": live.peak / n, "peak_live_at": live.where} if args.live else {}),
+        **(live.report(n) if args.live else {}),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }))  # fmt: skip
     return 0

@@ -30,7 +30,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // Front to back; stops a pixel before the splat that would take T below 1e-4 and the whole block once every
 // pixel has stopped. Writes colour + T * background, the final T, and how many splats each pixel walked.
 extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
-    rasterize_forward(const long long* tile_ids, const long long* offsets, const long long* splat_index,
+    rasterize_forward(const long long* tile_ids, const long long* offsets, const int* splat_index,
                       const float* means2d, const float* conics, const float* opacities, const float* colors,
                       const float* background, int nx, float* out_rgb, float* out_T, int* out_walked) {
     __shared__ gp::Splat2D batch[gp::TILE_PIXELS];
@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
 // Back to front from each pixel's last walked splat; per splat, the pixels' gradients are summed within each
 // warp with shuffles and added to the splat's gradient with one atomic per warp and value.
 extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
-    rasterize_backward(const long long* tile_ids, const long long* offsets, const long long* splat_index,
+    rasterize_backward(const long long* tile_ids, const long long* offsets, const int* splat_index,
                        const float* means2d, const float* conics, const float* opacities, const float* colors,
                        const float* background, int nx, const float* T_final, const int* walked,
                        const float* g_rgb, const float* g_alpha, float* v_means2d, float* v_conics,

@@ -59,7 +59,7 @@ static void pixel_centre(i64 tile, int nx, int pix, float* px, float* py) {
     *py = (float)((tile / nx) * gp::TILE + pix / gp::TILE) + 0.5f;
 }
 
-void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, const i64* splat_index,
+void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, const int* splat_index,
                        const float* means2d, const float* conics, const float* opacities, const float* colors,
                        const float* background, int nx, float* out_rgb, float* out_T, int* out_walked) {
     for (int slot = 0; slot < n_tiles; ++slot)
@@ -77,7 +77,7 @@ void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, con
         }
 }
 
-void rasterize_backward(int n_tiles, const i64* tile_ids, const i64* offsets, const i64* splat_index,
+void rasterize_backward(int n_tiles, const i64* tile_ids, const i64* offsets, const int* splat_index,
                         const float* means2d, const float* conics, const float* opacities, const float* colors,
                         const float* background, int nx, const float* T_final, const int* walked, const float* g_rgb,
                         const float* g_alpha, float* v_means2d, float* v_conics, float* v_opacities, float* v_colors) {

@@ -398,12 +398,12 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
 
     f = lambda *s: torch.zeros(*s, requires_grad=True)  # noqa: E731
     i64 = lambda n: torch.zeros(n, dtype=torch.int64)  # noqa: E731
-    k.launch("rasterize_forward", 5, i64(5), i64(6), i64(0), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
+    k.launch("rasterize_forward", 5, i64(5), i64(6), torch.zeros(0, dtype=torch.int32), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
              f(5, 256, 3), f(5, 256), torch.zeros(5, 256, dtype=torch.int32))
     name, grid, block, args = fake.launches[-1]
     assert (grid, block, len(args)) == ((5,), (16, 16), 12)
     assert args[2] == "empty" and type(args[8]) is np.int32
-    k.launch("rasterize_forward", 0, i64(0), i64(1), i64(0), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
+    k.launch("rasterize_forward", 0, i64(0), i64(1), torch.zeros(0, dtype=torch.int32), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
              f(0, 256, 3), f(0, 256), torch.zeros(0, 256, dtype=torch.int32))
     assert fake.launches[-1][0] == "rasterize_forward" and len(fake.launches) == 2  # nothing to launch
     with pytest.raises(ValueError, match="tile_ranges argument 0: expected a contiguous torch.int64"):

@@ -193,6 +193,15 @@ def test_bins_are_the_selected_pairs_by_tile_then_depth_then_id(piece: int, monk
     assert torch.equal(got.offsets[1:], torch.cumsum(torch.tensor(got.host_counts), 0))
 
 
+def test_binning_more_rows_than_32_bits_index_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bins index splat rows in 32 bits: a batch with more rows than :data:`MAX_ROWS` is refused by name,
+    not wrapped around."""
+    monkeypatch.setattr(intersect, "MAX_ROWS", 99)
+    grid = TileGrid(64, 48)
+    with pytest.raises(ValueError, match="100 splats in one batch exceed the 99 rows"):
+        bin_batch(needle_splats(100, 64, 48, seed=1), [100], BatchTiles([grid], [None], torch.device("cpu")))
+
+
 @pytest.mark.parametrize("piece", [1 << 18, 5])
 def test_routing_piece_by_piece_reaches_the_owners_of_the_culled_pairs(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """``route_rows`` marks, from the pairs listed piece by piece, exactly the (rank, splat) pairs such that

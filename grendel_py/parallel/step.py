@@ -116,15 +116,20 @@ def render_batch(
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
     received = exchange_splats(batch, parts, pairs, owners, ctx)
+    means2d, extents = batch.means2d, batch.extents
+    del batch, pairs  # the rest of the projected splats (40 bytes each) is not needed any more
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
         colors, _, _ = rasterize_batch(received.splats, received.parts, tiles, background, backend)
+    # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
+    tie_splats = (received.splats.means2d.sum(), received.splats.colors.sum())
+    bytes_sent = received.bytes_sent
+    del received  # the compositor keeps what its backward needs; the received ids and extents go
     tile_colors = tiles.split(colors)
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
-    # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
-    tie = halo_values.sum() + received.splats.means2d.sum() + received.splats.colors.sum()
-    return Rendered(batch.means2d, batch.extents, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, received.bytes_sent, raster_seconds)
+    tie = halo_values.sum() + tie_splats[0] + tie_splats[1]
+    return Rendered(means2d, extents, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, bytes_sent, raster_seconds)
 
 
 class _Stopwatch:

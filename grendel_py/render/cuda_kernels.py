@@ -41,7 +41,7 @@ class Kernel:
 
 
 _BIN_IN = ("i32", "f32*", "f32*", "f32*", "i32*", "i32", "i32", "i32", "i32*")
-_RASTER_IN = ("i64*", "i64*", "i64*", "f32*", "f32*", "f32*", "f32*", "f32*", "i32")
+_RASTER_IN = ("i64*", "i64*", "i32*", "f32*", "f32*", "f32*", "f32*", "f32*", "i32")
 KERNELS: dict[str, Kernel] = {
     # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, antialiased
     #   -> means2d, conics, depths, opacities_out, colors, extents

@@ -24,8 +24,9 @@ class TileBins:
     """Sorted tile/splat intersections for the selected tiles of one camera or of a batch of cameras.
 
     tile_ids [T] int64: the selected tiles (sorted, unique; for a batch, batch tile ids, see :class:`BatchTiles`).
-    splat_index [M] int64: rows of the splats, grouped by selected tile and ordered front to back inside each
-    tile. offsets [T + 1] int64: tile k's intersections are ``splat_index[offsets[k]:offsets[k + 1]]``.
+    splat_index [M] int32: rows of the splats (at most :data:`MAX_ROWS`), grouped by selected tile and ordered
+    front to back inside each tile.
+    offsets [T + 1] int64: tile k's intersections are ``splat_index[offsets[k]:offsets[k + 1]]``.
     host_counts: the intersections per tile as a list when the binning read them anyway (the torch compositor
     plans its chunks from them), else None.
     """
@@ -39,6 +40,11 @@ class TileBins:
     def counts(self) -> torch.Tensor:
         """Intersections per selected tile, int64 [T]."""
         return self.offsets[1:] - self.offsets[:-1]
+
+
+MAX_ROWS = 2**31 - 1
+"""The most splat rows a binning takes: :class:`TileBins` index them in 32 bits (4 bytes a (splat, tile)
+pair, which the compositor keeps for its backward)."""
 
 
 def part_starts(sizes: list[int]) -> list[int]:
@@ -261,9 +267,11 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     selected tile with a stable sort, so that they stay in depth order inside a tile, and kept as splat rows
     (4 bytes a pair), culled and unselected pairs last. Once the intersections per tile are known, each
     piece's rows go to their tile's next places, piece after piece, which is depth order. So beside the
-    result (8 bytes a kept pair) only those rows and one piece's temporaries are alive. Two host
+    result (4 bytes a kept pair) only those rows and one piece's temporaries are alive. Two host
     synchronisations for the whole batch: the number of (splat, tile) pairs, and the intersections per tile
     (kept in ``host_counts`` for the compositor)."""
+    if len(splats) > MAX_ROWS:
+        raise ValueError(f"{len(splats)} splats in one batch exceed the {MAX_ROWS} rows that bins index (32-bit)")
     device = splats.means2d.device
     n_sel = tiles.ids.shape[0]
     bounds = [*part_starts(parts), sum(parts)]
@@ -273,7 +281,7 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     del bounds
     pairs = PairPieces(splats, parts, tiles.grids, cull, order)
     slot_of_tile = tiles.slot_of_tile()
-    by_tile = torch.empty(pairs.total, dtype=torch.int32 if len(splats) < 2**31 else torch.int64, device=device)
+    by_tile = torch.empty(pairs.total, dtype=torch.int32, device=device)
     counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)  # pairs per slot, per piece
     pieces = []  # (first pair, pairs) of each piece
     for k, (p0, rows, batch_tile) in enumerate(pairs.pieces()):
@@ -289,13 +297,13 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     total = sum(host_counts)
     offsets = torch.zeros(n_sel + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(per_tile, 0)
-    splat_index = torch.empty(total + 1, dtype=torch.int64, device=device)  # the last place takes the spare slot
+    splat_index = torch.empty(total + 1, dtype=torch.int32, device=device)  # the last place takes the spare slot
     cursor = torch.cat([offsets[:-1], offsets.new_tensor([total])])  # each slot's next place
     slot_ids = torch.arange(n_sel + 1, device=device)
     for k, (p0, m) in enumerate(pieces):
         slot = torch.repeat_interleave(slot_ids, counts[k], output_size=m)
         place = torch.arange(m, device=device).sub_((torch.cumsum(counts[k], 0) - counts[k])[slot]).add_(cursor[slot])
-        splat_index[place.masked_fill_(slot == n_sel, total)] = by_tile[p0 : p0 + m].long()
+        splat_index[place.masked_fill_(slot == n_sel, total)] = by_tile[p0 : p0 + m]
         cursor[:n_sel] += counts[k, :n_sel]
         del slot, place
     return TileBins(tile_ids=tiles.ids, splat_index=splat_index[:total], offsets=offsets, host_counts=host_counts)

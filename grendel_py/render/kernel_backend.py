@@ -14,7 +14,7 @@ import torch
 
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
-from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts
+from grendel_py.render.intersect import MAX_ROWS, BatchTiles, TileBins, depth_order, part_starts
 from grendel_py.render.projection import Splats
 
 CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
@@ -175,8 +175,8 @@ class KernelBackend:
         keys)."""
         device = splats.means2d.device
         n, n_sel = len(splats), tiles.ids.shape[0]
-        if n >= 1 << RANK_BITS:
-            raise ValueError(f"{n} splats in one batch exceed the 2^{RANK_BITS} that a sort key can rank")
+        if n > MAX_ROWS:
+            raise ValueError(f"{n} splats in one batch exceed the {MAX_ROWS} rows that bins index (32-bit)")
         for m in parts:
             _require_countable(m, "splats of one camera")
         slot_of_tile = tiles.slot_of_tile(torch.int32)
@@ -200,7 +200,7 @@ class KernelBackend:
         keys = torch.sort(keys).values
         offsets = torch.zeros(n_sel + 1, dtype=torch.int64, device=device)
         self.launch("tile_ranges", m, keys, n_sel, offsets)
-        splat_index = order[keys & ((1 << RANK_BITS) - 1)]
+        splat_index = order.to(torch.int32)[keys & ((1 << RANK_BITS) - 1)]
         return TileBins(tile_ids=tiles.ids, splat_index=splat_index, offsets=offsets)
 
     def rasterize_batch(
