@@ -12,8 +12,9 @@ enough; the per-Gaussian cost of projection does not depend on their size. Print
 
 ``--live`` also reads glibc's bytes in use (``mallinfo2``: heap blocks in use plus mapped blocks) after
 every aten operation of the passes: the peak of live allocations, without the freed memory glibc keeps
-resident (which the resident size counts), and the operation and project code where it was reached.
-Slower (one ``mallinfo2`` per operation).
+resident (which the resident size counts), and the operation and project code where it was reached; also
+the highest peaks of the other phases of the pass (``live_peaks_by_phase``). Slower (one ``mallinfo2`` and a
+walk of the stack per operation).
 """
 
 from __future__ import annotations
