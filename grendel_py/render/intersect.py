@@ -47,6 +47,12 @@ MAX_ROWS = 2**31 - 1
 pair, which the compositor keeps for its backward)."""
 
 
+def require_indexable(n: int) -> None:
+    """Raise ValueError when a batch of ``n`` splat rows is too many for :class:`TileBins`' 32-bit rows."""
+    if n > MAX_ROWS:
+        raise ValueError(f"{n} splats in one batch exceed the {MAX_ROWS} rows that bins index (32-bit)")
+
+
 def part_starts(sizes: list[int]) -> list[int]:
     """Where each part begins when parts of ``sizes`` are laid end to end."""
     return list(itertools.accumulate(sizes[:-1], initial=0))
@@ -270,15 +276,13 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     result (4 bytes a kept pair) only those rows and one piece's temporaries are alive. Two host
     synchronisations for the whole batch: the number of (splat, tile) pairs, and the intersections per tile
     (kept in ``host_counts`` for the compositor)."""
-    if len(splats) > MAX_ROWS:
-        raise ValueError(f"{len(splats)} splats in one batch exceed the {MAX_ROWS} rows that bins index (32-bit)")
+    require_indexable(len(splats))
     device = splats.means2d.device
     n_sel = tiles.ids.shape[0]
     bounds = [*part_starts(parts), sum(parts)]
     order = torch.cat(
         [r0 + depth_order(splats.depths[r0:r1], splats.ids[r0:r1]) for r0, r1 in zip(bounds[:-1], bounds[1:])]
     ) if parts else torch.zeros(0, dtype=torch.int64, device=device)  # fmt: skip
-    del bounds
     pairs = PairPieces(splats, parts, tiles.grids, cull, order)
     slot_of_tile = tiles.slot_of_tile()
     by_tile = torch.empty(pairs.total, dtype=torch.int32, device=device)

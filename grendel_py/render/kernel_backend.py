@@ -14,7 +14,7 @@ import torch
 
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
-from grendel_py.render.intersect import MAX_ROWS, BatchTiles, TileBins, depth_order, part_starts
+from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts, require_indexable
 from grendel_py.render.projection import Splats
 
 CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
@@ -175,8 +175,7 @@ class KernelBackend:
         keys)."""
         device = splats.means2d.device
         n, n_sel = len(splats), tiles.ids.shape[0]
-        if n > MAX_ROWS:
-            raise ValueError(f"{n} splats in one batch exceed the {MAX_ROWS} rows that bins index (32-bit)")
+        require_indexable(n)
         for m in parts:
             _require_countable(m, "splats of one camera")
         slot_of_tile = tiles.slot_of_tile(torch.int32)
