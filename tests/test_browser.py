@@ -121,10 +121,10 @@ def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_sc
     port, master = free_port(), str(free_port())
     args = [
         f"data.path={object_scene_seed2}", "data.downscale=4", f"train.out={tmp_path / 'run'}", "train.images=100000",
-        "train.batch_size=2", "train.eval_every=10", "train.eval_renders=1", "train.checkpoint_every=0",
+        "train.batch_size=2", "train.eval_every=50", "train.eval_renders=1", "train.checkpoint_every=0",
         f"train.viewer_port={port}", "train.viewer_every=4", "train.viewer_budget=20000", "dist.calibrate=false",
         "dist.timeout_s=120",
-    ]  # fmt: skip
+    ]  # fmt: skip  (evaluations 50 iterations apart: each one replaces the work panel, which a dump can miss)
     procs = [
         start_child([sys.executable, "-m", "grendel_py", "train", *args], tmp_path,
                     dict(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=master))
