@@ -134,7 +134,7 @@ def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_sc
     try:
         _wait_for_page(url, procs)
         numbers, dom = {}, ""
-        deadline = time.monotonic() + 240  # a time, not a number of tries: a page dump can take 1 s or 10
+        deadline = time.monotonic() + 480  # a time, not a number of tries: a page dump can take 1 s or 10
         while time.monotonic() < deadline:  # until the run has evaluated once and shown its pictures
             dom = _chromium(url, tmp_path / "profile", "--dump-dom").stdout
             numbers = _numbers(dom)
