@@ -287,14 +287,12 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     slot_of_tile = tiles.slot_of_tile()
     by_tile = torch.empty(pairs.total, dtype=torch.int32, device=device)
     counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)  # pairs per slot, per piece
-    pieces = []  # (first pair, pairs) of each piece
     for k, (p0, rows, batch_tile) in enumerate(pairs.pieces()):
         slot = slot_of_tile[batch_tile]
         del batch_tile
         slot.masked_fill_(slot < 0, n_sel)  # unselected tiles and culled pairs: the spare slot, sorted last
         counts[k] = count_values(slot, n_sel + 1)
         by_tile[p0 : p0 + rows.shape[0]] = rows[torch.sort(slot, stable=True).indices]
-        pieces.append((p0, rows.shape[0]))
         del rows, slot
     per_tile = counts[:, :n_sel].sum(0)
     host_counts = per_tile.tolist()
@@ -304,7 +302,8 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     splat_index = torch.empty(total + 1, dtype=torch.int32, device=device)  # the last place takes the spare slot
     cursor = torch.cat([offsets[:-1], offsets.new_tensor([total])])  # each slot's next place
     slot_ids = torch.arange(n_sel + 1, device=device)
-    for k, (p0, m) in enumerate(pieces):
+    for k, (p0, p1) in enumerate(zip(pairs.ends[:-1], pairs.ends[1:])):  # each piece's pairs
+        m = p1 - p0
         slot = torch.repeat_interleave(slot_ids, counts[k], output_size=m)
         place = torch.arange(m, device=device).sub_((torch.cumsum(counts[k], 0) - counts[k])[slot]).add_(cursor[slot])
         splat_index[place.masked_fill_(slot == n_sel, total)] = by_tile[p0 : p0 + m]
