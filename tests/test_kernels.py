@@ -30,7 +30,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import torch_backend
 from grendel_py.render.intersect import BatchTiles, bin_batch, bin_splats
 from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend, _Rasterize
-from grendel_py.render.projection import Splats
+from grendel_py.render.projection import ALPHA_MIN, Splats
 from grendel_py.simulate import city_scene
 from partition.tiles import TileGrid
 from tests.host_kernels import HostKernels, compiler
@@ -104,6 +104,19 @@ def _close_scaled(actual: torch.Tensor | None, expected: torch.Tensor | None, rt
         return
     atol = scale * float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def _threshold_flips(got: torch.Tensor, ref: torch.Tensor, colors: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """The pixels (bool [T, P]) where two images [T, P, C], rendered from two projections that agree to float
+    rounding, differ by more than (rtol, atol); asserted to be few (at most 1 in 10,000) and each off by at
+    most what one splat at the alpha threshold adds (1/255 x the largest splat colour): pixels where the
+    rounding moved a splat's alpha across 1/255 (or a pixel's transmittance across 1e-4). Which pixels those
+    are depends on how each side rounds (torch's CPU kernels pick AVX2 or AVX-512 code by the machine)."""
+    off = ~torch.isclose(got, ref, rtol=rtol, atol=atol).all(-1)
+    assert int(off.sum()) <= max(1, off.numel() // 10_000), f"{int(off.sum())} of {off.numel()} pixels differ"
+    worst = float((got - ref).abs().max())
+    assert worst <= ALPHA_MIN * float(colors.max()), f"a pixel is off by {worst}, more than one splat at the alpha threshold"
+    return off
 
 
 def _project(backend, leaves: dict[str, torch.Tensor], ids: torch.Tensor, degree: int, cam: Camera, antialiased: bool = False) -> Splats:
@@ -255,10 +268,13 @@ def test_render_end_to_end_matches_spec(impl, scene: str) -> None:
         leaves = _leaves(model, device)
         s = _project(backend, leaves, ids, model.sh_degree, cam)
         colors, alpha, _ = _rasterize(backend, s, grid, torch.tensor([0.1, 0.2, 0.3], device=device))
-        (colors * _weights(colors.shape, 3, device)).sum().backward()
-        results.append((colors.detach(), {k: v.grad for k, v in leaves.items()}))
-    (c_ref, g_ref), (c_got, g_got) = results
-    torch.testing.assert_close(c_got, c_ref, rtol=1e-4, atol=1e-5)
+        results.append((colors, leaves, s.colors.detach()))
+    (c_ref, _, splat_colors), (c_got, _, _) = results
+    flips = _threshold_flips(c_got.detach(), c_ref.detach(), splat_colors, rtol=1e-4, atol=1e-5)
+    weights = _weights(c_ref.shape, 3, device) * (~flips)[..., None]  # a flipped splat's gradient differs there
+    for colors, _, _ in results:
+        (colors * weights).sum().backward()
+    g_ref, g_got = ({k: v.grad for k, v in leaves.items()} for _, leaves, _ in results)
     for k in LEAVES:
         _close_scaled(g_got[k], g_ref[k], 1e-3, 1e-4, f"d/d {k}")
 
