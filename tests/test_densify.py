@@ -11,10 +11,10 @@ import torch
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.runtime import init_distributed
-from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
-from grendel_py.render.projection import quats_to_rotmats
+from grendel_py.render.projection import pixel_radii, quats_to_rotmats
 
 W, H = 100, 80
 HIGH = 1e-5  # pixel gradient: NDC norm 1e-5 * W / 2 = 5e-4 >= the default threshold 2e-4
@@ -65,7 +65,7 @@ def _setup(g: Gaussians, cfg: DensifyConfig, seed: int = 0) -> tuple[GaussianOpt
 def _observe(strategy: DensifyStrategy, grads_x: list[float], extents: list[int], times: int = 1) -> None:
     grad = torch.tensor([[gx, 0.0] for gx in grads_x])
     for _ in range(times):
-        strategy.observe(_extents(extents), grad, torch.arange(len(extents)), len(extents), W, H)
+        strategy.observe(pixel_radii(_extents(extents)), screen_grad_norms(grad, W, H), torch.arange(len(extents)), len(extents))
 
 
 CFG = DensifyConfig(start_images=0, stop_images=1000, every_images=10, reset_opacity_every=3000)
@@ -76,16 +76,16 @@ def test_observe_accumulates_ndc_gradient_norms_for_visible_extents() -> None:
     s = DensifyStrategy(CFG, 1.0, 0)
     grad = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     rows = torch.arange(3)
-    s.observe(_extents([4, 0, 7]), grad, rows, 3, 200, 100)
-    s.observe(_extents([9, 3, 2]), grad, rows, 3, 200, 100)
+    s.observe(pixel_radii(_extents([4, 0, 7])), screen_grad_norms(grad, 200, 100), rows, 3)
+    s.observe(pixel_radii(_extents([9, 3, 2])), screen_grad_norms(grad, 200, 100), rows, 3)
     expected = [2 * math.hypot(100, 100), math.hypot(300, 200), 2 * math.hypot(500, 300)]
     torch.testing.assert_close(s.grad2d_sum, torch.tensor(expected))
     assert s.count.tolist() == [2, 1, 2]
     assert s.max_radius2d.tolist() == [9.0, 3.0, 7.0]
-    s.observe(_extents([0, 0, 0]), None, rows, 3, 200, 100)  # a camera that sees nothing
+    s.observe(pixel_radii(_extents([0, 0, 0])), None, rows, 3)  # a camera that sees nothing
     assert s.count.tolist() == [2, 1, 2]
     # splats of some rows only (the step projects what each camera sees): the others are left as they were
-    s.observe(_extents([5, 2]), grad[:2], torch.tensor([2, 0]), 3, 200, 100)
+    s.observe(pixel_radii(_extents([5, 2])), screen_grad_norms(grad[:2], 200, 100), torch.tensor([2, 0], dtype=torch.int32), 3)
     expected = [expected[0] + math.hypot(300, 200), expected[1], expected[2] + math.hypot(100, 100)]
     torch.testing.assert_close(s.grad2d_sum, torch.tensor(expected))
     assert s.count.tolist() == [3, 1, 3]

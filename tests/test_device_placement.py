@@ -17,13 +17,14 @@ import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.errors import InputError
-from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from grendel_py.parallel import runtime
 from grendel_py.parallel.exchange import send_splats
 from grendel_py.parallel.step import _Stopwatch
 from grendel_py.render import project
+from grendel_py.render.projection import pixel_radii
 from grendel_py.train.loss import HALO, region_loss
 from tests.render_scenes import small_camera
 
@@ -79,8 +80,10 @@ def test_densification_statistics_on_the_device() -> None:
     splats = project(g, CAMERA, 2, "torch")
     densify = DensifyStrategy(DensifyConfig(), extent=1.0, seed=0)
     rows = torch.arange(64, device=DEV)
-    densify.observe(splats.extents, torch.rand(64, 2, device=DEV), rows, 64, 37, 29)
-    densify.observe(splats.extents, None, rows, 64, 37, 29)
+    norms = screen_grad_norms(torch.rand(64, 2, device=DEV), 37, 29)
+    assert norms.device == DEV
+    densify.observe(pixel_radii(splats.extents), norms, rows, 64)
+    densify.observe(pixel_radii(splats.extents), None, rows, 64)
     assert _devices(*densify.state_dict().values()) == {DEV}
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grendel_py.config import DensifyConfig
+from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
 from grendel_py.parallel.runtime import init_distributed
 from grendel_py.parallel import step
 from grendel_py.parallel.step import batch_loss
 from partition.balancer import TileBalancer
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render
+from grendel_py.render.projection import pixel_radii
 from grendel_py.train.loss import photometric_loss
 from partition.tiles import TileGrid
 from tests.dist_util import run_ranks
@@ -33,17 +36,27 @@ def _leaves(g: Gaussians) -> Gaussians:
     return Gaussians(**{k: getattr(g, k).detach().clone().requires_grad_(True) for k in FIELDS}, ids=g.ids)
 
 
+STATS = ("grad2d_sum", "count", "max_radius2d")
+
+
 def _reference(variant: bool = False):
-    """Each camera rendered alone; ``variant``: antialiased, each over its own background."""
+    """Each camera rendered alone; ``variant``: antialiased, each over its own background. Densification's
+    statistics from every splat's ``means2d`` gradient, kept by autograd (``retain_grad``)."""
     g, cams, images = _setup()
     model = _leaves(g)
-    loss, rendered = 0.0, []
+    loss, rendered, splats = 0.0, [], []
     for b, (cam, gt) in enumerate(zip(cams, images)):
         out = render(model, cam, BGS[b] if variant else BG, sh_degree=1, antialiased=variant)
+        out.splats.means2d.retain_grad()
         loss = loss + photometric_loss(out.image, gt, 0.2)
         rendered.append(out.image.detach())
+        splats.append(out.splats)
     loss.backward()
-    return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids
+    densify = DensifyStrategy(DensifyConfig(), 1.0, 0)
+    for cam, s in zip(cams, splats):  # every Gaussian, the invisible ones with radius 0
+        densify.observe(pixel_radii(s.extents), screen_grad_norms(s.means2d.grad, cam.width, cam.height), torch.arange(len(s)), len(s))
+    stats = {k: densify.state_dict()[k] for k in STATS}
+    return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids, stats
 
 
 def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
@@ -55,11 +68,15 @@ def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
     assert balance >= 1.0 and (ctx.world_size > 1 or balance == 1.0)
     loss.backward()
     grads = {k: getattr(shard, k).grad for k in FIELDS}
-    return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent
+    densify = DensifyStrategy(DensifyConfig(), 1.0, 0)
+    for radii, grad_norms, rows in out.per_camera():  # only the splats the cameras see
+        densify.observe(radii, grad_norms, rows, len(shard))
+    stats = {k: densify.state_dict()[k] for k in STATS}
+    return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent, stats
 
 
 def _check(results, reference) -> None:
-    ref_loss, ref_images, ref_grads, ref_ids = reference
+    ref_loss, ref_images, ref_grads, ref_ids, ref_stats = reference
     assert sum(r[0] for r in results) == pytest.approx(ref_loss, rel=1e-5)
     _, cams, _ = _setup()
     for b, cam in enumerate(cams):
@@ -75,6 +92,10 @@ def _check(results, reference) -> None:
         got = torch.cat([r[2][k] for r in results])[where]
         want = ref_grads[k][order]
         assert (got - want).norm() <= 1e-4 * want.norm(), k
+    for k in STATS:  # densification's statistics, from the gradients the step's backward observed
+        got = torch.cat([r[6][k] for r in results])[where].double()
+        want = ref_stats[k][order].double()
+        assert (got - want).norm() <= 1e-4 * want.norm() and want.norm() > 0, k
 
 
 @pytest.mark.parametrize("loss_rows", [step.LOSS_ROWS, 7])

@@ -91,8 +91,8 @@ def _two_steps_job(ctx, move_between: bool) -> dict:
     for step in range(2):
         loss, rendered = batch_loss(opt.gaussians, cams, images, BG, 1, 0.2, ctx, balancer)
         loss.backward()
-        for cam, (extents, grad, rows) in zip(cams, rendered.per_camera()):
-            densify.observe(extents, grad, rows, len(opt.gaussians), cam.width, cam.height)
+        for radii, grad_norms, rows in rendered.per_camera():
+            densify.observe(radii, grad_norms, rows, len(opt.gaussians))
         opt.step()
         losses.append(float(loss.detach()))
         if step == 0 and move_between:

@@ -31,7 +31,7 @@ from grendel_py.model.mcmc import MCMCStrategy
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.model.schedule import last_multiple
-from grendel_py.render.projection import Splats, quats_to_rotmats, reaches_image
+from grendel_py.render.projection import quats_to_rotmats
 from partition.select import Reduce, local_reduce, ordered_key, take_smallest
 
 RESET_OPACITY = 0.01
@@ -77,24 +77,21 @@ class DensifyStrategy:
         elif len(self.count) != n:
             raise ValueError(f"densify state has {len(self.count)} rows but the model has {n} Gaussians")
 
-    def observe(self, extents: torch.Tensor, means2d_grad: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int, width: int, height: int) -> None:
+    def observe(self, radii: torch.Tensor, grad_norms: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int) -> None:
         """Accumulate one rendered camera's statistics, after backward.
 
-        ``extents`` [S, 2] are the pixel extents (:class:`~grendel_py.render.projection.Splats` ``extents``)
-        of S splats of a model of ``n_gaussians``: ``rows`` [S] int64, distinct, gives each splat's row in the
-        model. ``means2d_grad`` [S, 2] is the gradient of the splats' ``means2d`` (pixels; None: no gradient
-        reached it). For visible splats (both extents > 0): grad2d_sum += |grad x (width / 2, height / 2)|
-        (INRIA's NDC gradient), count += 1, max_radius2d = max(max_radius2d, max(extents)).
+        ``radii`` [S] are the pixel radii (:func:`~grendel_py.render.projection.pixel_radii`) of S splats of a
+        model of ``n_gaussians``: ``rows`` [S] (int32 or int64, distinct) gives each splat's row in the model.
+        ``grad_norms`` [S] are the norms of their ``means2d`` gradients in NDC units (:func:`screen_grad_norms`;
+        None: no gradient reached them). For visible splats (radius > 0): grad2d_sum += norm, count += 1,
+        max_radius2d = max(max_radius2d, radius).
         """
-        device = extents.device
+        device = radii.device
         self._check_size(n_gaussians, device)
-        visible = reaches_image(extents)
-        if means2d_grad is not None:
-            scale = torch.tensor([width / 2.0, height / 2.0], device=device)
-            norms = torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
-            self.grad2d_sum.index_add_(0, rows, torch.where(visible, norms, torch.zeros_like(norms)))
+        visible = radii > 0
+        if grad_norms is not None:
+            self.grad2d_sum.index_add_(0, rows, torch.where(visible, grad_norms, torch.zeros_like(grad_norms)))
         self.count.index_add_(0, rows, visible.to(torch.int32))
-        radii = extents.max(dim=1).values.float()
         old = self.max_radius2d[rows]
         self.max_radius2d[rows] = torch.where(visible, torch.maximum(old, radii), old)
 
@@ -216,6 +213,13 @@ def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     children.means = children.means + torch.einsum("nij,nj->ni", rotations, offsets)
     children.log_scales = torch.log(scales / SPLIT_SCALE_DIVISOR)
     return children
+
+
+def screen_grad_norms(means2d_grad: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """|grad x (width / 2, height / 2)| [S] of the gradient [S, 2] of a camera's splat ``means2d`` (in pixels):
+    INRIA's view-space gradient in NDC units, which :meth:`DensifyStrategy.observe` accumulates."""
+    scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
+    return torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
 
 
 Strategy = DensifyStrategy | MCMCStrategy

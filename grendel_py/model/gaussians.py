@@ -84,7 +84,7 @@ class Gaussians:
         return Gaussians(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def select(self, index: torch.Tensor | slice) -> Gaussians:
-        """The Gaussians picked by ``index``: a bool mask [N], int64 indices, or a slice."""
+        """The Gaussians picked by ``index``: a bool mask [N], integer indices, or a slice."""
         return Gaussians(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @classmethod

@@ -127,7 +127,7 @@ class MCMCStrategy:
         self.cfg, self.extent, self.seed, self.reduce = cfg, extent, seed, reduce
         self._total: int | None = None  # Gaussians over all ranks, known after the first reduce
 
-    def observe(self, extents, means2d_grad, rows, n_gaussians: int, width: int, height: int) -> None:
+    def observe(self, radii, grad_norms, rows, n_gaussians: int) -> None:
         """MCMC uses no screen-space statistics (the interface of :class:`~grendel_py.model.densify.DensifyStrategy`)."""
 
     def total(self, gaussians: Gaussians) -> int:

@@ -33,10 +33,12 @@ from grendel_py.data.cameras import Camera
 from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import Region, exchange_halos
 from grendel_py.parallel.runtime import DistContext
+from grendel_py.model.densify import screen_grad_norms
 from grendel_py.model.exposure import apply_exposure
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import project_batch, rasterize_batch
-from grendel_py.render.intersect import BatchTiles, PairPieces, count_values
+from grendel_py.render.intersect import BatchTiles, PairPieces, count_values, part_starts
+from grendel_py.render.projection import pixel_radii
 from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
@@ -47,14 +49,15 @@ from partition.tiles import TileGrid
 class Rendered:
     """This rank's part of a batch: what densification needs of the projected splats of its shard
     (``parts[b]`` rows for camera b, one camera after another, the model row of each in ``rows``): their
-    ``means2d`` (whose gradient is kept) and ``extents``, see :meth:`per_camera`; the rest of the splats is
-    not kept. Then its tiles and their colours per camera, its regions (with halos), the tile table and
+    pixel ``radii`` and, once the backward pass has reached them, the norms of their ``means2d`` gradients in
+    NDC units (``grad_norms``, empty until then), see :meth:`per_camera`; the rest of the splats is not
+    kept. Then its tiles and their colours per camera, its regions (with halos), the tile table and
     assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
     sent, and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
     which waits for the rasterization to finish)."""
 
-    means2d: torch.Tensor
-    extents: torch.Tensor
+    radii: torch.Tensor
+    grad_norms: list[torch.Tensor]
     parts: list[int]
     rows: torch.Tensor
     tile_ids: list[torch.Tensor]
@@ -67,13 +70,27 @@ class Rendered:
     raster_seconds: Callable[[], float]
 
     def per_camera(self):
-        """(the splats' extents, their ``means2d`` gradient or None, their model rows) for each camera of the batch."""
-        grad = self.means2d.grad
-        start = 0
-        for n in self.parts:
+        """(the splats' pixel radii, their gradient norms or None, their model rows) for each camera of the batch."""
+        norms = self.grad_norms[0] if self.grad_norms else None
+        for start, n in zip(part_starts(self.parts), self.parts):
             rows = slice(start, start + n)
-            yield self.extents[rows], None if grad is None else grad[rows], self.rows[rows]
-            start += n
+            yield self.radii[rows], None if norms is None else norms[rows], self.rows[rows]
+
+
+def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Camera]) -> list[torch.Tensor]:
+    """A list that the backward pass fills with the norms [S] of the gradient of ``means2d`` (``parts[b]``
+    splats of camera b), in NDC units (:func:`~grendel_py.model.densify.screen_grad_norms`), as soon as it is
+    computed: neither the splats' ``means2d`` nor their gradient is kept for densification."""
+    box: list[torch.Tensor] = []
+
+    def hook(grad: torch.Tensor) -> None:
+        norms = grad.new_empty(grad.shape[0], dtype=torch.float32)
+        for start, n, cam in zip(part_starts(parts), parts, cameras):
+            norms[start : start + n] = screen_grad_norms(grad[start : start + n], cam.width, cam.height)
+        box[:] = [norms]
+
+    means2d.register_hook(hook)
+    return box
 
 
 def tile_table(pairs: PairPieces, grids: list[TileGrid], ctx: DistContext) -> TileTable:
@@ -108,16 +125,16 @@ def render_batch(
     balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
     grids = [TileGrid(c.width, c.height) for c in cameras]
     batch, parts, rows = project_batch(shard, cameras, sh_degree, backend, antialiased)
-    if batch.means2d.requires_grad:  # not when the model is frozen (only the exposures train) or under no_grad
-        batch.means2d.retain_grad()
+    radii = pixel_radii(batch.extents)
+    # not when the model is frozen (only the exposures train) or under no_grad
+    grad_norms = _observe_gradients(batch.means2d, parts, cameras) if batch.means2d.requires_grad else []
     pairs = PairPieces(batch, parts, grids)  # listed piece by piece for the table, then again for the routing
     table = tile_table(pairs, grids, ctx)
     plan = balancer.plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
     received = exchange_splats(batch, parts, pairs, owners, ctx)
-    means2d, extents = batch.means2d, batch.extents
-    del batch, pairs  # the rest of the projected splats (40 bytes each) is not needed any more
+    del batch, pairs  # the projected splats (56 bytes each) are not needed any more
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
@@ -129,7 +146,7 @@ def render_batch(
     tile_colors = tiles.split(colors)
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
     tie = halo_values.sum() + tie_splats[0] + tie_splats[1]
-    return Rendered(means2d, extents, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, bytes_sent, raster_seconds)
+    return Rendered(radii, grad_norms, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, bytes_sent, raster_seconds)
 
 
 class _Stopwatch:

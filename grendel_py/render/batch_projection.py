@@ -34,7 +34,7 @@ _OUTPUTS = ("means2d", "conics", "depths", "opacities", "colors")
 """The differentiable fields of :class:`Splats`."""
 
 Rows = torch.Tensor | None
-"""Model rows a camera projects: int64 indices, or None for all of them."""
+"""Model rows a camera projects: int32 or int64 indices, or None for all of them."""
 
 
 def _pieces(n: int, rows: Rows) -> list[slice | torch.Tensor]:
@@ -142,7 +142,7 @@ def project_rows(
 
 
 def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType, antialiased: bool = False) -> tuple[list[torch.Tensor], list[int]]:
-    """Per camera, the rows (int64, ascending) of the Gaussians the projection gives a non-zero extent, and
+    """Per camera, the rows (int32, ascending) of the Gaussians the projection gives a non-zero extent, and
     their numbers (one read to the host for all cameras). Found without autograd by the same projection
     without colours (SH degree 0), in the same pieces of :data:`PROJECT_ROWS`."""
     masks = []
@@ -158,8 +158,11 @@ def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType, antia
 
 
 def _true_rows(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """The indices of the ``count`` true entries of ``mask``, ascending, without a host synchronisation."""
+    """The indices (int32) of the ``count`` true entries of ``mask``, ascending, without a host
+    synchronisation."""
+    if mask.shape[0] > torch.iinfo(torch.int32).max:
+        raise ValueError(f"visible_rows: {mask.shape[0]} Gaussians on one rank is more than int32 rows can index")
     slot = torch.where(mask, torch.cumsum(mask, 0) - 1, count)  # the false entries all land in slot ``count``
-    rows = torch.empty(count + 1, dtype=torch.long, device=mask.device)
-    rows.scatter_(0, slot, torch.arange(mask.shape[0], device=mask.device))
+    rows = torch.empty(count + 1, dtype=torch.int32, device=mask.device)
+    rows.scatter_(0, slot, torch.arange(mask.shape[0], dtype=torch.int32, device=mask.device))
     return rows[:count]

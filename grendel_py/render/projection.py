@@ -29,6 +29,12 @@ def reaches_image(extents: torch.Tensor) -> torch.Tensor:
     return (extents > 0).all(dim=1)
 
 
+def pixel_radii(extents: torch.Tensor) -> torch.Tensor:
+    """Float32 [N] of pixel extents [N, 2]: each splat's radius in pixels, the larger of its extents; 0
+    exactly where :func:`reaches_image` is false (:func:`project` gives 0 to both extents or to neither)."""
+    return extents.amax(dim=1).float()
+
+
 @dataclass
 class Splats:
     """Projected Gaussians of one camera, one row per Gaussian.

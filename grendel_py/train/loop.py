@@ -344,8 +344,8 @@ def train_pass(
     the pass rendered is freed when it returns. ``background``: [3], or [B, 3] one per camera."""
     loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures)
     loss.backward()
-    for cam, (extents, grad, rows) in zip(cameras, rendered.per_camera()):
-        densify.observe(extents, grad, rows, len(shard), cam.width, cam.height)
+    for radii, grad_norms, rows in rendered.per_camera():
+        densify.observe(radii, grad_norms, rows, len(shard))
     squared = region_squared_errors(rendered, gts).sum()
     return PassStats(loss.detach().double(), squared, rendered.raster_seconds, rendered.bytes_sent, rendered.table, rendered.assignment)
 
