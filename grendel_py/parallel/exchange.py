@@ -76,33 +76,44 @@ GRAD_FIELDS = 4
 GRAD_COLUMNS = sum(w for _, w in WIRE[:GRAD_FIELDS])
 
 
-def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as one float table, [len(rows), 12]."""
-    out = fields[0].new_empty((rows.shape[0], sum(w for _, w in WIRE)))
-    col = 0
-    for f, (_, width) in zip(fields, WIRE):
-        out[:, col : col + width] = f.detach().index_select(0, rows).view(-1, width)
+def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as two float tables: the fields that
+    carry gradients [len(rows), 9] and the others [len(rows), 3] (freed once the splats are binned)."""
+    widths = [w for _, w in WIRE]
+    out = [fields[0].new_empty((rows.shape[0], sum(part))) for part in (widths[:GRAD_FIELDS], widths[GRAD_FIELDS:])]
+    for table, part in zip(out, (zip(fields[:GRAD_FIELDS], widths), zip(fields[GRAD_FIELDS:], widths[GRAD_FIELDS:]))):
+        col = 0
+        for f, width in part:
+            table[:, col : col + width] = f.detach().index_select(0, rows).view(-1, width)
+            col += width
+    return out[0], out[1]
+
+
+def _columns(table: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
+    """Views of ``table``'s columns, ``widths`` at a time (a width of 1 gives a vector)."""
+    out, col = [], 0
+    for width in widths:
+        out.append(table[:, col] if width == 1 else table[:, col : col + width])
         col += width
     return out
 
 
 class _SendSplats(torch.autograd.Function):
     """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
-    field (views of one received table). Backward: the gradients of the four differentiable fields, packed
-    into 9 columns in arrival order, sent back the reverse way and added to the rows they came from (a splat
-    sent to several ranks gets the sum)."""
+    field (views of two received tables: the fields with gradients, and depths and extents, which the step
+    frees once it has binned them). Backward: the gradients of the four differentiable fields, packed into 9
+    columns in arrival order, sent back the reverse way and added to the rows they came from (a splat sent
+    to several ranks gets the sum); on one rank they go to their rows directly, with no packed copy."""
 
     @staticmethod
     def forward(ctx, route, *fields):
         rows, send, recv, by_slot, dist_ctx = route
-        got = all_to_all_rows(_pack(fields, rows), send, recv, dist_ctx)
+        tables = [all_to_all_rows(t, send, recv, dist_ctx) for t in _pack(fields, rows)]
         if by_slot is not None:
-            got = got[by_slot]
+            tables = [t[by_slot] for t in tables]
         save(ctx, (), route=route, n=fields[0].shape[0])
-        outs, col = [], 0
-        for name, width in WIRE:
-            outs.append(got[:, col] if width == 1 else got[:, col : col + width])
-            col += width
+        widths = [w for _, w in WIRE]
+        outs = _columns(tables[0], widths[:GRAD_FIELDS]) + _columns(tables[1], widths[GRAD_FIELDS:])
         ctx.mark_non_differentiable(*outs[GRAD_FIELDS:])
         return tuple(outs)
 
@@ -111,18 +122,23 @@ class _SendSplats(torch.autograd.Function):
         _, state = load(ctx)
         rows, send, recv, by_slot, dist_ctx = state["route"]
         ref = next(g for g in grads[:GRAD_FIELDS] if g is not None)
-        buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
-        col = 0
-        for g, (_, width) in zip(grads[:GRAD_FIELDS], WIRE):
-            if g is not None:
-                buf[slice(None) if by_slot is None else by_slot, col : col + width] = g.reshape(-1, width)
-            col += width
-        back = all_to_all_rows(buf, recv, send, dist_ctx)
-        out, col = [], 0
-        for _, width in WIRE[:GRAD_FIELDS]:
-            g = ref.new_zeros((state["n"], width)).index_put_((rows,), back[:, col : col + width], accumulate=True)
+        widths = [w for _, w in WIRE[:GRAD_FIELDS]]
+        if dist_ctx.distributed:
+            buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
+            col = 0
+            for g, width in zip(grads[:GRAD_FIELDS], widths):
+                if g is not None:
+                    buf[slice(None) if by_slot is None else by_slot, col : col + width] = g.reshape(-1, width)
+                col += width
+            back = _columns(all_to_all_rows(buf, recv, send, dist_ctx), widths)
+        else:  # the rows arrived in send order: each gradient is already where its row's goes
+            back = [None if g is None else g.reshape(-1, width) for g, width in zip(grads[:GRAD_FIELDS], widths)]
+        out = []
+        for b, width in zip(back, widths):
+            g = ref.new_zeros((state["n"], width))
+            if b is not None:
+                g.index_put_((rows,), b.view(-1, width), accumulate=True)
             out.append(g[:, 0] if width == 1 else g)
-            col += width
         return (None, *out, None, None)
 
 

@@ -343,10 +343,11 @@ def train_pass(
     and in the exposures' table through ``exposures`` [B, 3, 4]), and their densification statistics; what
     the pass rendered is freed when it returns. ``background``: [3], or [B, 3] one per camera."""
     loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures)
+    squared = region_squared_errors(rendered, gts).sum()
+    rendered.tile_colors, rendered.regions = [], []  # so the backward pass frees the pictures once it has used them
     loss.backward()
     for radii, grad_norms, rows in rendered.per_camera():
         densify.observe(radii, grad_norms, rows, len(shard))
-    squared = region_squared_errors(rendered, gts).sum()
     return PassStats(loss.detach().double(), squared, rendered.raster_seconds, rendered.bytes_sent, rendered.table, rendered.assignment)
 
 
