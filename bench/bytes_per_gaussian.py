@@ -1,6 +1,6 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live [--census]]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
 around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
@@ -14,7 +14,9 @@ enough; the per-Gaussian cost of projection does not depend on their size. Print
 every aten operation of the passes: the peak of live allocations, without the freed memory glibc keeps
 resident (which the resident size counts), and the operation and project code where it was reached; also
 the highest peaks of the other phases of the pass (``live_peaks_by_phase``). Slower (one ``mallinfo2`` and a
-walk of the stack per operation).
+walk of the stack per operation). ``--census`` adds what made the storages alive near the peak (within 0.2%
+of it: the operation and project lines that made each; storages made before the passes, such as Adam's
+moments, are not listed): about three times slower again.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import os
 import resource
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,11 +73,15 @@ class LivePeak(TorchDispatchMode):
     (the outermost line of the project's code, the training pass's, then the functions of the next two
     frames), so that one run shows the peaks that come after the highest."""
 
-    def __init__(self, base: int):
+    def __init__(self, base: int, census: bool = False):
         super().__init__()
+        self.take_census = census
         self.base, self.peak, self.where = base, 0, ""
         self.phases: dict[str, tuple[int, str]] = {}
         self._names: dict[str, str | None] = {}
+        self._alive: dict[int, tuple[int, str]] = {}  # storages made by the passes' operations: data_ptr -> (bytes, where)
+        self.census: list[tuple[str, int]] = []  # near the peak: bytes alive by where they were made, largest first
+        self._census_at = 0  # the bytes in use when the census was taken
 
     @staticmethod
     def in_use() -> int:
@@ -92,16 +100,32 @@ class LivePeak(TorchDispatchMode):
             frame = frame.f_back
         return out
 
+    def _track(self, out, where: str) -> None:
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self._alive:
+                    self._alive[key] = (storage.nbytes(), where)
+                    weakref.finalize(storage, self._alive.pop, key, None)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         now = self.in_use() - self.base
         ours = self._ours()
+        if self.take_census:
+            self._track(out, f"{func.__name__} at {' < '.join(line for line, _ in ours[:2])}")
         phase = " > ".join([line for line, _ in ours[-1:]] + [name for _, name in ours[-3:-1][::-1]])
         if now > self.phases.get(phase, (-1, ""))[0] or now > self.peak:
             where = f"{func} at {' < '.join(line for line, _ in ours[:3])}"
             if now > self.phases.get(phase, (-1, ""))[0]:
                 self.phases[phase] = (now, where)
             if now > self.peak:
+                if self.take_census and now > self._census_at + (self.peak >> 9):  # within 0.2% of the peak: fewer walks of the census
+                    by_where: dict[str, int] = {}
+                    for nbytes, made in self._alive.values():
+                        by_where[made] = by_where.get(made, 0) + nbytes
+                    self.census, self._census_at = sorted(by_where.items(), key=lambda kv: -kv[1]), now
                 self.peak, self.where = now, where
         return out
 
@@ -111,6 +135,10 @@ class LivePeak(TorchDispatchMode):
         return {
             "peak_live_bytes_per_gaussian": self.peak / n, "peak_live_at": self.where,
             "live_peaks_by_phase": [{"bytes_per_gaussian": round(b / n, 1), "phase": k, "at": at} for k, (b, at) in phases],
+            **({
+                "near_peak_made_in_the_passes": [{"bytes_per_gaussian": round(b / n, 1), "made_by": w} for w, b in self.census[:top * 2]],
+                "near_peak_made_in_the_passes_total": round(sum(b for _, b in self.census) / n, 1),
+            } if self.take_census else {}),
         }  # fmt: skip
 
 
@@ -125,6 +153,7 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
     p.add_argument("--malloc-trim", action="store_true", help="glibc malloc_trim(0) after each pass and step")
     p.add_argument("--live", action="store_true", help="also the peak of glibc's bytes in use (slower)")
+    p.add_argument("--census", action="store_true", help="with --live: what the storages alive near the peak were made by (much slower)")
     args = p.parse_args()
     trim = _LIBC.malloc_trim if args.malloc_trim else lambda _: None
     ctx = single_process("cpu")
@@ -135,7 +164,7 @@ def main() -> int:
     background = torch.zeros(3)
     balancer = TileBalancer("locality", 1, calibrate=False)
     baseline = rss_bytes()  # photos and the process: not counted
-    live = LivePeak(LivePeak.in_use()) if args.live else contextlib.nullcontext()
+    live = LivePeak(LivePeak.in_use(), args.census) if args.live else contextlib.nullcontext()
 
     gaussians = Gaussians(
         means=torch.rand(n, 3, generator=g) * 2 - 1,

@@ -70,8 +70,9 @@ def route_rows(pairs: PairPieces, n: int, owners: list[torch.Tensor], world_size
 
 
 WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))
-"""The float columns of a splat on the wire, in this order: 12 floats (extents are small integers, exact in
-float); the first four fields (9 floats) carry gradients back."""
+"""The float columns of a splat on the wire, in this order: 12 floats (extents are integers of at most 2^24,
+exact in float32, so they come back to int32 by a plain conversion); the first four fields (9 floats) carry
+gradients back."""
 GRAD_FIELDS = 4
 GRAD_COLUMNS = sum(w for _, w in WIRE[:GRAD_FIELDS])
 
@@ -199,5 +200,5 @@ def send_splats(
     ids = all_to_all_rows(splats.ids[rows], send, recv, ctx)
     return Splats(
         means2d=means2d, conics=conics, opacities=opacities, colors=colors, depths=depths,
-        extents=extents.round().to(torch.int32), ids=ids if by_slot is None else ids[by_slot],
+        extents=extents.to(torch.int32), ids=ids if by_slot is None else ids[by_slot],
     )  # fmt: skip
