@@ -77,19 +77,6 @@ GRAD_FIELDS = 4
 GRAD_COLUMNS = sum(w for _, w in WIRE[:GRAD_FIELDS])
 
 
-def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as two float tables: the fields that
-    carry gradients [len(rows), 9] and the others [len(rows), 3] (freed once the splats are binned)."""
-    widths = [w for _, w in WIRE]
-    out = [fields[0].new_empty((rows.shape[0], sum(part))) for part in (widths[:GRAD_FIELDS], widths[GRAD_FIELDS:])]
-    for table, part in zip(out, (zip(fields[:GRAD_FIELDS], widths), zip(fields[GRAD_FIELDS:], widths[GRAD_FIELDS:]))):
-        col = 0
-        for f, width in part:
-            table[:, col : col + width] = f.detach().index_select(0, rows).view(-1, width)
-            col += width
-    return out[0], out[1]
-
-
 def _columns(table: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
     """Views of ``table``'s columns, ``widths`` at a time (a width of 1 gives a vector)."""
     out, col = [], 0
@@ -99,19 +86,31 @@ def _columns(table: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
     return out
 
 
+def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as two float tables: the fields that
+    carry gradients [len(rows), 9] and the others [len(rows), 3] (freed once the splats are binned)."""
+    widths = [w for _, w in WIRE]
+    out = []
+    for part in (slice(0, GRAD_FIELDS), slice(GRAD_FIELDS, None)):
+        table = fields[0].new_empty((rows.shape[0], sum(widths[part])))
+        for column, f in zip(_columns(table, widths[part]), fields[part]):
+            column.copy_(f.detach().index_select(0, rows).view(column.shape))
+        out.append(table)
+    return out[0], out[1]
+
+
 class _SendSplats(torch.autograd.Function):
     """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
     field (views of two received tables: the fields with gradients, and depths and extents, which the step
     frees once it has binned them). Backward: the gradients of the four differentiable fields, packed into 9
     columns in arrival order, sent back the reverse way and added to the rows they came from (a splat sent
-    to several ranks gets the sum); on one rank they go to their rows directly, with no packed copy."""
+    to several ranks gets the sum)."""
 
     @staticmethod
     def forward(ctx, route, *fields):
         rows, send, recv, by_slot, dist_ctx = route
         tables = [all_to_all_rows(t, send, recv, dist_ctx) for t in _pack(fields, rows)]
-        if by_slot is not None:
-            tables = [t[by_slot] for t in tables]
+        tables = [t[by_slot] for t in tables]
         save(ctx, (), route=route, n=fields[0].shape[0])
         widths = [w for _, w in WIRE]
         outs = _columns(tables[0], widths[:GRAD_FIELDS]) + _columns(tables[1], widths[GRAD_FIELDS:])
@@ -124,21 +123,18 @@ class _SendSplats(torch.autograd.Function):
         rows, send, recv, by_slot, dist_ctx = state["route"]
         ref = next(g for g in grads[:GRAD_FIELDS] if g is not None)
         widths = [w for _, w in WIRE[:GRAD_FIELDS]]
-        if dist_ctx.distributed:
-            buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
-            col = 0
-            for g, width in zip(grads[:GRAD_FIELDS], widths):
-                if g is not None:
-                    buf[slice(None) if by_slot is None else by_slot, col : col + width] = g.reshape(-1, width)
-                col += width
-            back = _columns(all_to_all_rows(buf, recv, send, dist_ctx), widths)
-        else:  # the rows arrived in send order: each gradient is already where its row's goes
-            back = [None if g is None else g.reshape(-1, width) for g, width in zip(grads[:GRAD_FIELDS], widths)]
+        buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
+        col = 0
+        for g, width in zip(grads[:GRAD_FIELDS], widths):
+            if g is not None:
+                buf[by_slot, col : col + width] = g.reshape(-1, width)
+            col += width
+        back = _columns(all_to_all_rows(buf, recv, send, dist_ctx), widths)
+        del buf
         out = []
         for b, width in zip(back, widths):
             g = ref.new_zeros((state["n"], width))
-            if b is not None:
-                g.index_put_((rows,), b.view(-1, width), accumulate=True)
+            g.index_put_((rows,), b.view(-1, width), accumulate=True)
             out.append(g[:, 0] if width == 1 else g)
         return (None, *out, None, None)
 
@@ -165,7 +161,12 @@ def exchange_splats(
     small integers, exact in float) and 1 int64 (global id); the receiver knows each row's camera slot from
     the counts. One host synchronisation: the read of the split sizes. Autograd keeps no copy of the splats
     sent; the gradients go back as 9 floats per splat.
+
+    On one rank nothing moves: what it receives is ``splats`` itself, with no routing and no copy (the splats
+    that reach none of its tiles are never binned, so they add nothing and get no gradient).
     """
+    if not ctx.distributed:
+        return Received(splats, parts, 0)
     w, n_slots = ctx.world_size, len(parts)
     n = max(len(splats), 1)
     reach = route_rows(pairs, len(splats), owners, w)[:w]
@@ -175,14 +176,12 @@ def exchange_splats(
     host = torch.cat([counts.flatten(), counts_in]).view(2, w, n_slots).tolist()  # the one read of sizes
     send, recv = [sum(c) for c in host[0]], [sum(c) for c in host[1]]
     # the true entries of reach, as rank * n + row: by destination rank, then camera slot, then row
-    rows = torch.nonzero_static(reach.reshape(-1), size=sum(send)).squeeze(1) % n
+    # (int32: 4 bytes a row for as long as the backward pass needs them)
+    rows = torch.nonzero_static(reach.reshape(-1), size=sum(send)).squeeze(1).remainder_(n).to(torch.int32)
     del reach
-    by_slot = None  # on one rank the rows arrive by slot already
-    if ctx.distributed:  # rows arrive by sending rank, then slot: regroup them by slot
-        slot_of_row = torch.repeat_interleave(
-            torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv)
-        )  # fmt: skip
-        by_slot = torch.argsort(slot_of_row, stable=True)
+    # rows arrive by sending rank, then slot: regroup them by slot
+    slot_of_row = torch.repeat_interleave(torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv))
+    by_slot = torch.argsort(slot_of_row, stable=True)
     received = send_splats(splats, rows, send, recv, by_slot, ctx)
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)
     bytes_sent = sent_elsewhere * (sum(w for _, w in WIRE) * splats.means2d.element_size() + splats.ids.element_size())
@@ -190,15 +189,15 @@ def exchange_splats(
 
 
 def send_splats(
-    splats: Splats, rows: torch.Tensor, send: list[int], recv: list[int], by_slot: torch.Tensor | None, ctx: DistContext
+    splats: Splats, rows: torch.Tensor, send: list[int], recv: list[int], by_slot: torch.Tensor, ctx: DistContext
 ) -> Splats:
     """The splats ``rows`` (grouped by destination rank, ``send[q]`` for rank q) sent, and what arrives
-    (``recv[q]`` from rank q) reordered by ``by_slot`` when given; differentiable in means2d, conics,
+    (``recv[q]`` from rank q) reordered by ``by_slot``; differentiable in means2d, conics,
     opacities and colors (see :class:`_SendSplats`)."""
     fields = [getattr(splats, name) for name, _ in WIRE]
     means2d, conics, opacities, colors, depths, extents = _SendSplats.apply((rows, send, recv, by_slot, ctx), *fields)
     ids = all_to_all_rows(splats.ids[rows], send, recv, ctx)
     return Splats(
         means2d=means2d, conics=conics, opacities=opacities, colors=colors, depths=depths,
-        extents=extents.to(torch.int32), ids=ids if by_slot is None else ids[by_slot],
+        extents=extents.to(torch.int32), ids=ids[by_slot],
     )  # fmt: skip
