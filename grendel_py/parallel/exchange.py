@@ -86,34 +86,31 @@ def _columns(table: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
     return out
 
 
-def _pack(fields: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows ``rows`` of the splat ``fields`` (in :data:`WIRE` order) as two float tables: the fields that
-    carry gradients [len(rows), 9] and the others [len(rows), 3] (freed once the splats are binned)."""
-    widths = [w for _, w in WIRE]
-    out = []
-    for part in (slice(0, GRAD_FIELDS), slice(GRAD_FIELDS, None)):
-        table = fields[0].new_empty((rows.shape[0], sum(widths[part])))
-        for column, f in zip(_columns(table, widths[part]), fields[part]):
-            column.copy_(f.detach().index_select(0, rows).view(column.shape))
-        out.append(table)
-    return out[0], out[1]
+def _pack(fields: list[torch.Tensor], widths: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``rows`` of the splat ``fields`` (``widths`` columns each) as one float table."""
+    table = fields[0].new_empty((rows.shape[0], sum(widths)))
+    for column, f in zip(_columns(table, widths), fields):
+        column.copy_(f.detach().index_select(0, rows).view(column.shape))
+    return table
 
 
 class _SendSplats(torch.autograd.Function):
     """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
     field (views of two received tables: the fields with gradients, and depths and extents, which the step
-    frees once it has binned them). Backward: the gradients of the four differentiable fields, packed into 9
+    frees once it has binned them), one table after the other, each packed copy freed once sent. Backward: the gradients of the four differentiable fields, packed into 9
     columns in arrival order, sent back the reverse way and added to the rows they came from (a splat sent
     to several ranks gets the sum)."""
 
     @staticmethod
     def forward(ctx, route, *fields):
         rows, send, recv, by_slot, dist_ctx = route
-        tables = [all_to_all_rows(t, send, recv, dist_ctx) for t in _pack(fields, rows)]
-        tables = [t[by_slot] for t in tables]
-        save(ctx, (), route=route, n=fields[0].shape[0])
         widths = [w for _, w in WIRE]
-        outs = _columns(tables[0], widths[:GRAD_FIELDS]) + _columns(tables[1], widths[GRAD_FIELDS:])
+        outs = []
+        for part in (slice(0, GRAD_FIELDS), slice(GRAD_FIELDS, None)):  # one table at a time
+            arrived = all_to_all_rows(_pack(fields[part], widths[part], rows), send, recv, dist_ctx)
+            outs += _columns(arrived[by_slot], widths[part])
+            del arrived
+        save(ctx, (), route=route, n=fields[0].shape[0])
         ctx.mark_non_differentiable(*outs[GRAD_FIELDS:])
         return tuple(outs)
 
