@@ -97,9 +97,9 @@ def _pack(fields: list[torch.Tensor], widths: list[int], rows: torch.Tensor) -> 
 class _SendSplats(torch.autograd.Function):
     """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
     field (views of two received tables: the fields with gradients, and depths and extents, which the step
-    frees once it has binned them), one table after the other, each packed copy freed once sent. Backward: the gradients of the four differentiable fields, packed into 9
-    columns in arrival order, sent back the reverse way and added to the rows they came from (a splat sent
-    to several ranks gets the sum)."""
+    frees once it has binned them), one table after the other, each packed copy freed once sent. Backward:
+    the gradients of the four differentiable fields, packed into 9 columns in arrival order, sent back the
+    reverse way and added to the rows they came from (a splat sent to several ranks gets the sum)."""
 
     @staticmethod
     def forward(ctx, route, *fields):

@@ -134,7 +134,7 @@ def render_batch(
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
     received = exchange_splats(batch, parts, pairs, owners, ctx)
-    del batch, pairs  # the projected splats (56 bytes each) are not needed any more
+    del batch, pairs  # the projected splats (56 bytes each) are not needed any more (on one rank: the received ones)
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
