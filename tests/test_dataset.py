@@ -25,7 +25,6 @@ from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError
 from grendel_py.model.initialize import initial_gaussians
 
-FOX = Path("/work/shared/data/fox")
 
 SIZES = {1: (32, 24), 2: (20, 16)}
 
@@ -313,9 +312,8 @@ def test_describe(tmp_path: Path) -> None:
     json.dumps(info)
 
 
-@pytest.mark.skipif(not FOX.is_dir(), reason=f"real fox scene not available at {FOX}")
-def test_fox_scene() -> None:
-    scene = load_scene(FOX, downscale=8)
+def test_fox_scene(fox: Path) -> None:
+    scene = load_scene(fox, downscale=8)
     info = describe(scene)
     assert (info["cameras"], info["test_cameras"], info["distorted_cameras"]) == (44, 6, 44)
     assert info["image_sizes"] == {"135x240": 44}

@@ -86,10 +86,7 @@ def test_cli_json_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "at most 64" in bad.stderr
 
 
-def test_fox_when_present() -> None:
-    fox = Path(__file__).resolve().parents[2] / "shared" / "data" / "fox"
-    if not fox.exists():
-        pytest.skip(f"{fox} not present (the captured scene is only beside the project's own checkout)")
+def test_fox_when_present(fox: Path) -> None:
     from grendel_py.simulate import captured_scene
 
     scene = captured_scene(fox, None, downscale=8)

@@ -16,7 +16,6 @@ from grendel_py.data.cameras import look_at
 from grendel_py.data.transforms_json import read_transforms, read_transforms_points
 from grendel_py.errors import InputError
 
-FOX = Path("/work/shared/data/fox")
 
 
 def opengl_c2w(R: np.ndarray, t: np.ndarray) -> list[list[float]]:
@@ -205,9 +204,8 @@ def test_ply_points(tmp_path: Path) -> None:
         read_transforms_points(tmp_path)
 
 
-@pytest.mark.skipif(not FOX.is_dir(), reason=f"real fox scene not available at {FOX}")
-def test_fox_scene() -> None:
-    frames = read_transforms(FOX)
+def test_fox_scene(fox: Path) -> None:
+    frames = read_transforms(fox)
     assert len(frames) == 44
     assert all((f.width, f.height) == (1080, 1920) and f.intrinsics.is_distorted for f in frames)
     assert all(f.image_path.is_file() for f in frames)
