@@ -3,7 +3,7 @@
 # every step has its own time limit, so a hung step cannot eat the lease):
 #
 #   bash bench/gpu_check.sh [--out DIR] [--wheels DIR] [--fox DIR] [--only a,b]   # on the GPU machine
-#   bash bench/gpu_check.sh --dry-run [--out DIR]           # anywhere: the CPU-possible parts (CI runs this)
+#   bash bench/gpu_check.sh --dry-run [--out DIR] [--plant a,b]   # anywhere: the CPU-possible parts (CI runs this)
 #   bash bench/gpu_check.sh --fetch-wheels [--wheels DIR]   # here, with PyPI: fill DIR (default .whl) with the
 #                                                           # wheels the GPU machine lacks (Python 3.12, x86-64)
 #
@@ -13,28 +13,43 @@
 #
 # Steps, each recorded with its status, seconds and result in DIR/gpu_check.json (default DIR: $OUT when
 # set, else bench/results/gpu_check; rewritten after every phase, so a run cut short still reports what it
-# finished), the full log in DIR/gpu_check.log:
-#   facts    GPU, driver, Python, torch, CUDA, CuPy, commit
+# finished), the full log in DIR/gpu_check.log. Every step but facts, wheels and synth states what it expects
+# (its result's "expected") and is `failed` when its result misses it ("ok": false), when it fails or when it
+# runs past its time limit:
+#   facts    GPU, driver, Python, torch, CUDA, CuPy; the commit, whether the tree differed from it, and a
+#            hash of the GPU path's sources (bench/provenance.py), which every figure is to be quoted with
 #   wheels   which required modules were missing and where they came from
-#   synth    the demo scene (on the CPU, alone: beside the GPU steps it ran past 60 s)
+#   synth    the demo scene and the W-equivalence test's scene (on the CPU, alone: beside the GPU steps it
+#            ran past 60 s)
 #   -- correctness, run side by side (their times mean nothing):
-#   pytest   pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU); a skip fails it
+#   pytest   pytest -m gpu (the kernels and the spec on CUDA against the spec on the CPU); expected: no
+#            failure, no skip
 #   racecheck, memcheck   compute-sanitizer on the kernel tests of one scene through CuPy: shared-memory
-#            races and out-of-bounds or misaligned accesses, which the CPU's host runtime cannot see
-#   parity   cupy vs torch on the GPU at 1920x1080, 200k Gaussians: images, bins, every gradient
+#            races and out-of-bounds or misaligned accesses, which the CPU's host runtime cannot see;
+#            expected: none (exit status)
+#   parity   cupy vs torch on the GPU at 1920x1080, 200k Gaussians: images, bins, every gradient; expected:
+#            bins equal, each value as close to the float64 spec as float32 rounding explains (gpu_check.py)
 #   -- training end to end, side by side (their seconds are those of two trainings sharing the machine):
-#   demo     the demo scene trained on the GPU with cupy, one rank; test PSNR beside the CPU reference
-#            (bench/results/demo_cpu.json; expected within 0.2 dB)
-#   share    the same on two ranks sharing the GPU over gloo (dist.share_gpus): must grow the one-rank model
+#   demo     the demo scene trained on the GPU with cupy, one rank; expected: test PSNR within 0.2 dB of the
+#            CPU reference (bench/results/demo_cpu.json)
+#   share    the W-equivalence job of tests/test_dist_train.py on one rank and on two ranks sharing the GPU
+#            over gloo (dist.share_gpus); expected: the one-rank model, Gaussian by Gaussian, within that
+#            test's bounds (tests/model_match.py)
 #   -- timings, one at a time:
 #   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory and bytes
-#            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log
+#            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log; expected: host syncs
+#            within the CPU path's budget (tests/host_sync_budget.json)
 #   fox      configs/fox.yaml trained on the GPU (cupy, one rank) from the fox photos in --fox DIR (default
-#            .fox; skipped when absent: carry a copy of ../shared/data/fox there)
+#            .fox; skipped when absent: carry a copy of ../shared/data/fox there); expected: test PSNR within
+#            0.2 dB of the CPU reference (bench/results/fox_cpu.json)
 # --only a,b runs only the named steps of those (facts and wheels always run). --dry-run runs facts, wheels
-# (lookup only), a tiny demo and a tiny step on the CPU, and records the GPU steps as skipped: what CI can
-# check of this script without a GPU. Exit status: 0 when every step that ran passed, 1 otherwise, 2 for bad
-# arguments.
+# (lookup only), synth, and on the CPU at tiny sizes with the torch backend standing in for the kernels:
+# parity, a short demo (against its own CPU reference, bench/results/demo_cpu_dry.json), share and step; the
+# GPU-only steps are recorded as skipped. That is what CI can check of this script without a GPU. --plant
+# a,b (with --dry-run) plants in each named step of demo, share, parity and step a difference its expectation
+# must catch (a reference 1 dB off; another seed on two ranks; a colour off by 1e-3; a budget of 0 syncs), so
+# that tests see every expectation fail. Exit status: 0 when every step that ran passed, 1 otherwise, 2 for
+# bad arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +63,7 @@ OUT_DIR=${OUT:-$ROOT/bench/results/gpu_check}
 WHEELS=$ROOT/.whl
 FOX=$ROOT/.fox
 ONLY=
+PLANT=,
 MODE=gpu
 while (($#)); do
     case $1 in
@@ -55,12 +71,18 @@ while (($#)); do
         --wheels) WHEELS=${2:?--wheels needs a folder}; shift 2 ;;
         --fox) FOX=${2:?--fox needs a folder}; shift 2 ;;
         --only) ONLY=,${2:?--only needs step names},; shift 2 ;;
+        --plant) PLANT=,${2:?--plant needs step names},; shift 2 ;;
         --dry-run) MODE=dry; shift ;;
         --fetch-wheels) MODE=fetch; shift ;;
         -h | --help) usage ;;
         *) echo "gpu_check: unknown argument '$1'" >&2; usage ;;
     esac
 done
+
+if [[ $PLANT != , && $MODE != dry ]]; then
+    echo "gpu_check: --plant is for --dry-run only" >&2
+    exit 2
+fi
 
 PY=${PYTHON:-python3}
 # import name -> PyPI name, for what the project needs at run time and pytest (the GPU image lacks some)
@@ -91,6 +113,11 @@ trap 'rm -rf "$STEPS" "$WORK"' EXIT
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 ORDER="facts wheels synth pytest racecheck memcheck parity demo share step fox"
+
+# planted NAME: whether --plant names the step
+planted() {
+    [[ $PLANT == *",$1,"* ]]
+}
 
 # record NAME STATUS SECONDS [JSON]: one step's entry (JSON: its result, an object; default null).
 record() {
@@ -166,27 +193,17 @@ wheels() {
     record wheels passed $((SECONDS - start)) "$json"
 }
 
-# train NAME LIMIT REFERENCE LAUNCH... -- OVERRIDES...: a training run; the result is metrics.json's numbers,
-# with REFERENCE's (a JSON file of a CPU run; - for none) as cpu_reference.
+# train NAME LIMIT REFERENCE LAUNCH...: a training run (LAUNCH, to which train.out is added); its result is
+# gpu_check.py trained's: metrics.json's numbers and, with REFERENCE (a CPU run's JSON; - for none), the
+# expectation of a test PSNR within 0.2 dB of it.
 train() {
     local name=$1 limit=$2 reference=$3 run=$WORK/$1
     shift 3
     step "$name" "$limit" bash -c '
         run=$1 reference=$2; shift 2
         "$@" train.out="$run" >&2 || exit 1
-        "$PY" - "$run/metrics.json" "$reference" <<"PY"
-import json, sys
-m = json.load(open(sys.argv[1]))
-out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m["train_seconds"],
-       "seconds_per_iteration": m["seconds_per_iteration"], "num_gaussians": m["num_gaussians"],
-       "test_psnr": m["test"]["psnr"], "test_ssim": m["test"]["ssim"]}
-for key in ("peak_rss_bytes", "peak_device_bytes", "data_seconds_per_iteration"):
-    if key in m:
-        out[key] = m[key]
-if sys.argv[2] != "-":
-    out["cpu_reference"] = json.load(open(sys.argv[2]))
-print(json.dumps(out))
-PY
+        if [[ $reference == - ]]; then exec "$PY" bench/gpu_check.py trained "$run"; fi
+        exec "$PY" bench/gpu_check.py trained "$run" --reference "$reference"
     ' _ "$run" "$reference" "$@"
 }
 
@@ -197,14 +214,7 @@ report() {
 import json, pathlib, sys
 steps, out, mode, order = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split()
 entries = [json.loads((steps / f"{n}.json").read_text()) for n in order if (steps / f"{n}.json").exists()]
-report = {"mode": mode, "steps": entries}
-by = {e["step"]: e for e in entries}
-demo, share = by.get("demo", {}).get("result") or {}, by.get("share", {}).get("result") or {}
-if "test_psnr" in demo and demo.get("cpu_reference"):
-    report["demo_psnr_minus_cpu_reference"] = demo["test_psnr"] - demo["cpu_reference"]["test_psnr"]
-if "test_psnr" in demo and "test_psnr" in share:
-    report["share_psnr_minus_demo"] = share["test_psnr"] - demo["test_psnr"]
-    report["share_gaussians_minus_demo"] = share["num_gaussians"] - demo["num_gaussians"]
+report = {"mode": mode, "failed": [e["step"] for e in entries if e["status"] == "failed"], "steps": entries}
 tmp = pathlib.Path(out).with_suffix(".json.tmp")
 tmp.write_text(json.dumps(report, indent=1) + "\n")
 tmp.replace(out)
@@ -216,18 +226,32 @@ PY
 
 export PY ROOT
 DEMO_CPU=$ROOT/bench/results/demo_cpu.json
+DEMO_CPU_DRY=$ROOT/bench/results/demo_cpu_dry.json
+FOX_CPU=$ROOT/bench/results/fox_cpu.json
+# the demo's scene, and tests/test_dist_train.py's (seed 2) for share
+SYNTH='"$PY" -m grendel_py synth "$1/scene" --preset object --seed 0 && "$PY" -m grendel_py synth "$1/scene2" --preset object --seed 2'
 step facts 60 "$PY" bench/gpu_check.py facts
 wheels || { report; exit 1; }  # nothing else can run without its modules
 if [[ $MODE == dry ]]; then
-    for name in pytest racecheck memcheck parity; do skip $name "dry run: no GPU"; done
-    step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0
-    train demo 300 "$DEMO_CPU" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=8 \
+    for name in pytest racecheck memcheck; do skip $name "dry run: no GPU"; done
+    step synth 120 bash -c "$SYNTH" _ "$WORK"
+    step parity 120 "$PY" bench/gpu_check.py parity --device cpu --candidate torch --n 2000 --width 96 --height 64 \
+        $(planted parity && echo --plant)
+    reference=$DEMO_CPU_DRY
+    if planted demo; then  # the reference 1 dB off
+        reference=$WORK/demo_reference.json
+        "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); r["test_psnr"] += 1; json.dump(r, open(sys.argv[2], "w"))' \
+            "$DEMO_CPU_DRY" "$reference"
+    fi
+    train demo 300 "$reference" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.images=40 \
         train.eval_every=0 train.checkpoint_every=0 train.device=cpu render.backend=torch
-    skip share "dry run: no GPU"
-    step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2
+    step share 300 "$PY" bench/gpu_check.py share "$WORK/scene2" "$WORK/share" --device cpu --backend torch \
+        $(planted share && echo --plant)
+    step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2 \
+        $(planted step && echo --sync-budget 0)
     skip fox "dry run: no GPU"
 else
-    step synth 120 "$PY" -m grendel_py synth "$WORK/scene" --preset object --seed 0  # alone: CPU-bound
+    step synth 120 bash -c "$SYNTH" _ "$WORK"  # alone: CPU-bound
     # correctness, side by side
     step pytest 120 "$PY" bench/gpu_check.py tests -q -m gpu tests &
     for tool in racecheck memcheck; do
@@ -240,15 +264,14 @@ else
     # training end to end, side by side
     train demo 120 "$DEMO_CPU" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
         render.backend=cupy &
-    train share 140 "$DEMO_CPU" "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m grendel_py train \
-        --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda render.backend=cupy dist.share_gpus=true &
+    step share 140 "$PY" bench/gpu_check.py share "$WORK/scene2" "$WORK/share" --device cuda --backend cupy &
     wait
     report
     # timings, one at a time
     step step 90 "$PY" bench/gpu_check.py step
     report
     if [[ -f $FOX/transforms.json ]]; then
-        train fox 140 - "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy
+        train fox 140 "$FOX_CPU" "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy
     else
         skip fox "no fox photos in $FOX (carry a copy of ../shared/data/fox)"
     fi
@@ -256,4 +279,4 @@ fi
 
 report
 echo "gpu_check: wrote $OUT_DIR/gpu_check.json ($MODE)"
-"$PY" -c 'import json, sys; sys.exit(any(s["status"] == "failed" for s in json.load(open(sys.argv[1]))["steps"]))' "$OUT_DIR/gpu_check.json"
+"$PY" -c 'import json, sys; sys.exit(bool(json.load(open(sys.argv[1]))["failed"]))' "$OUT_DIR/gpu_check.json"
