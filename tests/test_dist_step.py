@@ -24,11 +24,13 @@ BG = torch.tensor([0.1, 0.2, 0.3])
 BGS = torch.tensor([[0.9, 0.2, 0.3], [0.0, 0.5, 1.0], [0.4, 0.4, 0.1]])  # one per camera
 
 
-def _setup():
+def _setup(dtype: torch.dtype = torch.float32):
+    """Gaussians, cameras and photos; ``dtype``: the float32 values in another type."""
     g = random_gaussians(400, seed=12, sh_degree=1, dtype=torch.float32, opacity_shift=1.0)
+    g = Gaussians(**{k: getattr(g, k).to(dtype) for k in FIELDS}, ids=g.ids)
     cams = [small_camera(70, 45, 0), small_camera(50, 61, 1), small_camera(33, 20, 2)]
     gen = torch.Generator().manual_seed(3)
-    images = [torch.rand(c.height, c.width, 3, generator=gen) for c in cams]
+    images = [torch.rand(c.height, c.width, 3, generator=gen).to(dtype) for c in cams]
     return g, cams, images
 
 
@@ -121,3 +123,50 @@ def test_every_tile_assignment_gives_the_same_result(assignment: str) -> None:
 def test_antialiased_over_a_background_per_camera_w_ranks_match_one_camera_at_a_time() -> None:
     results = run_ranks(2, _rank_job, "locality", True)
     _check(results, _reference(variant=True))
+
+
+def _gradients_job(ctx, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor], list, list]:
+    """One step of the scene of :func:`_setup` in ``dtype`` on this rank: ids and gradients of its shard, its
+    tiles and their colours."""
+    g, cams, images = _setup(dtype)
+    shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))
+    loss, out = batch_loss(shard, cams, images, BG.to(dtype), 1, 0.2, ctx, TileBalancer("locality", ctx.world_size, calibrate=False))
+    loss.backward()
+    return shard.ids, {k: getattr(shard, k).grad for k in FIELDS}, out.tile_ids, [c.detach() for c in out.tile_colors]
+
+
+def _whole(results) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Every rank's gradients together, rows by global id (float64), and each camera's image."""
+    ids = torch.cat([r[0] for r in results])
+    where = torch.argsort(ids)
+    grads = {k: torch.cat([r[1][k] for r in results])[where].double() for k in FIELDS}
+    _, cams, _ = _setup()
+    images = []
+    for b, cam in enumerate(cams):
+        grid = TileGrid(cam.width, cam.height)
+        tiles = torch.cat([r[2][b] for r in results])
+        images.append(grid.tiles_to_image(torch.cat([r[3][b] for r in results]), tiles).double())
+    return grads, images
+
+
+def test_w_ranks_differ_from_one_rank_by_float_rounding_alone() -> None:
+    """What W ranks compute differently from one rank is the order of float operations, nothing else: in
+    float64 the two agree to float64 rounding (a splat binned, culled or cut off differently would show there
+    at the size of its contribution), and in float32 each is as far from the float64 result as float32
+    rounding puts the one-rank step itself (the measured noise floor, here 2e-7 to 1e-6 of each field's
+    largest gradient). A gradient component that cancels to within that floor can then change sign between
+    the two, and Adam, whose step does not depend on the gradient's scale, moves such a Gaussian by a whole
+    learning rate either way: what makes a long W-rank run drift from one rank's at a few Gaussians
+    (bench/results/w_equivalence.md)."""
+    one64, one32 = (_whole(run_ranks(1, _gradients_job, d)) for d in (torch.float64, torch.float32))
+    two64, two32 = (_whole(run_ranks(2, _gradients_job, d)) for d in (torch.float64, torch.float32))
+    for k in FIELDS:
+        scale = one64[0][k].abs().max()
+        floor = (one32[0][k] - one64[0][k]).abs().max() / scale  # float32 rounding of one rank's step
+        assert 0 < floor < 1e-5, k
+        assert (two64[0][k] - one64[0][k]).abs().max() / scale <= 1e-13, k  # float64 rounding alone
+        # each float32 step within 1.25x the one-rank floor of the exact result (float32 rounding, in another order)
+        assert (two32[0][k] - one64[0][k]).abs().max() / scale <= 1.25 * floor, k
+    for a, b, exact, b64 in zip(one32[1], two32[1], one64[1], two64[1]):  # the images, likewise
+        assert (b64 - exact).abs().max() <= 1e-14
+        assert (b - exact).abs().max() <= 1.25 * (a - exact).abs().max() + 1e-7  # + one float32 ulp of a colour ~1
