@@ -1,10 +1,13 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live [--census]]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--world 1] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live [--census]]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
 around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
-cameras per forward and backward pass, ``train.micro_batch``; 0: the whole batch). Counted: parameters, gradients, Adam state,
+cameras per forward and backward pass, ``train.micro_batch``; 0: the whole batch). ``--world W``: W gloo
+ranks in W processes (one thread each, as torchrun gives them), each owning a kd shard of the N Gaussians,
+the exchange of splats and halos live; every rank's peak per Gaussian of its shard, and the ranks' peaks
+summed per Gaussian of the model. Counted: parameters, gradients, Adam state,
 densification statistics and every per-iteration buffer, i.e. the peak resident set size after the photos
 (random 8-bit images, excluded as the issue asks) and the rest of the process were set up, divided by N.
 Gaussians are small (sigma ``--scale`` of the scene's half size at most), so the CPU renderer stays fast
@@ -41,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu_check import _views  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 from grendel_py.config import DensifyConfig, OptimConfig  # noqa: E402
 from grendel_py.model.densify import DensifyStrategy  # noqa: E402
 from grendel_py.model.gaussians import Gaussians  # noqa: E402
@@ -48,6 +52,8 @@ from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
 from grendel_py.parallel.runtime import single_process  # noqa: E402
 from grendel_py.train.loop import micro_batches, train_pass  # noqa: E402
 from partition.balancer import TileBalancer  # noqa: E402
+from partition.spatial import assign_owners  # noqa: E402
+from tests.dist_util import run_ranks  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -142,9 +148,60 @@ class LivePeak(TorchDispatchMode):
         }  # fmt: skip
 
 
+def measure(ctx, args: argparse.Namespace) -> dict:
+    """This rank's measurement: its shard of the N Gaussians (all of them on one rank), trained for
+    ``args.iterations`` + 1 iterations."""
+    if ctx.distributed:
+        torch.set_num_threads(1)
+    trim = _LIBC.malloc_trim if args.malloc_trim else lambda _: None
+    n = args.gaussians
+    cameras = _views(args.batch, args.width, args.height)
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255) for _ in cameras]
+    background = torch.zeros(3)
+    balancer = TileBalancer("locality", ctx.world_size, calibrate=False)
+    model = Gaussians(
+        means=torch.rand(n, 3, generator=g) * 2 - 1,
+        log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
+        quats=torch.randn(n, 4, generator=g),
+        opacity_logits=torch.randn(n, generator=g) * 2,
+        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
+        shN=torch.randn(n, 15, 3, generator=g) * 0.05,
+        ids=torch.arange(n),
+    )
+    gaussians = model if ctx.world_size == 1 else model.select(assign_owners(model.means, ctx.world_size) == ctx.rank)
+    del model
+    baseline = rss_bytes()  # photos, the process and the model before its shard was taken: not counted
+    live = LivePeak(LivePeak.in_use(), args.census) if args.live else contextlib.nullcontext()
+    optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=args.batch)
+    shard = optimizer.gaussians
+    densify = DensifyStrategy(DensifyConfig(), extent=2.0, seed=0)
+    seconds, sent = [], 0
+    for _ in range(args.iterations + 1):
+        tic = time.perf_counter()
+        for part in micro_batches(len(cameras), args.micro_batch):
+            with live:
+                rendered = train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
+            sent += rendered.bytes_sent
+            trim(0)
+        optimizer.step()
+        trim(0)
+        seconds.append(time.perf_counter() - tic)
+    steady = rss_bytes() - baseline
+    peak = peak_rss_bytes() - baseline
+    mine = len(shard)
+    return {
+        "rank": ctx.rank, "gaussians": mine, "seconds_per_iteration": seconds, "exchange_bytes_sent": sent,
+        "peak_bytes_per_gaussian": peak / mine, "steady_bytes_per_gaussian": steady / mine, "peak_bytes": peak,
+        "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9,
+        **(live.report(mine) if args.live else {}),
+    }  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gaussians", type=int, default=2_000_000)
+    p.add_argument("--world", type=int, default=1, help="ranks (gloo processes), each with a kd shard")
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--batch", type=int, default=4)
@@ -155,49 +212,23 @@ def main() -> int:
     p.add_argument("--live", action="store_true", help="also the peak of glibc's bytes in use (slower)")
     p.add_argument("--census", action="store_true", help="with --live: what the storages alive near the peak were made by (much slower)")
     args = p.parse_args()
-    trim = _LIBC.malloc_trim if args.malloc_trim else lambda _: None
-    ctx = single_process("cpu")
-    n = args.gaussians
-    cameras = _views(args.batch, args.width, args.height)
-    g = torch.Generator().manual_seed(0)
-    photos = [torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255) for _ in cameras]
-    background = torch.zeros(3)
-    balancer = TileBalancer("locality", 1, calibrate=False)
-    baseline = rss_bytes()  # photos and the process: not counted
-    live = LivePeak(LivePeak.in_use(), args.census) if args.live else contextlib.nullcontext()
-
-    gaussians = Gaussians(
-        means=torch.rand(n, 3, generator=g) * 2 - 1,
-        log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
-        quats=torch.randn(n, 4, generator=g),
-        opacity_logits=torch.randn(n, generator=g) * 2,
-        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
-        shN=torch.randn(n, 15, 3, generator=g) * 0.05,
-        ids=torch.arange(n),
-    )
-    optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=args.batch)
-    shard = optimizer.gaussians
-    densify = DensifyStrategy(DensifyConfig(), extent=2.0, seed=0)
-    seconds = []
-    for _ in range(args.iterations + 1):
-        tic = time.perf_counter()
-        for part in micro_batches(len(cameras), args.micro_batch):
-            with live:
-                train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
-            trim(0)
-        optimizer.step()
-        trim(0)
-        seconds.append(time.perf_counter() - tic)
-    steady = rss_bytes() - baseline
-    peak = peak_rss_bytes() - baseline
-    print(json.dumps({
-        "gaussians": n, "width": args.width, "height": args.height, "batch": args.batch, "micro_batch": args.micro_batch, "sh_degree": 3,
-        "iterations": args.iterations + 1, "seconds_per_iteration": seconds, "malloc_trim": args.malloc_trim,
-        "peak_bytes_per_gaussian": peak / n, "steady_bytes_per_gaussian": steady / n,
-        "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9, "torch": torch.__version__,
-        **(live.report(n) if args.live else {}),
+    if args.world == 1:
+        ranks = [measure(single_process("cpu"), args)]
+    else:
+        ranks = run_ranks(args.world, measure, args, timeout=24 * 3600)
+    setup = {
+        "command": " ".join(sys.argv), **provenance(), "gaussians": args.gaussians, "world": args.world, "width": args.width,
+        "height": args.height, "batch": args.batch, "micro_batch": args.micro_batch, "sh_degree": 3,
+        "iterations": args.iterations + 1, "malloc_trim": args.malloc_trim, "torch": torch.__version__,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-    }))  # fmt: skip
+    }  # fmt: skip
+    if args.world == 1:
+        (rank,) = ranks
+        print(json.dumps({**setup, **{k: v for k, v in rank.items() if k not in ("rank", "gaussians", "exchange_bytes_sent")}}))
+    else:
+        total = sum(r["peak_bytes"] for r in ranks)
+        print(json.dumps({**setup, "peak_bytes_per_gaussian_all_ranks": total / args.gaussians,
+                          "max_rank_peak_bytes_per_gaussian": max(r["peak_bytes_per_gaussian"] for r in ranks), "ranks": ranks}))  # fmt: skip
     return 0
 
 
