@@ -66,7 +66,21 @@ def peak_rss_bytes() -> int:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -85,7 +99,8 @@ class LivePeak(TorchDispatchMode):
         self.base, self.peak, self.where = base, 0, ""
         self.phases: dict[str, tuple[int, str]] = {}
         self._names: dict[str, str | None] = {}
-        self._alive: dict[int, tuple[int, str]] = {}  # storages made by the passes' operations: data_ptr -> (bytes, where)
+        # storages made by the passes' operations: data_ptr -> (bytes, where)
+        self._alive: dict[int, tuple[int, str]] = {}
         self.census: list[tuple[str, int]] = []  # near the peak: bytes alive by where they were made, largest first
         self._census_at = 0  # the bytes in use when the census was taken
 
@@ -100,9 +115,13 @@ class LivePeak(TorchDispatchMode):
         while frame is not None:
             filename = frame.f_code.co_filename
             if filename not in self._names:
-                self._names[filename] = str(Path(filename).relative_to(ROOT)) if filename.startswith(str(ROOT / "grendel_py")) else None
+                self._names[filename] = (
+                    str(Path(filename).relative_to(ROOT)) if filename.startswith(str(ROOT / "grendel_py")) else None
+                )
             if self._names[filename] is not None:
-                out.append((f"{self._names[filename]}:{frame.f_lineno}", f"{self._names[filename]}:{frame.f_code.co_name}"))
+                out.append(
+                    (f"{self._names[filename]}:{frame.f_lineno}", f"{self._names[filename]}:{frame.f_code.co_name}")
+                )
             frame = frame.f_back
         return out
 
@@ -127,7 +146,8 @@ class LivePeak(TorchDispatchMode):
             if now > self.phases.get(phase, (-1, ""))[0]:
                 self.phases[phase] = (now, where)
             if now > self.peak:
-                if self.take_census and now > self._census_at + (self.peak >> 9):  # within 0.2% of the peak: fewer walks of the census
+                # within 0.2% of the peak: fewer walks of the census
+                if self.take_census and now > self._census_at + (self.peak >> 9):
                     by_where: dict[str, int] = {}
                     for nbytes, made in self._alive.values():
                         by_where[made] = by_where.get(made, 0) + nbytes
@@ -139,13 +159,22 @@ class LivePeak(TorchDispatchMode):
         """The peak and the ``top`` highest phase peaks, in bytes per Gaussian of ``n``."""
         phases = sorted(self.phases.items(), key=lambda kv: -kv[1][0])[:top]
         return {
-            "peak_live_bytes_per_gaussian": self.peak / n, "peak_live_at": self.where,
-            "live_peaks_by_phase": [{"bytes_per_gaussian": round(b / n, 1), "phase": k, "at": at} for k, (b, at) in phases],
-            **({
-                "near_peak_made_in_the_passes": [{"bytes_per_gaussian": round(b / n, 1), "made_by": w} for w, b in self.census[:top * 2]],
-                "near_peak_made_in_the_passes_total": round(sum(b for _, b in self.census) / n, 1),
-            } if self.take_census else {}),
-        }  # fmt: skip
+            "peak_live_bytes_per_gaussian": self.peak / n,
+            "peak_live_at": self.where,
+            "live_peaks_by_phase": [
+                {"bytes_per_gaussian": round(b / n, 1), "phase": k, "at": at} for k, (b, at) in phases
+            ],
+            **(
+                {
+                    "near_peak_made_in_the_passes": [
+                        {"bytes_per_gaussian": round(b / n, 1), "made_by": w} for w, b in self.census[: top * 2]
+                    ],
+                    "near_peak_made_in_the_passes_total": round(sum(b for _, b in self.census) / n, 1),
+                }
+                if self.take_census
+                else {}
+            ),
+        }
 
 
 def measure(ctx, args: argparse.Namespace) -> dict:
@@ -157,7 +186,10 @@ def measure(ctx, args: argparse.Namespace) -> dict:
     n = args.gaussians
     cameras = _views(args.batch, args.width, args.height)
     g = torch.Generator().manual_seed(0)
-    photos = [torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255) for _ in cameras]
+    photos = [
+        torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255)
+        for _ in cameras
+    ]
     background = torch.zeros(3)
     balancer = TileBalancer("locality", ctx.world_size, calibrate=False)
     model = Gaussians(
@@ -181,7 +213,9 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         tic = time.perf_counter()
         for part in micro_batches(len(cameras), args.micro_batch):
             with live:
-                rendered = train_pass(shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify)
+                rendered = train_pass(
+                    shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify
+                )
             sent += rendered.bytes_sent
             trim(0)
         optimizer.step()
@@ -191,11 +225,17 @@ def measure(ctx, args: argparse.Namespace) -> dict:
     peak = peak_rss_bytes() - baseline
     mine = len(shard)
     return {
-        "rank": ctx.rank, "gaussians": mine, "seconds_per_iteration": seconds, "exchange_bytes_sent": sent,
-        "peak_bytes_per_gaussian": peak / mine, "steady_bytes_per_gaussian": steady / mine, "peak_bytes": peak,
-        "peak_rss_gb": peak_rss_bytes() / 1e9, "baseline_rss_gb": baseline / 1e9,
+        "rank": ctx.rank,
+        "gaussians": mine,
+        "seconds_per_iteration": seconds,
+        "exchange_bytes_sent": sent,
+        "peak_bytes_per_gaussian": peak / mine,
+        "steady_bytes_per_gaussian": steady / mine,
+        "peak_bytes": peak,
+        "peak_rss_gb": peak_rss_bytes() / 1e9,
+        "baseline_rss_gb": baseline / 1e9,
         **(live.report(mine) if args.live else {}),
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
@@ -210,25 +250,50 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=0.004, help="largest sigma, in units of the scene's half size")
     p.add_argument("--malloc-trim", action="store_true", help="glibc malloc_trim(0) after each pass and step")
     p.add_argument("--live", action="store_true", help="also the peak of glibc's bytes in use (slower)")
-    p.add_argument("--census", action="store_true", help="with --live: what the storages alive near the peak were made by (much slower)")
+    p.add_argument(
+        "--census",
+        action="store_true",
+        help="with --live: what the storages alive near the peak were made by (much slower)",
+    )
     args = p.parse_args()
     if args.world == 1:
         ranks = [measure(single_process("cpu"), args)]
     else:
         ranks = run_ranks(args.world, measure, args, timeout=24 * 3600)
     setup = {
-        "command": " ".join(sys.argv), **provenance(), "gaussians": args.gaussians, "world": args.world, "width": args.width,
-        "height": args.height, "batch": args.batch, "micro_batch": args.micro_batch, "sh_degree": 3,
-        "iterations": args.iterations + 1, "malloc_trim": args.malloc_trim, "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+        **provenance(),
+        "gaussians": args.gaussians,
+        "world": args.world,
+        "width": args.width,
+        "height": args.height,
+        "batch": args.batch,
+        "micro_batch": args.micro_batch,
+        "sh_degree": 3,
+        "iterations": args.iterations + 1,
+        "malloc_trim": args.malloc_trim,
+        "torch": torch.__version__,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-    }  # fmt: skip
+    }
     if args.world == 1:
         (rank,) = ranks
-        print(json.dumps({**setup, **{k: v for k, v in rank.items() if k not in ("rank", "gaussians", "exchange_bytes_sent")}}))
+        print(
+            json.dumps(
+                {**setup, **{k: v for k, v in rank.items() if k not in ("rank", "gaussians", "exchange_bytes_sent")}}
+            )
+        )
     else:
         total = sum(r["peak_bytes"] for r in ranks)
-        print(json.dumps({**setup, "peak_bytes_per_gaussian_all_ranks": total / args.gaussians,
-                          "max_rank_peak_bytes_per_gaussian": max(r["peak_bytes_per_gaussian"] for r in ranks), "ranks": ranks}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    **setup,
+                    "peak_bytes_per_gaussian_all_ranks": total / args.gaussians,
+                    "max_rank_peak_bytes_per_gaussian": max(r["peak_bytes_per_gaussian"] for r in ranks),
+                    "ranks": ranks,
+                }
+            )
+        )
     return 0
 
 

@@ -48,9 +48,18 @@ def exchange(scenes: dict[bool, sim.SimScene], worlds: list[int], batch: int, im
         row = {"world_size": w, "batch_size": batch, "iterations": max(1, images // batch)}
         for cull, scene in scenes.items():
             r = sim.run_config(
-                scene, "kd", "random", "locality", None, w, batch, row["iterations"], INTERSECTION_SECONDS,
-                LINK_BYTES_PER_S, seed,
-            )  # fmt: skip
+                scene,
+                "kd",
+                "random",
+                "locality",
+                None,
+                w,
+                batch,
+                row["iterations"],
+                INTERSECTION_SECONDS,
+                LINK_BYTES_PER_S,
+                seed,
+            )
             key = "culled" if cull else "box"
             row[f"{key}_bytes_per_iter"] = r.bytes_per_iter
             row[f"{key}_balance"] = r.balance
@@ -64,14 +73,18 @@ def markdown(results: dict) -> str:
     for name, r in results["scenes"].items():
         i = r["intersections"]
         lines += [
-            f"## {name}", "", r["description"], "",
+            f"## {name}",
+            "",
+            r["description"],
+            "",
             "| intersections per camera | box | culled | culled / box (all) | per camera min .. max |",
             "|---|---|---|---|---|",
             f"| mean over {i['cameras']} cameras | {i['box_mean']:,.0f} | {i['culled_mean']:,.0f} | "
             f"{i['culled_over_box']:.3f} | {i['culled_over_box_min']:.3f} .. {i['culled_over_box_max']:.3f} |",
-            "", "| W | batch | iterations | box MB/iter | culled MB/iter | culled / box | balance box | balance culled |",
+            "",
+            "| W | batch | iterations | box MB/iter | culled MB/iter | culled / box | balance box | balance culled |",
             "|---|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+        ]
         for e in r["exchange"]:
             lines.append(
                 f"| {e['world_size']} | {e['batch_size']} | {e['iterations']} | {e['box_bytes_per_iter'] / 1e6:.2f} | "

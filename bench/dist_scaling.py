@@ -24,11 +24,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(world: int, scene: Path, images: int, out: Path) -> dict:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-        "-m", "grendel_py", "train", "--config", str(ROOT / "configs/demo.yaml"),
-        f"data.path={scene}", f"train.out={out}", f"train.images={images}", "train.eval_every=0",
-        "train.checkpoint_every=0", "train.eval_renders=0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={world}",
+        "-m",
+        "grendel_py",
+        "train",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        f"data.path={scene}",
+        f"train.out={out}",
+        f"train.images={images}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.eval_renders=0",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -59,9 +71,12 @@ def main() -> None:
         for world in args.worlds:
             rows.append(run(world, args.scene, args.images, Path(tmp) / f"w{world}"))
             r = rows[-1]
-            print(f"W={world}: {r['seconds_per_iteration']:.3f} s/iter, "
-                  f"{r['exchange_bytes_per_iteration'] / 1024:.1f} KiB/iter exchanged, {r['num_gaussians']} Gaussians, "
-                  f"test PSNR {r['test_psnr']:.2f} dB", flush=True)  # fmt: skip
+            print(
+                f"W={world}: {r['seconds_per_iteration']:.3f} s/iter, "
+                f"{r['exchange_bytes_per_iteration'] / 1024:.1f} KiB/iter exchanged, {r['num_gaussians']} Gaussians, "
+                f"test PSNR {r['test_psnr']:.2f} dB",
+                flush=True,
+            )
     result = {"machine": f"{platform.node()} {os.cpu_count()} CPU cores", "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -33,10 +33,17 @@ def measure(model_path: Path, repeats: int) -> list[dict]:
                 back = read_model(out)
                 reads.append(time.perf_counter() - tic)
                 assert len(back) == len(model)
-            rows.append({
-                "model": str(model_path), "gaussians": len(model), "sh_degree": model.sh_degree, "format": fmt,
-                "bytes": out.stat().st_size, "write_seconds": min(writes), "read_seconds": min(reads),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": str(model_path),
+                    "gaussians": len(model),
+                    "sh_degree": model.sh_degree,
+                    "format": fmt,
+                    "bytes": out.stat().st_size,
+                    "write_seconds": min(writes),
+                    "read_seconds": min(reads),
+                }
+            )
     return rows
 
 
@@ -50,7 +57,9 @@ def main() -> None:
     print("| model | Gaussians | format | size | write s | read s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['gaussians']:,} | {r['format']} | {r['bytes'] / 1e6:.2f} MB | {r['write_seconds']:.3f} | {r['read_seconds']:.3f} |")
+        print(
+            f"| {r['model']} | {r['gaussians']:,} | {r['format']} | {r['bytes'] / 1e6:.2f} MB | {r['write_seconds']:.3f} | {r['read_seconds']:.3f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

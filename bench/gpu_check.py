@@ -80,14 +80,24 @@ def facts() -> dict:
     """The machine and the software: what a result is to be read against."""
     cuda = torch.cuda.is_available()
     out = {
-        "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "host": platform.node(), "cpu_threads": torch.get_num_threads(), "cuda_available": cuda,
-        "cupy": _version("cupy"), **provenance(),
-    }  # fmt: skip
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "host": platform.node(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "cupy": _version("cupy"),
+        **provenance(),
+    }
     if cuda:
         props = torch.cuda.get_device_properties(0)
-        out.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
-                   gpus=torch.cuda.device_count(), driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))  # fmt: skip
+        out.update(
+            gpu=props.name,
+            gpu_memory_bytes=props.total_memory,
+            capability=f"{props.major}.{props.minor}",
+            gpus=torch.cuda.device_count(),
+            driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+        )
     return out
 
 
@@ -112,8 +122,11 @@ class _Outcomes:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         # tests only: a module skipped whole at collection (one needing the viewer extra, say) is not a GPU test
-        self.counts = {k: sum(getattr(r, "when", None) != "collect" for r in v) for k, v in terminalreporter.stats.items()
-                       if k in ("passed", "failed", "skipped", "error")}  # fmt: skip
+        self.counts = {
+            k: sum(getattr(r, "when", None) != "collect" for r in v)
+            for k, v in terminalreporter.stats.items()
+            if k in ("passed", "failed", "skipped", "error")
+        }
 
 
 def tests(args: list[str]) -> dict:
@@ -134,7 +147,9 @@ def _params(gaussians) -> list[torch.Tensor]:
     return [getattr(gaussians, f) for f in TRAINABLE]
 
 
-def _render_with(backend: str, n: int, width: int, height: int, device: str, dtype: torch.dtype = torch.float32, plant: bool = False) -> dict:
+def _render_with(
+    backend: str, n: int, width: int, height: int, device: str, dtype: torch.dtype = torch.float32, plant: bool = False
+) -> dict:
     """Forward and backward of ``backend`` on the bench scene (its float fields in ``dtype``) with a fixed random
     output gradient; ``plant``: one colour of the image off by 1e-3 of the largest (a difference parity must
     catch)."""
@@ -154,10 +169,14 @@ def _render_with(backend: str, n: int, width: int, height: int, device: str, dty
     weights = [torch.rand(x.shape, generator=g, device=device).to(dtype) for x in (colors, alpha)]
     ((colors * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
     return {
-        "colors": colors.detach(), "alpha": alpha.detach(), "tile_ids": bins.tile_ids, "splat_index": bins.splat_index,
-        "offsets": bins.offsets, "grads": {f: getattr(gaussians, f).grad for f in TRAINABLE},
+        "colors": colors.detach(),
+        "alpha": alpha.detach(),
+        "tile_ids": bins.tile_ids,
+        "splat_index": bins.splat_index,
+        "offsets": bins.offsets,
+        "grads": {f: getattr(gaussians, f).grad for f in TRAINABLE},
         "intersections": int(bins.offsets[-1]),
-    }  # fmt: skip
+    }
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -178,7 +197,10 @@ def parity(n: int, width: int, height: int, device: str, candidate: str = "cupy"
     the CPU and on CUDA differ there too.)"""
     if candidate == "cupy" and (device != "cuda" or not torch.cuda.is_available() or _version("cupy") is None):
         return {"error": "needs a CUDA GPU and CuPy", "ok": False}
-    spec, kernels = _render_with("torch", n, width, height, device), _render_with(candidate, n, width, height, device, plant=plant)
+    spec, kernels = (
+        _render_with("torch", n, width, height, device),
+        _render_with(candidate, n, width, height, device, plant=plant),
+    )
     exact = _render_with("torch", n, width, height, device, torch.float64)
     bins_equal = all(torch.equal(spec[k], kernels[k]) for k in ("tile_ids", "splat_index", "offsets"))
     same_tiles = torch.equal(spec["tile_ids"], exact["tile_ids"])
@@ -186,13 +208,25 @@ def parity(n: int, width: int, height: int, device: str, candidate: str = "cupy"
     pick.update({f"grad_{f}": (lambda r, f=f: r["grads"][f]) for f in TRAINABLE})
     errors = {}
     for name, get in pick.items():
-        e = {"cupy_vs_spec": _rel(get(kernels), get(spec)), "cupy_vs_float64": _rel(get(kernels), get(exact)),
-             "spec_vs_float64": _rel(get(spec), get(exact))}  # fmt: skip
+        e = {
+            "cupy_vs_spec": _rel(get(kernels), get(spec)),
+            "cupy_vs_float64": _rel(get(kernels), get(exact)),
+            "spec_vs_float64": _rel(get(spec), get(exact)),
+        }
         errors[name] = {**e, "ok": parity_ok(name, e)}
     worst = _worst(spec, kernels, exact, TileGrid(width, height))
-    return {"n": n, "width": width, "height": height, "candidate": candidate, "intersections": spec["intersections"],
-            "bins_equal": bins_equal, "float64_same_tiles": same_tiles, "max_rel_error": errors, "worst": worst,
-            "ok": bins_equal and same_tiles and all(e["ok"] for e in errors.values())}  # fmt: skip
+    return {
+        "n": n,
+        "width": width,
+        "height": height,
+        "candidate": candidate,
+        "intersections": spec["intersections"],
+        "bins_equal": bins_equal,
+        "float64_same_tiles": same_tiles,
+        "max_rel_error": errors,
+        "worst": worst,
+        "ok": bins_equal and same_tiles and all(e["ok"] for e in errors.values()),
+    }
 
 
 def parity_ok(name: str, e: dict[str, float]) -> bool:
@@ -218,11 +252,14 @@ def _worst(spec: dict, kernels: dict, exact: dict, grid: TileGrid) -> dict:
         index = [int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)]
         x0, y0 = (int(v) for v in grid.tile_origins(spec["tile_ids"][index[0]].cpu()))
         worst[name] = {
-            "y": y0 + index[1] // grid.tile_size, "x": x0 + index[1] % grid.tile_size,
-            "spec": spec[name].flatten()[flat].item(), "cupy": kernels[name].flatten()[flat].item(),
-            "float64": exact[name].flatten()[flat].item(), "spec_alpha": spec["alpha"][index[0], index[1]].item(),
+            "y": y0 + index[1] // grid.tile_size,
+            "x": x0 + index[1] % grid.tile_size,
+            "spec": spec[name].flatten()[flat].item(),
+            "cupy": kernels[name].flatten()[flat].item(),
+            "float64": exact[name].flatten()[flat].item(),
+            "spec_alpha": spec["alpha"][index[0], index[1]].item(),
             "values_over_bound": int((diff > IMAGE_ATOL * spec[name].double().abs().max()).sum()),
-        }  # fmt: skip
+        }
     return worst
 
 
@@ -230,9 +267,15 @@ def trained(run: Path, reference: Path | None, within_db: float) -> dict:
     """A training run's numbers (its metrics.json), with the CPU reference run's (a JSON file with
     ``test_psnr``) and the expectation: test PSNR within ``within_db`` of it."""
     m = json.loads((run / "metrics.json").read_text())
-    out = {"world_size": m["world_size"], "images": m["images"], "train_seconds": m["train_seconds"],
-           "seconds_per_iteration": m["seconds_per_iteration"], "num_gaussians": m["num_gaussians"],
-           "test_psnr": m["test"]["psnr"], "test_ssim": m["test"]["ssim"]}  # fmt: skip
+    out = {
+        "world_size": m["world_size"],
+        "images": m["images"],
+        "train_seconds": m["train_seconds"],
+        "seconds_per_iteration": m["seconds_per_iteration"],
+        "num_gaussians": m["num_gaussians"],
+        "test_psnr": m["test"]["psnr"],
+        "test_ssim": m["test"]["ssim"],
+    }
     out.update({k: m[k] for k in ("peak_rss_bytes", "peak_device_bytes", "data_seconds_per_iteration") if k in m})
     if reference is not None:
         ref = json.loads(reference.read_text())
@@ -249,8 +292,10 @@ def share(scene: Path, out: Path, device: str, backend: str, plant: bool = False
     the comparison must catch)."""
     common = [f"data.path={scene}", *EQUIVALENCE_OVERRIDES, f"train.device={device}", f"render.backend={backend}"]
     runs = {1: out / "w1", 2: out / "w2"}
-    launch = {1: [sys.executable, "-m", "grendel_py"],
-              2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grendel_py"]}  # fmt: skip
+    launch = {
+        1: [sys.executable, "-m", "grendel_py"],
+        2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "grendel_py"],
+    }
     for w, run in runs.items():
         extra = ["dist.share_gpus=true"] if w == 2 else []
         extra += ["seed=1"] if plant and w == 2 else []
@@ -262,9 +307,18 @@ def share(scene: Path, out: Path, device: str, backend: str, plant: bool = False
     psnr = [json.loads((r / "metrics.json").read_text())["test"]["psnr"] for r in runs.values()]
     same = compare_runs(runs[1], runs[2])
     ok = same["ok"] and abs(psnr[1] - psnr[0]) <= BOUNDS.psnr_db
-    failures = same["failures"] + ([] if abs(psnr[1] - psnr[0]) <= BOUNDS.psnr_db else [f"test PSNRs {psnr[0]:.3f} and {psnr[1]:.3f} dB"])
-    return {"device": device, "backend": backend, "test_psnr": psnr, **same, "failures": failures,
-            "expected": "the one-rank model, Gaussian by Gaussian within tests/model_match.py's BOUNDS", "ok": ok}  # fmt: skip
+    failures = same["failures"] + (
+        [] if abs(psnr[1] - psnr[0]) <= BOUNDS.psnr_db else [f"test PSNRs {psnr[0]:.3f} and {psnr[1]:.3f} dB"]
+    )
+    return {
+        "device": device,
+        "backend": backend,
+        "test_psnr": psnr,
+        **same,
+        "failures": failures,
+        "expected": "the one-rank model, Gaussian by Gaussian within tests/model_match.py's BOUNDS",
+        "ok": ok,
+    }
 
 
 def _views(batch: int, width: int, height: int) -> list[Camera]:
@@ -273,7 +327,9 @@ def _views(batch: int, width: int, height: int) -> list[Camera]:
     cams = []
     for b in range(batch):
         a = 2 * math.pi * b / max(batch, 1)
-        R, t = look_at(torch.tensor([3.0 * math.sin(a), -0.5, -3.0 * math.cos(a)]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
+        R, t = look_at(
+            torch.tensor([3.0 * math.sin(a), -0.5, -3.0 * math.cos(a)]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0])
+        )
         cams.append(Camera(b, f"view{b}", width, height, f, f, width / 2, height / 2, R, t))
     return cams
 
@@ -318,7 +374,9 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
             times.append(time.perf_counter() - tic)
     busy = launches = None
     if cuda:  # the same iterations again under the profiler: what ran on the GPU, and for how long
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as prof:
             for _ in range(iterations):
                 iteration()
             torch.cuda.synchronize()
@@ -327,18 +385,32 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         on_gpu = [e for e in prof.events() if e.device_type != DeviceType.CPU]
         busy = sum(e.time_range.elapsed_us() for e in on_gpu) / 1e6 / iterations
         launches = len(on_gpu) / iterations
-        print(f"step n={n} {width}x{height} batch {batch}: the busiest GPU work over {iterations} iterations", file=sys.stderr)
+        print(
+            f"step n={n} {width}x{height} batch {batch}: the busiest GPU work over {iterations} iterations",
+            file=sys.stderr,
+        )
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30), file=sys.stderr)
     times.sort()
     peak = torch.cuda.max_memory_allocated() if cuda else None
     return {
-        "n": n, "width": width, "height": height, "batch": batch, "backend": backend, "device": str(ctx.device),
-        "iterations": iterations, "seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
-        "gpu_busy_seconds_per_iteration": busy, "gpu_busy_share": None if busy is None else busy / times[len(times) // 2],
-        "gpu_events_per_iteration": launches, "peak_memory_bytes": peak,
+        "n": n,
+        "width": width,
+        "height": height,
+        "batch": batch,
+        "backend": backend,
+        "device": str(ctx.device),
+        "iterations": iterations,
+        "seconds_per_iteration": times[len(times) // 2],
+        "seconds_min": times[0],
+        "gpu_busy_seconds_per_iteration": busy,
+        "gpu_busy_share": None if busy is None else busy / times[len(times) // 2],
+        "gpu_events_per_iteration": launches,
+        "peak_memory_bytes": peak,
         "peak_bytes_per_gaussian": None if peak is None else peak / n,
-        "host_syncs_per_iteration": syncs.total, "host_syncs_by_kind": dict(syncs.kinds), "host_syncs_by_site": dict(syncs.sites),
-    }  # fmt: skip
+        "host_syncs_per_iteration": syncs.total,
+        "host_syncs_by_kind": dict(syncs.kinds),
+        "host_syncs_by_site": dict(syncs.sites),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,10 +427,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "step":
             p.add_argument("--batch", default="1,4", help="batch sizes, comma separated")
             p.add_argument("--iterations", type=int, default=5)
-            p.add_argument("--sync-budget", type=int, default=json.loads(SYNC_BUDGET.read_text())["W1_B1"],
-                           help="host synchronisations per iteration allowed (default: the CPU path's budget)")  # fmt: skip
+            p.add_argument(
+                "--sync-budget",
+                type=int,
+                default=json.loads(SYNC_BUDGET.read_text())["W1_B1"],
+                help="host synchronisations per iteration allowed (default: the CPU path's budget)",
+            )
         else:
-            p.add_argument("--candidate", choices=["cupy", "torch"], default="cupy", help="the backend checked against the spec")
+            p.add_argument(
+                "--candidate", choices=["cupy", "torch"], default="cupy", help="the backend checked against the spec"
+            )
             p.add_argument("--plant", action="store_true", help="a difference the check must catch")
     p = sub.add_parser("trained")
     p.add_argument("run", type=Path)
@@ -386,8 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         batches = [int(b) for b in args.batch.split(",")]
         runs = [step(args.n, args.width, args.height, b, args.device, args.iterations) for b in batches]
-        result = {"runs": runs, "expected": f"at most {args.sync_budget} host synchronisations per iteration",
-                  "ok": all(r["host_syncs_per_iteration"] <= args.sync_budget for r in runs)}  # fmt: skip
+        result = {
+            "runs": runs,
+            "expected": f"at most {args.sync_budget} host synchronisations per iteration",
+            "ok": all(r["host_syncs_per_iteration"] <= args.sync_budget for r in runs),
+        }
     print(json.dumps(result))
     return 1 if result.get("ok") is False else 0
 

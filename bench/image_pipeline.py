@@ -38,7 +38,9 @@ def city_pictures(work: Path, count: int) -> list[Image.Image]:
     """``count`` photos of the synthetic city, enlarged to 1920x1080."""
     scene = work / "city"
     if not (scene / "images").is_dir():
-        subprocess.run([sys.executable, "-m", "grendel_py", "synth", str(scene), "--preset", "city", "--seed", "0"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "grendel_py", "synth", str(scene), "--preset", "city", "--seed", "0"], check=True
+        )
     files = sorted((scene / "images").iterdir())
     picks = [files[round(i * (len(files) - 1) / max(count - 1, 1))] for i in range(count)]
     return [Image.open(f).convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC) for f in picks]
@@ -70,12 +72,29 @@ def train(scene: Path, run: Path, cache: Path, ranks: int, images: int, batch: i
     """One training run; its metrics.json."""
     shutil.rmtree(run, ignore_errors=True)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "grendel_py",
-        "train", f"data.path={scene}", f"data.cache_dir={cache}", "data.test_every=0", f"train.out={run}",
-        f"train.images={images}", f"train.batch_size={batch}", "train.eval_every=0", "train.checkpoint_every=0",
-        "model.init=random", "model.random_points=20000", "model.sh_degree=0", f"densify.start_images={images + 1}",
-        "train.device=cpu", "render.backend=torch",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "grendel_py",
+        "train",
+        f"data.path={scene}",
+        f"data.cache_dir={cache}",
+        "data.test_every=0",
+        f"train.out={run}",
+        f"train.images={images}",
+        f"train.batch_size={batch}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "model.init=random",
+        "model.random_points=20000",
+        "model.sh_degree=0",
+        f"densify.start_images={images + 1}",
+        "train.device=cpu",
+        "render.backend=torch",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads((run / "metrics.json").read_text())
@@ -84,22 +103,33 @@ def train(scene: Path, run: Path, cache: Path, ranks: int, images: int, batch: i
 def run_record(views: int, cache: str, images: int, m: dict) -> dict:
     """One run's line of the report, from its metrics.json."""
     return {
-        "views": views, "cache": cache, "images": images, "iterations": m["iterations"],
-        "seconds_per_iteration": m["seconds_per_iteration"], "peak_rss_bytes": m["peak_rss_bytes"],
+        "views": views,
+        "cache": cache,
+        "images": images,
+        "iterations": m["iterations"],
+        "seconds_per_iteration": m["seconds_per_iteration"],
+        "peak_rss_bytes": m["peak_rss_bytes"],
         "data_seconds_per_iteration": m["data_seconds_per_iteration"],
-    }  # fmt: skip
+    }
 
 
 def write_report(results: dict, out: Path) -> None:
     """OUT.json (the raw numbers) and OUT.md (a table)."""
-    lines = ["# Photo pipeline: memory and waiting versus the number of views", "", f"Command: `{results['command']}`", "",
-             "| views | cache | images | s/iteration | peak RSS per rank (GB) | waiting for photos, s/iteration per rank | share of the step |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Photo pipeline: memory and waiting versus the number of views",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| views | cache | images | s/iteration | peak RSS per rank (GB) | waiting for photos, s/iteration per rank | share of the step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results["runs"]:
         rss = ", ".join(f"{b / 1e9:.2f}" for b in r["peak_rss_bytes"])
         wait = ", ".join(f"{s:.3f}" for s in r["data_seconds_per_iteration"])
         share = ", ".join(f"{s / r['seconds_per_iteration']:.2%}" for s in r["data_seconds_per_iteration"])
-        lines.append(f"| {r['views']} | {r['cache']} | {r['images']} | {r['seconds_per_iteration']:.2f} | {rss} | {wait} | {share} |")
+        lines.append(
+            f"| {r['views']} | {r['cache']} | {r['images']} | {r['seconds_per_iteration']:.2f} | {rss} | {wait} | {share} |"
+        )
     with atomic_open(out.with_suffix(".json"), "w") as f:
         f.write(json.dumps(results, indent=1) + "\n")
     with atomic_open(out.with_suffix(".md"), "w") as f:
@@ -115,7 +145,12 @@ def main() -> int:
     p.add_argument("--distinct", type=int, default=50, help="distinct city pictures among the views")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--images", type=int, default=0, help="photos per run, the same for every view count (0: one pass over the views)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="photos per run, the same for every view count (0: one pass over the views)",
+    )
     args = p.parse_args()
     pictures = city_pictures(args.work, args.distinct)
     results = {"command": "python bench/image_pipeline.py " + " ".join(sys.argv[1:]), "runs": []}

@@ -19,7 +19,9 @@ GPU_PATH = ("cuda", "grendel_py/render", "grendel_py/parallel")
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -39,7 +41,11 @@ def provenance() -> dict:
     """{"commit": HEAD (None outside a git checkout), "dirty": whether tracked files differ from it,
     "gpu_path_sha256": :func:`gpu_path_hash`}."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status), "gpu_path_sha256": gpu_path_hash()}
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "gpu_path_sha256": gpu_path_hash(),
+    }
 
 
 if __name__ == "__main__":

@@ -44,7 +44,14 @@ def bench_scene(n: int, width: int, height: int, device: str, seed: int = 0) -> 
 def run(n: int, width: int, height: int, backend: str, device: str, repeat: int) -> dict:
     """Time ``repeat`` forward and backward passes (after one warm-up) of ``backend`` on the bench scene."""
     gaussians, camera = bench_scene(n, width, height, device)
-    params = [gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits, gaussians.sh0, gaussians.shN]
+    params = [
+        gaussians.means,
+        gaussians.log_scales,
+        gaussians.quats,
+        gaussians.opacity_logits,
+        gaussians.sh0,
+        gaussians.shN,
+    ]
     for p in params:
         p.requires_grad_(True)
     cuda = device.startswith("cuda")
@@ -68,12 +75,20 @@ def run(n: int, width: int, height: int, backend: str, device: str, repeat: int)
     fwd, bwd = sorted(fwd[1:]), sorted(bwd[1:])
     counts = out.bins.counts
     return {
-        "backend": backend, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
-        "host": platform.node(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "n": n, "width": width, "height": height,
-        "visible": int(out.splats.visible.sum()), "intersections": int(counts.sum()),
-        "max_per_tile": int(counts.max()), "mean_alpha": float(out.alpha.detach().mean()),
-        "forward_s": fwd[len(fwd) // 2], "backward_s": bwd[len(bwd) // 2],
+        "backend": backend,
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "n": n,
+        "width": width,
+        "height": height,
+        "visible": int(out.splats.visible.sum()),
+        "intersections": int(counts.sum()),
+        "max_per_tile": int(counts.max()),
+        "mean_alpha": float(out.alpha.detach().mean()),
+        "forward_s": fwd[len(fwd) // 2],
+        "backward_s": bwd[len(bwd) // 2],
         "total_s": fwd[len(fwd) // 2] + bwd[len(bwd) // 2],
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }

@@ -37,18 +37,32 @@ def plot(rows: list[Row], out: Path) -> None:
         if not sel or not base:
             continue
         for r in sel:
-            colour = "tab:red" if r.ownership == "array-order" else ("tab:blue" if r.sampler == "random" else "tab:green")
+            colour = (
+                "tab:red" if r.ownership == "array-order" else ("tab:blue" if r.sampler == "random" else "tab:green")
+            )
             ax.scatter(r.balance, r.bytes_per_iter / base, c=colour, marker=markers.get(r.assignment, "o"), s=40)
             if r.ownership != "kd" or r.sampler == "random":
-                ax.annotate(label(r), (r.balance, r.bytes_per_iter / base), fontsize=7, xytext=(4, 2), textcoords="offset points")
+                ax.annotate(
+                    label(r),
+                    (r.balance, r.bytes_per_iter / base),
+                    fontsize=7,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
         ax.axvline(1.05, color="grey", ls=":", lw=1)
         ax.axhline(0.5 if b == w else 1 / 3, color="grey", ls=":", lw=1)
         ax.set_xlabel("balance (max / mean intersections per rank)")
         ax.set_ylabel("bytes / bytes of array-order + rows")
         ax.set_title(f"city, W={w}, batch {b}")
         ax.set_xscale("log")
-    handles = [plt.Line2D([], [], ls="", marker="o", c=c, label=t) for c, t in
-               [("tab:red", "array-order ownership"), ("tab:blue", "kd, random batches"), ("tab:green", "kd, owner-aware batches")]]  # fmt: skip
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", c=c, label=t)
+        for c, t in [
+            ("tab:red", "array-order ownership"),
+            ("tab:blue", "kd, random batches"),
+            ("tab:green", "kd, owner-aware batches"),
+        ]
+    ]
     fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     with atomic_open(out, "wb") as f:

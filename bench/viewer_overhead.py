@@ -50,9 +50,16 @@ class Browser(threading.Thread):
         else:
             return
         camera = _messages.ViewerCameraMessage(
-            wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -3.0), fov=1.0, near=0.01, far=100.0,
-            image_height=480, image_width=640, look_at=(0.0, 0.0, 0.0), up_direction=(0.0, 0.0, 1.0),
-        )  # fmt: skip
+            wxyz=(1.0, 0.0, 0.0, 0.0),
+            position=(0.0, 0.0, -3.0),
+            fov=1.0,
+            near=0.01,
+            far=100.0,
+            image_height=480,
+            image_width=640,
+            look_at=(0.0, 0.0, 0.0),
+            up_direction=(0.0, 0.0, 1.0),
+        )
         with ws:
             ws.send(msgspec.msgpack.encode(camera.as_serializable_dict()))
             while not self._done.is_set():
@@ -77,13 +84,25 @@ def _free_port() -> int:
 def run(scene: Path, out: Path, args: argparse.Namespace, mode: str) -> dict:
     port = _free_port()
     overrides = [
-        f"data.path={scene}", "data.downscale=2", f"train.out={out}", f"train.images={args.images}", "train.eval_every=0",
-        "train.eval_renders=0", "train.checkpoint_every=0", f"train.viewer_every={args.every}",
-    ]  # fmt: skip
+        f"data.path={scene}",
+        "data.downscale=2",
+        f"train.out={out}",
+        f"train.images={args.images}",
+        "train.eval_every=0",
+        "train.eval_renders=0",
+        "train.checkpoint_every=0",
+        f"train.viewer_every={args.every}",
+    ]
     if args.gaussians:
-        overrides += ["model.init=random", f"model.random_points={args.gaussians}", "densify.strategy=mcmc",
-                      f"densify.budget={args.gaussians}", "densify.start_images=50", "densify.every_images=50",
-                      f"densify.stop_images={args.images}"]  # fmt: skip
+        overrides += [
+            "model.init=random",
+            f"model.random_points={args.gaussians}",
+            "densify.strategy=mcmc",
+            f"densify.budget={args.gaussians}",
+            "densify.start_images=50",
+            "densify.every_images=50",
+            f"densify.stop_images={args.images}",
+        ]
     else:
         overrides += ["densify.start_images=50", "densify.every_images=50", f"densify.stop_images={args.images}"]
     if mode != "off":
@@ -93,9 +112,22 @@ def run(scene: Path, out: Path, args: argparse.Namespace, mode: str) -> dict:
     for rank in range(args.world):
         env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         if args.world > 1:
-            env.update(RANK=str(rank), WORLD_SIZE=str(args.world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=master)
-        procs.append(subprocess.Popen([sys.executable, "-m", "grendel_py", "train", *overrides], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+            env.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(args.world),
+                LOCAL_RANK=str(rank),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=master,
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "grendel_py", "train", *overrides],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     browser = Browser(port) if mode == "watched" else None
     if browser is not None:
         browser.start()
@@ -107,8 +139,13 @@ def run(scene: Path, out: Path, args: argparse.Namespace, mode: str) -> dict:
     if any(p.returncode for p in procs):
         sys.exit(f"a rank failed: {errors[0][-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"mode": mode, "world": args.world, "train_seconds": metrics["train_seconds"], "gaussians": metrics["num_gaussians"],
-            "received_bytes": 0 if browser is None else browser.received}  # fmt: skip
+    return {
+        "mode": mode,
+        "world": args.world,
+        "train_seconds": metrics["train_seconds"],
+        "gaussians": metrics["num_gaussians"],
+        "received_bytes": 0 if browser is None else browser.received,
+    }
 
 
 def main() -> None:
@@ -128,8 +165,15 @@ def main() -> None:
                 rows.append(run(scene, Path(tmp) / f"{mode}{r}", args, mode))
                 print(json.dumps(rows[-1]), flush=True)
     best = {m: min(r["train_seconds"] for r in rows if r["mode"] == m) for m in ("off", "unwatched", "watched")}
-    print(json.dumps({"best_seconds": best, "unwatched_slowdown": best["unwatched"] / best["off"] - 1,
-                      "watched_slowdown": best["watched"] / best["off"] - 1}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "best_seconds": best,
+                "unwatched_slowdown": best["unwatched"] / best["off"] - 1,
+                "watched_slowdown": best["watched"] / best["off"] - 1,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,14 @@ def _shard(rank: int, world: int, total: int) -> Gaussians:
     n = total // world + (rank < total % world)
     gen = torch.Generator().manual_seed(rank)
     return Gaussians(
-        means=torch.randn(n, 3, generator=gen) * 5, log_scales=torch.randn(n, 3, generator=gen) - 4,
-        quats=torch.randn(n, 4, generator=gen), opacity_logits=torch.randn(n, generator=gen),
-        sh0=torch.randn(n, 1, 3, generator=gen), shN=torch.randn(n, 15, 3, generator=gen) * 0.1,
+        means=torch.randn(n, 3, generator=gen) * 5,
+        log_scales=torch.randn(n, 3, generator=gen) - 4,
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.randn(n, generator=gen),
+        sh0=torch.randn(n, 1, 3, generator=gen),
+        shN=torch.randn(n, 15, 3, generator=gen) * 0.1,
         ids=torch.arange(n) * world + rank,
-    )  # fmt: skip
+    )
 
 
 def _worker(rank: int, world: int, port: int, args, queue) -> None:
@@ -77,10 +80,20 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
             while browser.received - before < 16 * len(splats["centers"]):  # at least the centres arrived
                 time.sleep(0.01)
             delivered = time.perf_counter() - tic
-            queue.put({"world": world, "gaussians": args.gaussians, "budget": args.budget,
-                       "shown": len(splats["centers"]), "select_pack_s": float(packed), "gather_view_splats_s": refresh,
-                       "show_model_s": shown, "delivered_s": delivered,
-                       "received_mb": (browser.received - before) / 1e6, "main_thread_s": refresh + shown})  # fmt: skip
+            queue.put(
+                {
+                    "world": world,
+                    "gaussians": args.gaussians,
+                    "budget": args.budget,
+                    "shown": len(splats["centers"]),
+                    "select_pack_s": float(packed),
+                    "gather_view_splats_s": refresh,
+                    "show_model_s": shown,
+                    "delivered_s": delivered,
+                    "received_mb": (browser.received - before) / 1e6,
+                    "main_thread_s": refresh + shown,
+                }
+            )
     if rank == 0:
         browser.stop()
         viewer.close()

@@ -22,12 +22,25 @@ import time
 import urllib.request
 from pathlib import Path
 
-CHROMIUM = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars"]
+CHROMIUM = [
+    "--headless=new",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--hide-scrollbars",
+]
 
 
 def _chromium(url: str, profile: Path, size: str, budget_ms: int, *args: str) -> str:
-    cmd = [shutil.which("chromium") or "chromium", *CHROMIUM, f"--user-data-dir={profile}", f"--window-size={size}",
-           f"--virtual-time-budget={budget_ms}", *args, url]  # fmt: skip
+    cmd = [
+        shutil.which("chromium") or "chromium",
+        *CHROMIUM,
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+        f"--virtual-time-budget={budget_ms}",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
 
 
@@ -48,13 +61,32 @@ def main() -> int:
         run = Path(tmp) / "run"
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("tb", "renders", "work"))
         seen = complete_checkpoints(run)[-1].images_seen
-        words = [sys.executable, "-m", "grendel_py", "train", "--resume", str(run), f"train.images={seen + args.images}",
-                 f"train.eval_every={args.eval_every}", "train.eval_renders=2", f"train.viewer_port={args.port}",
-                 "train.viewer_every=20", "train.checkpoint_every=0"]  # fmt: skip
+        words = [
+            sys.executable,
+            "-m",
+            "grendel_py",
+            "train",
+            "--resume",
+            str(run),
+            f"train.images={seen + args.images}",
+            f"train.eval_every={args.eval_every}",
+            "train.eval_renders=2",
+            f"train.viewer_port={args.port}",
+            "train.viewer_every=20",
+            "train.checkpoint_every=0",
+        ]
         procs = []
         for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(args.port + 1), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # fmt: skip
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(rank),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(args.port + 1),
+                OMP_NUM_THREADS="1",
+                CUDA_VISIBLE_DEVICES="",
+            )
             procs.append(subprocess.Popen(words, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         url = f"http://127.0.0.1:{args.port}/"
         try:

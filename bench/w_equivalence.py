@@ -62,7 +62,9 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
     scene = scene_from_config(cfg.data)
     optimizer, _, _, sampler, _, seen = _initial_state(cfg, scene, manifest, ctx)
     model = optimizer.gaussians
-    shard = Gaussians(**{f: getattr(model, f).detach().to(dtype).requires_grad_(True) for f in TRAINABLE}, ids=model.ids)
+    shard = Gaussians(
+        **{f: getattr(model, f).detach().to(dtype).requires_grad_(True) for f in TRAINABLE}, ids=model.ids
+    )
     background = torch.tensor(cfg.render.background)
     photos = GroundTruth(photo_cache(cfg.data, scene), ctx.device, background)
     whole = (slice(None), slice(None))
@@ -71,11 +73,15 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
 
     def capture(splats, parts, tiles, bg, backend):  # what the step composites, kept for the report
         colors, alpha, bins = rasterize(splats, parts, tiles, bg, backend)
-        captured.append({
-            "ids": splats.ids.clone(), **{f: getattr(splats, f).detach().clone() for f in SPLAT_FIELDS},
-            "tile_ids": bins.tile_ids.clone(),
-            "offsets": bins.offsets.clone(), "splat_index": bins.splat_index.long().clone(),
-        })  # fmt: skip
+        captured.append(
+            {
+                "ids": splats.ids.clone(),
+                **{f: getattr(splats, f).detach().clone() for f in SPLAT_FIELDS},
+                "tile_ids": bins.tile_ids.clone(),
+                "offsets": bins.offsets.clone(),
+                "splat_index": bins.splat_index.long().clone(),
+            }
+        )
         return colors, alpha, bins
 
     step_module.rasterize_batch = capture
@@ -90,19 +96,33 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
                 p.grad = None
             captured.clear()
             loss, rendered = step_module.batch_loss(
-                shard, cameras, [p[whole].to(dtype) for p in photos.batch(cameras)], background.to(dtype), sh_degree, cfg.train.lambda_dssim, ctx, balancer, "torch",
+                shard,
+                cameras,
+                [p[whole].to(dtype) for p in photos.batch(cameras)],
+                background.to(dtype),
+                sh_degree,
+                cfg.train.lambda_dssim,
+                ctx,
+                balancer,
+                "torch",
                 cfg.render.antialiased,
-            )  # fmt: skip
+            )
             loss.backward()
             (seen_splats,) = captured
             tiles = [TileGrid(c.width, c.height).n_tiles for c in cameras]
-            out.append({
-                "cameras": [c.name for c in cameras], "loss": float(loss), "ids": shard.ids.clone(),
-                "grads": {f: getattr(shard, f).grad.clone() for f in TRAINABLE},
-                "tiles": [t + b * n for b, (t, n) in enumerate(zip(rendered.tile_ids, tiles))],
-                "colors": [c.detach().clone() for c in rendered.tile_colors], "splats": seen_splats,
-                "widths": [c.width for c in cameras], "tiles_per_camera": tiles[0],
-            })  # fmt: skip
+            out.append(
+                {
+                    "cameras": [c.name for c in cameras],
+                    "loss": float(loss),
+                    "ids": shard.ids.clone(),
+                    "grads": {f: getattr(shard, f).grad.clone() for f in TRAINABLE},
+                    "tiles": [t + b * n for b, (t, n) in enumerate(zip(rendered.tile_ids, tiles))],
+                    "colors": [c.detach().clone() for c in rendered.tile_colors],
+                    "splats": seen_splats,
+                    "widths": [c.width for c in cameras],
+                    "tiles_per_camera": tiles[0],
+                }
+            )
     finally:
         step_module.rasterize_batch = rasterize
         photos.close()
@@ -130,7 +150,11 @@ def _margins(s: dict, tile: int, gid: int, width: int, tiles_per_camera: int) ->
     local = tile % tiles_per_camera
     nx = math.ceil(width / 16)
     x0, y0 = (local % nx) * 16, (local // nx) * 16
-    ys, xs = torch.meshgrid(torch.arange(16, dtype=torch.float64) + y0 + 0.5, torch.arange(16, dtype=torch.float64) + x0 + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(16, dtype=torch.float64) + y0 + 0.5,
+        torch.arange(16, dtype=torch.float64) + x0 + 0.5,
+        indexing="ij",
+    )
     t = torch.ones(16, 16, dtype=torch.float64)
     alive = torch.ones(16, 16, dtype=torch.bool)
     best_alpha, best_t = math.inf, math.inf
@@ -188,7 +212,9 @@ def compare(one: list[dict], many: list[list[dict]], outlier: float, show: list[
         grads_w = {f: torch.cat([r["grads"][f] for r in ranks])[where] for f in TRAINABLE}
         for f in TRAINABLE:
             g1 = ref["grads"][f][order].double().reshape(len(gids), -1)
-            rel[f] = (grads_w[f].double().reshape(len(gids), -1) - g1).abs().amax(dim=1) / g1.abs().max().clamp_min(1e-30)
+            rel[f] = (grads_w[f].double().reshape(len(gids), -1) - g1).abs().amax(dim=1) / g1.abs().max().clamp_min(
+                1e-30
+            )
             worst[f] = float(rel[f].max())
         row["grad_max_relative_difference"] = worst
         # the Gaussians beyond ``outlier`` and those named: their gradients on one rank and on W, and the tiles
@@ -200,9 +226,16 @@ def compare(one: list[dict], many: list[list[dict]], outlier: float, show: list[
             i = int(torch.searchsorted(gids, gid))
             row["gaussians"][gid] = {
                 "relative_difference": {f: float(rel[f][i]) for f in TRAINABLE},
-                "gradients": {f: {"one": ref["grads"][f][order[i]].flatten().tolist(), "w": grads_w[f][i].flatten().tolist()} for f in TRAINABLE},
-                "tiles": {t: _margins(s1, t, gid, ref["widths"][t // n_tiles], n_tiles) for t, ids in lists1.items() if gid in ids},
-            }  # fmt: skip
+                "gradients": {
+                    f: {"one": ref["grads"][f][order[i]].flatten().tolist(), "w": grads_w[f][i].flatten().tolist()}
+                    for f in TRAINABLE
+                },
+                "tiles": {
+                    t: _margins(s1, t, gid, ref["widths"][t // n_tiles], n_tiles)
+                    for t, ids in lists1.items()
+                    if gid in ids
+                },
+            }
         report.append(row)
     return report
 
@@ -219,9 +252,14 @@ def runs(run_a: Path, run_b: Path) -> list[dict]:
         row: dict = {"images": images, "gaussians": [len(ids_a), len(ids_b)]}
         if torch.equal(ids_a, ids_b):
             row["fields"] = {
-                f: {"worst": float(d.max()), "worst_id": int(ids_a[d.argmax()]), "beyond_1e-3": int((d > 1e-3).sum()),
-                    "beyond_1e-2": int((d > 1e-2).sum())} for f, d in differences(fields_a, fields_b).items()
-            }  # fmt: skip
+                f: {
+                    "worst": float(d.max()),
+                    "worst_id": int(ids_a[d.argmax()]),
+                    "beyond_1e-3": int((d > 1e-3).sum()),
+                    "beyond_1e-2": int((d > 1e-2).sum()),
+                }
+                for f, d in differences(fields_a, fields_b).items()
+            }
         rows.append(row)
     return rows
 
@@ -258,7 +296,14 @@ def main() -> int:
 
 def step(args: argparse.Namespace) -> dict:
     """The ``step`` subcommand's report."""
-    job = (_rank_job, str(args.run), args.data, args.steps, args.initial, torch.float64 if args.float64 else torch.float32)
+    job = (
+        _rank_job,
+        str(args.run),
+        args.data,
+        args.steps,
+        args.initial,
+        torch.float64 if args.float64 else torch.float32,
+    )
     show = [int(i) for i in args.ids.split(",") if i]
     one = run_ranks(1, *job, timeout=1800)[0]
     start = "initial model" if args.initial else str(find_checkpoint(args.run).folder)

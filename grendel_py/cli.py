@@ -103,7 +103,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     background = torch.tensor(cfg.render.background, device=device)
     with staged_dir(args.out) as tmp, torch.no_grad():
         for cam in tqdm(cameras, desc="render", unit="view", disable=None):
-            result = render(gaussians, cam, background, backend=backend, depth="depth" in args.outputs, antialiased=cfg.render.antialiased)
+            result = render(
+                gaussians,
+                cam,
+                background,
+                backend=backend,
+                depth="depth" in args.outputs,
+                antialiased=cfg.render.antialiased,
+            )
             name = f"{cam.uid:05d}_{Path(cam.name).stem}"
             if "rgb" in args.outputs:
                 save_png(result.image, tmp / f"{name}.png")
@@ -126,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         if args.auto_resume:
-            raise InputError(args.resume, "give either --resume RUN or --auto-resume (which resumes train.out), not both")
+            raise InputError(
+                args.resume, "give either --resume RUN or --auto-resume (which resumes train.out), not both"
+            )
         resume = find_checkpoint(args.resume)
         run = run_dir_of(resume)
         config = args.config or run / "config.yaml"
@@ -150,14 +159,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutdown(ctx)
     if stopped is not None:
         if ctx.is_main:
-            print(f"{stopped}; continue with: grendel train --resume {cfg.train.out} (or the same command with --auto-resume)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{stopped}; continue with: grendel train --resume {cfg.train.out} (or the same command with --auto-resume)",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED if stopped.signal_name == "SIGINT" else EXIT_PREEMPTED
     if ctx.is_main:
         test = result["test"]
         summary = f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}" if test else "no test cameras"
-        print(f"trained {result['images']} images on {ctx.world_size} rank(s) in {result['train_seconds']:.0f} s, "
-              f"{result['num_gaussians']} Gaussians, {summary}")
+        print(
+            f"trained {result['images']} images on {ctx.world_size} rank(s) in {result['train_seconds']:.0f} s, "
+            f"{result['num_gaussians']} Gaussians, {summary}"
+        )
         print(f"wrote {cfg.train.out}")
     return 0
 
@@ -207,8 +220,11 @@ def cmd_view(args: argparse.Namespace) -> int:
             viewer.show_work(evaluations[-1], int(evaluations[-1].name))
             print(f"showing the pictures of the distributed work in {evaluations[-1]}")
         stop = "" if args.seconds is None else f" for {args.seconds:g} s"
-        print(f"viewing {args.model}: {len(shown)} of {len(model)} Gaussians at http://{args.host}:{viewer.port}{stop} "
-              "(Ctrl-C stops)", flush=True)  # fmt: skip
+        print(
+            f"viewing {args.model}: {len(shown)} of {len(model)} Gaussians at http://{args.host}:{viewer.port}{stop} "
+            "(Ctrl-C stops)",
+            flush=True,
+        )
         end = math.inf if args.seconds is None else time.monotonic() + args.seconds
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
@@ -260,9 +276,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         else:
             raise InputError(None, f"--scenes: unknown scene {name!r}; choose from city, fox")
     rows = sim.sweep(
-        scenes, args.worlds, args.batch_factors, args.tolerances, args.images,
-        args.intersection_ns * 1e-9, args.link_gbps * 1e9 / 8, args.seed, args.pictures,
-    )  # fmt: skip
+        scenes,
+        args.worlds,
+        args.batch_factors,
+        args.tolerances,
+        args.images,
+        args.intersection_ns * 1e-9,
+        args.link_gbps * 1e9 / 8,
+        args.seed,
+        args.pictures,
+    )
     print(sim.rows_to_json(rows) if args.json else sim.rows_to_markdown(rows))
     return 0
 
@@ -294,25 +317,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder for PNGs (must not exist or be empty)")
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
     p.add_argument(
-        "--outputs", type=_render_outputs, default=("rgb",), metavar="LIST",
+        "--outputs",
+        type=_render_outputs,
+        default=("rgb",),
+        metavar="LIST",
         help="comma-separated, any of rgb (NAME.png), alpha (NAME_alpha.png, 8-bit), depth (NAME_depth.npy: "
         "float32 expected depth along the camera axis, 0 where nothing is drawn; NAME_depth.png: inverse depth "
         "to look at); default rgb",
-    )  # fmt: skip
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("train", help="train a model on a scene (one process, or W under torchrun / mpiexec / srun)")
     p.add_argument(
-        "--resume", type=Path, metavar="RUN",
+        "--resume",
+        type=Path,
+        metavar="RUN",
         help="continue the run folder RUN from its newest checkpoint (or RUN/checkpoints/images_N from that one), "
         "on any number of ranks; its config.yaml applies, then overrides",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--auto-resume", action="store_true",
+        "--auto-resume",
+        action="store_true",
         help="continue train.out from its newest complete checkpoint if it has one, else start it afresh "
         "(for jobs that are requeued: the same command every time)",
-    )  # fmt: skip
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -322,39 +351,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument(
-        "--exposure", choices=("identity", "fit-left"), default="identity",
+        "--exposure",
+        choices=("identity", "fit-left"),
+        default="identity",
         help="identity: compare the renders as they are; fit-left: INRIA's train_test_exp split, an affine colour "
         "transform fitted on the left half of each view, metrics on the right half",
-    )  # fmt: skip
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a model in a format web viewers read (or convert between formats)")
     p.add_argument("model", type=Path, help="the model: PLY (INRIA or gsplat layout, or compressed), .splat or .spz")
     p.add_argument(
-        "--format", required=True, choices=FORMATS,
+        "--format",
+        required=True,
+        choices=FORMATS,
         help="splat: antimatter15's .splat (colour only); spz: Niantic's SPZ v3; ply-compressed: SuperSplat / "
         "PlayCanvas compressed PLY; ply: the INRIA layout",
-    )  # fmt: skip
+    )
     p.add_argument("--out", type=Path, required=True, help="output file (written atomically)")
     p.add_argument(
-        "--antialiased", action="store_true",
+        "--antialiased",
+        action="store_true",
         help="mark the model as trained with render.antialiased (SPZ's flag, the compressed PLY's render mode)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("view", help="show a model in the browser (viser; the `viewer` extra)")
     p.add_argument(
-        "model", type=Path,
+        "model",
+        type=Path,
         help="the model: PLY (INRIA, gsplat or compressed layout), .splat or .spz; in a run folder, the pictures of "
         "its last evaluation's distributed work (work/) are shown too",
-    )  # fmt: skip
+    )
     p.add_argument("--port", type=int, default=8080, help="port to serve on (0: any free one; busy: the next free one)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (127.0.0.1: this machine only)")
     p.add_argument(
-        "--budget", type=int, default=1_000_000,
+        "--budget",
+        type=int,
+        default=1_000_000,
         help="Gaussians sent to the browser at most, largest opacity x footprint first",
-    )  # fmt: skip
+    )
     p.add_argument("--data", type=Path, help="scene folder whose cameras to show as frusta")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: at Ctrl-C)")
     _add_config_args(p)
@@ -364,28 +401,38 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="W virtual ranks in one process: bytes exchanged, balance and modelled time of each tile assignment",
     )
-    p.add_argument("--scenes", default="city,fox", help="comma-separated: city (synthetic), fox (--fox; skipped if absent)")
+    p.add_argument(
+        "--scenes", default="city,fox", help="comma-separated: city (synthetic), fox (--fox; skipped if absent)"
+    )
     p.add_argument("--worlds", type=_int_list, default=[4, 8, 16, 32, 64], help="world sizes (at most 64)")
     p.add_argument("--batch-factors", type=_int_list, default=[1, 4], help="batch sizes as multiples of W")
     p.add_argument(
-        "--tolerances", type=_tolerance_list, default=[0.0, 0.04, 0.1, 0.2, None],
+        "--tolerances",
+        type=_tolerance_list,
+        default=[0.0, 0.04, 0.1, 0.2, None],
         help="locality tolerances to try with spatial ownership ('auto': the cost model picks)",
-    )  # fmt: skip
-    p.add_argument("--images", type=int, default=336, help="images per configuration (iterations = images / batch, >= 1)")
+    )
+    p.add_argument(
+        "--images", type=int, default=336, help="images per configuration (iterations = images / batch, >= 1)"
+    )
     p.add_argument("--intersection-ns", type=float, default=1.0, help="modelled rasterize time per intersection")
     p.add_argument("--link-gbps", type=float, default=100.0, help="modelled per-rank link bandwidth, Gbit/s")
     p.add_argument("--city-gaussians", type=int, default=300_000)
     p.add_argument("--city-scale", type=int, default=6, help="city images are 160x120 times this")
     p.add_argument("--fox", type=Path, default=Path("../shared/data/fox"), help="captured scene folder")
-    p.add_argument("--fox-model", type=Path, help="trained PLY for the captured scene (default: its random initial model)")
+    p.add_argument(
+        "--fox-model", type=Path, help="trained PLY for the captured scene (default: its random initial model)"
+    )
     p.add_argument("--fox-downscale", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help='print {"rows": [...]} instead of markdown tables')
     p.add_argument(
-        "--pictures", type=Path, metavar="DIR",
+        "--pictures",
+        type=Path,
+        metavar="DIR",
         help="also write, for every configuration, the tiles of its first camera coloured by rank with each "
         "rank's work (DIR/{scene}_w{W}_b{batch}_{ownership}_{sampler}_{assignment}.png)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_simulate)
     return parser
 

@@ -189,7 +189,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.images > 0, "images", self.images, "an integer > 0")
         _require(self.batch_size > 0, "batch_size", self.batch_size, "an integer > 0")
-        _require(self.micro_batch >= 0, "micro_batch", self.micro_batch, "an integer >= 0 (0: the whole batch in one pass)")
+        _require(
+            self.micro_batch >= 0, "micro_batch", self.micro_batch, "an integer >= 0 (0: the whole batch in one pass)"
+        )
         _require(self.sh_degree_every > 0, "sh_degree_every", self.sh_degree_every, "an integer > 0")
         _require(0.0 <= self.lambda_dssim <= 1.0, "lambda_dssim", self.lambda_dssim, "a number in [0, 1]")
         _require(self.log_every > 0, "log_every", self.log_every, "an integer > 0")
@@ -219,7 +221,9 @@ class DistConfig:
 
     def __post_init__(self) -> None:
         tol = self.tolerance
-        _require(tol is None or tol >= 0, "tolerance", tol, "a number >= 0 (work above the fair share), or null (automatic)")
+        _require(
+            tol is None or tol >= 0, "tolerance", tol, "a number >= 0 (work above the fair share), or null (automatic)"
+        )
         _require(self.link_gbps > 0, "link_gbps", self.link_gbps, "a bandwidth in Gbit/s > 0")
         t = self.rebalance_threshold
         _require(t is None or t >= 1.0, "rebalance_threshold", t, "a number >= 1 (largest / mean shard), or null")

@@ -55,7 +55,12 @@ def _kind(func, args, kwargs) -> str | None:
     if func in _COPY:
         src = args[1] if func is aten.copy_.default else args[0]
         dst = args[0].device if func is aten.copy_.default else kwargs.get("device")
-        if _device_of(src) is not None and src.device.type == "cuda" and dst is not None and torch.device(dst).type == "cpu":
+        if (
+            _device_of(src) is not None
+            and src.device.type == "cuda"
+            and dst is not None
+            and torch.device(dst).type == "cpu"
+        ):
             return "to_cpu"
     return None
 

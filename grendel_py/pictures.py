@@ -30,8 +30,18 @@ from grendel_py.parallel.runtime import DistContext
 from partition.tiles import TileGrid
 
 # Tableau's ten categorical colours; more ranks get hues spaced by the golden ratio.
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 MIN_SIDE = 360  # pictures are scaled up by an integer factor until the image's short side reaches this
 BOX_QUANTILE = 0.01  # shard boxes span the [q, 1 - q] quantiles of their Gaussians' centres on each axis
 _NEAR = 1e-3  # box edges are clipped to z >= this (camera space) before projection
@@ -64,7 +74,9 @@ def tile_picture(image: np.ndarray, grid: TileGrid, ranks: np.ndarray, work: np.
     work = np.asarray(work, dtype=np.float64)
     colours = rank_colours(len(work))
     if ranks.shape != (grid.n_tiles,) or image.shape[:2] != (grid.height, grid.width):
-        raise ValueError(f"tile_picture: {ranks.shape} ranks and a {image.shape} image for a {grid.width}x{grid.height} grid")
+        raise ValueError(
+            f"tile_picture: {ranks.shape} ranks and a {image.shape} image for a {grid.width}x{grid.height} grid"
+        )
     per_tile = ranks.reshape(grid.ny, grid.nx)
     t = grid.tile_size
     per_pixel = np.repeat(np.repeat(per_tile, t, axis=0), t, axis=1)[: grid.height, : grid.width]
@@ -231,6 +243,13 @@ def save_boxes(boxes: np.ndarray, counts: np.ndarray, path: str | Path) -> None:
     ranks = []
     for r, (box, n) in enumerate(zip(boxes, counts)):
         finite = bool(np.all(np.isfinite(box)))
-        ranks.append({"rank": r, "gaussians": int(n), "low": box[0].tolist() if finite else None, "high": box[1].tolist() if finite else None})
+        ranks.append(
+            {
+                "rank": r,
+                "gaussians": int(n),
+                "low": box[0].tolist() if finite else None,
+                "high": box[1].tolist() if finite else None,
+            }
+        )
     with atomic_open(path, "w") as f:
         json.dump({"quantile": BOX_QUANTILE, "ranks": ranks}, f, indent=1)

@@ -144,7 +144,9 @@ def _table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size: int
     return TileTable(tuple(grids), *(np.concatenate(column) for column in zip(*parts)))
 
 
-def exchange_bytes(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment) -> tuple[np.ndarray, np.ndarray]:
+def exchange_bytes(
+    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment
+) -> tuple[np.ndarray, np.ndarray]:
     """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each."""
     w = plan.world_size
     if w > 64:
@@ -190,16 +192,21 @@ def run_config(
         counts = camera_affinity(scene.model.means, torch.from_numpy(owner), world_size, scene.cameras)
         sampler.set_affinity(normalize_affinity(counts))
     # Bytes per remote intersection calibrate as in training; speeds stay equal (no timings are observed).
-    balancer = TileBalancer(
-        assignment, world_size, tolerance, link_bytes_per_s, seconds_per_work=intersection_seconds
-    )
+    balancer = TileBalancer(assignment, world_size, tolerance, link_bytes_per_s, seconds_per_work=intersection_seconds)
     total_bytes = balance = model_time = remote = inter = 0.0
     for i in range(iterations):
         batch = sampler.next_batch()
         table = _table(scene, batch, owner, world_size)
         plan = balancer.plan(table)
         if pictures is not None and i == 0:
-            _save_tile_picture(pictures, scene, batch[0], table, plan, _config_name(ownership, sampler_kind, assignment, tolerance, world_size, batch_size))
+            _save_tile_picture(
+                pictures,
+                scene,
+                batch[0],
+                table,
+                plan,
+                _config_name(ownership, sampler_kind, assignment, tolerance, world_size, batch_size),
+            )
         sent, received = exchange_bytes(scene, batch, owner, plan)
         balancer.observe(plan, table, float(sent.sum()), None)
         compute = plan.work(balancer.work(table)) * intersection_seconds
@@ -210,24 +217,40 @@ def run_config(
         inter += float(table.intersections.sum())
     chosen = tolerance if assignment == "locality" else None
     return Row(
-        scene.name, ownership, sampler_kind, assignment, chosen, world_size, batch_size, iterations,
-        total_bytes / iterations, balance / iterations, model_time / iterations, remote / max(inter, 1.0),
-    )  # fmt: skip
+        scene.name,
+        ownership,
+        sampler_kind,
+        assignment,
+        chosen,
+        world_size,
+        batch_size,
+        iterations,
+        total_bytes / iterations,
+        balance / iterations,
+        model_time / iterations,
+        remote / max(inter, 1.0),
+    )
 
 
-def _config_name(ownership: str, sampler: str, assignment: str, tolerance: float | None, world_size: int, batch_size: int) -> str:
+def _config_name(
+    ownership: str, sampler: str, assignment: str, tolerance: float | None, world_size: int, batch_size: int
+) -> str:
     tol = "" if assignment != "locality" else f"-tol-{'auto' if tolerance is None else f'{tolerance:g}'}"
     return f"w{world_size}_b{batch_size}_{ownership}_{sampler}_{assignment}{tol}"
 
 
-def _save_tile_picture(folder: Path, scene: SimScene, camera: int, table: TileTable, plan: Assignment, name: str) -> None:
+def _save_tile_picture(
+    folder: Path, scene: SimScene, camera: int, table: TileTable, plan: Assignment, name: str
+) -> None:
     """The tile picture of the batch's first camera (``camera``) under ``plan``, as ``{scene}_{name}.png``."""
     grid = plan.grids[0]
     n = grid.n_tiles
     ranks, per_tile = plan.rank[:n], table.intersections[:n]
     work = np.bincount(ranks, weights=per_tile, minlength=plan.world_size)
     title = f"{scene.name} camera {camera}, {name}"
-    save_picture(tile_picture(tile_heat(grid, per_tile), grid, ranks, work, title), Path(folder) / f"{scene.name}_{name}.png")
+    save_picture(
+        tile_picture(tile_heat(grid, per_tile), grid, ranks, work, title), Path(folder) / f"{scene.name}_{name}.png"
+    )
 
 
 def sweep(
@@ -260,7 +283,11 @@ def sweep(
     rows = []
     for scene, ownership, s, a, t, w, b in tqdm(configs, desc="simulate", unit="config", disable=None):
         iterations = max(1, images // b)
-        rows.append(run_config(scene, ownership, s, a, t, w, b, iterations, intersection_seconds, link_bytes_per_s, seed, pictures))
+        rows.append(
+            run_config(
+                scene, ownership, s, a, t, w, b, iterations, intersection_seconds, link_bytes_per_s, seed, pictures
+            )
+        )
     return rows
 
 
@@ -271,9 +298,18 @@ def rows_to_json(rows: list[Row]) -> str:
 def rows_to_markdown(rows: list[Row]) -> str:
     """One table per scene: bytes relative to array-order + rows of the same (W, batch)."""
     out = []
-    base = {(r.scene, r.world_size, r.batch_size): r.bytes_per_iter for r in rows if r.ownership == "array-order" and r.assignment == "rows"}
+    base = {
+        (r.scene, r.world_size, r.batch_size): r.bytes_per_iter
+        for r in rows
+        if r.ownership == "array-order" and r.assignment == "rows"
+    }
     for scene in dict.fromkeys(r.scene for r in rows):
-        out += [f"### {scene}", "", "| W | batch | ownership | sampler | assignment | MB/iter | vs Grendel | balance | model ms |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"### {scene}",
+            "",
+            "| W | batch | ownership | sampler | assignment | MB/iter | vs Grendel | balance | model ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             if r.scene != scene:
                 continue
@@ -287,4 +323,3 @@ def rows_to_markdown(rows: list[Row]) -> str:
             )
         out.append("")
     return "\n".join(out)
-

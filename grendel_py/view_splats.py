@@ -51,11 +51,17 @@ def view_splats(g: Gaussians, rows: torch.Tensor | None = None) -> ViewSplats:
     from the fields they need and returned on the host."""
     with torch.no_grad():
         means, quats, log_scales, sh0, logits = (
-            t.detach() if rows is None else t.detach()[rows] for t in (g.means, g.quats, g.log_scales, g.sh0, g.opacity_logits)
-        )  # fmt: skip
+            t.detach() if rows is None else t.detach()[rows]
+            for t in (g.means, g.quats, g.log_scales, g.sh0, g.opacity_logits)
+        )
         rot = quats_to_rotmats(torch.nn.functional.normalize(quats, dim=-1))
         cov = (rot * torch.exp(2.0 * log_scales)[:, None, :]) @ rot.transpose(1, 2)  # R diag(s^2) R^T
-        arrays = {"centers": means, "covariances": cov, "rgbs": sh0_to_rgb(sh0).clamp(0.0, 1.0), "opacities": torch.sigmoid(logits)[:, None]}
+        arrays = {
+            "centers": means,
+            "covariances": cov,
+            "rgbs": sh0_to_rgb(sh0).clamp(0.0, 1.0),
+            "opacities": torch.sigmoid(logits)[:, None],
+        }
         return {k: np.ascontiguousarray(v.float().cpu().numpy()) for k, v in arrays.items()}
 
 

@@ -68,10 +68,16 @@ class Viewer:
         for cam in cameras:
             c2w = cam.R.numpy().T
             self._frusta[cam.uid] = self.server.scene.add_camera_frustum(
-                f"/cameras/{cam.uid:05d}", fov=2.0 * math.atan(cam.height / (2.0 * cam.fy)), aspect=cam.width / cam.height,
-                scale=0.05 * spread, thickness=1.5, thickness_units="screen", color=CAMERA_COLOUR,
-                wxyz=viser.transforms.SO3.from_matrix(c2w).wxyz, position=cam.center.numpy(),
-            )  # fmt: skip
+                f"/cameras/{cam.uid:05d}",
+                fov=2.0 * math.atan(cam.height / (2.0 * cam.fy)),
+                aspect=cam.width / cam.height,
+                scale=0.05 * spread,
+                thickness=1.5,
+                thickness_units="screen",
+                color=CAMERA_COLOUR,
+                wxyz=viser.transforms.SO3.from_matrix(c2w).wxyz,
+                position=cam.center.numpy(),
+            )
 
     def _open_from(self, camera: Camera, cameras: list[Camera]) -> None:
         """Open the browser's view looking as ``camera`` looks, from a little behind it (``BACK_OFF`` of the
@@ -129,7 +135,9 @@ class Viewer:
         with panel:
             for path in tiles:
                 with Image.open(path) as picture:
-                    self._work.append(self.server.gui.add_image(np.asarray(picture.convert("RGB")), label=path.stem, format="png"))
+                    self._work.append(
+                        self.server.gui.add_image(np.asarray(picture.convert("RGB")), label=path.stem, format="png")
+                    )
         if boxes.exists():
             ranks = json.loads(boxes.read_text())["ranks"]
             colours = rank_colours(len(ranks))
@@ -137,11 +145,15 @@ class Viewer:
                 if r["low"] is None:  # an empty shard
                     continue
                 low, high = np.array(r["low"]), np.array(r["high"])
-                self._work.append(self.server.scene.add_box(
-                    f"/shards/rank{r['rank']:03d}", color=tuple(int(c) for c in colours[r["rank"]]),
-                    dimensions=tuple(float(v) for v in np.maximum(high - low, 1e-6)), wireframe=True,
-                    position=tuple(float(v) for v in (low + high) / 2.0),
-                ))  # fmt: skip
+                self._work.append(
+                    self.server.scene.add_box(
+                        f"/shards/rank{r['rank']:03d}",
+                        color=tuple(int(c) for c in colours[r["rank"]]),
+                        dimensions=tuple(float(v) for v in np.maximum(high - low, 1e-6)),
+                        wireframe=True,
+                        position=tuple(float(v) for v in (low + high) / 2.0),
+                    )
+                )
 
     def close(self) -> None:
         self.server.stop()

@@ -309,7 +309,9 @@ def locality_assignments(
     return plans
 
 
-def _give_to_neighbours(final: np.ndarray, slot: np.ndarray, cost: np.ndarray, a: int, b: int, room: np.ndarray) -> None:
+def _give_to_neighbours(
+    final: np.ndarray, slot: np.ndarray, cost: np.ndarray, a: int, b: int, room: np.ndarray
+) -> None:
     """Hand the unassigned stretch [a, b) to the kept ranks just before and after it in the same camera, the one
     with more room first, each taking whole tiles from its own end while its ``room`` lasts (updated)."""
     n = final.shape[0]

@@ -66,7 +66,12 @@ class TileBalancer:
         if not (link_bytes_per_s > 0 and seconds_per_work > 0 and 0 < smoothing <= 1):
             raise ValueError("link bandwidth and seconds per work must be > 0, smoothing in (0, 1]")
         self.strategy, self.world_size, self.tolerance = strategy, world_size, tolerance
-        self.link_bytes_per_s, self.calibrate, self.base_cost, self.smoothing = link_bytes_per_s, calibrate, base_cost, smoothing
+        self.link_bytes_per_s, self.calibrate, self.base_cost, self.smoothing = (
+            link_bytes_per_s,
+            calibrate,
+            base_cost,
+            smoothing,
+        )
         self.seconds_per_work = np.full(world_size, float(seconds_per_work))
         self.bytes_per_remote = _PRIOR_BYTES_PER_REMOTE
         self.chosen_tolerance: float | None = None
@@ -96,7 +101,9 @@ class TileBalancer:
         self.chosen_tolerance = tolerances[best]
         return plans[best]
 
-    def observe(self, plan: Assignment, table: TileTable, bytes_moved: float, raster_seconds: np.ndarray | None) -> None:
+    def observe(
+        self, plan: Assignment, table: TileTable, bytes_moved: float, raster_seconds: np.ndarray | None
+    ) -> None:
         """Calibrate (unless ``calibrate`` is False) from one iteration: the bytes the exchange moved (all
         ranks) and every rank's measured rasterize seconds [W] (None: timing not measured)."""
         if not self.calibrate:

@@ -148,7 +148,9 @@ def _bisection_levels(world_size: int, device: torch.device) -> list[torch.Tenso
         for l, h in cells:
             table[l] = h
         levels.append(table)
-        cells = [c for l, h in cells for c in (((l, l + (h - l) // 2), (l + (h - l) // 2, h)) if h - l > 1 else ((l, h),))]
+        cells = [
+            c for l, h in cells for c in (((l, l + (h - l) // 2), (l + (h - l) // 2, h)) if h - l > 1 else ((l, h),))
+        ]
     return levels
 
 

@@ -65,7 +65,9 @@ class TileGrid:
         tiles = padded.reshape(self.ny, ts, self.nx, ts, c).permute(0, 2, 1, 3, 4).reshape(self.n_tiles, ts * ts, c)
         return tiles if tile_ids is None else tiles[tile_ids]
 
-    def tiles_to_image(self, values: torch.Tensor, tile_ids: torch.Tensor | None = None, fill: float = 0.0) -> torch.Tensor:
+    def tiles_to_image(
+        self, values: torch.Tensor, tile_ids: torch.Tensor | None = None, fill: float = 0.0
+    ) -> torch.Tensor:
         """Assemble per-tile values [T, tile_size**2, C] into an image [H, W, C]; tiles not given get ``fill``.
 
         Differentiable with respect to ``values``.
@@ -76,7 +78,9 @@ class TileGrid:
             canvas = values
         else:
             canvas = values.new_full((self.n_tiles, ts * ts, c), fill).index_copy(0, tile_ids, values)
-        image = canvas.reshape(self.ny, self.nx, ts, ts, c).permute(0, 2, 1, 3, 4).reshape(self.ny * ts, self.nx * ts, c)
+        image = (
+            canvas.reshape(self.ny, self.nx, ts, ts, c).permute(0, 2, 1, 3, 4).reshape(self.ny * ts, self.nx * ts, c)
+        )
         return image[: self.height, : self.width]
 
     def pixel_mask(self, tile_ids: torch.Tensor) -> torch.Tensor:

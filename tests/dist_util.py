@@ -31,15 +31,21 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_child(cmd: list, cwd: Path, env: dict[str, str] | None = None, merge_output: bool = False,
-                preexec_fn=None) -> subprocess.Popen:  # fmt: skip
+def start_child(
+    cmd: list, cwd: Path, env: dict[str, str] | None = None, merge_output: bool = False, preexec_fn=None
+) -> subprocess.Popen:
     """Start ``cmd`` in ``child_env(**env)``, in its own session (so that a timeout kills its whole process
     tree), stdout and stderr captured as text (stderr into stdout with ``merge_output``)."""
     return subprocess.Popen(
-        [str(c) for c in cmd], cwd=cwd, env=child_env(**(env or {})), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE, text=True, start_new_session=True,
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=child_env(**(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         preexec_fn=preexec_fn,
-    )  # fmt: skip
+    )
 
 
 def finish_child(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
@@ -61,7 +67,9 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a GPU machine
     torch.set_num_threads(1)
     from grendel_py.parallel.runtime import init_distributed, shutdown

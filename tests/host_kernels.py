@@ -32,7 +32,19 @@ def _library() -> ctypes.CDLL:
     lib = Path(tempfile.gettempdir()) / f"grendel_py_host_kernels_{digest}.so"
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", str(HARNESS), "-o", str(tmp)]
+        cmd = [
+            compiler(),
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            str(HARNESS),
+            "-o",
+            str(tmp),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         os.replace(tmp, lib)
     dll = ctypes.CDLL(str(lib))

@@ -42,7 +42,12 @@ Signatures = dict[Path, dict[str, tuple[str, ...]]]  # source -> kernel name -> 
 class Config(ctypes.Structure):
     """gprt::Config."""
 
-    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("seed", ctypes.c_uint64), ("workers", ctypes.c_int)]
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("seed", ctypes.c_uint64),
+        ("workers", ctypes.c_int),
+    ]
 
 
 def available() -> bool:
@@ -73,7 +78,9 @@ class RuntimeLibrary:
             raise RuntimeError("GP_RUNTIME_SANITIZE=address needs LD_PRELOAD=$(g++ -print-file-name=libasan.so)")
         self.signatures = {name: types for kernels in signatures.values() for name, types in kernels.items()}
         units = {f"{i}_{src.stem}.cpp": _launchers(src, kernels) for i, (src, kernels) in enumerate(signatures.items())}
-        inputs = sorted({p for src in signatures for p in (*src.parent.glob("*.cu*"), *RUNTIME_DIR.glob("gpu_runtime.*"))})
+        inputs = sorted(
+            {p for src in signatures for p in (*src.parent.glob("*.cu*"), *RUNTIME_DIR.glob("gpu_runtime.*"))}
+        )
         digest = hashlib.sha256(
             "\0".join([*FLAGS, *units.values()]).encode() + b"".join(p.read_bytes() for p in inputs)
         ).hexdigest()[:16]
@@ -83,8 +90,16 @@ class RuntimeLibrary:
                 for unit, text in units.items():
                     (Path(tmp) / unit).write_text(text)
                 out = lib.with_suffix(f".{os.getpid()}.tmp")
-                cmd = [compiler(), *FLAGS, "-include", str(RUNTIME_DIR / "gpu_runtime.h"), *units,
-                       str(RUNTIME_DIR / "gpu_runtime.cpp"), "-o", str(out)]
+                cmd = [
+                    compiler(),
+                    *FLAGS,
+                    "-include",
+                    str(RUNTIME_DIR / "gpu_runtime.h"),
+                    *units,
+                    str(RUNTIME_DIR / "gpu_runtime.cpp"),
+                    "-o",
+                    str(out),
+                ]
                 proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
                 if proc.returncode:
                     raise RuntimeError(f"building the GPU runtime failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -92,10 +107,14 @@ class RuntimeLibrary:
         self._dll = ctypes.CDLL(str(lib))
         for name, types in self.signatures.items():
             fn = getattr(self._dll, f"gprt_launch_{name}")
-            fn.argtypes = [ctypes.POINTER(Config), ctypes.c_char_p, ctypes.c_size_t] + [SCALARS.get(t, ctypes.c_void_p) for t in types]
+            fn.argtypes = [ctypes.POINTER(Config), ctypes.c_char_p, ctypes.c_size_t] + [
+                SCALARS.get(t, ctypes.c_void_p) for t in types
+            ]
             fn.restype = ctypes.c_int
 
-    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args, seed: int = 0, workers: int = 1) -> None:
+    def launch(
+        self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args, seed: int = 0, workers: int = 1
+    ) -> None:
         """Run kernel ``name`` over ``grid`` blocks of ``block`` threads on ``args`` (ints and contiguous CPU
         tensors of the signature's dtypes); raise RuntimeError with the runtime's message on a failure."""
         types = self.signatures[name]

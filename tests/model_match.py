@@ -19,11 +19,21 @@ from grendel_py.train.checkpoint import Manifest, find_checkpoint, load_shards
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
 
 EQUIVALENCE_OVERRIDES = (
-    "data.downscale=4", "train.images=40", "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1",
-    "train.sh_degree_every=20", "model.sh_degree=1", "densify.start_images=5", "densify.stop_images=35",
-    "densify.every_images=10", "densify.reset_opacity_every=30", "dist.ownership=kd", "dist.rebalance_threshold=1.0",
+    "data.downscale=4",
+    "train.images=40",
+    "train.batch_size=2",
+    "train.eval_every=0",
+    "train.eval_renders=1",
+    "train.sh_degree_every=20",
+    "model.sh_degree=1",
+    "densify.start_images=5",
+    "densify.stop_images=35",
+    "densify.every_images=10",
+    "densify.reset_opacity_every=30",
+    "dist.ownership=kd",
+    "dist.rebalance_threshold=1.0",
     "dist.calibrate=false",
-)  # fmt: skip
+)
 """The training job of the W-equivalence check (after ``data.path`` and ``train.out``)."""
 
 
@@ -72,19 +82,27 @@ def compare_runs(run_a: Path, run_b: Path, bounds: Bounds = BOUNDS) -> dict:
     (ids_a, a), (ids_b, b) = (checkpoint_model(find_checkpoint(r)) for r in (run_a, run_b))
     report: dict = {"gaussians": [len(ids_a), len(ids_b)], "fields": {}, "failures": []}
     if not torch.equal(ids_a, ids_b):
-        report["failures"].append(f"different Gaussians: {len(ids_a)} and {len(ids_b)}, "
-                                  f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} ids in one only")  # fmt: skip
+        report["failures"].append(
+            f"different Gaussians: {len(ids_a)} and {len(ids_b)}, "
+            f"{len(set(ids_a.tolist()) ^ set(ids_b.tolist()))} ids in one only"
+        )
         return {**report, "ok": False}
     for field, diff in differences(a, b).items():
         row = {
-            "bulk": float(diff.quantile(bounds.quantile)), "beyond_few": int((diff > bounds.few).sum()),
-            "worst": float(diff.max()), "worst_id": int(ids_a[diff.argmax()]),
-        }  # fmt: skip
+            "bulk": float(diff.quantile(bounds.quantile)),
+            "beyond_few": int((diff > bounds.few).sum()),
+            "worst": float(diff.max()),
+            "worst_id": int(ids_a[diff.argmax()]),
+        }
         report["fields"][field] = row
         if row["bulk"] > bounds.bulk:
-            report["failures"].append(f"{field}: {bounds.quantile:.0%} of Gaussians within {row['bulk']:.3g} > {bounds.bulk:g}")
+            report["failures"].append(
+                f"{field}: {bounds.quantile:.0%} of Gaussians within {row['bulk']:.3g} > {bounds.bulk:g}"
+            )
         if row["beyond_few"] > len(ids_a) // bounds.few_per:
-            report["failures"].append(f"{field}: {row['beyond_few']} Gaussians beyond {bounds.few:g} (at most {len(ids_a) // bounds.few_per})")
+            report["failures"].append(
+                f"{field}: {row['beyond_few']} Gaussians beyond {bounds.few:g} (at most {len(ids_a) // bounds.few_per})"
+            )
         if row["worst"] > bounds.worst:
             report["failures"].append(f"{field}: worst {row['worst']:.3g} > {bounds.worst:g}")
     return {**report, "ok": not report["failures"]}

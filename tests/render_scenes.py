@@ -11,7 +11,9 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render.projection import ALPHA_MIN, Splats
 
 
-def random_gaussians(n: int, seed: int = 0, sh_degree: int = 1, dtype=torch.float64, opacity_shift: float = 0.0) -> Gaussians:
+def random_gaussians(
+    n: int, seed: int = 0, sh_degree: int = 1, dtype=torch.float64, opacity_shift: float = 0.0
+) -> Gaussians:
     """``n`` Gaussians in the cube [-1, 1]^3, scales 0.02..0.17, random rotations, opacities and SH."""
     g = torch.Generator().manual_seed(seed)
     return Gaussians(
@@ -28,15 +30,22 @@ def random_gaussians(n: int, seed: int = 0, sh_degree: int = 1, dtype=torch.floa
 def small_camera(width: int = 37, height: int = 29, uid: int = 0) -> Camera:
     """A camera 3.7 units from the origin with an off-centre principal point and odd image size."""
     R, t = look_at(torch.tensor([0.0, -1.0, -3.5]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
-    return Camera(uid, f"cam{uid}", width, height, 40.0 * width / 37, 42.0 * width / 37, 0.49 * width, 0.52 * height, R, t)
+    return Camera(
+        uid, f"cam{uid}", width, height, 40.0 * width / 37, 42.0 * width / 37, 0.49 * width, 0.52 * height, R, t
+    )
 
 
-def loop_composite(splats: Splats, width: int, height: int, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def loop_composite(
+    splats: Splats, width: int, height: int, background: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Composite every visible splat at every pixel, one pixel and one splat at a time, in (depth, id)
     order with the INRIA rules. Returns (image [H, W, 3], alpha [H, W], number of early-terminated pixels)."""
     visible = splats.visible.nonzero().squeeze(1).tolist()
     order = sorted(visible, key=lambda i: (float(splats.depths[i]), int(splats.ids[i])))
-    rows = [(splats.means2d[i].tolist(), splats.conics[i].tolist(), float(splats.opacities[i]), splats.colors[i]) for i in order]
+    rows = [
+        (splats.means2d[i].tolist(), splats.conics[i].tolist(), float(splats.opacities[i]), splats.colors[i])
+        for i in order
+    ]
     image = torch.zeros(height, width, 3, dtype=splats.means2d.dtype)
     alpha = torch.zeros(height, width, dtype=splats.means2d.dtype)
     stopped = 0

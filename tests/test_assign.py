@@ -133,7 +133,9 @@ def test_reduced_table_equals_the_gathered_one() -> None:
 @pytest.mark.parametrize("strategy", ["balanced", "locality", "majority"])
 def test_deterministic_and_dtype_independent(strategy: str) -> None:
     table = random_table(6, 8, seed=5)
-    again = TileTable(table.grids, table.intersections.astype(np.float32).astype(np.float64), table.owner.copy(), table.share.copy())
+    again = TileTable(
+        table.grids, table.intersections.astype(np.float32).astype(np.float64), table.owner.copy(), table.share.copy()
+    )
     plans = [TileBalancer(strategy, 8, calibrate=False).plan(t) for t in (table, table, again)]
     assert all(np.array_equal(p.rank, plans[0].rank) for p in plans)
 

@@ -72,10 +72,16 @@ def test_one_background_per_camera_is_each_camera_rendered_over_its_own() -> Non
     with torch.no_grad():
         per_camera = [project(model, cam) for cam in cams]
     backgrounds = torch.tensor([[0.9, 0.1, 0.4], [0.2, 0.8, 0.6]], dtype=torch.float64)
-    weights = [torch.randn(g.n_tiles, g.tile_size**2, 3, generator=torch.Generator().manual_seed(7 + b), dtype=torch.float64) for b, g in enumerate(grids)]
+    weights = [
+        torch.randn(g.n_tiles, g.tile_size**2, 3, generator=torch.Generator().manual_seed(7 + b), dtype=torch.float64)
+        for b, g in enumerate(grids)
+    ]
 
     def leaves(splats: list[Splats]) -> tuple[Splats, list[torch.Tensor]]:
-        grads = [torch.cat([s.colors for s in splats]).clone().requires_grad_(True), torch.cat([s.opacities for s in splats]).clone().requires_grad_(True)]
+        grads = [
+            torch.cat([s.colors for s in splats]).clone().requires_grad_(True),
+            torch.cat([s.opacities for s in splats]).clone().requires_grad_(True),
+        ]
         batch = Splats(*(torch.cat([getattr(s, f) for s in splats]) for f in SPLAT_FIELDS))
         return Splats(batch.means2d, batch.conics, batch.depths, grads[1], grads[0], batch.extents, batch.ids), grads
 
@@ -116,11 +122,22 @@ def test_an_rgba_scene_trains_on_white(rgba_scene: Path, tmp_path: Path, random_
     """Trained with ``render.background=[1,1,1]``, the model shows white where the photos are transparent
     (photos composited over black, the old behaviour, teach it to paint black there), and its test PSNR is
     measured against the photos over white. With random backgrounds it learns no background at all."""
-    cfg = load_config(None, [
-        f"data.path={rgba_scene}", "data.downscale=4", f"train.out={tmp_path / 'run'}", "train.images=60",
-        "train.batch_size=2", "train.eval_every=0", "train.eval_renders=0", "model.sh_degree=0",
-        "densify.start_images=1000", "render.background=[1,1,1]", f"render.random_background={str(random_background).lower()}",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.path={rgba_scene}",
+            "data.downscale=4",
+            f"train.out={tmp_path / 'run'}",
+            "train.images=60",
+            "train.batch_size=2",
+            "train.eval_every=0",
+            "train.eval_renders=0",
+            "model.sh_degree=0",
+            "densify.start_images=1000",
+            "render.background=[1,1,1]",
+            f"render.random_background={str(random_background).lower()}",
+        ],
+    )
     result = train(cfg, single_process())
     model = read_ply(tmp_path / "run" / "model.ply")
     scene = load_scene(rgba_scene, downscale=4)

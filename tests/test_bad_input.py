@@ -152,9 +152,17 @@ def _data(scene: Path) -> list[str]:
 def _train_args(scene: Path, out: Path) -> list[str]:
     """``grendel train`` words for a few-image run (every case here fails before training starts)."""
     return [
-        "train", *_data(scene), f"train.out={out}", "train.images=4", "train.eval_every=0", "train.eval_renders=0",
-        "train.checkpoint_every=0", "model.sh_degree=0", "dist.timeout_s=30", "dist.calibrate=false",
-    ]  # fmt: skip
+        "train",
+        *_data(scene),
+        f"train.out={out}",
+        "train.images=4",
+        "train.eval_every=0",
+        "train.eval_renders=0",
+        "train.checkpoint_every=0",
+        "model.sh_degree=0",
+        "dist.timeout_s=30",
+        "dist.calibrate=false",
+    ]
 
 
 def _copy_scene(scene: Path, tmp_path: Path) -> Path:
@@ -215,18 +223,21 @@ COLMAP_CASES = {
     "points3D.bin-truncated": ("points3D.bin", lambda s: _truncate(s / "points3D.bin"), "truncated"),
     "points3D.bin-nan": ("points3D.bin", _nan_point, "non-finite"),
     "cameras.txt-malformed": (
-        "cameras.txt", lambda s: (_to_text(s), _edit_text_line(s / "cameras.txt", lambda t: [*t[:2], "wide", *t[3:]])),
+        "cameras.txt",
+        lambda s: (_to_text(s), _edit_text_line(s / "cameras.txt", lambda t: [*t[:2], "wide", *t[3:]])),
         "line 4: malformed camera",
     ),
     "images.txt-malformed": (
-        "images.txt", lambda s: (_to_text(s), _edit_text_line(s / "images.txt", lambda t: [t[0], "x", *t[2:]])),
+        "images.txt",
+        lambda s: (_to_text(s), _edit_text_line(s / "images.txt", lambda t: [t[0], "x", *t[2:]])),
         "line 5: malformed image",
     ),
     "points3D.txt-malformed": (
-        "points3D.txt", lambda s: (_to_text(s), _edit_text_line(s / "points3D.txt", lambda t: t[:5])),
+        "points3D.txt",
+        lambda s: (_to_text(s), _edit_text_line(s / "points3D.txt", lambda t: t[:5])),
         "line 4: malformed point",
     ),
-}  # fmt: skip
+}
 # the case whose `grendel train` runs as a real process (the others run it in-process: the same code, faster)
 TRAIN_PROCESS = {"cameras.bin-garbage"}
 
@@ -311,7 +322,12 @@ CONFIG_CASES = {
     "file-unknown-nested-key": ("train:\n  imges: 5\n", [], ["FILE", "train.imges"], "unknown key"),
     "override-unknown-key": (None, ["bogus=1"], ["'bogus=1'"], "unknown key"),
     "override-unknown-nested-key": (None, ["train.imges=5"], ["'train.imges=5'"], "unknown key"),
-    "file-wrong-type": ("densify:\n  every_images: often\n", [], ["FILE", "densify.every_images"], "expected an integer"),
+    "file-wrong-type": (
+        "densify:\n  every_images: often\n",
+        [],
+        ["FILE", "densify.every_images"],
+        "expected an integer",
+    ),
     "override-wrong-type": (None, ["data.downscale=abc"], ["'data.downscale=abc'"], "expected a number"),
     "file-out-of-range": ("train:\n  lambda_dssim: 2\n", [], ["FILE", "train.lambda_dssim"], r"in \[0, 1\]"),
     "override-out-of-range": (None, ["train.batch_size=0"], ["'train.batch_size=0'"], "> 0"),
@@ -392,8 +408,26 @@ def _ply_command(command: str, model: Path, scene: Path, out: Path) -> list:
         return ["render", model, "--data", scene, "--out", out, "data.downscale=4", "data.test_every=4"]
     if command == "eval":
         return ["eval", model, "--data", scene, "--out", out, "data.downscale=4", "data.test_every=4"]
-    return ["simulate", "--scenes", "fox", "--fox", scene, "--fox-model", model, "--fox-downscale", "4",
-            "--worlds", "2", "--batch-factors", "1", "--tolerances", "0", "--images", "2", "--json"]  # fmt: skip
+    return [
+        "simulate",
+        "--scenes",
+        "fox",
+        "--fox",
+        scene,
+        "--fox-model",
+        model,
+        "--fox-downscale",
+        "4",
+        "--worlds",
+        "2",
+        "--batch-factors",
+        "1",
+        "--tolerances",
+        "0",
+        "--images",
+        "2",
+        "--json",
+    ]
 
 
 @pytest.mark.parametrize("command", ["render", "eval", "simulate"])
@@ -427,8 +461,16 @@ def _transforms_scene(scene: Path, root: Path, ply: Path) -> Path:
         (root / "images").mkdir(parents=True, exist_ok=True)
         shutil.copy(scene / "images" / img.name, root / "images" / img.name)
         frames.append({"file_path": f"images/{img.name}", "transform_matrix": c2w.tolist()})
-    meta = {"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": cam.width, "h": cam.height,
-            "ply_file_path": ply.name, "frames": frames}  # fmt: skip
+    meta = {
+        "fl_x": fx,
+        "fl_y": fy,
+        "cx": cx,
+        "cy": cy,
+        "w": cam.width,
+        "h": cam.height,
+        "ply_file_path": ply.name,
+        "frames": frames,
+    }
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
 
@@ -448,8 +490,12 @@ def _points_ply(out: Path, case: str) -> None:
         out.write_bytes(_garbage())
 
 
-POINTS_CASES = {"nan": "non-finite", "no-z": "lack properties z", "truncated": "not a valid PLY",
-                "not-a-ply": "not a valid PLY"}  # fmt: skip
+POINTS_CASES = {
+    "nan": "non-finite",
+    "no-z": "lack properties z",
+    "truncated": "not a valid PLY",
+    "not-a-ply": "not a valid PLY",
+}
 
 
 @pytest.mark.parametrize("command", ["info", "init"])
@@ -559,8 +605,14 @@ def test_more_ranks_than_gaussians(scene: Path, tmp_path: Path) -> None:
     out, port = tmp_path / "run", free_port()
     procs = []
     for rank in range(RANKS):
-        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(RANKS), "LOCAL_WORLD_SIZE": str(RANKS),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        env = {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(RANKS),
+            "LOCAL_WORLD_SIZE": str(RANKS),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         procs.append(_start([sys.executable, "-m", "grendel_py", *_ranks_args(scene, out)], tmp_path, env))
     for rank, proc in enumerate(procs):
         res = _finish(proc)
@@ -574,9 +626,25 @@ def test_more_ranks_than_gaussians_under_torchrun(scene: Path, tmp_path: Path) -
     slower to reach the check may be terminated before it prints; every rank that finished by itself exited 2
     with exactly the error line, the first failure among them, and the run folder is not created."""
     out, logs = tmp_path / "run", tmp_path / "logs"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(RANKS),
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--monitor-interval", "1",
-                "--log-dir", logs, "--redirects", "3", "-m", "grendel_py"]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(RANKS),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "--monitor-interval",
+        "1",
+        "--log-dir",
+        logs,
+        "--redirects",
+        "3",
+        "-m",
+        "grendel_py",
+    ]
     res = _run_process([*torchrun, *_ranks_args(scene, out)], tmp_path)
     assert res.rc != 0
     # torchrun's failure report: one entry per rank, "rank : R (local_rank: R)" then "exitcode : S"
@@ -586,7 +654,9 @@ def test_more_ranks_than_gaussians_under_torchrun(scene: Path, tmp_path: Path) -
     root_cause = report[report.index("Root Cause") :]
     first = int(re.search(r"^\s*exitcode\s+:\s*(-?\d+)", root_cause, re.MULTILINE).group(1))
     assert sorted(statuses) == list(range(RANKS)), f"exit statuses {statuses}:\n{res.err[-4000:]}"
-    assert first == 2 and set(statuses.values()) <= {2, -signal.SIGTERM}, f"exit statuses {statuses}:\n{res.err[-4000:]}"
+    assert first == 2 and set(statuses.values()) <= {2, -signal.SIGTERM}, (
+        f"exit statuses {statuses}:\n{res.err[-4000:]}"
+    )
     for rank in range(RANKS):
         (stderr,) = logs.glob(f"*/attempt_0/{rank}/stderr.log")
         lines = [re.sub(r"^\[rank\d+\]:", "", line) for line in stderr.read_text().splitlines()]

@@ -49,10 +49,18 @@ pytestmark = pytest.mark.skipif(
 def _chromium(url: str, profile: Path, *args: str, budget_ms: int = 8000) -> subprocess.CompletedProcess:
     """Headless Chromium on ``url`` (software WebGL, a private profile) for ``budget_ms`` of page time."""
     cmd = [
-        _browser(), "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        f"--virtual-time-budget={budget_ms}", *args, url,
-    ]  # fmt: skip
+        _browser(),
+        "--headless=new",
+        "--no-sandbox",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--virtual-time-budget={budget_ms}",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -116,20 +124,34 @@ def _splats_drawn(shot: np.ndarray, empty: np.ndarray) -> float:
     return float((np.abs(shot - empty).max(axis=2) > 40)[mask].mean())
 
 
-def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(object_scene_seed2: Path, tmp_path: Path) -> None:
+def test_a_two_rank_run_shows_its_splats_numbers_and_work_in_a_browser(
+    object_scene_seed2: Path, tmp_path: Path
+) -> None:
     empty = _viewer_without_model(object_scene_seed2, tmp_path)
     port, master = free_port(), str(free_port())
     args = [
-        f"data.path={object_scene_seed2}", "data.downscale=4", f"train.out={tmp_path / 'run'}", "train.images=100000",
-        "train.batch_size=2", "train.eval_every=50", "train.eval_renders=1", "train.checkpoint_every=0",
-        f"train.viewer_port={port}", "train.viewer_every=4", "train.viewer_budget=20000", "dist.calibrate=false",
+        f"data.path={object_scene_seed2}",
+        "data.downscale=4",
+        f"train.out={tmp_path / 'run'}",
+        "train.images=100000",
+        "train.batch_size=2",
+        "train.eval_every=50",
+        "train.eval_renders=1",
+        "train.checkpoint_every=0",
+        f"train.viewer_port={port}",
+        "train.viewer_every=4",
+        "train.viewer_budget=20000",
+        "dist.calibrate=false",
         "dist.timeout_s=120",
-    ]  # fmt: skip  (evaluations 50 iterations apart: each one replaces the work panel, which a dump can miss)
+    ]  # (evaluations 50 iterations apart: each one replaces the work panel, which a dump can miss)
     procs = [
-        start_child([sys.executable, "-m", "grendel_py", "train", *args], tmp_path,
-                    dict(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=master))
+        start_child(
+            [sys.executable, "-m", "grendel_py", "train", *args],
+            tmp_path,
+            dict(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=master),
+        )
         for r in range(2)
-    ]  # fmt: skip
+    ]
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_for_page(url, procs)

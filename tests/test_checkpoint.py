@@ -27,13 +27,30 @@ def scene(object_scene_seed2: Path) -> Path:
 
 
 def _cfg(scene: str, out: str, extra: tuple[str, ...] = ()):
-    return load_config(None, [*extra,
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
-        "train.eval_every=0", "train.eval_renders=1", "train.log_every=2", "train.sh_degree_every=20",
-        "train.checkpoint_every=20", "train.keep_checkpoints=2", "model.sh_degree=1",
-        "densify.start_images=5", "densify.stop_images=35", "densify.every_images=10",
-        "densify.reset_opacity_every=30", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
-    ])  # fmt: skip
+    return load_config(
+        None,
+        [
+            *extra,
+            f"data.path={scene}",
+            "data.downscale=4",
+            f"train.out={out}",
+            "train.images=40",
+            "train.batch_size=2",
+            "train.eval_every=0",
+            "train.eval_renders=1",
+            "train.log_every=2",
+            "train.sh_degree_every=20",
+            "train.checkpoint_every=20",
+            "train.keep_checkpoints=2",
+            "model.sh_degree=1",
+            "densify.start_images=5",
+            "densify.stop_images=35",
+            "densify.every_images=10",
+            "densify.reset_opacity_every=30",
+            "dist.rebalance_threshold=1.0",
+            "dist.calibrate=false",
+        ],
+    )
 
 
 def _train_job(ctx, scene: str, out: str, resume: str | None = None) -> int:
@@ -78,8 +95,13 @@ def test_resume_on_the_same_world_size_continues_exactly(scene: Path, tmp_path: 
 def test_an_mcmc_run_with_exposures_resumes_exactly(scene: Path, tmp_path: Path) -> None:
     """densify.strategy=mcmc (its relocations, growth and noise draws), per-photo exposures (saved once per
     checkpoint), random backgrounds and antialiasing: resuming at 20 images gives the uninterrupted run."""
-    extra = ("densify.strategy=mcmc", "densify.min_opacity=0.09", "optim.exposure_lr=0.01",
-             "render.random_background=true", "render.antialiased=true")  # fmt: skip
+    extra = (
+        "densify.strategy=mcmc",
+        "densify.min_opacity=0.09",
+        "optim.exposure_lr=0.01",
+        "render.random_background=true",
+        "render.antialiased=true",
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     n = train(_cfg(str(scene), str(a), extra), single_process())["num_gaussians"]
     start = _resume_copy(a, b, 20)
@@ -97,7 +119,9 @@ def _state_job(ctx, scene: str, ckpt: str) -> dict:
 
 
 @pytest.mark.parametrize("saved, resumed", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_keeps_the_adam_state(scene: Path, tmp_path: Path, saved: int, resumed: int) -> None:
+def test_resume_on_another_world_size_keeps_the_adam_state(
+    scene: Path, tmp_path: Path, saved: int, resumed: int
+) -> None:
     run = tmp_path / "run"
     _run(saved, str(scene), str(run))
     ckpt = checkpoint_dir(run, 20)
@@ -130,7 +154,9 @@ def _final_state(run: Path) -> dict[str, torch.Tensor]:
     return rows_by_id([f["optimizer"] for f in files], [f["densify"] for f in files])
 
 
-def test_broken_checkpoints_are_reported_by_file(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_checkpoints_are_reported_by_file(
+    scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     _run(1, str(scene), str(run))
     with pytest.raises(InputError, match="no complete checkpoint"):

@@ -33,7 +33,10 @@ def test_info_init_render(scene: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert len(gaussians) == info["points"] and gaussians.sh_degree == 1
 
     out = tmp_path / "renders"
-    assert main(["render", str(ply), "--data", str(scene), "--out", str(out), "data.downscale=2", "data.test_every=4"]) == 0
+    assert (
+        main(["render", str(ply), "--data", str(scene), "--out", str(out), "data.downscale=2", "data.test_every=4"])
+        == 0
+    )
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == info["test_cameras"]
     first = np.asarray(Image.open(pngs[0]))
@@ -41,8 +44,23 @@ def test_info_init_render(scene: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert not list(tmp_path.glob(".*tmp*"))
 
     every = tmp_path / "every"
-    assert main(["render", str(ply), "--data", str(scene), "--out", str(every), "--outputs", "depth, alpha,rgb",
-                 "data.downscale=2", "data.test_every=4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "render",
+                str(ply),
+                "--data",
+                str(scene),
+                "--out",
+                str(every),
+                "--outputs",
+                "depth, alpha,rgb",
+                "data.downscale=2",
+                "data.test_every=4",
+            ]
+        )
+        == 0
+    )
     stem = pngs[0].stem
     assert np.array_equal(np.asarray(Image.open(every / f"{stem}.png")), first)
     alpha = np.asarray(Image.open(every / f"{stem}_alpha.png"))
@@ -63,7 +81,9 @@ def test_info_init_render(scene: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_random_init(scene: Path, tmp_path: Path) -> None:
     ply = tmp_path / "rand.ply"
-    assert main(["init", str(scene), str(ply), "model.init=random", "model.random_points=500", "model.sh_degree=0"]) == 0
+    assert (
+        main(["init", str(scene), str(ply), "model.init=random", "model.random_points=500", "model.sh_degree=0"]) == 0
+    )
     assert len(read_ply(ply)) == 500
 
 
@@ -79,7 +99,9 @@ def test_bad_input_is_one_line_and_exit_2(scene: Path, tmp_path: Path, capsys: p
     assert main(["init", str(scene), str(ply)]) == 0
     assert "model.sh_degre" in _error(capsys, ["info", str(scene), "model.sh_degre=2"])
     assert "data.downscale" in _error(capsys, ["info", str(scene), "data.downscale=0.5"])
-    assert "missing.ply" in _error(capsys, ["render", str(tmp_path / "missing.ply"), "--data", str(scene), "--out", str(tmp_path / "r")])
+    assert "missing.ply" in _error(
+        capsys, ["render", str(tmp_path / "missing.ply"), "--data", str(scene), "--out", str(tmp_path / "r")]
+    )
     assert not (tmp_path / "r").exists()
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -122,7 +144,9 @@ def test_render_backend_choice(scene: Path, tmp_path: Path, capsys: pytest.Captu
     common = ["--data", str(scene), "data.downscale=4", "data.test_every=4"]
     assert main(["render", str(ply), *common, "--out", str(tmp_path / "auto"), "render.backend=auto"]) == 0
     assert len(list((tmp_path / "auto").glob("*.png"))) > 0
-    assert "render.backend" in _error(capsys, ["render", str(ply), *common, "--out", str(tmp_path / "x"), "render.backend=gpu"])
+    assert "render.backend" in _error(
+        capsys, ["render", str(ply), *common, "--out", str(tmp_path / "x"), "render.backend=gpu"]
+    )
     if not torch.cuda.is_available():
         for argv in (
             ["render", str(ply), *common, "--out", str(tmp_path / "c"), "render.backend=cupy"],

@@ -94,9 +94,10 @@ def test_round_trip_exact(tmp_path: Path, binary: bool) -> None:
     model = make_model()
     write_model(tmp_path / "sparse" / "0", *model, binary=binary)
     ext = ".bin" if binary else ".txt"
+    # no temporary files left behind
     assert sorted(p.name for p in (tmp_path / "sparse" / "0").iterdir()) == sorted(
         f"{s}{ext}" for s in ("cameras", "images", "points3D")
-    )  # no temporary files left behind
+    )
     assert_models_equal(read_model(tmp_path / "sparse" / "0"), model)
 
 

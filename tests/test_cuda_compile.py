@@ -24,12 +24,31 @@ from tests.host_kernels import HARNESS
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(p.name for p in CUDA_DIR.glob("*.cu"))
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")
-TYPES = {"float*": "f32*", "int*": "i32*", "longlong*": "i64*", "i64*": "i64*", "int": "i32", "longlong": "i64", "i64": "i64"}
+TYPES = {
+    "float*": "f32*",
+    "int*": "i32*",
+    "longlong*": "i64*",
+    "i64*": "i64*",
+    "int": "i32",
+    "longlong": "i64",
+    "i64": "i64",
+}
 
 
 def _nvcc(source: Path, arch: str, out: Path) -> None:
-    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "-cubin", "-o", str(out), "--Werror", "all-warnings",
-           "-Xcompiler", "-Wall,-Werror", str(source)]
+    cmd = [
+        NVCC,
+        "-std=c++17",
+        f"-arch={arch}",
+        "-cubin",
+        "-o",
+        str(out),
+        "--Werror",
+        "all-warnings",
+        "-Xcompiler",
+        "-Wall,-Werror",
+        str(source),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
 
@@ -72,7 +91,9 @@ def test_launch_table_matches_kernel_sources() -> None:
     found = {}
     for source in SOURCES:
         text = (CUDA_DIR / source).read_text()
-        for name, sig in _kernels(text, r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)').items():
+        for name, sig in _kernels(
+            text, r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)'
+        ).items():
             found[name] = sig
             assert KERNELS[name].source == source, name
     assert found == {name: k.args for name, k in KERNELS.items()}
@@ -93,7 +114,8 @@ def _nvrtc_library() -> ctypes.CDLL | None:
         candidates += [str(p) for p in Path(root).glob("*/lib/libnvrtc.so*") if "alt" not in p.name]
     for path in filter(None, candidates):
         try:
-            for builtins in Path(path).parent.glob("libnvrtc-builtins.so*"):  # a wheel's lib folder is not on the search path
+            # a wheel's lib folder is not on the search path
+            for builtins in Path(path).parent.glob("libnvrtc-builtins.so*"):
                 if "alt" not in builtins.name:
                     ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
             return ctypes.CDLL(path)
@@ -166,7 +188,17 @@ def test_kernels_keep_everything_in_registers(source: str, tmp_path: Path) -> No
     """No kernel has a stack frame or spills (ptxas -v, sm_90): per-thread arrays indexed at run time live in
     slow local memory (project_backward's SH basis did, 256 bytes, before its loops were templated on the
     degree)."""
-    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"), str(CUDA_DIR / source)]
+    cmd = [
+        NVCC,
+        "-std=c++17",
+        "-arch=sm_90",
+        "-cubin",
+        "-Xptxas",
+        "-v",
+        "-o",
+        str(tmp_path / "out.cubin"),
+        str(CUDA_DIR / source),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     pattern = r"Compiling entry function '(\w+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores"

@@ -65,9 +65,14 @@ def make_colmap_scene(
             Image.fromarray(pixels(name, *SIZES[1 + k % 2])).save(root / "images" / name)
     rgb = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.uint8)
     points = ColmapPoints(
-        np.array([1, 2]), np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), rgb, np.zeros(2),
-        np.array([0, 0, 0]), np.zeros(0, np.int64), np.zeros(0, np.int64),
-    )  # fmt: skip
+        np.array([1, 2]),
+        np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]),
+        rgb,
+        np.zeros(2),
+        np.array([0, 0, 0]),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
     write_model(root / sparse, cameras, images, points)
     return images
 
@@ -223,8 +228,15 @@ def test_bad_points_are_input_errors_naming_the_points_file(tmp_path: Path) -> N
     with pytest.raises(InputError, match=r"non-finite coordinates in 1 3D point\(s\), the first \(#1\)") as info:
         load_scene(tmp_path)
     assert info.value.path == sparse / "points3D.bin"
-    one = ColmapPoints(points.ids[:1], np.zeros((1, 3)), points.rgb[:1], points.error[:1], np.zeros(2, np.int64),
-                       points.track_image_ids, points.track_point2D_idx)  # fmt: skip
+    one = ColmapPoints(
+        points.ids[:1],
+        np.zeros((1, 3)),
+        points.rgb[:1],
+        points.error[:1],
+        np.zeros(2, np.int64),
+        points.track_image_ids,
+        points.track_point2D_idx,
+    )
     write_model(sparse, cameras, images, one)
     scene = load_scene(tmp_path)
     with pytest.raises(InputError, match="only 1 3D point") as info:
@@ -292,7 +304,9 @@ def test_blender_scene_split_overrides_test_every(tmp_path: Path) -> None:
     assert scene.extent == pytest.approx(1.1 * 1.0)  # train centres at z = 3, 4, 5
     image = scene.load_image(scene.test_cameras[1])
     rgba = pixels("test1", 8, 6, channels=4).astype(np.float32) / 255
-    torch.testing.assert_close(image, torch.from_numpy(np.concatenate([rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]], -1)))
+    torch.testing.assert_close(
+        image, torch.from_numpy(np.concatenate([rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]], -1))
+    )
 
 
 def test_describe(tmp_path: Path) -> None:

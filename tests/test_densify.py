@@ -65,7 +65,9 @@ def _setup(g: Gaussians, cfg: DensifyConfig, seed: int = 0) -> tuple[GaussianOpt
 def _observe(strategy: DensifyStrategy, grads_x: list[float], extents: list[int], times: int = 1) -> None:
     grad = torch.tensor([[gx, 0.0] for gx in grads_x])
     for _ in range(times):
-        strategy.observe(pixel_radii(_extents(extents)), screen_grad_norms(grad, W, H), torch.arange(len(extents)), len(extents))
+        strategy.observe(
+            pixel_radii(_extents(extents)), screen_grad_norms(grad, W, H), torch.arange(len(extents)), len(extents)
+        )
 
 
 CFG = DensifyConfig(start_images=0, stop_images=1000, every_images=10, reset_opacity_every=3000)
@@ -85,7 +87,9 @@ def test_observe_accumulates_ndc_gradient_norms_for_visible_extents() -> None:
     s.observe(pixel_radii(_extents([0, 0, 0])), None, rows, 3)  # a camera that sees nothing
     assert s.count.tolist() == [2, 1, 2]
     # splats of some rows only (the step projects what each camera sees): the others are left as they were
-    s.observe(pixel_radii(_extents([5, 2])), screen_grad_norms(grad[:2], 200, 100), torch.tensor([2, 0], dtype=torch.int32), 3)
+    s.observe(
+        pixel_radii(_extents([5, 2])), screen_grad_norms(grad[:2], 200, 100), torch.tensor([2, 0], dtype=torch.int32), 3
+    )
     expected = [expected[0] + math.hypot(300, 200), expected[1], expected[2] + math.hypot(100, 100)]
     torch.testing.assert_close(s.grad2d_sum, torch.tensor(expected))
     assert s.count.tolist() == [3, 1, 3]

@@ -130,11 +130,15 @@ def test_written_imports_are_declared() -> None:
             if folder in PACKAGES and module_level:
                 if CORE not in allowed:
                     wanted = ", ".join(sorted(providers))
-                    problems.append(f"{where}: imports {top} at module level; {wanted} must be a core dependency"
-                                    + (f" (declared only in the extras {sorted(allowed)})" if allowed else ""))
+                    problems.append(
+                        f"{where}: imports {top} at module level; {wanted} must be a core dependency"
+                        + (f" (declared only in the extras {sorted(allowed)})" if allowed else "")
+                    )
             elif not allowed:
-                problems.append(f"{where}: imports {top} (distribution {', '.join(sorted(providers))}), "
-                                "declared neither as a dependency nor in an extra")
+                problems.append(
+                    f"{where}: imports {top} (distribution {', '.join(sorted(providers))}), "
+                    "declared neither as a dependency nor in an extra"
+                )
     assert not problems, "\n".join(sorted(set(problems)))
 
 
@@ -178,8 +182,14 @@ def test_loaded_distributions_are_declared() -> None:
     wanted = sorted({m for f in PACKAGES for m, _, _ in written_imports(ROOT / f) if _third_party(m)})
     # modules of uninstalled optional backends (cupy, the extra for CUDA) are covered by the static check
     wanted = [m for m in wanted if _distributions().get(m.partition(".")[0])]
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(wanted)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(wanted)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=True,
+    ).stdout
     problems = []
     for name, seen in json.loads(out).items():
         if seen["error"]:
@@ -194,6 +204,8 @@ def test_loaded_distributions_are_declared() -> None:
             if dists is None:
                 problems.append(f"import {name} loads {module} ({file}), which belongs to no installed distribution")
             elif not {_normalize(d) for d in dists} & closure:
-                problems.append(f"import {name} loads {module} (distribution {', '.join(dists)}), which no "
-                                "requirement in pyproject.toml declares or requires")
+                problems.append(
+                    f"import {name} loads {module} (distribution {', '.join(dists)}), which no "
+                    "requirement in pyproject.toml declares or requires"
+                )
     assert not problems, "\n".join(sorted(set(problems)))

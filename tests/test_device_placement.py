@@ -37,10 +37,14 @@ def _model(n: int = 64, sh_degree: int = 2, device: torch.device = DEV) -> Gauss
     """Gaussians on ``device`` (on the meta device: no values, only devices and shapes)."""
     k = (sh_degree + 1) ** 2 - 1
     return Gaussians(
-        means=torch.rand(n, 3, device=device), log_scales=torch.rand(n, 3, device=device),
-        quats=torch.rand(n, 4, device=device), opacity_logits=torch.rand(n, device=device),
-        sh0=torch.rand(n, 1, 3, device=device), shN=torch.rand(n, k, 3, device=device), ids=torch.arange(n, device=device),
-    )  # fmt: skip
+        means=torch.rand(n, 3, device=device),
+        log_scales=torch.rand(n, 3, device=device),
+        quats=torch.rand(n, 4, device=device),
+        opacity_logits=torch.rand(n, device=device),
+        sh0=torch.rand(n, 1, 3, device=device),
+        shN=torch.rand(n, k, 3, device=device),
+        ids=torch.arange(n, device=device),
+    )
 
 
 def _devices(*tensors: torch.Tensor) -> set[torch.device]:
@@ -144,7 +148,7 @@ class _FakeCuda:
         (1, 1, "auto", True, "cuda:0", "gloo"),  # two ranks share one GPU: NCCL would refuse
         (1, 3, "auto", False, "cuda:0", "cpu:gloo,cuda:nccl"),  # srun --gpus-per-task=1: each rank sees its own
     ],
-)  # fmt: skip
+)
 def test_rank_device(monkeypatch, gpus, local_rank, want, share, device, backend) -> None:
     cuda = _FakeCuda(gpus)
     cuda.install(monkeypatch)
@@ -154,7 +158,9 @@ def test_rank_device(monkeypatch, gpus, local_rank, want, share, device, backend
 
 def test_more_ranks_than_gpus_is_refused_unless_shared(monkeypatch) -> None:
     _FakeCuda(2).install(monkeypatch)
-    with pytest.raises(InputError, match="local rank 2 has no GPU of its own: this process sees 2.*dist.share_gpus=true"):
+    with pytest.raises(
+        InputError, match="local rank 2 has no GPU of its own: this process sees 2.*dist.share_gpus=true"
+    ):
         runtime._device(2, "auto", False)
 
 

@@ -56,7 +56,12 @@ def _reference(variant: bool = False):
     loss.backward()
     densify = DensifyStrategy(DensifyConfig(), 1.0, 0)
     for cam, s in zip(cams, splats):  # every Gaussian, the invisible ones with radius 0
-        densify.observe(pixel_radii(s.extents), screen_grad_norms(s.means2d.grad, cam.width, cam.height), torch.arange(len(s)), len(s))
+        densify.observe(
+            pixel_radii(s.extents),
+            screen_grad_norms(s.means2d.grad, cam.width, cam.height),
+            torch.arange(len(s)),
+            len(s),
+        )
     stats = {k: densify.state_dict()[k] for k in STATS}
     return float(loss.detach()), rendered, {k: getattr(model, k).grad for k in FIELDS}, model.ids, stats
 
@@ -74,7 +79,15 @@ def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
     for radii, grad_norms, rows in out.per_camera():  # only the splats the cameras see
         densify.observe(radii, grad_norms, rows, len(shard))
     stats = {k: densify.state_dict()[k] for k in STATS}
-    return float(loss.detach()), shard.ids, grads, out.tile_ids, [c.detach() for c in out.tile_colors], out.bytes_sent, stats
+    return (
+        float(loss.detach()),
+        shard.ids,
+        grads,
+        out.tile_ids,
+        [c.detach() for c in out.tile_colors],
+        out.bytes_sent,
+        stats,
+    )
 
 
 def _check(results, reference) -> None:
@@ -130,7 +143,9 @@ def _gradients_job(ctx, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, tor
     tiles and their colours."""
     g, cams, images = _setup(dtype)
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))
-    loss, out = batch_loss(shard, cams, images, BG.to(dtype), 1, 0.2, ctx, TileBalancer("locality", ctx.world_size, calibrate=False))
+    loss, out = batch_loss(
+        shard, cams, images, BG.to(dtype), 1, 0.2, ctx, TileBalancer("locality", ctx.world_size, calibrate=False)
+    )
     loss.backward()
     return shard.ids, {k: getattr(shard, k).grad for k in FIELDS}, out.tile_ids, [c.detach() for c in out.tile_colors]
 

@@ -18,9 +18,16 @@ from tests.model_match import BOUNDS, EQUIVALENCE_OVERRIDES, checkpoint_model, c
 
 
 def _train_job(ctx, scene: str, out: str, micro_batch: int = 0, extra: tuple[str, ...] = ()) -> dict:
-    cfg = load_config(None, [f"train.micro_batch={micro_batch}", *extra, f"data.path={scene}", f"train.out={out}", *EQUIVALENCE_OVERRIDES])
+    cfg = load_config(
+        None,
+        [f"train.micro_batch={micro_batch}", *extra, f"data.path={scene}", f"train.out={out}", *EQUIVALENCE_OVERRIDES],
+    )
     result = train(cfg, ctx)
-    return {"psnr": result["test"]["psnr"], "n": result["num_gaussians"], "bytes": result["exchange_bytes_per_iteration"]}
+    return {
+        "psnr": result["test"]["psnr"],
+        "n": result["num_gaussians"],
+        "bytes": result["exchange_bytes_per_iteration"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,9 @@ def one_rank(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dic
 
 
 @pytest.mark.parametrize("micro_batch", [0, 1])
-def test_two_ranks_train_the_one_rank_model(scene: Path, tmp_path: Path, one_rank: tuple[dict, Path], micro_batch: int) -> None:
+def test_two_ranks_train_the_one_rank_model(
+    scene: Path, tmp_path: Path, one_rank: tuple[dict, Path], micro_batch: int
+) -> None:
     """Two ranks give the one-rank model, also when they render the batch of 2 one camera per pass (whose
     gradients add up to the batch's)."""
     one, one_dir = one_rank
@@ -64,8 +73,14 @@ def test_mcmc_on_two_ranks_grows_the_one_rank_model_within_the_global_budget(sce
     also with random backgrounds and antialiasing."""
     start = len(load_scene(scene).points_xyz)
     budget = int(start * 1.08)  # growth 1.05 per refinement at 10, 20 and 30 images: the budget binds at the second
-    extra = ("densify.strategy=mcmc", f"densify.budget={budget}", "densify.min_opacity=0.09",  # init 0.1: many die
-             "render.random_background=true", "render.antialiased=true")  # one background per camera, the same on every rank
+    # one background per camera, the same on every rank
+    extra = (
+        "densify.strategy=mcmc",
+        f"densify.budget={budget}",
+        "densify.min_opacity=0.09",  # init 0.1: many die
+        "render.random_background=true",
+        "render.antialiased=true",
+    )
     one = run_ranks(1, _train_job, str(scene), str(tmp_path / "w1"), 0, extra)[0]
     two = run_ranks(2, _train_job, str(scene), str(tmp_path / "w2"), 0, extra)
     assert one["n"] == two[0]["n"] == two[1]["n"] == budget

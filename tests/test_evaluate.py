@@ -110,7 +110,9 @@ def test_evaluation_reads_regions_from_the_photo_cache(scene_dir: Path, tmp_path
     cache = PhotoCache(tmp_path / "cache", scene)
     photos = GroundTruth(cache, torch.device("cpu"), torch.zeros(3))
     (tmp_path / "renders").mkdir()
-    cached = evaluate_sharded(gaussians, photos.photo, scene.cameras, torch.zeros(3), single_process(), tmp_path / "renders", 1)
+    cached = evaluate_sharded(
+        gaussians, photos.photo, scene.cameras, torch.zeros(3), single_process(), tmp_path / "renders", 1
+    )
     assert [(v["psnr"], v["ssim"]) for v in cached["views"]] == [(v["psnr"], v["ssim"]) for v in direct["views"]]
     assert math.isfinite(cached["psnr"]) and cached["psnr"] < 40.0  # not the true model: the errors are not zero
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(cache.path(c).name for c in scene.cameras)
@@ -126,7 +128,9 @@ def test_eval_command_reads_the_photo_cache(scene_dir: Path, tmp_path: Path) -> 
     result = run_eval(scene_dir / "perturbed.ply", cfg, "test")
     scene = scene_from_config(cfg.data)
     direct = evaluate(read_ply(scene_dir / "perturbed.ply"), scene, scene.test_cameras, torch.zeros(3))
-    assert [(v["uid"], v["psnr"], v["ssim"]) for v in result["views"]] == [(v["uid"], v["psnr"], v["ssim"]) for v in direct["views"]]
+    assert [(v["uid"], v["psnr"], v["ssim"]) for v in result["views"]] == [
+        (v["uid"], v["psnr"], v["ssim"]) for v in direct["views"]
+    ]
     assert result["count"] == 2 and math.isfinite(result["psnr"])
     cache = PhotoCache(cache_dir, scene)
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted(cache.path(c).name for c in scene.test_cameras)

@@ -30,7 +30,9 @@ HALF = 0.5  # the known factor a training photo is darkened by
 
 def test_the_fit_recovers_an_affine_colour_transform() -> None:
     render_px = torch.rand(500, 3, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(fit_exposure(exposure_moments(render_px, apply_exposure(render_px, DARK))), DARK, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        fit_exposure(exposure_moments(render_px, apply_exposure(render_px, DARK))), DARK, atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(fit_exposure(exposure_moments(render_px, render_px)), IDENTITY, atol=1e-5, rtol=0)
     grey = render_px[:, :1].expand(-1, 3)  # colours that do not span RGB: still a finite answer
     assert bool(torch.isfinite(fit_exposure(exposure_moments(grey, grey * 0.5))).all())
@@ -72,15 +74,28 @@ def test_a_darkened_photo_is_recovered_the_same_on_one_and_two_ranks() -> None:
     torch.testing.assert_close(apply_exposure(mean, one[1]), HALF * mean, atol=0.005, rtol=0)
     two = run_ranks(2, _recover_job)
     torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)  # every rank takes the same step
-    torch.testing.assert_close(apply_exposure(renders[1], two[0][1]), apply_exposure(renders[1], one[1]), rtol=0, atol=2e-3)
+    torch.testing.assert_close(
+        apply_exposure(renders[1], two[0][1]), apply_exposure(renders[1], one[1]), rtol=0, atol=2e-3
+    )
 
 
 def _train(scene: Path, out: Path, images: int, resume: Path | None = None) -> dict:
-    cfg = load_config(None, [
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", f"train.images={images}", "train.batch_size=2",
-        "train.eval_every=0", "train.eval_renders=0", "train.checkpoint_every=10", "model.sh_degree=0",
-        "densify.start_images=1000", "optim.exposure_lr=0.01",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.path={scene}",
+            "data.downscale=4",
+            f"train.out={out}",
+            f"train.images={images}",
+            "train.batch_size=2",
+            "train.eval_every=0",
+            "train.eval_renders=0",
+            "train.checkpoint_every=10",
+            "model.sh_degree=0",
+            "densify.start_images=1000",
+            "optim.exposure_lr=0.01",
+        ],
+    )
     return train(cfg, single_process(), find_checkpoint(resume) if resume else None)
 
 
@@ -102,7 +117,9 @@ def test_evaluation_compares_as_rendered_or_fits_the_left_half() -> None:
     model, cams, photos = _scene()
     by_uid = {c.uid: p for c, p in zip(cams, photos)}
     identity = evaluate_sharded(model, lambda c: by_uid[c.uid], cams, torch.zeros(3), single_process())
-    fitted = evaluate_sharded(model, lambda c: by_uid[c.uid], cams, torch.zeros(3), single_process(), exposure="fit-left")
+    fitted = evaluate_sharded(
+        model, lambda c: by_uid[c.uid], cams, torch.zeros(3), single_process(), exposure="fit-left"
+    )
     assert identity["views"][0]["psnr"] > 60 and identity["views"][1]["psnr"] < 25  # the darkened photo
     assert all(v["psnr"] > 45 for v in fitted["views"])  # its transform found on the left, checked on the right
     assert fitted["views"][1]["ssim"] == pytest.approx(1.0, abs=1e-3)

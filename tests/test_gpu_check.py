@@ -32,7 +32,19 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "gpu_check.log").read_text()[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert [s["step"] for s in report["steps"]] == ["facts", "wheels", "synth", "pytest", "racecheck", "memcheck", "parity", "demo", "share", "step", "fox"]
+    assert [s["step"] for s in report["steps"]] == [
+        "facts",
+        "wheels",
+        "synth",
+        "pytest",
+        "racecheck",
+        "memcheck",
+        "parity",
+        "demo",
+        "share",
+        "step",
+        "fox",
+    ]
     facts = steps["facts"]["result"]
     assert report["mode"] == "dry" and report["failed"] == [] and facts["torch"]
     assert len(facts["commit"]) == 40 and isinstance(facts["dirty"], bool) and len(facts["gpu_path_sha256"]) == 16
@@ -44,10 +56,16 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
     demo = steps["demo"]["result"]
     reference = json.loads((REPO / "bench" / "results" / "demo_cpu_dry.json").read_text())
     assert demo["images"] == 40 and demo["cpu_reference"] == reference
-    assert abs(demo["test_psnr"] - reference["test_psnr"]) <= 0.2 and demo["psnr_minus_cpu_reference"] == demo["test_psnr"] - reference["test_psnr"]
+    assert (
+        abs(demo["test_psnr"] - reference["test_psnr"]) <= 0.2
+        and demo["psnr_minus_cpu_reference"] == demo["test_psnr"] - reference["test_psnr"]
+    )
     share = steps["share"]["result"]
     assert share["gaussians"][0] == share["gaussians"][1] > 0 and not share["failures"]
-    assert all(f["worst"] <= 1e-2 for f in share["fields"].values()) and abs(share["test_psnr"][0] - share["test_psnr"][1]) <= 0.05
+    assert (
+        all(f["worst"] <= 1e-2 for f in share["fields"].values())
+        and abs(share["test_psnr"][0] - share["test_psnr"][1]) <= 0.05
+    )
     runs = steps["step"]["result"]["runs"]
     budget = json.loads((REPO / "tests" / "host_sync_budget.json").read_text())["W1_B1"]
     assert [r["batch"] for r in runs] == [1, 2] and all(0 < r["host_syncs_per_iteration"] <= budget for r in runs)
@@ -79,11 +97,18 @@ def test_parity_bound_follows_float32_rounding() -> None:
     """The kernels pass where they are as close to float64 as the float32 spec (run 3's colours), or within
     the kernel tests' bound of the spec; twice as far from float64 as float32 rounding explains fails (the
     former 2x bound passed it)."""
-    assert gpu_check.parity_ok("colors", {"cupy_vs_spec": 1.0e-3, "cupy_vs_float64": 2.28e-3, "spec_vs_float64": 2.28e-3})
+    assert gpu_check.parity_ok(
+        "colors", {"cupy_vs_spec": 1.0e-3, "cupy_vs_float64": 2.28e-3, "spec_vs_float64": 2.28e-3}
+    )
     assert gpu_check.parity_ok("colors", {"cupy_vs_spec": 5e-6, "cupy_vs_float64": 1.0, "spec_vs_float64": 0.0})
-    assert not gpu_check.parity_ok("colors", {"cupy_vs_spec": 1.0e-3, "cupy_vs_float64": 4.5e-3, "spec_vs_float64": 2.28e-3})
-    assert gpu_check.parity_ok("grad_means", {"cupy_vs_spec": 2e-4, "cupy_vs_float64": 1e-7, "spec_vs_float64": 0.0})  # slack
-    assert not gpu_check.parity_ok("grad_means", {"cupy_vs_spec": 2e-4, "cupy_vs_float64": 1e-5, "spec_vs_float64": 0.0})
+    assert not gpu_check.parity_ok(
+        "colors", {"cupy_vs_spec": 1.0e-3, "cupy_vs_float64": 4.5e-3, "spec_vs_float64": 2.28e-3}
+    )
+    # slack
+    assert gpu_check.parity_ok("grad_means", {"cupy_vs_spec": 2e-4, "cupy_vs_float64": 1e-7, "spec_vs_float64": 0.0})
+    assert not gpu_check.parity_ok(
+        "grad_means", {"cupy_vs_spec": 2e-4, "cupy_vs_float64": 1e-5, "spec_vs_float64": 0.0}
+    )
 
 
 def test_tests_step_fails_on_a_skip() -> None:
@@ -111,7 +136,9 @@ def test_a_missing_module_is_looked_up_in_the_wheels(tmp_path: Path) -> None:
     (wheels / "pytest-8.0.0-py3-none-any.whl").write_bytes(b"")  # found: a dry run only looks it up
     res = _run("--dry-run", "--out", str(tmp_path / "b"), "--wheels", str(wheels), shadow=shadow)
     steps = {s["step"]: s for s in json.loads((tmp_path / "b" / "gpu_check.json").read_text())["steps"]}
-    assert steps["wheels"]["status"] == "passed" and steps["wheels"]["result"]["wheels"][0].endswith("pytest-8.0.0-py3-none-any.whl")
+    assert steps["wheels"]["status"] == "passed" and steps["wheels"]["result"]["wheels"][0].endswith(
+        "pytest-8.0.0-py3-none-any.whl"
+    )
 
 
 def test_bad_arguments() -> None:

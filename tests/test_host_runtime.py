@@ -161,36 +161,76 @@ def _fails(lib, name: str, block, args, *patterns: str) -> None:
 
 def test_thread_exited_before_barrier(lib) -> None:
     out = torch.zeros(64, dtype=torch.int32)
-    _fails(lib, "exit_before_barrier", (64,), (out,), "a thread exited while others wait at a barrier", "exited: 5[;\\]]",
-           r"at __syncthreads \(probe_kernels.cu:\d+:\d+\): ")
+    _fails(
+        lib,
+        "exit_before_barrier",
+        (64,),
+        (out,),
+        "a thread exited while others wait at a barrier",
+        "exited: 5[;\\]]",
+        r"at __syncthreads \(probe_kernels.cu:\d+:\d+\): ",
+    )
 
 
 def test_threads_at_different_barriers(lib) -> None:
     out = torch.zeros(64, dtype=torch.int32)
-    _fails(lib, "divergent_barriers", (64,), (out,), "threads wait at different barriers",
-           r"at __syncthreads \(probe_kernels.cu:(\d+):\d+\): .*at __syncthreads \(probe_kernels.cu:(?!\1)\d+:\d+\): ")
+    _fails(
+        lib,
+        "divergent_barriers",
+        (64,),
+        (out,),
+        "threads wait at different barriers",
+        r"at __syncthreads \(probe_kernels.cu:(\d+):\d+\): .*at __syncthreads \(probe_kernels.cu:(?!\1)\d+:\d+\): ",
+    )
 
 
 def test_full_mask_shuffle_after_lanes_exited(lib) -> None:
     out = torch.full((64,), -1, dtype=torch.int32)
-    _fails(lib, "shfl_after_exit", (64,), (-1, 32, out), r"__shfl_down_sync \(probe_kernels.cu:\d+:\d+\) in warp [01] "
-           "with mask 0xffffffff: the lanes at the op are 0x0000ffff, the live lanes 0x0000ffff", "exited: (16-31|48-63)")
+    _fails(
+        lib,
+        "shfl_after_exit",
+        (64,),
+        (-1, 32, out),
+        r"__shfl_down_sync \(probe_kernels.cu:\d+:\d+\) in warp [01] "
+        "with mask 0xffffffff: the lanes at the op are 0x0000ffff, the live lanes 0x0000ffff",
+        "exited: (16-31|48-63)",
+    )
     # The mask of the lanes left: legal, within 16-lane segments; reading lane 16 (width 32) is not.
     lib.launch("shfl_after_exit", (1,), (64,), (0xFFFF, 16, out), seed=3)
     assert out.view(2, 32)[:, :16].tolist() == [[*range(1, 16), 15], [*range(33, 48), 47]]
-    _fails(lib, "shfl_after_exit", (64,), (0xFFFF, 32, out), "lane 15 of warp [01] reads lane 16, outside the mask 0x0000ffff")
+    _fails(
+        lib,
+        "shfl_after_exit",
+        (64,),
+        (0xFFFF, 32, out),
+        "lane 15 of warp [01] reads lane 16, outside the mask 0x0000ffff",
+    )
 
 
 def test_vote_beside_barrier(lib) -> None:
     out = torch.zeros(32, dtype=torch.int32)
-    _fails(lib, "vote_beside_barrier", (32,), (out,), r"__any_sync \(probe_kernels.cu:\d+:\d+\) in warp 0 with mask 0xffffffff: "
-           "the lanes at the op are 0x0000ffff, the live lanes 0xffffffff", r"at __syncthreads \(probe_kernels.cu:\d+:\d+\): 16-31")
+    _fails(
+        lib,
+        "vote_beside_barrier",
+        (32,),
+        (out,),
+        r"__any_sync \(probe_kernels.cu:\d+:\d+\) in warp 0 with mask 0xffffffff: "
+        "the lanes at the op are 0x0000ffff, the live lanes 0xffffffff",
+        r"at __syncthreads \(probe_kernels.cu:\d+:\d+\): 16-31",
+    )
 
 
 def test_lanes_at_different_votes(lib) -> None:
     out = torch.zeros(32, dtype=torch.int32)
-    _fails(lib, "divergent_votes", (32,), (out,), "lanes of warp 0 wait at different warp ops",
-           r"at __any_sync \(probe_kernels.cu:\d+:\d+\): 0-15", r"at __all_sync \(probe_kernels.cu:\d+:\d+\): 16-31")
+    _fails(
+        lib,
+        "divergent_votes",
+        (32,),
+        (out,),
+        "lanes of warp 0 wait at different warp ops",
+        r"at __any_sync \(probe_kernels.cu:\d+:\d+\): 0-15",
+        r"at __all_sync \(probe_kernels.cu:\d+:\d+\): 16-31",
+    )
 
 
 def test_bad_launch_and_arguments(lib) -> None:
@@ -200,8 +240,13 @@ def test_bad_launch_and_arguments(lib) -> None:
     with pytest.raises(ValueError, match="argument 0"):
         lib.launch("divergent_votes", (1,), (32,), (out.float(),))
     with pytest.raises(ValueError, match="tensor on meta"):
-        RuntimeKernels().launch("tile_ranges", 3, torch.zeros(3, dtype=torch.int64, device="meta"), 1,
-                                torch.zeros(2, dtype=torch.int64, device="meta"))
+        RuntimeKernels().launch(
+            "tile_ranges",
+            3,
+            torch.zeros(3, dtype=torch.int64, device="meta"),
+            1,
+            torch.zeros(2, dtype=torch.int64, device="meta"),
+        )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -209,7 +254,10 @@ def test_rasterize_kernels_match_the_host_emulation(seed: int) -> None:
     """cuda/rasterize.cu under more interleavings, on tiles of over 512 splats (several shared-memory batches)
     with pixels that stop early: the image is the host emulation's bit for bit, the gradients equal up to the
     order of the atomics."""
-    model, cam = random_gaussians(5000, seed=2, sh_degree=2, dtype=torch.float32, opacity_shift=4.0), small_camera(97, 113)
+    model, cam = (
+        random_gaussians(5000, seed=2, sh_degree=2, dtype=torch.float32, opacity_shift=4.0),
+        small_camera(97, 113),
+    )
     with torch.no_grad():
         splats = torch_backend.project(
             model.means, model.quats, model.scales(), model.opacities(), model.sh(), model.sh_degree, cam, model.ids
@@ -217,7 +265,9 @@ def test_rasterize_kernels_match_the_host_emulation(seed: int) -> None:
     tiles = BatchTiles([TileGrid(cam.width, cam.height)], [None], torch.device("cpu"))
     results = []
     for launch in (HostKernels().launch, RuntimeKernels(seed, workers=2).launch):
-        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        leaves = [
+            t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
+        ]
         s = Splats(leaves[0], leaves[1], splats.depths, leaves[2], leaves[3], splats.extents, splats.ids)
         colors, alpha, bins = KernelBackend(launch).rasterize_batch(s, [len(s)], tiles, torch.tensor([0.2, 0.5, 0.9]))
         (colors.sum() + alpha.sum()).backward()
@@ -234,7 +284,9 @@ def _sanitizer_env(sanitize: str) -> dict[str, str] | None:
     None when a needed sanitizer runtime is missing."""
     env = {**os.environ, "GP_RUNTIME_SANITIZE": sanitize, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
     if "address" in sanitize:
-        asan = subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+        asan = subprocess.run(
+            [compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True
+        ).stdout.strip()
         if not os.path.isabs(asan) or not os.path.exists(asan):
             return None
         env.update(LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
@@ -252,7 +304,18 @@ def test_real_kernels_under_sanitizers(sanitize: str) -> None:
     if env is None:
         pytest.skip("the compiler has no AddressSanitizer runtime (libasan.so)")
     # --capture=no: a sanitizer report ends the process, and pytest's captured output would go with it
-    cmd = [sys.executable, "-m", "pytest", "-q", "--capture=no", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "runtime"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "--capture=no",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_kernels.py",
+        "-k",
+        "runtime",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout, proc.stdout[-2000:]

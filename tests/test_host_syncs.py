@@ -28,17 +28,36 @@ from tests.dist_util import run_ranks
 BUDGET = Path(__file__).with_name("host_sync_budget.json")
 
 
-QUALITY = ("densify.strategy=mcmc", "render.random_background=true", "render.antialiased=true", "optim.exposure_lr=0.01")
+QUALITY = (
+    "densify.strategy=mcmc",
+    "render.random_background=true",
+    "render.antialiased=true",
+    "optim.exposure_lr=0.01",
+)
 """The quality options (MCMC between its refinements: noise and regularisers; backgrounds; exposures)."""
 
 
 def _syncs(ctx, scene: str, out: str, batch: int, iterations: int, extra: tuple[str, ...] = ()) -> Counter:
-    cfg = load_config(None, [*extra,
-        f"data.path={scene}", "data.downscale=2", f"train.out={out}", f"train.images={batch * iterations}",
-        f"train.batch_size={batch}", "train.eval_every=0", "train.eval_renders=0", "train.checkpoint_every=0",
-        "train.log_every=1", "model.sh_degree=1", "train.sh_degree_every=1000", "densify.start_images=1000",
-        "dist.calibrate=false", "dist.rebalance_threshold=null",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *extra,
+            f"data.path={scene}",
+            "data.downscale=2",
+            f"train.out={out}",
+            f"train.images={batch * iterations}",
+            f"train.batch_size={batch}",
+            "train.eval_every=0",
+            "train.eval_renders=0",
+            "train.checkpoint_every=0",
+            "train.log_every=1",
+            "model.sh_degree=1",
+            "train.sh_degree_every=1000",
+            "densify.start_images=1000",
+            "dist.calibrate=false",
+            "dist.rebalance_threshold=null",
+        ],
+    )
     with HostSyncCounter() as counter:
         train(cfg, ctx)
     return Counter({site: n for site, n in counter.sites.items() if " at grendel_py/data/" not in site})

@@ -72,7 +72,9 @@ def test_prefetch_follows_the_sampler(scene, monkeypatch: pytest.MonkeyPatch, tm
     images.close()
 
 
-def test_a_failed_prefetch_raises_in_the_training_thread(scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_failed_prefetch_raises_in_the_training_thread(
+    scene, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     def broken(self, camera):
         raise InputError(Path("photo.png"), "truncated")
 

@@ -69,9 +69,13 @@ def _scene(name: str) -> tuple[Gaussians, Camera]:
     screen, with random SH of degree 3 and tilted rotations. sparse: 20 Gaussians on 93 x 57, with empty tiles
     and tiles of one splat."""
     if name == "random":
-        return random_gaussians(3000, seed=1, sh_degree=3, dtype=torch.float32, opacity_shift=1.0), small_camera(133, 71)
+        return random_gaussians(3000, seed=1, sh_degree=3, dtype=torch.float32, opacity_shift=1.0), small_camera(
+            133, 71
+        )
     if name == "dense":
-        return random_gaussians(5000, seed=2, sh_degree=2, dtype=torch.float32, opacity_shift=4.0), small_camera(97, 113)
+        return random_gaussians(5000, seed=2, sh_degree=2, dtype=torch.float32, opacity_shift=4.0), small_camera(
+            97, 113
+        )
     if name == "sparse":
         return random_gaussians(20, seed=4, sh_degree=2, dtype=torch.float32, opacity_shift=2.0), small_camera(93, 57)
     scene = city_scene(20_000, scale=2, seed=0)
@@ -98,7 +102,9 @@ def _weights(shape, seed: int, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def _close_scaled(actual: torch.Tensor | None, expected: torch.Tensor | None, rtol: float, scale: float, what: str) -> None:
+def _close_scaled(
+    actual: torch.Tensor | None, expected: torch.Tensor | None, rtol: float, scale: float, what: str
+) -> None:
     if expected is None or actual is None:  # a leaf the output does not depend on (opacities in projection)
         assert actual is None and expected is None, what
         return
@@ -106,7 +112,9 @@ def _close_scaled(actual: torch.Tensor | None, expected: torch.Tensor | None, rt
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def _threshold_flips(got: torch.Tensor, ref: torch.Tensor, colors: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+def _threshold_flips(
+    got: torch.Tensor, ref: torch.Tensor, colors: torch.Tensor, rtol: float, atol: float
+) -> torch.Tensor:
     """The pixels (bool [T, P]) where two images [T, P, C], rendered from two projections that agree to float
     rounding, differ by more than (rtol, atol); asserted to be few (at most 1 in 10,000) and each off by at
     most what one splat at the alpha threshold adds (1/255 x the largest splat colour): pixels where the
@@ -115,13 +123,19 @@ def _threshold_flips(got: torch.Tensor, ref: torch.Tensor, colors: torch.Tensor,
     off = ~torch.isclose(got, ref, rtol=rtol, atol=atol).all(-1)
     assert int(off.sum()) <= max(1, off.numel() // 10_000), f"{int(off.sum())} of {off.numel()} pixels differ"
     worst = float((got - ref).abs().max())
-    assert worst <= ALPHA_MIN * float(colors.max()), f"a pixel is off by {worst}, more than one splat at the alpha threshold"
+    assert worst <= ALPHA_MIN * float(colors.max()), (
+        f"a pixel is off by {worst}, more than one splat at the alpha threshold"
+    )
     return off
 
 
-def _project(backend, leaves: dict[str, torch.Tensor], ids: torch.Tensor, degree: int, cam: Camera, antialiased: bool = False) -> Splats:
+def _project(
+    backend, leaves: dict[str, torch.Tensor], ids: torch.Tensor, degree: int, cam: Camera, antialiased: bool = False
+) -> Splats:
     g = Gaussians(**leaves, ids=ids)
-    return backend.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, cam, g.ids, antialiased=antialiased)
+    return backend.project(
+        g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, cam, g.ids, antialiased=antialiased
+    )
 
 
 @pytest.mark.parametrize("scene", SCENES)
@@ -215,7 +229,9 @@ def test_rasterize_matches_spec(impl, scene: str) -> None:
     for name, tiles in _subsets(grid, device).items():
         results = []
         for backend in (torch_backend, kernels):
-            leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+            leaves = [
+                t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
+            ]
             bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
             s = Splats(leaves[0], leaves[1], splats.depths, leaves[2], leaves[3], splats.extents, splats.ids)
             colors, alpha, _ = _rasterize(backend, s, grid, bg, tiles)
@@ -243,12 +259,16 @@ def test_culling_changes_no_pixel_or_gradient(impl, scene: str) -> None:
     results = []
     for cull in (True, False):
         bins = bin_batch(splats, [len(splats)], tiles, cull)
-        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        leaves = [
+            t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
+        ]
         bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
         colors, alpha = _Rasterize.apply(*leaves, bg, bins, tiles, kernels.launch)
         loss = (colors * _weights(colors.shape, 6, device)).sum() + (alpha * _weights(alpha.shape, 7, device)).sum()
         loss.backward()
-        results.append((bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
+        results.append(
+            (bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad])
+        )
     (m_cull, *culled), (m_box, *box) = results
     assert m_cull < m_box
     assert torch.equal(culled[0], box[0]) and torch.equal(culled[1], box[1])
@@ -288,13 +308,17 @@ def test_a_batch_of_cameras_matches_spec(impl) -> None:
         s, grid = _spec_splats(scene, device)
         parts.append(s)
         grids.append(grid)
-        selections.append(_subsets(grid, device)[{"random": "all", "dense": "half", "city": "border", "sparse": "one"}[scene]])
+        selections.append(
+            _subsets(grid, device)[{"random": "all", "dense": "half", "city": "border", "sparse": "one"}[scene]]
+        )
     splats = Splats(*(torch.cat([getattr(s, f) for s in parts]) for f in SPLAT_FIELDS))
     sizes = [len(s) for s in parts]
     tiles = BatchTiles(grids, [None if t is None else torch.unique(t) for t in selections], device)
     results = []
     for backend in (torch_backend, kernels):
-        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        leaves = [
+            t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
+        ]
         bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
         s = Splats(leaves[0], leaves[1], splats.depths, leaves[2], leaves[3], splats.extents, splats.ids)
         colors, alpha, bins = backend.rasterize_batch(s, sizes, tiles, bg)
@@ -315,7 +339,9 @@ def test_empty_inputs(impl) -> None:
     model, cam = _scene("random")
     empty = Gaussians(**{k: getattr(model, k)[:0].to(device) for k in (*LEAVES, "ids")})
     s = _project(kernels, {k: getattr(empty, k) for k in LEAVES}, empty.ids, 1, cam)
-    colors, alpha, bins = _rasterize(kernels, s, TileGrid(cam.width, cam.height), torch.tensor([0.1, 0.2, 0.3], device=device))
+    colors, alpha, bins = _rasterize(
+        kernels, s, TileGrid(cam.width, cam.height), torch.tensor([0.1, 0.2, 0.3], device=device)
+    )
     assert bins.splat_index.numel() == 0
     torch.testing.assert_close(colors, torch.tensor([0.1, 0.2, 0.3], device=device).expand_as(colors))
     assert float(alpha.abs().max()) == 0.0
@@ -335,8 +361,16 @@ def test_rejects_what_the_kernels_cannot_compute(impl) -> None:
 def _project_meta(kernels: KernelBackend, n: int, cam: Camera) -> None:
     """Project ``n`` Gaussians that exist as shapes only (the meta device: no memory)."""
     meta = torch.device("meta")
-    means, scales, opacities = torch.empty(n, 3, device=meta), torch.empty(n, 3, device=meta), torch.empty(n, device=meta)
-    quats, sh, ids = torch.empty(n, 4, device=meta), torch.empty(n, 1, 3, device=meta), torch.empty(n, dtype=torch.long, device=meta)
+    means, scales, opacities = (
+        torch.empty(n, 3, device=meta),
+        torch.empty(n, 3, device=meta),
+        torch.empty(n, device=meta),
+    )
+    quats, sh, ids = (
+        torch.empty(n, 4, device=meta),
+        torch.empty(n, 1, 3, device=meta),
+        torch.empty(n, dtype=torch.long, device=meta),
+    )
     kernels.project(means, quats, scales, opacities, sh, 0, cam, ids)
 
 
@@ -400,7 +434,9 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 1234})())
     k = cuda_kernels.CupyKernels(torch.device("cpu"))
-    assert sorted(code for code, _ in fake.sources) == sorted(cuda_kernels.cuda_source(s) for s in ("bin.cu", "project.cu", "rasterize.cu"))
+    assert sorted(code for code, _ in fake.sources) == sorted(
+        cuda_kernels.cuda_source(s) for s in ("bin.cu", "project.cu", "rasterize.cu")
+    )
     assert all(opts == cuda_kernels.NVRTC_OPTIONS for _, opts in fake.sources)
 
     keys = torch.arange(600, dtype=torch.int64)
@@ -414,13 +450,41 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
 
     f = lambda *s: torch.zeros(*s, requires_grad=True)  # noqa: E731
     i64 = lambda n: torch.zeros(n, dtype=torch.int64)  # noqa: E731
-    k.launch("rasterize_forward", 5, i64(5), i64(6), torch.zeros(0, dtype=torch.int32), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
-             f(5, 256, 3), f(5, 256), torch.zeros(5, 256, dtype=torch.int32))
+    k.launch(
+        "rasterize_forward",
+        5,
+        i64(5),
+        i64(6),
+        torch.zeros(0, dtype=torch.int32),
+        f(0, 2),
+        f(0, 3),
+        f(0),
+        f(0, 3),
+        f(3),
+        7,
+        f(5, 256, 3),
+        f(5, 256),
+        torch.zeros(5, 256, dtype=torch.int32),
+    )
     name, grid, block, args = fake.launches[-1]
     assert (grid, block, len(args)) == ((5,), (16, 16), 12)
     assert args[2] == "empty" and type(args[8]) is np.int32
-    k.launch("rasterize_forward", 0, i64(0), i64(1), torch.zeros(0, dtype=torch.int32), f(0, 2), f(0, 3), f(0), f(0, 3), f(3), 7,
-             f(0, 256, 3), f(0, 256), torch.zeros(0, 256, dtype=torch.int32))
+    k.launch(
+        "rasterize_forward",
+        0,
+        i64(0),
+        i64(1),
+        torch.zeros(0, dtype=torch.int32),
+        f(0, 2),
+        f(0, 3),
+        f(0),
+        f(0, 3),
+        f(3),
+        7,
+        f(0, 256, 3),
+        f(0, 256),
+        torch.zeros(0, 256, dtype=torch.int32),
+    )
     assert fake.launches[-1][0] == "rasterize_forward" and len(fake.launches) == 2  # nothing to launch
     with pytest.raises(ValueError, match="tile_ranges argument 0: expected a contiguous torch.int64"):
         k.launch("tile_ranges", 600, keys.int(), 3, offsets)

@@ -30,7 +30,9 @@ def test_shares_keep_the_alpha_at_the_centre_and_the_integral_along_a_line(parts
     old = o * torch.exp(-0.5 * t**2)
     g = torch.exp(-0.5 * (t * scales[:, 0] / new_s[:, 0]) ** 2)
     together = 1 - (1 - new_o * g) ** parts
-    torch.testing.assert_close(torch.trapezoid(together, t[:, 0], dim=0), torch.trapezoid(old, t[:, 0], dim=0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        torch.trapezoid(together, t[:, 0], dim=0), torch.trapezoid(old, t[:, 0], dim=0), rtol=1e-6, atol=0
+    )
     torch.testing.assert_close(new_s / new_s[:, :1], scales / scales[:, :1])  # every axis by the same factor
     if parts == 1:
         torch.testing.assert_close(new_s, scales)
@@ -96,7 +98,12 @@ def test_a_refinement_relocates_the_dead_grows_to_the_budget_and_resets_adam_sta
     strategy = MCMCStrategy(cfg, extent=1.0, seed=2)
     allocate = IdAllocator(1000, init_distributed(env={}))
     events = strategy.step(5, 10, g, opt, allocate)
-    assert events == {"densified": True, "relocated": len(dead), "added": 10}  # 300 -> floor(1.05 x 300) = 315 > budget 310
+    # 300 -> floor(1.05 x 300) = 315 > budget 310
+    assert events == {
+        "densified": True,
+        "relocated": len(dead),
+        "added": 10,
+    }
     assert len(g) == 310 == strategy.total(g) and len(set(g.ids.tolist())) == 310
     assert bool((g.opacities() > cfg.min_opacity).all())  # no dead left
     ids = g.ids.tolist()

@@ -49,6 +49,7 @@ not_inside_a_job = pytest.mark.skipif(
     reason="starts its own 2-rank jobs: run pytest without mpiexec/torchrun",
 )
 
+
 def _run(cmd: list[str], cwd: Path) -> str:
     """Run ``cmd`` in its own process group (killed whole on timeout); return stdout+stderr, fail on exit != 0."""
     code, out, _ = finish_child(start_child(cmd, cwd, merge_output=True), TIMEOUT_S)
@@ -64,19 +65,43 @@ def scene(object_scene_seed2: Path) -> Path:
 def _train_args(scene: Path, out: Path) -> list[str]:
     """``grendel train`` words for a few-second 2-rank run with densification and redistribution."""
     return [
-        "-m", "grendel_py", "train", f"data.path={scene}", "data.downscale=4", f"train.out={out}",
-        "train.images=20", "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1",
-        "train.sh_degree_every=10", "model.sh_degree=1", "densify.start_images=4", "densify.stop_images=16",
-        "densify.every_images=6", "densify.reset_opacity_every=12", "dist.ownership=kd",
-        "dist.rebalance_threshold=1.0", "dist.timeout_s=60", "dist.calibrate=false",
-    ]  # fmt: skip
+        "-m",
+        "grendel_py",
+        "train",
+        f"data.path={scene}",
+        "data.downscale=4",
+        f"train.out={out}",
+        "train.images=20",
+        "train.batch_size=2",
+        "train.eval_every=0",
+        "train.eval_renders=1",
+        "train.sh_degree_every=10",
+        "model.sh_degree=1",
+        "densify.start_images=4",
+        "densify.stop_images=16",
+        "densify.every_images=6",
+        "densify.reset_opacity_every=12",
+        "dist.ownership=kd",
+        "dist.rebalance_threshold=1.0",
+        "dist.timeout_s=60",
+        "dist.calibrate=false",
+    ]
 
 
 @needs_mpi
 @not_inside_a_job
 def test_mpiexec_trains_the_torchrun_model(scene: Path, tmp_path: Path) -> None:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port())]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    ]
     logs = {
         "torchrun": _run([*torchrun, *_train_args(scene, tmp_path / "torchrun")], tmp_path),
         "mpi": _run([MPIEXEC, "-n", "2", sys.executable, *_train_args(scene, tmp_path / "mpi")], tmp_path),
@@ -137,7 +162,20 @@ def test_mpi_world_training_step() -> None:
 @needs_mpi
 @not_inside_a_job
 def test_pytest_with_mpi_under_mpiexec() -> None:
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "tests/test_mpi_launch.py",
-           "-k", "mpi_world", "-q", "-p", "no:cacheprovider"]  # fmt: skip
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "pytest",
+        "--with-mpi",
+        "tests/test_mpi_launch.py",
+        "-k",
+        "mpi_world",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     log = _run(cmd, REPO)
     assert log.count("2 passed") == 2, log[-4000:]  # each rank ran both tests, none skipped them

@@ -40,7 +40,9 @@ def test_photos_are_decoded_once_per_node(scene_dir: Path, tmp_path: Path, monke
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(first.path(c).name for c in cams)
 
 
-def test_a_changed_photo_or_option_gets_a_new_entry(scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_photo_or_option_gets_a_new_entry(
+    scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scene = load_scene(scene_dir, downscale=2)
     decoded = count_decodes(scene, monkeypatch)
     cam = scene.train_cameras[0]
@@ -59,7 +61,9 @@ def test_a_changed_photo_or_option_gets_a_new_entry(scene_dir: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("damage", ["flipped pixel", "truncated", "bad header"])
-def test_a_damaged_entry_is_rebuilt(damage: str, scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_damaged_entry_is_rebuilt(
+    damage: str, scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scene = load_scene(scene_dir, downscale=2)
     cam = scene.train_cameras[1]
     good = np.array(PhotoCache(tmp_path / "cache", scene).photo(cam))
@@ -102,11 +106,18 @@ def test_region_reads_equal_the_whole_photo(scene_dir: Path, tmp_path: Path) -> 
     cam = scene.train_cameras[2]
     cache = PhotoCache(tmp_path / "cache", scene)
     whole = np.array(cache.photo(cam))
-    for y0, y1, x0, x1 in [(0, 16, 0, 16), (5, 37, 11, 29), (-5, 8, -3, 4), (cam.height - 3, cam.height + 9, 0, cam.width)]:
+    for y0, y1, x0, x1 in [
+        (0, 16, 0, 16),
+        (5, 37, 11, 29),
+        (-5, 8, -3, 4),
+        (cam.height - 3, cam.height + 9, 0, cam.width),
+    ]:
         assert np.array_equal(cache.region(cam, y0, y1, x0, x1), whole[max(y0, 0) : y1, max(x0, 0) : x1])
 
 
-def test_a_bad_cache_folder_is_one_clear_error(scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_cache_folder_is_one_clear_error(
+    scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scene = load_scene(scene_dir, downscale=2)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

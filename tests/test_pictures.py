@@ -28,7 +28,18 @@ from tests.dist_util import run_ranks
 def _camera(width: int = 64, height: int = 48) -> Camera:
     """Looks along +z from the origin (world = camera coordinates)."""
     f = 0.8 * width
-    return Camera(0, "cam.png", width, height, f, f, width / 2, height / 2, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    return Camera(
+        0,
+        "cam.png",
+        width,
+        height,
+        f,
+        f,
+        width / 2,
+        height / 2,
+        torch.eye(3, dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+    )
 
 
 def test_rank_colours_are_distinct_and_stable() -> None:
@@ -74,15 +85,19 @@ def test_shard_picture_draws_boxes_in_front_and_clips_those_behind() -> None:
     cam = _camera()
     image = np.zeros((48, 64, 3))
     colours = rank_colours(3)
-    boxes = np.array([
-        [[-0.5, -0.5, 2.0], [0.5, 0.5, 3.0]],  # in front, in view
-        [[-1.0, -1.0, -3.0], [1.0, 1.0, -2.0]],  # behind the camera: nothing
-        [[-0.2, -0.2, -1.0], [0.2, 0.2, 1.0]],  # through the camera plane: clipped, no error
-    ])  # fmt: skip
+    boxes = np.array(
+        [
+            [[-0.5, -0.5, 2.0], [0.5, 0.5, 3.0]],  # in front, in view
+            [[-1.0, -1.0, -3.0], [1.0, 1.0, -2.0]],  # behind the camera: nothing
+            [[-0.2, -0.2, -1.0], [0.2, 0.2, 1.0]],  # through the camera plane: clipped, no error
+        ]
+    )
     picture = np.asarray(shard_picture(image, cam, boxes, np.array([5, 6, 7]), "view"))[20:, : 64 * 8]
     front = _coloured(picture, colours[0])
     # The near face's corners (z = 2) project to u = 32 +- 0.8 * 64 * 0.25 = 32 +- 12.8 (x8 in the picture).
-    assert front[:, 1].min() == pytest.approx((32 - 12.8) * 8, abs=2) and front[:, 1].max() == pytest.approx((32 + 12.8) * 8, abs=2)
+    assert front[:, 1].min() == pytest.approx((32 - 12.8) * 8, abs=2) and front[:, 1].max() == pytest.approx(
+        (32 + 12.8) * 8, abs=2
+    )
     assert len(_coloured(picture, colours[1])) == 0
     assert len(_coloured(picture, colours[2])) > 0
 

@@ -39,13 +39,27 @@ def _args(scene: Path, out: Path, images: int, *extra: str) -> list[str]:
     """``grendel train`` words: batches of 2, a checkpoint every 10 images, the loss logged every batch,
     densification and redistribution on, equal speeds (runs repeat bit for bit)."""
     return [
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", f"train.images={images}",
-        "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1", "train.log_every=2",
-        "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.sh_degree_every=10", "model.sh_degree=1",
-        "densify.start_images=4", "densify.stop_images=30", "densify.every_images=6",
-        "densify.reset_opacity_every=18", "dist.rebalance_threshold=1.0", "dist.calibrate=false",
-        "dist.timeout_s=60", *extra,
-    ]  # fmt: skip
+        f"data.path={scene}",
+        "data.downscale=4",
+        f"train.out={out}",
+        f"train.images={images}",
+        "train.batch_size=2",
+        "train.eval_every=0",
+        "train.eval_renders=1",
+        "train.log_every=2",
+        "train.checkpoint_every=10",
+        "train.keep_checkpoints=2",
+        "train.sh_degree_every=10",
+        "model.sh_degree=1",
+        "densify.start_images=4",
+        "densify.stop_images=30",
+        "densify.every_images=6",
+        "densify.reset_opacity_every=18",
+        "dist.rebalance_threshold=1.0",
+        "dist.calibrate=false",
+        "dist.timeout_s=60",
+        *extra,
+    ]
 
 
 def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
@@ -53,9 +67,18 @@ def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
     port = str(free_port())
     procs = []
     for rank in range(world):
-        launch = {} if world == 1 else dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
-        procs.append(start_child([sys.executable, "-m", "grendel_py", "train", *args], cwd, launch, preexec_fn=_default_interrupt))
+        launch = (
+            {}
+            if world == 1
+            else dict(
+                RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+            )
+        )
+        procs.append(
+            start_child(
+                [sys.executable, "-m", "grendel_py", "train", *args], cwd, launch, preexec_fn=_default_interrupt
+            )
+        )
     return procs
 
 
@@ -123,7 +146,9 @@ STOPS = {
 
 
 @pytest.mark.parametrize("case", list(STOPS))
-def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(scene: Path, tmp_path: Path, case: str) -> None:
+def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(
+    scene: Path, tmp_path: Path, case: str
+) -> None:
     world, sig, targets, times = STOPS[case]
     images = 40
     _run(world, _args(scene, tmp_path / "ref", images), tmp_path)
@@ -139,8 +164,11 @@ def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(sc
     assert [code for code, _ in results] == [status] * world, results[0][1][-3000:]
     line = results[0][1].strip().splitlines()[-1]  # rank 0 says how to go on
     where = "" if 0 in targets else " on another rank"
-    assert re.match(rf"stopped by {sig.name}{where} after \d+ images; checkpoint .*; continue with: grendel train "
-                    rf"--resume {run} ", line), line  # fmt: skip
+    assert re.match(
+        rf"stopped by {sig.name}{where} after \d+ images; checkpoint .*; continue with: grendel train "
+        rf"--resume {run} ",
+        line,
+    ), line
     stopped_at = _assert_intact(run, world)
     assert 10 <= stopped_at < images and not (run / "model.ply").exists()
 
@@ -152,8 +180,11 @@ def test_stop_signal_checkpoints_and_the_resumed_run_continues_the_loss_curve(sc
 
 def test_ctrl_c_outside_training_prints_one_line(tmp_path: Path) -> None:
     """Ctrl-C while a command works (here the synthetic city, about 40 s): one line, 130, no partial output."""
-    proc = start_child([sys.executable, "-m", "grendel_py", "synth", tmp_path / "city", "--preset", "city"], tmp_path,
-                       preexec_fn=_default_interrupt)  # fmt: skip
+    proc = start_child(
+        [sys.executable, "-m", "grendel_py", "synth", tmp_path / "city", "--preset", "city"],
+        tmp_path,
+        preexec_fn=_default_interrupt,
+    )
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
     code, out, err = finish_child(proc, TIMEOUT_S)

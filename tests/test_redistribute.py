@@ -48,7 +48,12 @@ def _move_job(ctx) -> dict:
     opt, densify = _stepped_shard(ctx)
     before = _snapshot(opt, densify)
     sent = redistribute(opt, densify, "kd", ctx)
-    return {"before": before, "after": _snapshot(opt, densify), "sent": sent, "sizes": shard_sizes(len(opt.gaussians), ctx)}
+    return {
+        "before": before,
+        "after": _snapshot(opt, densify),
+        "sent": sent,
+        "sizes": shard_sizes(len(opt.gaussians), ctx),
+    }
 
 
 def _by_id(parts: list[dict]) -> dict:
@@ -125,7 +130,13 @@ def _cap_job(ctx) -> dict:
     opt = GaussianOptimizer(shard, OptimConfig(), extent=1.0)
     densify = DensifyStrategy(CAP_CFG, 1.0, 0, ctx.reduce)
     grads = (shard.ids // 2).float() * 1e-4  # pairs of ids share a gradient
-    densify.load_state_dict({"grad2d_sum": grads, "count": torch.ones(len(grads), dtype=torch.int32), "max_radius2d": torch.zeros(len(grads))})
+    densify.load_state_dict(
+        {
+            "grad2d_sum": grads,
+            "count": torch.ones(len(grads), dtype=torch.int32),
+            "max_radius2d": torch.zeros(len(grads)),
+        }
+    )
     result = densify.step(5, 10, shard, opt, IdAllocator(1000, ctx))
     return {"ids": shard.ids.clone(), "means": shard.means.detach().clone(), "result": result}
 

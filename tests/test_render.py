@@ -81,10 +81,15 @@ def test_gradcheck_composite(shift: float) -> None:
     splats = project(random_gaussians(80, seed=3, opacity_shift=shift), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
-    inputs = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
+    inputs = [
+        t.detach().clone().requires_grad_(True)
+        for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
+    ]
 
     def f(m, c, o, col, bg):
-        return composite_tiles(m, c, o, col, bg, bins, BatchTiles([grid], [None], m.device), chunk_pairs=8 * 256 * 3, min_chunk=1)
+        return composite_tiles(
+            m, c, o, col, bg, bins, BatchTiles([grid], [None], m.device), chunk_pairs=8 * 256 * 3, min_chunk=1
+        )
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
 
@@ -94,7 +99,15 @@ def test_chunking_does_not_change_result() -> None:
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
-    args = (splats.means2d, splats.conics, splats.opacities, splats.colors, BG, bins, BatchTiles([grid], [None], BG.device))
+    args = (
+        splats.means2d,
+        splats.conics,
+        splats.opacities,
+        splats.colors,
+        BG,
+        bins,
+        BatchTiles([grid], [None], BG.device),
+    )
     ref = composite_tiles(*args, chunk_pairs=1 << 30)  # one chunk
     for pairs, min_chunk in ((1, 1), (7 * 256, 1), (1, 32), (40 * 256, 5)):
         out = composite_tiles(*args, chunk_pairs=pairs, min_chunk=min_chunk)
@@ -115,7 +128,10 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
     cut = _Layout.segments
 
     def grads(min_chunk: int) -> list[torch.Tensor]:
-        leaves = [t.detach().clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)]
+        leaves = [
+            t.detach().clone().requires_grad_(True)
+            for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
+        ]
         tiles = BatchTiles([grid], [None], BG.device)
         colors, alpha = composite_tiles(*leaves, bins, tiles, chunk_pairs=5 * 256 * 2, min_chunk=min_chunk)
         ((colors * weights).sum() + alpha.square().sum()).backward()
@@ -204,7 +220,10 @@ def test_binning_is_conservative_and_tight() -> None:
     ys, xs = torch.meshgrid(torch.arange(cam.height) + 0.5, torch.arange(cam.width) + 0.5, indexing="ij")
     d = splats.means2d[:, None, None, :] - torch.stack([xs, ys], -1)[None].double()
     a, b, c = splats.conics.unbind(-1)
-    power = -0.5 * (a[:, None, None] * d[..., 0] ** 2 + c[:, None, None] * d[..., 1] ** 2) - b[:, None, None] * d[..., 0] * d[..., 1]
+    power = (
+        -0.5 * (a[:, None, None] * d[..., 0] ** 2 + c[:, None, None] * d[..., 1] ** 2)
+        - b[:, None, None] * d[..., 0] * d[..., 1]
+    )
     reach = (splats.opacities[:, None, None] * power.exp() >= ALPHA_MIN) & splats.visible[:, None, None]
     tile_of_pixel = (ys.long() // 16) * grid.nx + xs.long() // 16
     for s in range(len(splats)):
@@ -257,7 +276,9 @@ def test_antialiasing_keeps_a_gaussians_total_contribution(sigma_px: float) -> N
     plain, filtered = (float(render(g, cam, antialiased=aa).alpha.sum()) for aa in (False, True))
     assert integral * 0.93 < filtered < integral
     ratio = sx**2 * sy**2 / ((sx**2 + DILATION) * (sy**2 + DILATION))  # the opacity factor's square
-    torch.testing.assert_close(project(g, cam, antialiased=True).opacities, 0.9 * torch.tensor([ratio], dtype=torch.float64).sqrt())
+    torch.testing.assert_close(
+        project(g, cam, antialiased=True).opacities, 0.9 * torch.tensor([ratio], dtype=torch.float64).sqrt()
+    )
     if sigma_px < 1:
         assert plain > 5 * filtered
     else:
@@ -271,7 +292,9 @@ def test_sh_basis_is_orthonormal() -> None:
     phi = math.pi * (1 + 5**0.5) * i
     r = (1 - z * z).sqrt()
     dirs = torch.stack([r * phi.cos(), r * phi.sin(), z], -1)  # Fibonacci sphere
-    basis = torch.stack([eval_sh(3, torch.eye(16, dtype=torch.float64)[k].expand(n, 16)[..., None], dirs)[:, 0] for k in range(16)])
+    basis = torch.stack(
+        [eval_sh(3, torch.eye(16, dtype=torch.float64)[k].expand(n, 16)[..., None], dirs)[:, 0] for k in range(16)]
+    )
     gram = basis @ basis.T * (4 * math.pi / n)
     torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=1e-3, rtol=0)
 
@@ -292,10 +315,20 @@ def _concat(parts: list[Splats]) -> Splats:
 def test_a_batch_renders_as_its_cameras_one_by_one() -> None:
     """rasterize_batch over cameras of different sizes and tile selections (all, a subset, none) gives each
     camera's tiles, bins and gradients as rasterizing it alone does."""
-    cams = [small_camera(37, 29, uid=0), small_camera(50, 33, uid=1), small_camera(21, 45, uid=2), small_camera(40, 20, uid=3)]
+    cams = [
+        small_camera(37, 29, uid=0),
+        small_camera(50, 33, uid=1),
+        small_camera(21, 45, uid=2),
+        small_camera(40, 20, uid=3),
+    ]
     grids = [TileGrid(c.width, c.height) for c in cams]
     gen = torch.Generator().manual_seed(3)
-    selections = [None, torch.randperm(grids[1].n_tiles, generator=gen)[:5].sort().values, torch.zeros(0, dtype=torch.long), torch.tensor([1, 3])]
+    selections = [
+        None,
+        torch.randperm(grids[1].n_tiles, generator=gen)[:5].sort().values,
+        torch.zeros(0, dtype=torch.long),
+        torch.tensor([1, 3]),
+    ]
     base = random_gaussians(150, seed=9, opacity_shift=2.0)
     weights = [torch.randn(g.n_tiles, 256, 3, dtype=torch.float64, generator=gen) for g in grids]
 
@@ -336,7 +369,9 @@ def test_distinct_sorted_is_unique_with_padding() -> None:
 
 
 @pytest.mark.parametrize("piece", [1 << 18, 64])
-def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """render.project keeps only its inputs and outputs for autograd and recomputes the rest, in pieces of
     ``PROJECT_ROWS`` Gaussians: the same outputs and gradients, bit for bit, as the backend's projection
     recorded whole, and nothing saved per Gaussian but the parameters and the ids themselves."""
@@ -353,22 +388,31 @@ def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(piec
         s = project(model, cam)
     params = {p.untyped_storage().data_ptr() for p in [*leaves, model.ids]}  # the model's own tensors
     assert all(t.untyped_storage().data_ptr() in params for t in saved if t.numel() >= len(g))
-    weights = [torch.rand(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype) for i, t in enumerate((s.means2d, s.conics, s.colors, s.depths, s.opacities))]
+    weights = [
+        torch.rand(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype)
+        for i, t in enumerate((s.means2d, s.conics, s.colors, s.depths, s.opacities))
+    ]
 
     def loss(splats):
         fields = (splats.means2d, splats.conics, splats.colors, splats.depths, splats.opacities)
         return sum((f * w).sum() for f, w in zip(fields, weights))
 
     grads = torch.autograd.grad(loss(s), leaves)
-    plain = torch_backend.project(model.means, model.quats, model.scales(), model.opacities(), model.sh(), model.sh_degree, cam, model.ids)
-    for a, b in zip((s.means2d, s.conics, s.colors, s.depths), (plain.means2d, plain.conics, plain.colors, plain.depths)):
+    plain = torch_backend.project(
+        model.means, model.quats, model.scales(), model.opacities(), model.sh(), model.sh_degree, cam, model.ids
+    )
+    for a, b in zip(
+        (s.means2d, s.conics, s.colors, s.depths), (plain.means2d, plain.conics, plain.colors, plain.depths)
+    ):
         assert torch.equal(a, b)
     for got, want in zip(grads, torch.autograd.grad(loss(plain), leaves)):
         assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("piece", [1 << 18, 64])
-def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """project_batch keeps, per camera, exactly the rows project gives a non-zero extent (Gaussians off
     screen, behind the camera or too faint are dropped before autograd records anything), with the same
     values bit for bit, and the batch renders to the same pixels and gradients as projecting everything."""
@@ -392,7 +436,11 @@ def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(piec
             splats, parts, rows = project_batch(model, cams, 1)
         else:
             every = [project(model, cam) for cam in cams]
-            splats, parts, rows = _concat(every), [len(s) for s in every], torch.cat([torch.arange(len(s)) for s in every])
+            splats, parts, rows = (
+                _concat(every),
+                [len(s) for s in every],
+                torch.cat([torch.arange(len(s)) for s in every]),
+            )
         tiles = BatchTiles(grids, [None, None], BG.device)
         colors, _, _ = rasterize_batch(splats, parts, tiles, BG)
         loss = sum((c * w).sum() for c, w in zip(tiles.split(colors), weights))
@@ -409,7 +457,9 @@ def test_projecting_only_what_each_camera_sees_changes_no_pixel_or_gradient(piec
         mine = culled[0].select(slice(start, start + counts[b]))
         assert torch.equal(culled[2][start : start + counts[b]], want)
         for f in dataclasses.fields(Splats):  # elementwise kernels may round a gathered row differently (SIMD tails)
-            torch.testing.assert_close(getattr(mine, f.name).detach(), getattr(full.select(want), f.name).detach(), rtol=1e-14, atol=0)
+            torch.testing.assert_close(
+                getattr(mine, f.name).detach(), getattr(full.select(want), f.name).detach(), rtol=1e-14, atol=0
+            )
         start += counts[b]
     assert culled[1] == counts and len(culled[0]) == sum(counts)
     torch.testing.assert_close(culled[3], whole[3], rtol=0, atol=1e-14)

@@ -22,7 +22,10 @@ def test_torch_backend_on_cuda_matches_cpu() -> None:
     bg = torch.tensor([0.1, 0.2, 0.3])
     grads = []
     for g, dev in ((cpu, "cpu"), (gpu, "cuda")):
-        leaves = {k: getattr(g, k).clone().requires_grad_(True) for k in ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")}
+        leaves = {
+            k: getattr(g, k).clone().requires_grad_(True)
+            for k in ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+        }
         out = render(Gaussians(**leaves, ids=g.ids), cam, bg.to(dev))
         (out.image * torch.linspace(-1, 1, 3, device=dev)).sum().backward()
         grads.append((out.image.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()}))

@@ -9,20 +9,37 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.parallel.runtime import (
-    DistContext, detect_launcher, first_host, init_distributed, slurm_port, slurm_rendezvous,
-)  # fmt: skip
+    DistContext,
+    detect_launcher,
+    first_host,
+    init_distributed,
+    slurm_port,
+    slurm_rendezvous,
+)
 from tests.dist_util import run_ranks
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1", "LOCAL_RANK": "1"}
 # the batch script's shell of `sbatch -n 2`: the job's task count and PROCID 0, but no step
-BATCH_SHELL = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
-               "SLURM_JOB_NODELIST": "vm"}  # fmt: skip
+BATCH_SHELL = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_PROCID": "0",
+    "SLURM_NTASKS": "2",
+    "SLURM_LOCALID": "0",
+    "SLURM_JOB_NODELIST": "vm",
+}
 
 
 def _srun_task(rank: int, tasks: int, **extra: str) -> dict[str, str]:
     """The SLURM variables of task ``rank`` of ``srun -n tasks`` (step 0 of job 7 on node "vm")."""
-    return {**BATCH_SHELL, "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(tasks),
-            "SLURM_LOCALID": str(rank), "SLURM_STEP_NODELIST": "vm", **extra}  # fmt: skip
+    return {
+        **BATCH_SHELL,
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": str(rank),
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_STEP_NODELIST": "vm",
+        **extra,
+    }
 
 
 def test_detect_launcher() -> None:
@@ -53,8 +70,13 @@ def test_detect_launcher_under_slurm(env: dict[str, str], launcher: str) -> None
 
 @pytest.mark.parametrize(
     "nodelist, first",
-    [("vm", "vm"), ("node[07-09,12],gpu1", "node07"), ("n1,n2", "n1"), ("x-[009-010]", "x-009"),
-     ("a[1-2]b[3-4]", "a1b3")],  # fmt: skip
+    [
+        ("vm", "vm"),
+        ("node[07-09,12],gpu1", "node07"),
+        ("n1,n2", "n1"),
+        ("x-[009-010]", "x-009"),
+        ("a[1-2]b[3-4]", "a1b3"),
+    ],
 )
 def test_first_host(nodelist: str, first: str) -> None:
     assert first_host(nodelist) == first  # what `scontrol show hostnames LIST | head -n1` printed

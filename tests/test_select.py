@@ -42,7 +42,9 @@ def test_sharded_owners_on_one_holder_equal_assign_owners(mode: str, world_size:
         if n > 20:
             means[:8] = means[8:16]  # coincident means: ties broken by id
         ids = torch.randperm(3 * n + 1, generator=g)[:n]
-        assert torch.equal(sharded_owners(means, ids, world_size, mode), assign_owners(means, world_size, mode, ids=ids))
+        assert torch.equal(
+            sharded_owners(means, ids, world_size, mode), assign_owners(means, world_size, mode, ids=ids)
+        )
 
 
 def _owners_job(ctx, means: torch.Tensor, ids: torch.Tensor, holder: torch.Tensor, parts: int, mode: str):

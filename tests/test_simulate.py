@@ -30,7 +30,9 @@ def _real_bytes(ctx, model, cameras, strategy):
     owner = assign_owners(model.means, ctx.world_size, "kd")
     shard = model.select(owner == ctx.rank)
     with torch.no_grad():
-        out = render_batch(shard, cameras, torch.zeros(3), 0, ctx, TileBalancer(strategy, ctx.world_size, calibrate=False))
+        out = render_batch(
+            shard, cameras, torch.zeros(3), 0, ctx, TileBalancer(strategy, ctx.world_size, calibrate=False)
+        )
     return out.bytes_sent
 
 
@@ -68,9 +70,31 @@ def test_sweep_rows_cover_every_combination(tiny_city: SimScene) -> None:
 
 
 def test_cli_json_and_errors(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "grendel_py", "simulate", "--scenes", "city,fox", "--fox", str(tmp_path / "nope"),
-           "--worlds", "2", "--batch-factors", "1", "--images", "2", "--city-gaussians", "2000", "--city-scale", "1",
-           "--tolerances", "auto", "--json", "--pictures", str(tmp_path / "pictures")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "grendel_py",
+        "simulate",
+        "--scenes",
+        "city,fox",
+        "--fox",
+        str(tmp_path / "nope"),
+        "--worlds",
+        "2",
+        "--batch-factors",
+        "1",
+        "--images",
+        "2",
+        "--city-gaussians",
+        "2000",
+        "--city-scale",
+        "1",
+        "--tolerances",
+        "auto",
+        "--json",
+        "--pictures",
+        str(tmp_path / "pictures"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "skipping fox" in done.stderr

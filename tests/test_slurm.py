@@ -65,8 +65,10 @@ def _cannot_run() -> str | None:
         return "needs root: starts munged, slurmctld and slurmd"
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        return (f"SLURM or munge not installed ({', '.join(missing)} missing): "
-                "apt-get install -y --no-install-recommends slurm-wlm munge (as .ci/run does)")  # fmt: skip
+        return (
+            f"SLURM or munge not installed ({', '.join(missing)} missing): "
+            "apt-get install -y --no-install-recommends slurm-wlm munge (as .ci/run does)"
+        )
     return None
 
 
@@ -82,8 +84,14 @@ class Cluster:
         assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
         return proc.stdout
 
-    def submit(self, script: str, log_dir: Path, args: list[str], options: tuple[str, ...] = (),
-               env: dict[str, str] | None = None) -> str:  # fmt: skip
+    def submit(
+        self,
+        script: str,
+        log_dir: Path,
+        args: list[str],
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> str:
         """``sbatch options slurm/script args`` from the repository root with ``env`` added to the job's
         environment, log in ``log_dir``; the job id."""
         cmd = ["sbatch", "--parsable", f"--output={log_dir}/%x-%j.out", *options, f"slurm/{script}", *args]
@@ -149,11 +157,23 @@ def scene(object_scene_seed2: Path) -> Path:
 def _train_args(scene: Path, out: Path, images: int, *extra: str) -> list[str]:
     """Overrides for a few-second 2-rank run on 40x30 images with densification."""
     return [
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", f"train.images={images}",
-        "train.batch_size=2", "train.eval_every=0", "train.eval_renders=1", "train.sh_degree_every=10",
-        "model.sh_degree=1", "densify.start_images=4", "densify.stop_images=16", "densify.every_images=6",
-        "densify.reset_opacity_every=12", "dist.timeout_s=60", "dist.calibrate=false", *extra,
-    ]  # fmt: skip
+        f"data.path={scene}",
+        "data.downscale=4",
+        f"train.out={out}",
+        f"train.images={images}",
+        "train.batch_size=2",
+        "train.eval_every=0",
+        "train.eval_renders=1",
+        "train.sh_degree_every=10",
+        "model.sh_degree=1",
+        "densify.start_images=4",
+        "densify.stop_images=16",
+        "densify.every_images=6",
+        "densify.reset_opacity_every=12",
+        "dist.timeout_s=60",
+        "dist.calibrate=false",
+        *extra,
+    ]
 
 
 def _check_run(fields: dict[str, str], run: Path, images: int) -> str:
@@ -169,8 +189,11 @@ def _check_run(fields: dict[str, str], run: Path, images: int) -> str:
 
 def _first_checkpoint(cluster: Cluster, job: str, run: Path) -> None:
     """Wait until ``job`` has written a complete checkpoint of ``run``."""
-    _poll(lambda: complete_checkpoints(run), JOB_TIMEOUT_S,
-          lambda: f"no checkpoint in {run}:\n{_tail(Path(cluster.job(job)['StdOut']))}")  # fmt: skip
+    _poll(
+        lambda: complete_checkpoints(run),
+        JOB_TIMEOUT_S,
+        lambda: f"no checkpoint in {run}:\n{_tail(Path(cluster.job(job)['StdOut']))}",
+    )
 
 
 def _preempt(cluster: Cluster, job: str, run: Path) -> None:
@@ -186,10 +209,11 @@ def trained(cluster: Cluster, scene: Path, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("slurm_runs")
     runs = {script: root / script.split(".")[0] for script in SCRIPTS}
     jobs = {
-        script: cluster.submit(script, root, _train_args(scene, runs[script], IMAGES, "train.checkpoint_every=10"),
-                               options, env)
+        script: cluster.submit(
+            script, root, _train_args(scene, runs[script], IMAGES, "train.checkpoint_every=10"), options, env
+        )
         for script, (options, env) in SCRIPTS.items()
-    }  # fmt: skip
+    }
     _preempt(cluster, jobs[PREEMPTED], runs[PREEMPTED])
     return {script: (cluster.wait(job), runs[script]) for script, job in jobs.items()}
 
@@ -248,7 +272,9 @@ def _task_pid(job: str, rank: int) -> int:
     want = {f"SLURM_JOB_ID={job}".encode(), f"SLURM_PROCID={rank}".encode(), b"SLURM_STEP_ID=0"}
     for proc in Path("/proc").iterdir():
         try:
-            if b"grendel_py" in (proc / "cmdline").read_bytes() and want <= set((proc / "environ").read_bytes().split(b"\0")):
+            if b"grendel_py" in (proc / "cmdline").read_bytes() and want <= set(
+                (proc / "environ").read_bytes().split(b"\0")
+            ):
                 return int(proc.name)
         except (OSError, ValueError):
             continue
@@ -266,6 +292,8 @@ def test_lost_task_stops_the_job_naming_it(cluster: Cluster, scene: Path, tmp_pa
     fields = cluster.wait(job, timeout=60)
     log = _log(fields)
     assert (fields["JobState"], fields["Restarts"]) == ("FAILED", "0"), log[-4000:]
-    assert re.search(r"^error: rank 1 is lost: no heartbeat for \d+ s \(seen by rank 0\); stopping$", log, re.M), log[-4000:]
+    assert re.search(r"^error: rank 1 is lost: no heartbeat for \d+ s \(seen by rank 0\); stopping$", log, re.M), log[
+        -4000:
+    ]
     manifest = complete_checkpoints(run)[-1]
     assert manifest.images_seen >= 10 and all(manifest.shard_file(r).is_file() for r in range(2))

@@ -66,10 +66,14 @@ def _colour(g: Gaussians) -> torch.Tensor:
 
 def test_splat_record_bytes() -> None:
     g = Gaussians(
-        means=torch.tensor([[1.0, -2.0, 3.5]]), log_scales=torch.tensor([[0.0, math.log(2.0), math.log(0.5)]]),
-        quats=torch.tensor([[2.0, 0.0, 0.0, 0.0]]), opacity_logits=torch.tensor([0.0]),
-        sh0=torch.tensor([[[0.0, 0.5 / C0, -1.0 / C0]]]), shN=torch.zeros(1, 0, 3), ids=torch.tensor([0]),
-    )  # fmt: skip
+        means=torch.tensor([[1.0, -2.0, 3.5]]),
+        log_scales=torch.tensor([[0.0, math.log(2.0), math.log(0.5)]]),
+        quats=torch.tensor([[2.0, 0.0, 0.0, 0.0]]),
+        opacity_logits=torch.tensor([0.0]),
+        sh0=torch.tensor([[[0.0, 0.5 / C0, -1.0 / C0]]]),
+        shN=torch.zeros(1, 0, 3),
+        ids=torch.tensor([0]),
+    )
     record = sf.splat_records(g)[0].tobytes()
     assert record[:24] == struct.pack("<6f", 1.0, -2.0, 3.5, 1.0, 2.0, 0.5)
     assert list(record[24:28]) == [127, 255, 0, 127]  # 0.5 * 255 = 127.5 truncated; colours clipped
@@ -90,10 +94,14 @@ def test_splat_round_trip(tmp_path: Path) -> None:
 
 def test_spz_known_bytes_and_one_gzip_member(tmp_path: Path) -> None:
     g = Gaussians(
-        means=torch.tensor([[1.0, -1.0, 0.5]]), log_scales=torch.tensor([[-10.0, 0.0, 5.9375]]),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]), opacity_logits=torch.tensor([0.0]),
-        sh0=torch.tensor([[[0.0, 1.0, -1.0]]]), shN=torch.zeros(1, 3, 3), ids=torch.tensor([0]),
-    )  # fmt: skip
+        means=torch.tensor([[1.0, -1.0, 0.5]]),
+        log_scales=torch.tensor([[-10.0, 0.0, 5.9375]]),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+        opacity_logits=torch.tensor([0.0]),
+        sh0=torch.tensor([[[0.0, 1.0, -1.0]]]),
+        shN=torch.zeros(1, 3, 3),
+        ids=torch.tensor([0]),
+    )
     write_merged(tmp_path / "m.spz", g, _single(), "spz", antialiased=True)
     data = (tmp_path / "m.spz").read_bytes()
     d = zlib.decompressobj(31)
@@ -204,8 +212,23 @@ def test_export_command_converts_and_reports_bad_input(tmp_path: Path, capsys: p
     assert main(["export", str(tmp_path / "model.ply"), "--format", "spz", "--out", str(tmp_path / "m.spz")]) == 0
     assert "300 Gaussians" in capsys.readouterr().out
     # SPZ -> compressed PLY -> INRIA PLY: the model survives within the two quantisations.
-    assert main(["export", str(tmp_path / "m.spz"), "--format", "ply-compressed", "--out", str(tmp_path / "m.compressed.ply")]) == 0
-    assert main(["export", str(tmp_path / "m.compressed.ply"), "--format", "ply", "--out", str(tmp_path / "back.ply")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.spz"),
+                "--format",
+                "ply-compressed",
+                "--out",
+                str(tmp_path / "m.compressed.ply"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["export", str(tmp_path / "m.compressed.ply"), "--format", "ply", "--out", str(tmp_path / "back.ply")])
+        == 0
+    )
     back = _matched(sf.read_model(tmp_path / "back.ply"), g, 0.05)
     assert float((back.means - g.means).abs().max()) < 0.1
     capsys.readouterr()
@@ -223,7 +246,14 @@ def test_export_command_converts_and_reports_bad_input(tmp_path: Path, capsys: p
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 5 and "missing.ply" in errors[0] and "far.spz" in errors[2] and "2048" in errors[2]
     assert "nan.ply" in errors[3] and "opacity" in errors[3] and str(unwritable) in errors[4], errors
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.ply", "far.ply", "m.compressed.ply", "m.spz", "model.ply", "nan.ply"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "back.ply",
+        "far.ply",
+        "m.compressed.ply",
+        "m.spz",
+        "model.ply",
+        "nan.ply",
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["ply", "splat", "spz", "ply-compressed"])

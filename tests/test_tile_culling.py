@@ -35,9 +35,14 @@ def needle_splats(n: int, width: int, height: int, seed: int, dtype: torch.dtype
     k = 2 * torch.log(torch.clamp_min(opacities / ALPHA_MIN, 1.0))
     extents = torch.stack([torch.ceil(torch.sqrt(k * var_x)), torch.ceil(torch.sqrt(k * var_y))], -1).to(torch.int32)
     return Splats(
-        means2d.to(dtype), conics.to(dtype), uniform(1, 10, n).to(dtype), opacities.to(dtype),
-        uniform(0, 1, n, 3).to(dtype), extents, torch.arange(n) * 7 + 3,
-    )  # fmt: skip
+        means2d.to(dtype),
+        conics.to(dtype),
+        uniform(1, 10, n).to(dtype),
+        opacities.to(dtype),
+        uniform(0, 1, n, 3).to(dtype),
+        extents,
+        torch.arange(n) * 7 + 3,
+    )
 
 
 def pixel_reach(splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: TileGrid) -> torch.Tensor:
@@ -62,7 +67,9 @@ def pixel_reach(splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: T
     return reached
 
 
-def rectangle_minimum(splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: TileGrid) -> tuple[torch.Tensor, ...]:
+def rectangle_minimum(
+    splats: Splats, rows: torch.Tensor, tiles: torch.Tensor, grid: TileGrid
+) -> tuple[torch.Tensor, ...]:
     """In float64, independently of the two-edge shortcut: the exponent's minimum over each tile's rectangle
     of pixel centres (0 if it holds the mean, else the least of the four edges' clamped minima), and the
     size of its terms over the rectangle (the scale of the culling's relative slack)."""
@@ -117,13 +124,17 @@ def test_culled_binning_renders_the_same_image_and_gradients() -> None:
     results = []
     for cull in (True, False):
         bins = bin_batch(splats, [len(splats)], tiles, cull)
-        leaves = [t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)]
+        leaves = [
+            t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
+        ]
         bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
         colors, alpha = composite_tiles(*leaves, bg, bins, tiles)
         gen = torch.Generator().manual_seed(1)
         loss = (colors * torch.rand(colors.shape, generator=gen, dtype=torch.float64)).sum() + (alpha * alpha).sum()
         loss.backward()
-        results.append((bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
+        results.append(
+            (bins.splat_index.numel(), colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad])
+        )
     (m_cull, c_cull, a_cull, g_cull), (m_box, c_box, a_box, g_box) = results
     assert m_cull < 0.6 * m_box
     torch.testing.assert_close(c_cull, c_box, rtol=1e-12, atol=1e-14)
@@ -203,7 +214,9 @@ def test_binning_more_rows_than_32_bits_index_is_refused(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("piece", [1 << 18, 5])
-def test_routing_piece_by_piece_reaches_the_owners_of_the_culled_pairs(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_routing_piece_by_piece_reaches_the_owners_of_the_culled_pairs(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``route_rows`` marks, from the pairs listed piece by piece, exactly the (rank, splat) pairs such that
     the splat reaches (after culling) a tile the rank owns, for a batch of two cameras and three ranks."""
     from grendel_py.parallel.exchange import route_rows

@@ -28,11 +28,20 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _overrides(scene: Path, out: Path, images: int = 120) -> list[str]:
     return [
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", f"train.images={images}",
-        "train.eval_every=60", "train.log_every=20", "train.eval_renders=2", "train.sh_degree_every=40",
-        "densify.start_images=30", "densify.stop_images=100", "densify.every_images=30",
-        "densify.reset_opacity_every=80", "model.sh_degree=1",
-    ]  # fmt: skip
+        f"data.path={scene}",
+        "data.downscale=4",
+        f"train.out={out}",
+        f"train.images={images}",
+        "train.eval_every=60",
+        "train.log_every=20",
+        "train.eval_renders=2",
+        "train.sh_degree_every=40",
+        "densify.start_images=30",
+        "densify.stop_images=100",
+        "densify.every_images=30",
+        "densify.reset_opacity_every=80",
+        "model.sh_degree=1",
+    ]
 
 
 def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None:
@@ -67,7 +76,20 @@ def test_cli_train_and_eval(scene: Path, tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "run"
     assert main(["train", *_overrides(scene, out, images=20)]) == 0
     assert "test PSNR" in capsys.readouterr().out
-    assert main(["eval", str(out / "model.ply"), "--data", str(scene), "data.downscale=4", "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out / "model.ply"),
+                "--data",
+                str(scene),
+                "data.downscale=4",
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "e.json").read_text())
     saved = json.loads((out / "metrics.json").read_text())["test"]

@@ -17,7 +17,6 @@ from grendel_py.data.transforms_json import read_transforms, read_transforms_poi
 from grendel_py.errors import InputError
 
 
-
 def opengl_c2w(R: np.ndarray, t: np.ndarray) -> list[list[float]]:
     """The transforms.json matrix of an OpenCV world-to-camera pose."""
     c2w = np.eye(4)
@@ -47,10 +46,18 @@ def write_json(path: Path, meta: dict) -> Path:
 def test_global_intrinsics_and_poses(tmp_path: Path) -> None:
     poses = [random_pose(s) for s in range(3)]
     meta = {
-        "fl_x": 50.0, "fl_y": 52.0, "cx": 20.5, "cy": 14.0, "w": 40, "h": 30,
-        "k1": 0.1, "k2": -0.01, "p1": 0.001, "p2": -0.002,
+        "fl_x": 50.0,
+        "fl_y": 52.0,
+        "cx": 20.5,
+        "cy": 14.0,
+        "w": 40,
+        "h": 30,
+        "k1": 0.1,
+        "k2": -0.01,
+        "p1": 0.001,
+        "p2": -0.002,
         "frames": [{"file_path": f"images/{i}.jpg", "transform_matrix": opengl_c2w(*p)} for i, p in enumerate(poses)],
-    }  # fmt: skip
+    }
     write_json(tmp_path / "transforms.json", meta)
     frames = read_transforms(tmp_path)
     assert [f.name for f in frames] == ["images/0.jpg", "images/1.jpg", "images/2.jpg"]
@@ -81,13 +88,22 @@ def test_opengl_axes_become_opencv(tmp_path: Path) -> None:
 def test_per_frame_intrinsics_override(tmp_path: Path) -> None:
     R, t = random_pose(0)
     meta = {
-        "fl_x": 50.0, "w": 40, "h": 30,
+        "fl_x": 50.0,
+        "w": 40,
+        "h": 30,
         "frames": [
             {"file_path": "a.png", "transform_matrix": opengl_c2w(R, t)},
-            {"file_path": "b.png", "transform_matrix": opengl_c2w(R, t),
-             "fl_x": 70.0, "fl_y": 71.0, "w": 20, "h": 10, "k1": 0.2},
+            {
+                "file_path": "b.png",
+                "transform_matrix": opengl_c2w(R, t),
+                "fl_x": 70.0,
+                "fl_y": 71.0,
+                "w": 20,
+                "h": 10,
+                "k1": 0.2,
+            },
         ],
-    }  # fmt: skip
+    }
     a, b = read_transforms(write_json(tmp_path / "transforms.json", meta))
     assert (a.width, a.height, a.intrinsics.fx, a.intrinsics.fy, a.intrinsics.cx, a.intrinsics.k1) == (
         40,
@@ -120,9 +136,12 @@ def test_blender_split_angles_and_image_headers(tmp_path: Path) -> None:
     write_json(tmp_path / "transforms_val.json", {"camera_angle_x": angle, "frames": [{"file_path": "./val/x"}]})
     frames = read_transforms(tmp_path)
     assert [(f.name, f.split) for f in frames] == [
-        ("train/r_0.png", "train"), ("train/r_1.png", "train"), ("train/r_2.png", "train"),
-        ("test/r_0.png", "test"), ("test/r_1.png", "test"),
-    ]  # fmt: skip
+        ("train/r_0.png", "train"),
+        ("train/r_1.png", "train"),
+        ("train/r_2.png", "train"),
+        ("test/r_0.png", "test"),
+        ("test/r_1.png", "test"),
+    ]
     focal = 0.5 * 40 / math.tan(0.5 * angle)
     for f in frames:
         assert (f.width, f.height) == (40, 30)

@@ -16,10 +16,14 @@ from tests.dist_util import run_ranks
 def _model(n: int, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     return Gaussians(
-        means=torch.randn(n, 3, generator=gen), log_scales=torch.randn(n, 3, generator=gen) - 2,
-        quats=torch.randn(n, 4, generator=gen), opacity_logits=torch.randn(n, generator=gen),
-        sh0=torch.randn(n, 1, 3, generator=gen), shN=torch.zeros(n, 3, 3), ids=torch.randperm(n, generator=gen) * 3,
-    )  # fmt: skip
+        means=torch.randn(n, 3, generator=gen),
+        log_scales=torch.randn(n, 3, generator=gen) - 2,
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.randn(n, generator=gen),
+        sh0=torch.randn(n, 1, 3, generator=gen),
+        shN=torch.zeros(n, 3, 3),
+        ids=torch.randperm(n, generator=gen) * 3,
+    )
 
 
 def test_the_largest_opacity_times_footprint_first_whatever_the_row_order() -> None:
@@ -47,7 +51,12 @@ def test_viewer_arrays() -> None:
     g.log_scales[0] = torch.log(torch.tensor([1.0, 2.0, 3.0]))
     g.sh0[0, 0] = torch.tensor([0.0, 10.0, -10.0])
     a = view_splats(g)
-    assert {k: v.shape for k, v in a.items()} == {"centers": (3, 3), "covariances": (3, 3, 3), "rgbs": (3, 3), "opacities": (3, 1)}
+    assert {k: v.shape for k, v in a.items()} == {
+        "centers": (3, 3),
+        "covariances": (3, 3, 3),
+        "rgbs": (3, 3),
+        "opacities": (3, 1),
+    }
     assert all(v.dtype == np.float32 for v in a.values())
     assert np.allclose(a["covariances"][0], np.diag([4.0, 1.0, 9.0]), atol=1e-5)  # x and y swap under the rotation
     assert np.allclose(a["rgbs"][0], [0.5, 1.0, 0.0])
@@ -78,4 +87,5 @@ def test_each_rank_sends_its_share_to_rank_zero() -> None:
     second = select_for_view(g.select(rows[rows % 3 != 0]), 40)
     want = view_splats(Gaussians.cat([first, second]))
     for k, v in want.items():
-        assert np.allclose(np.array(zero[k], dtype=np.float32), v, rtol=0, atol=1e-6), k  # sigmoid's SIMD tail may differ
+        # sigmoid's SIMD tail may differ
+        assert np.allclose(np.array(zero[k], dtype=np.float32), v, rtol=0, atol=1e-6), k

@@ -27,17 +27,25 @@ pytest.importorskip("viser", reason="the viewer extra (a dev dependency) is not 
 def _model(n: int) -> Gaussians:
     gen = torch.Generator().manual_seed(0)
     return Gaussians(
-        means=torch.randn(n, 3, generator=gen), log_scales=torch.randn(n, 3, generator=gen) - 3,
-        quats=torch.randn(n, 4, generator=gen), opacity_logits=torch.randn(n, generator=gen),
-        sh0=torch.randn(n, 1, 3, generator=gen), shN=torch.zeros(n, 3, 3), ids=torch.arange(n),
-    )  # fmt: skip
+        means=torch.randn(n, 3, generator=gen),
+        log_scales=torch.randn(n, 3, generator=gen) - 3,
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.randn(n, generator=gen),
+        sh0=torch.randn(n, 1, 3, generator=gen),
+        shN=torch.zeros(n, 3, 3),
+        ids=torch.arange(n),
+    )
 
 
 def _cameras() -> list[Camera]:
     out = []
     for uid, x in enumerate((-1.0, 1.0)):
         R = torch.eye(3, dtype=torch.float64)
-        out.append(Camera(uid, f"c{uid}.png", 64, 48, 50.0, 50.0, 32.0, 24.0, R, torch.tensor([x, 0.0, 4.0], dtype=torch.float64)))
+        out.append(
+            Camera(
+                uid, f"c{uid}.png", 64, 48, 50.0, 50.0, 32.0, 24.0, R, torch.tensor([x, 0.0, 4.0], dtype=torch.float64)
+            )
+        )
     return out
 
 
@@ -72,8 +80,12 @@ def _ring(target: tuple[float, float, float], count: int = 6, radius: float = 3.
     out = []
     for uid in range(count):
         a = 2.0 * np.pi * uid / count
-        eye = torch.tensor(target, dtype=torch.float64) + torch.tensor([radius * np.cos(a), 0.5, radius * np.sin(a)], dtype=torch.float64)
-        R, t = look_at(eye, torch.tensor(target, dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+        eye = torch.tensor(target, dtype=torch.float64) + torch.tensor(
+            [radius * np.cos(a), 0.5, radius * np.sin(a)], dtype=torch.float64
+        )
+        R, t = look_at(
+            eye, torch.tensor(target, dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+        )
         out.append(Camera(uid, f"r{uid}.png", 64, 48, 40.0, 40.0, 32.0, 24.0, R, t))
     return out
 
@@ -97,7 +109,9 @@ def test_the_view_opens_behind_the_first_camera_looking_where_the_cameras_look()
     parallel = _cameras()  # two cameras 2 apart looking along +z: spread 1
     viewer = Viewer(0, parallel, host="127.0.0.1")
     try:
-        np.testing.assert_allclose(viewer.server.initial_camera.look_at, parallel[0].center.numpy() + [0.0, 0.0, 1.0], atol=1e-12)
+        np.testing.assert_allclose(
+            viewer.server.initial_camera.look_at, parallel[0].center.numpy() + [0.0, 0.0, 1.0], atol=1e-12
+        )
     finally:
         viewer.close()
 
@@ -114,7 +128,9 @@ def _work_folder(folder: Path, boxes: list, names: list[str]) -> Path:
 def test_the_work_pictures_and_shard_boxes_replace_the_last_ones(tmp_path: Path) -> None:
     viewer = Viewer(0, _cameras(), host="127.0.0.1")
     try:
-        first = _work_folder(tmp_path / "00000060", [[[0, 0, 0], [1, 2, 4]], None, [[-1, -1, -1], [0, 0, 0]]], ["00001_a", "00002_b"])
+        first = _work_folder(
+            tmp_path / "00000060", [[[0, 0, 0], [1, 2, 4]], None, [[-1, -1, -1], [0, 0, 0]]], ["00001_a", "00002_b"]
+        )
         viewer.show_work(first, 60)
         panel, *rest = viewer._work
         assert panel.label == "Work after 60 images"
@@ -139,8 +155,21 @@ def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
     write_ply(tmp_path / "model.ply", _model(400))
     _work_folder(tmp_path / "work" / "00000060", [[[0, 0, 0], [1, 1, 1]]], ["00001_a"])
     _work_folder(tmp_path / "work" / "00000120", [[[0, 0, 0], [1, 1, 1]]], ["00001_a"])  # the last evaluation's
-    cmd = [sys.executable, "-m", "grendel_py", "view", str(tmp_path / "model.ply"), "--port", "0", "--host", "127.0.0.1",
-           "--budget", "150", "--seconds", "10"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "grendel_py",
+        "view",
+        str(tmp_path / "model.ply"),
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--budget",
+        "150",
+        "--seconds",
+        "10",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines, match = [], None
@@ -153,7 +182,9 @@ def test_grendel_view_serves_a_model_file(tmp_path: Path) -> None:
         assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
-    bad = subprocess.run(cmd[:4] + [str(tmp_path / "missing.ply")] + cmd[5:], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        cmd[:4] + [str(tmp_path / "missing.ply")] + cmd[5:], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing.ply" in bad.stderr
 
 
@@ -167,17 +198,32 @@ def _watched_training_job(ctx, scene: str, out: str, port: int) -> list[int] | N
     Viewer.clients = property(lambda self: 1)  # a browser, as far as the loop can tell
     show_model = Viewer.show_model
     Viewer.show_model = lambda self, splats: (shown.append(len(splats["centers"])), show_model(self, splats))[1]
-    cfg = load_config(None, [
-        f"data.path={scene}", "data.downscale=4", f"train.out={out}", "train.images=40", "train.batch_size=2",
-        "train.eval_every=0", "train.eval_renders=0", "densify.start_images=5", "densify.every_images=10",
-        "densify.stop_images=35", f"train.viewer_port={port}", "train.viewer_every=10", "train.viewer_budget=500",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.path={scene}",
+            "data.downscale=4",
+            f"train.out={out}",
+            "train.images=40",
+            "train.batch_size=2",
+            "train.eval_every=0",
+            "train.eval_renders=0",
+            "densify.start_images=5",
+            "densify.every_images=10",
+            "densify.stop_images=35",
+            f"train.viewer_port={port}",
+            "train.viewer_every=10",
+            "train.viewer_budget=500",
+        ],
+    )
     train(cfg, ctx)
     return shown if ctx.is_main else None
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_a_watched_run_refreshes_its_viewer_within_the_budget(object_scene_seed2: Path, tmp_path: Path, world: int) -> None:
+def test_a_watched_run_refreshes_its_viewer_within_the_budget(
+    object_scene_seed2: Path, tmp_path: Path, world: int
+) -> None:
     """Refreshed when the browser connects (after the first batch) and every 10 images: 5 times in 40 images;
     each time at most the budget (+ W - 1: each rank rounds its share up) and no fewer."""
     from tests.dist_util import free_port, run_ranks

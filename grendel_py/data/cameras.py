@@ -79,7 +79,9 @@ class Camera:
     def scaled(self, width: int, height: int) -> "Camera":
         """The same camera with its image resized to ``width`` x ``height`` (intrinsics scaled per axis)."""
         sx, sy = width / self.width, height / self.height
-        return replace(self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
+        return replace(
+            self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy
+        )
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

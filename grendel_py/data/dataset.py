@@ -233,9 +233,18 @@ def _camera(source: Path, uid: int, view: RawView, downscale: float) -> Camera:
     k = view.intrinsics
     try:
         raw = Camera(
-            uid, view.name, view.width, view.height, k.fx, k.fy, k.cx, k.cy,
-            torch.as_tensor(view.R, dtype=torch.float64), torch.as_tensor(view.t, dtype=torch.float64), view.image_path,
-        )  # fmt: skip
+            uid,
+            view.name,
+            view.width,
+            view.height,
+            k.fx,
+            k.fy,
+            k.cx,
+            k.cy,
+            torch.as_tensor(view.R, dtype=torch.float64),
+            torch.as_tensor(view.t, dtype=torch.float64),
+            view.image_path,
+        )
     except ValueError as e:
         raise InputError(source, str(e)) from e
     width, height = max(1, round(view.width / downscale)), max(1, round(view.height / downscale))

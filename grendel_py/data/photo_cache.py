@@ -44,7 +44,8 @@ from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 
 FORMAT = 2
 MAGIC = b"GPPHOTO\0"
-HEADER = struct.Struct("<8sIIIIIII")  # magic, format, height, width, channels, band rows, bands, CRC-32 of the band table
+# magic, format, height, width, channels, band rows, bands, CRC-32 of the band table
+HEADER = struct.Struct("<8sIIIIIII")
 BAND_ROWS = 16
 ALIGN = 64
 
@@ -72,7 +73,11 @@ class Entry:
             n_bands, offset = _layout(camera.height)
             expect = (MAGIC, FORMAT, camera.height, camera.width, BAND_ROWS, n_bands)
             size = offset + channels * height * width
-            if (magic, version, height, width, band_rows, bands) != expect or channels not in (3, 4) or len(self.map) != size:
+            if (
+                (magic, version, height, width, band_rows, bands) != expect
+                or channels not in (3, 4)
+                or len(self.map) != size
+            ):
                 raise ValueError("header or size")
             table = self.map[HEADER.size : HEADER.size + 4 * bands]
             if zlib.crc32(table) != table_crc:
@@ -82,7 +87,9 @@ class Entry:
             raise
         self.band_crc = np.frombuffer(table, dtype="<u4")
         self.checked = np.zeros(bands, dtype=bool)
-        self.pixels = np.frombuffer(self.map, dtype=np.uint8, count=channels * height * width, offset=offset).reshape(height, width, channels)
+        self.pixels = np.frombuffer(self.map, dtype=np.uint8, count=channels * height * width, offset=offset).reshape(
+            height, width, channels
+        )
         self.nbytes = len(self.map)
 
     def check_rows(self, y0: int, y1: int) -> bool:
@@ -128,9 +135,10 @@ class PhotoCache:
         free = shutil.disk_usage(self.folder).free
         if missing > free:
             raise InputError(
-                self.folder, f"photo cache needs {missing / 1e9:.2f} GB more but its disk has {free / 1e9:.2f} GB free; "
-                "set data.cache_dir to a larger disk"
-            )  # fmt: skip
+                self.folder,
+                f"photo cache needs {missing / 1e9:.2f} GB more but its disk has {free / 1e9:.2f} GB free; "
+                "set data.cache_dir to a larger disk",
+            )
 
     @staticmethod
     def entry_bytes(camera: Camera, channels: int) -> int:
@@ -169,7 +177,9 @@ class PhotoCache:
             self._build(camera, self.path(camera))
             entry = self._entry(camera)
             if not entry.check_rows(y0, y1):
-                raise InputError(entry.path, "photo cache entry is damaged right after it was written (disk or memory fault?)")
+                raise InputError(
+                    entry.path, "photo cache entry is damaged right after it was written (disk or memory fault?)"
+                )
         return np.array(entry.pixels[y0:y1, x0:x1])
 
     def photo(self, camera: Camera) -> np.ndarray:
@@ -207,8 +217,10 @@ class PhotoCache:
         bands, offset = _layout(camera.height)
         table = np.array(
             [zlib.crc32(pixels[b * BAND_ROWS : (b + 1) * BAND_ROWS]) for b in range(bands)], dtype="<u4"
-        ).tobytes()  # fmt: skip
-        header = HEADER.pack(MAGIC, FORMAT, camera.height, camera.width, pixels.shape[2], BAND_ROWS, bands, zlib.crc32(table))
+        ).tobytes()
+        header = HEADER.pack(
+            MAGIC, FORMAT, camera.height, camera.width, pixels.shape[2], BAND_ROWS, bands, zlib.crc32(table)
+        )
         with atomic_open(path) as f:
             f.write((header + table).ljust(offset, b"\0"))
             f.write(pixels.data)

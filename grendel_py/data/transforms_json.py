@@ -107,9 +107,15 @@ def _read_frame(json_path: Path, meta: dict[str, Any], frame: Any, index: int, s
     width, height = _image_size(json_path, where, image_path, number("w"), number("h"))
     fx, fy = _focal_lengths(json_path, where, width, height, number)
     intrinsics = OpenCVIntrinsics(
-        fx, fy, number("cx", width / 2), number("cy", height / 2),
-        number("k1", 0.0), number("k2", 0.0), number("p1", 0.0), number("p2", 0.0),
-    )  # fmt: skip
+        fx,
+        fy,
+        number("cx", width / 2),
+        number("cy", height / 2),
+        number("k1", 0.0),
+        number("k2", 0.0),
+        number("p1", 0.0),
+        number("p2", 0.0),
+    )
     R, t = _world_to_camera(json_path, where, frame.get("transform_matrix"))
     name = Path(os.path.relpath(image_path, json_path.parent)).as_posix()
     return RawView(name, image_path, width, height, intrinsics, R, t, split)

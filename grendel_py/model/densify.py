@@ -77,7 +77,9 @@ class DensifyStrategy:
         elif len(self.count) != n:
             raise ValueError(f"densify state has {len(self.count)} rows but the model has {n} Gaussians")
 
-    def observe(self, radii: torch.Tensor, grad_norms: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int) -> None:
+    def observe(
+        self, radii: torch.Tensor, grad_norms: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int
+    ) -> None:
         """Accumulate one rendered camera's statistics, after backward.
 
         ``radii`` [S] are the pixel radii (:func:`~grendel_py.render.projection.pixel_radii`) of S splats of a
@@ -184,7 +186,11 @@ class DensifyStrategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output ({}: none yet)."""
         if not state:
-            self.grad2d_sum, self.count, self.max_radius2d = torch.zeros(0), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
+            self.grad2d_sum, self.count, self.max_radius2d = (
+                torch.zeros(0),
+                torch.zeros(0, dtype=torch.int32),
+                torch.zeros(0),
+            )
             return
         self.grad2d_sum = state["grad2d_sum"].clone()
         self.count = state["count"].clone()

@@ -38,7 +38,9 @@ def fit_exposure(moments: torch.Tensor) -> torch.Tensor:
     toward the identity keeps it defined when the pixels do not span the colours)."""
     xtx, xty = moments[:, :4], moments[:, 4:]
     ridge = 1e-9 * (float(xtx.diagonal().sum()) + 1.0)
-    solution = torch.linalg.solve(xtx + ridge * torch.eye(4, dtype=xtx.dtype, device=xtx.device), xty + ridge * IDENTITY.T.to(xty))
+    solution = torch.linalg.solve(
+        xtx + ridge * torch.eye(4, dtype=xtx.dtype, device=xtx.device), xty + ridge * IDENTITY.T.to(xty)
+    )
     return solution.T.float()
 
 
@@ -76,7 +78,9 @@ class Exposures:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["transforms"].shape != self.transforms.shape:
-            raise ValueError(f"exposures: {tuple(state['transforms'].shape)} saved, {tuple(self.transforms.shape)} expected")
+            raise ValueError(
+                f"exposures: {tuple(state['transforms'].shape)} saved, {tuple(self.transforms.shape)} expected"
+            )
         with torch.no_grad():
             self.transforms.copy_(state["transforms"])
         self.optimizer.load_state_dict(state["adam"])

@@ -56,7 +56,9 @@ FIXED_POINT = 2.0**32
 _COPY_BITS = 20  # a copy's selection id: source id << 20 | copy number
 
 
-def share(opacities: torch.Tensor, scales: torch.Tensor, parts: torch.Tensor, min_opacity: float) -> tuple[torch.Tensor, torch.Tensor]:
+def share(
+    opacities: torch.Tensor, scales: torch.Tensor, parts: torch.Tensor, min_opacity: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Opacity [M] and scales [M, 3] of each of ``parts`` [M] (int, >= 1) Gaussians that together replace
     one of opacity ``opacities`` and scales ``scales`` (the module's rule; float64 inside; the opacity is
     kept in [min_opacity, 1 - float32 eps])."""
@@ -68,10 +70,14 @@ def share(opacities: torch.Tensor, scales: torch.Tensor, parts: torch.Tensor, mi
     terms = torch.where(j <= n[:, None], choose * (-1.0) ** (j + 1) * new[:, None] ** j / j.sqrt(), 0.0)
     factor = o / terms.sum(dim=1)
     eps = torch.finfo(torch.float32).eps
-    return new.clamp(min_opacity, 1.0 - eps).to(opacities.dtype), (scales.to(torch.float64) * factor[:, None]).to(scales.dtype)
+    return new.clamp(min_opacity, 1.0 - eps).to(opacities.dtype), (scales.to(torch.float64) * factor[:, None]).to(
+        scales.dtype
+    )
 
 
-def draw_counts(weights: torch.Tensor, ids: torch.Tensor, n: int, key: int, reduce: Reduce = local_reduce) -> torch.Tensor:
+def draw_counts(
+    weights: torch.Tensor, ids: torch.Tensor, n: int, key: int, reduce: Reduce = local_reduce
+) -> torch.Tensor:
     """How many times each row is drawn, int64 [N], in n draws with replacement and probability proportional
     to ``weights`` [N] (in [0, 1]) over the rows of every rank (``reduce`` spans them); a row is drawn at
     most MAX_SHARE - 1 times. A function of (``key``, global id, weight, n) only, so the same on any number
@@ -174,11 +180,17 @@ class MCMCStrategy:
         dead = gaussians.opacities() <= c.min_opacity
         n_dead = int(self.reduce(dead.sum().reshape(1), "sum")[0])
         weights = torch.where(dead, 0.0, gaussians.opacities())
-        relocated = self._replicate(draw_counts(weights, gaussians.ids, n_dead, key, self.reduce), optimizer, allocate_ids)
+        relocated = self._replicate(
+            draw_counts(weights, gaussians.ids, n_dead, key, self.reduce), optimizer, allocate_ids
+        )
         optimizer.keep(torch.cat([~dead, dead.new_ones(len(gaussians) - len(dead))]))
         total = before - n_dead + relocated
         n_add = max(0, min(c.budget, math.floor(c.growth_rate * total)) - total)
-        added = self._replicate(draw_counts(gaussians.opacities(), gaussians.ids, n_add, self._key(images, 1), self.reduce), optimizer, allocate_ids)
+        added = self._replicate(
+            draw_counts(gaussians.opacities(), gaussians.ids, n_add, self._key(images, 1), self.reduce),
+            optimizer,
+            allocate_ids,
+        )
         self._total = total + added
         return {"relocated": relocated, "added": added}
 
@@ -190,7 +202,9 @@ class MCMCStrategy:
             return 0
         model = optimizer.gaussians
         drawn = counts > 0
-        opacities, scales = share(model.opacities()[drawn], model.scales()[drawn], counts[drawn] + 1, self.cfg.min_opacity)
+        opacities, scales = share(
+            model.opacities()[drawn], model.scales()[drawn], counts[drawn] + 1, self.cfg.min_opacity
+        )
         logits, log_scales = model.opacity_logits.detach().clone(), model.log_scales.detach().clone()
         logits[drawn] = torch.logit(opacities.to(torch.float64)).to(logits.dtype)
         log_scales[drawn] = torch.log(scales)

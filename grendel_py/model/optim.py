@@ -142,7 +142,9 @@ class GaussianOptimizer:
             if value.shape != old.shape:
                 raise ValueError(f"reset_rows: {name} has shape {list(old.shape)}, got a value of {list(value.shape)}")
             mask = rows.reshape((-1,) + (1,) * (old.dim() - 1))
-            self._swap(name, value.detach().to(old.device, old.dtype).clone(), lambda s, mask=mask: s.masked_fill(mask, 0.0))
+            self._swap(
+                name, value.detach().to(old.device, old.dtype).clone(), lambda s, mask=mask: s.masked_fill(mask, 0.0)
+            )
 
     def _swap(self, name: str, values: torch.Tensor, state_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Make the fresh tensor ``values`` (aliasing nothing) the leaf of field ``name`` and replace its Adam

@@ -94,7 +94,8 @@ def read_ply_data(path: str | Path, missing: str = "no such file") -> PlyData:
     """The PLY file at ``path`` as plyfile parses it; InputError naming it when it is absent (``missing``),
     unreadable or not a valid PLY."""
     try:
-        return PlyData.read(str(path), mmap="c")  # mapped (copy-on-write): plyfile reads unmapped files row by row in Python
+        # mapped (copy-on-write): plyfile reads unmapped files row by row in Python
+        return PlyData.read(str(path), mmap="c")
     except FileNotFoundError:
         raise InputError(path, missing) from None
     except OSError as e:

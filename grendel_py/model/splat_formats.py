@@ -97,7 +97,9 @@ def _model(means, log_scales, quats, opacity, dc, shN) -> Gaussians:
     """A Gaussians from decoded float arrays (ids 0..N-1)."""
     n = len(means)
     f = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-    return Gaussians(f(means), f(log_scales), f(quats), f(opacity).reshape(n), f(dc).reshape(n, 1, 3), f(shN), torch.arange(n))
+    return Gaussians(
+        f(means), f(log_scales), f(quats), f(opacity).reshape(n), f(dc).reshape(n, 1, 3), f(shN), torch.arange(n)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- .splat
@@ -110,7 +112,8 @@ def splat_records(g: Gaussians) -> np.ndarray:
     out = np.empty((n, SPLAT_RECORD), dtype=np.uint8)
     out[:, 0:12] = a["means"].astype("<f4").view(np.uint8).reshape(n, 12)
     out[:, 12:24] = np.exp(a["log_scales"]).astype("<f4").view(np.uint8).reshape(n, 12)
-    rgba = np.concatenate([0.5 + C0 * a["dc"], _sigmoid(a["opacity"])[:, None]], axis=1)  # sh0_to_rgb in float64: truncated to bytes
+    # sh0_to_rgb in float64: truncated to bytes
+    rgba = np.concatenate([0.5 + C0 * a["dc"], _sigmoid(a["opacity"])[:, None]], axis=1)
     out[:, 24:28] = np.clip(rgba * 255.0, 0, 255).astype(np.uint8)
     out[:, 28:32] = np.clip(_unit_quats(a["quats"]) * 128.0 + 128.0, 0, 255).astype(np.uint8)
     return out
@@ -155,7 +158,9 @@ def spz_columns(g: Gaussians) -> dict[str, np.ndarray]:
     if far.any():
         row = int(np.flatnonzero(far.any(axis=1))[0])
         where = [round(v, 3) for v in a["means"][row].tolist()]
-        raise ValueError(f"SPZ stores positions within +-{SPZ_MAX_POSITION:g}; Gaussian (id {int(g.ids[row])}) is at {where}")
+        raise ValueError(
+            f"SPZ stores positions within +-{SPZ_MAX_POSITION:g}; Gaussian (id {int(g.ids[row])}) is at {where}"
+        )
     fixed = _round_away(a["means"] * (1 << SPZ_FRACTIONAL_BITS)).astype(np.int64) & 0xFFFFFF
     positions = np.stack([(fixed >> s) & 0xFF for s in (0, 8, 16)], axis=-1).astype(np.uint8).reshape(n, 9)
     k = a["shN"].shape[1]
@@ -178,8 +183,10 @@ def _smallest_three_spz(q: np.ndarray) -> np.ndarray:
     with each kept component as sign + 9-bit magnitude / sqrt(1/2)."""
     word = _pack_smallest_three(
         q[:, [1, 2, 3, 0]],
-        lambda v: (v < 0).astype(np.uint64) << np.uint64(9) | np.floor(511.0 * np.abs(v) / _SQRT1_2 + 0.5).astype(np.uint64),
-    )  # fmt: skip
+        lambda v: (
+            (v < 0).astype(np.uint64) << np.uint64(9) | np.floor(511.0 * np.abs(v) / _SQRT1_2 + 0.5).astype(np.uint64)
+        ),
+    )
     return word.astype("<u4").view(np.uint8).reshape(len(q), 4)
 
 
@@ -229,7 +236,9 @@ def read_spz(path: str | Path) -> Gaussians:
         raise InputError(path, "SPZ payload shorter than its 16-byte header")
     magic, version, n, degree, bits, _, _ = struct.unpack("<IIIBBBB", data[:16])
     if magic != SPZ_MAGIC or version not in (2, 3) or degree > MAX_SH_DEGREE:
-        raise InputError(path, f"not an SPZ file this reader knows (magic {magic:#x}, version {version}, SH degree {degree})")
+        raise InputError(
+            path, f"not an SPZ file this reader knows (magic {magic:#x}, version {version}, SH degree {degree})"
+        )
     widths = spz_widths(degree)
     if version == 2:
         widths["rotations"] = 3
@@ -267,9 +276,11 @@ def _spz_rotations(b: np.ndarray, version: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- compressed PLY
 
-_CHUNK_PROPS = [f"{m}_{a}" for m in ("min", "max") for a in "xyz"] + [f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"] + [
-    f"{m}_{c}" for m in ("min", "max") for c in "rgb"
-]  # fmt: skip
+_CHUNK_PROPS = (
+    [f"{m}_{a}" for m in ("min", "max") for a in "xyz"]
+    + [f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"]
+    + [f"{m}_{c}" for m in ("min", "max") for c in "rgb"]
+)
 _VERTEX_PROPS = ["packed_position", "packed_rotation", "packed_scale", "packed_color"]
 
 
@@ -291,7 +302,11 @@ def compressed_header(total: int, sh_degree: int, antialiased: bool) -> bytes:
 
 def compressed_sizes(total: int, sh_degree: int) -> tuple[int, int, int]:
     """Bytes of the chunk, vertex and sh elements of a compressed PLY of ``total`` Gaussians."""
-    return -(-total // CHUNK) * 4 * len(_CHUNK_PROPS), total * 4 * len(_VERTEX_PROPS), total * 3 * num_sh_rest(sh_degree)
+    return (
+        -(-total // CHUNK) * 4 * len(_CHUNK_PROPS),
+        total * 4 * len(_VERTEX_PROPS),
+        total * 3 * num_sh_rest(sh_degree),
+    )
 
 
 def morton_order(means: torch.Tensor) -> torch.Tensor:
@@ -331,7 +346,9 @@ def merge_bounds(parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, np.nda
     return merged
 
 
-def compressed_records(g: Gaussians, first_row: int, bounds: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def compressed_records(
+    g: Gaussians, first_row: int, bounds: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compressed-PLY records of ``g``, rows ``first_row``.. of the file, given every chunk's final
     ``bounds`` (:func:`merge_bounds`): (the chunks whose first row is here, int64 [C]; their records,
     float32 [C, 18]; the vertex records, uint32 [N, 4]; the SH bytes, uint8 [N, 3 (K-1)])."""
@@ -340,9 +357,16 @@ def compressed_records(g: Gaussians, first_row: int, bounds: dict[int, np.ndarra
     rows = first_row + np.arange(n)
     chunk = rows // CHUNK
     c0 = first_row // CHUNK
-    per_chunk = np.stack([bounds[c] for c in range(c0, c0 + len(np.unique(chunk)))]).astype(np.float64) if n else np.zeros((0, 2, 9))
+    per_chunk = (
+        np.stack([bounds[c] for c in range(c0, c0 + len(np.unique(chunk)))]).astype(np.float64)
+        if n
+        else np.zeros((0, 2, 9))
+    )
     lo, hi = per_chunk[chunk - c0, 0], per_chunk[chunk - c0, 1]
-    lo[:, 3:6], hi[:, 3:6] = np.clip(lo[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT), np.clip(hi[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT)
+    lo[:, 3:6], hi[:, 3:6] = (
+        np.clip(lo[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT),
+        np.clip(hi[:, 3:6], -SCALE_LIMIT, SCALE_LIMIT),
+    )
     features = chunk_features(g).astype(np.float64)
     t = np.where(hi - lo < 1e-5, 0.0, (features - lo) / np.where(hi - lo < 1e-5, 1.0, hi - lo))
     t = np.where(features <= lo, 0.0, np.where(features >= hi, 1.0, t))
@@ -359,7 +383,10 @@ def compressed_records(g: Gaussians, first_row: int, bounds: dict[int, np.ndarra
     records = np.zeros((len(own), 18), dtype=np.float32)
     for i, c in enumerate(own.tolist()):
         b = bounds[c].astype(np.float32)
-        scale_lo, scale_hi = np.clip(b[0, 3:6], -SCALE_LIMIT, SCALE_LIMIT), np.clip(b[1, 3:6], -SCALE_LIMIT, SCALE_LIMIT)
+        scale_lo, scale_hi = (
+            np.clip(b[0, 3:6], -SCALE_LIMIT, SCALE_LIMIT),
+            np.clip(b[1, 3:6], -SCALE_LIMIT, SCALE_LIMIT),
+        )
         records[i] = np.concatenate([b[0, 0:3], b[1, 0:3], scale_lo, scale_hi, b[0, 6:9], b[1, 6:9]])
     return own, records, vertex, sh
 

@@ -177,7 +177,9 @@ def exchange_splats(
     rows = torch.nonzero_static(reach.reshape(-1), size=sum(send)).squeeze(1).remainder_(n).to(torch.int32)
     del reach
     # rows arrive by sending rank, then slot: regroup them by slot
-    slot_of_row = torch.repeat_interleave(torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv))
+    slot_of_row = torch.repeat_interleave(
+        torch.arange(n_slots, device=device).repeat(w), counts_in, output_size=sum(recv)
+    )
     by_slot = torch.argsort(slot_of_row, stable=True)
     received = send_splats(splats, rows, send, recv, by_slot, ctx)
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)
@@ -195,6 +197,11 @@ def send_splats(
     means2d, conics, opacities, colors, depths, extents = _SendSplats.apply((rows, send, recv, by_slot, ctx), *fields)
     ids = all_to_all_rows(splats.ids[rows], send, recv, ctx)
     return Splats(
-        means2d=means2d, conics=conics, opacities=opacities, colors=colors, depths=depths,
-        extents=extents.to(torch.int32), ids=ids[by_slot],
-    )  # fmt: skip
+        means2d=means2d,
+        conics=conics,
+        opacities=opacities,
+        colors=colors,
+        depths=depths,
+        extents=extents.to(torch.int32),
+        ids=ids[by_slot],
+    )

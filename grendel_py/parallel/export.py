@@ -132,10 +132,12 @@ FORMAT_WRITERS = {
     "ply-compressed": _Format(
         sf.compressed_header, lambda n, d: sum(sf.compressed_sizes(n, d)), _morton, _compressed_pieces, _chunk_summary
     ),
-}  # fmt: skip
+}
 
 
-def write_merged(path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str = "ply", antialiased: bool = False) -> None:
+def write_merged(
+    path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str = "ply", antialiased: bool = False
+) -> None:
     """Write the union of every rank's ``shard`` to ``path`` as one file in format ``fmt`` (see
     :data:`~grendel_py.model.splat_formats.FORMATS`; ``antialiased`` marks models trained with
     ``render.antialiased`` in the formats that say so: SPZ's flag, the compressed PLY's render-mode
@@ -162,7 +164,12 @@ def write_merged(path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str 
         summaries = _agree(ctx, lambda: writer.summary(ordered, first))
         others = [s for r, s in enumerate(summaries) if r != ctx.rank]
         _agree(ctx, lambda: _create(tmp, path, header, writer.body_size(total, degrees[0])) if ctx.is_main else None)
-        _agree(ctx, lambda: _write_pieces(tmp, len(header), _encoded(path, lambda: writer.pieces(ordered, first, total, others))))
+        _agree(
+            ctx,
+            lambda: _write_pieces(
+                tmp, len(header), _encoded(path, lambda: writer.pieces(ordered, first, total, others))
+            ),
+        )
         _agree(ctx, lambda: _publish(tmp, path, fmt) if ctx.is_main else None)
     except BaseException:
         if ctx.is_main:

@@ -60,8 +60,13 @@ assert HALO < TILE_SIZE, "the halo must not reach past the adjacent tiles"
 
 
 def _halo_keys(
-    grids: list[TileGrid], owners: list[torch.Tensor], pixel_owners: list[torch.Tensor], starts: list[int], total: int,
-    me: int, sentinel: int,
+    grids: list[TileGrid],
+    owners: list[torch.Tensor],
+    pixel_owners: list[torch.Tensor],
+    starts: list[int],
+    total: int,
+    me: int,
+    sentinel: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sorted keys ``rank * total + pixel`` (pixel: index among the batch's ``total`` pixels, camera b's
     from ``starts[b]``) of the pixels this rank sends (its own, near a tile of ``rank``) and receives (those of
@@ -93,7 +98,10 @@ def _tile_boxes(grids: list[TileGrid], owners: list[torch.Tensor], rank: int) ->
 
 
 def exchange_halos(
-    tile_colors: list[torch.Tensor], tile_ids: list[torch.Tensor], grids: list[TileGrid], owners: list[torch.Tensor],
+    tile_colors: list[torch.Tensor],
+    tile_ids: list[torch.Tensor],
+    grids: list[TileGrid],
+    owners: list[torch.Tensor],
     ctx: DistContext,
 ) -> tuple[list[Region | None], torch.Tensor]:
     """Assemble this rank's region of every camera slot b from its rendered tiles ``tile_colors[b]``
@@ -118,10 +126,14 @@ def exchange_halos(
     else:  # one rank: no halo
         send = recv = torch.zeros(0, dtype=torch.int64, device=device)
     recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
-    host = torch.cat([
-        count_values(send // total, w), count_values(recv // total, w), count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
-        _tile_boxes(grids, owners, me).reshape(-1),
-    ]).tolist()  # fmt: skip
+    host = torch.cat(
+        [
+            count_values(send // total, w),
+            count_values(recv // total, w),
+            count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
+            _tile_boxes(grids, owners, me).reshape(-1),
+        ]
+    ).tolist()
     send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w : 2 * w + len(grids)]
     boxes = [host[2 * w + len(grids) + 4 * b : 2 * w + len(grids) + 4 * b + 4] for b in range(len(grids))]
     send, recv, recv_camera = send[: sum(send_counts)], recv[: sum(recv_counts)], recv_camera[: sum(recv_counts)]

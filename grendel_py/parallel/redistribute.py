@@ -86,7 +86,9 @@ def move_gaussians(optimizer: GaussianOptimizer, densify: Strategy, owners: torc
         }
     optimizer.load_state_dict({"params": params, "ids": ids[by_id], "adam": new_adam})
     moved = {k: next(parts)[:, 0].contiguous() for k in names}
-    densify.load_state_dict({k: v if dtypes[k].is_floating_point else v.round().to(dtypes[k]) for k, v in moved.items()})
+    densify.load_state_dict(
+        {k: v if dtypes[k].is_floating_point else v.round().to(dtypes[k]) for k, v in moved.items()}
+    )
     return int(send.sum() - send[ctx.rank]) if ctx.distributed else 0
 
 

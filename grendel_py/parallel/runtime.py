@@ -47,9 +47,12 @@ _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRA
 _SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 # the MPI process managers' rank and size variables and the SLURM variable each equals in a task srun started
 _MPI_AS_SLURM = {
-    "OMPI_COMM_WORLD_RANK": "SLURM_PROCID", "OMPI_COMM_WORLD_SIZE": "SLURM_NTASKS",
-    "PMI_RANK": "SLURM_PROCID", "PMI_SIZE": "SLURM_NTASKS", "PMIX_RANK": "SLURM_PROCID",
-}  # fmt: skip
+    "OMPI_COMM_WORLD_RANK": "SLURM_PROCID",
+    "OMPI_COMM_WORLD_SIZE": "SLURM_NTASKS",
+    "PMI_RANK": "SLURM_PROCID",
+    "PMI_SIZE": "SLURM_NTASKS",
+    "PMIX_RANK": "SLURM_PROCID",
+}
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 12000, 20000  # below Linux's ephemeral ports (32768-60999)
 
 
@@ -88,7 +91,7 @@ def single_process(device: str = "auto") -> DistContext:
 
 
 def detect_launcher(env: Mapping[str, str]) -> str:
-    """"torchrun", "slurm", "mpi" or "single" from the environment variables ``env`` (order and reasons in
+    """ "torchrun", "slurm", "mpi" or "single" from the environment variables ``env`` (order and reasons in
     the module docstring)."""
     if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         return "torchrun"
@@ -129,8 +132,11 @@ def _device(local_rank: int, want: str, share_gpus: bool) -> tuple[torch.device,
     if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu"), "gloo"
     if not torch.cuda.is_available():
-        raise InputError(None, f"train.device=cuda but torch {torch.__version__} sees no CUDA GPU "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use train.device=auto or cpu")  # fmt: skip
+        raise InputError(
+            None,
+            f"train.device=cuda but torch {torch.__version__} sees no CUDA GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use train.device=auto or cpu",
+        )
     n = torch.cuda.device_count()
     if local_rank >= n > 1 and not share_gpus:  # several GPUs visible, but fewer than the ranks of the node
         raise InputError(None, _too_many_ranks(f"local rank {local_rank} has no GPU of its own: this process sees {n}"))
@@ -139,8 +145,10 @@ def _device(local_rank: int, want: str, share_gpus: bool) -> tuple[torch.device,
 
 
 def _too_many_ranks(what: str) -> str:
-    return (f"{what}; start at most one rank per GPU (torchrun --nproc-per-node G, srun --gpus-per-task=1), "
-            "or set dist.share_gpus=true to let ranks share GPUs over gloo")  # fmt: skip
+    return (
+        f"{what}; start at most one rank per GPU (torchrun --nproc-per-node G, srun --gpus-per-task=1), "
+        "or set dist.share_gpus=true to let ranks share GPUs over gloo"
+    )
 
 
 def shared_gpus(gpus: list[tuple[str, str]]) -> list[tuple[int, int, str, str]]:
@@ -203,14 +211,18 @@ def _mpi_rendezvous() -> tuple[int, int, int, str]:
     comm = MPI.COMM_WORLD
     launched = next((os.environ[k] for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE") if k in os.environ), None)
     if launched is not None and launched.isdigit() and int(launched) != comm.Get_size():
-        raise InputError(None, f"the MPI launcher started {launched} processes but mpi4py sees {comm.Get_size()}: "
-                         f"mpiexec and mpi4py come from different MPI implementations ({MPI.Get_library_version().splitlines()[0]})")  # fmt: skip
+        raise InputError(
+            None,
+            f"the MPI launcher started {launched} processes but mpi4py sees {comm.Get_size()}: "
+            f"mpiexec and mpi4py come from different MPI implementations ({MPI.Get_library_version().splitlines()[0]})",
+        )
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     local_rank = local.Get_rank()
     local.Free()
     address = None
     if comm.Get_rank() == 0:
-        host = os.environ.get("MASTER_ADDR") or socket.gethostname()  # a name other hosts resolve (not an address that may be loopback)
+        # a name other hosts resolve (not an address that may be loopback)
+        host = os.environ.get("MASTER_ADDR") or socket.gethostname()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("", 0))
             port = s.getsockname()[1]

@@ -146,7 +146,20 @@ def render_batch(
     tile_colors = tiles.split(colors)
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
     tie = halo_values.sum() + tie_splats[0] + tie_splats[1]
-    return Rendered(radii, grad_norms, parts, rows, tiles.tile_ids, tile_colors, regions, table, plan, tie, bytes_sent, raster_seconds)
+    return Rendered(
+        radii,
+        grad_norms,
+        parts,
+        rows,
+        tiles.tile_ids,
+        tile_colors,
+        regions,
+        table,
+        plan,
+        tie,
+        bytes_sent,
+        raster_seconds,
+    )
 
 
 class _Stopwatch:
@@ -215,7 +228,8 @@ def batch_loss(
     rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend, antialiased)
     if exposures is not None:
         rendered.regions = [
-            None if r is None else expose_region(r, t, cam.height, cam.width) for r, t, cam in zip(rendered.regions, exposures, cameras)
+            None if r is None else expose_region(r, t, cam.height, cam.width)
+            for r, t, cam in zip(rendered.regions, exposures, cameras)
         ]
     loss = background.new_zeros(())
     for region, gt, cam in zip(rendered.regions, images, cameras):
@@ -228,7 +242,11 @@ def batch_loss(
                 args = (region.canvas[rows], gt_halo[rows], lambda_dssim, cam.width * cam.height, region.owned[r0:r1])
                 # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel),
                 # and recomputes them band by band in the backward pass, to the same bits
-                loss = loss + (checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args))
+                loss = loss + (
+                    checkpoint(region_loss, *args, use_reentrant=False)
+                    if torch.is_grad_enabled()
+                    else region_loss(*args)
+                )
     return loss + 0.0 * rendered.tie, rendered
 
 

@@ -95,7 +95,10 @@ class Watchdog:
             except Exception as e:  # the store's host is gone; its errors come in assorted types
                 if self._stop.is_set():  # this rank is leaving anyway
                     return
-                self.on_lost(self.ctx, f"rank 0 (or the launcher hosting the job's store) is lost: the store does not answer ({e})")
+                self.on_lost(
+                    self.ctx,
+                    f"rank 0 (or the launcher hosting the job's store) is lost: the store does not answer ({e})",
+                )
                 return
             now = time.monotonic()
             if value != seen:

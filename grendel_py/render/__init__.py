@@ -33,9 +33,14 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name == "auto":
         return "cupy" if device.type == "cuda" and has_cupy else "torch"
     if name == "cupy" and device.type != "cuda":
-        raise InputError(None, f"render.backend=cupy renders CUDA tensors, but this run keeps its model on {device} (use torch or auto)")
+        raise InputError(
+            None,
+            f"render.backend=cupy renders CUDA tensors, but this run keeps its model on {device} (use torch or auto)",
+        )
     if name == "cupy" and not has_cupy:
-        raise InputError(None, "render.backend=cupy needs CuPy: pip install 'grendel_py[cuda]' (CUDA 13) or 'grendel_py[cuda12]'")
+        raise InputError(
+            None, "render.backend=cupy needs CuPy: pip install 'grendel_py[cuda]' (CUDA 13) or 'grendel_py[cuda12]'"
+        )
     get_backend(name)
     return name
 
@@ -62,13 +67,17 @@ class RenderResult:
     depth: torch.Tensor | None = None
 
 
-def project(gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch", antialiased: bool = False) -> Splats:
+def project(
+    gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch", antialiased: bool = False
+) -> Splats:
     """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0); ``antialiased``:
     opacities compensated for the dilation (:func:`grendel_py.render.projection.project`). When autograd
     records, only the parameters are kept and the backward recomputes the rest in pieces
     (:func:`grendel_py.render.batch_projection.project_rows`)."""
     degree = gaussians.sh_degree if sh_degree is None else sh_degree
-    return project_rows(gaussians, [None], [len(gaussians)], [camera], degree, get_backend(backend), antialiased=antialiased)
+    return project_rows(
+        gaussians, [None], [len(gaussians)], [camera], degree, get_backend(backend), antialiased=antialiased
+    )
 
 
 def visible_rows(
@@ -90,12 +99,18 @@ def project_batch(
     the parameters (leaves) get their gradients added into ``.grad`` by the backward pass itself, without a
     gradient-sized temporary (``into_grad`` of :func:`~grendel_py.render.batch_projection.project_rows`)."""
     rows, parts = visible_rows(gaussians, cameras, backend, antialiased)
-    splats = project_rows(gaussians, rows, parts, cameras, sh_degree, get_backend(backend), into_grad=True, antialiased=antialiased)
+    splats = project_rows(
+        gaussians, rows, parts, cameras, sh_degree, get_backend(backend), into_grad=True, antialiased=antialiased
+    )
     return splats, parts, rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 def rasterize(
-    splats: Splats, grid: TileGrid, background: torch.Tensor, tile_ids: torch.Tensor | None = None, backend: str = "torch"
+    splats: Splats,
+    grid: TileGrid,
+    background: torch.Tensor,
+    tile_ids: torch.Tensor | None = None,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
     """Composite ``splats`` over the tiles ``tile_ids`` (all when None; any order, repeats allowed) of ``grid``.
 
@@ -118,7 +133,9 @@ def rasterize_batch(
         return get_backend(backend).rasterize_batch(splats, parts, tiles, background)
     # One background per camera: composite over black, then add (1 - alpha) x the camera's background, which
     # is what the compositor does with one (its gradient reaches the splats through alpha's).
-    colors, alpha, bins = get_backend(backend).rasterize_batch(splats, parts, tiles, background.new_zeros(background.shape[1]))
+    colors, alpha, bins = get_backend(backend).rasterize_batch(
+        splats, parts, tiles, background.new_zeros(background.shape[1])
+    )
     per_tile = torch.cat([background[b].expand(n, -1) for b, n in enumerate(tiles.sizes)])  # no upload of the sizes
     return torch.addcmul(colors, (1.0 - alpha)[..., None], per_tile[:, None, :]), alpha, bins
 
@@ -148,7 +165,9 @@ def render(
     result = RenderResult(image, alpha_img, colors, alpha, splats, bins)
     if depth:
         z = splats.depths[:, None].expand(-1, splats.colors.shape[1])
-        as_colors = Splats(splats.means2d, splats.conics, splats.depths, splats.opacities, z, splats.extents, splats.ids)
+        as_colors = Splats(
+            splats.means2d, splats.conics, splats.depths, splats.opacities, z, splats.extents, splats.ids
+        )
         summed, _, _ = rasterize(as_colors, grid, torch.zeros_like(bg), bins.tile_ids, backend)
         summed = grid.tiles_to_image(summed[..., :1], bins.tile_ids)[..., 0]
         result.depth = torch.where(alpha_img > 0, summed / alpha_img.clamp_min(1e-12), 0.0)

@@ -48,13 +48,23 @@ def _pieces(n: int, rows: Rows) -> list[slice | torch.Tensor]:
     return [rows[r : r + PROJECT_ROWS] for r in range(0, rows.shape[0], PROJECT_ROWS)] or [rows]
 
 
-def _project_piece(model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType, antialiased: bool) -> Splats:
+def _project_piece(
+    model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType, antialiased: bool
+) -> Splats:
     g = model.select(piece)
-    return ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids, antialiased=antialiased)
+    return ops.project(
+        g.means, g.quats, g.scales(), g.opacities(), g.sh(), degree, camera, g.ids, antialiased=antialiased
+    )
 
 
 def _project_all(
-    model: Gaussians, rows: list[Rows], counts: list[int], cameras: list[Camera], degree: int, ops: ModuleType, antialiased: bool
+    model: Gaussians,
+    rows: list[Rows],
+    counts: list[int],
+    cameras: list[Camera],
+    degree: int,
+    ops: ModuleType,
+    antialiased: bool,
 ) -> Splats:
     """The splats of every camera, piece by piece, written into one table (no concatenation of copies)."""
     work = [(cam, piece) for cam, r in zip(cameras, rows) for piece in _pieces(len(model), r)]
@@ -64,7 +74,10 @@ def _project_all(
     for cam, piece in work:
         s = _project_piece(model, piece, cam, degree, ops, antialiased)
         if table is None:
-            table = {f.name: getattr(s, f.name).new_empty((sum(counts),) + getattr(s, f.name).shape[1:]) for f in fields(Splats)}
+            table = {
+                f.name: getattr(s, f.name).new_empty((sum(counts),) + getattr(s, f.name).shape[1:])
+                for f in fields(Splats)
+            }
         for name, t in table.items():
             t[start : start + len(s)] = getattr(s, name)
         start += len(s)
@@ -101,9 +114,17 @@ class _ProjectRows(torch.autograd.Function):
                     leaves = [p[piece].detach().requires_grad_(w) for p, w in zip(params, wanted)]
                     s = _project_piece(Gaussians(*leaves, ids=ids[piece]), slice(None), cam, degree, ops, antialiased)
                     end = start + len(s)
-                    pairs = [(getattr(s, n), by_name[n][start:end]) for n in _OUTPUTS if by_name[n] is not None and getattr(s, n).requires_grad]
+                    pairs = [
+                        (getattr(s, n), by_name[n][start:end])
+                        for n in _OUTPUTS
+                        if by_name[n] is not None and getattr(s, n).requires_grad
+                    ]
                     inputs = [leaf for leaf in leaves if leaf.requires_grad]
-                    got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) if pairs else []
+                    got = (
+                        torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+                        if pairs
+                        else []
+                    )
                 for buf, g in zip([b for b in out if b is not None], got):
                     if g is None:
                         continue
@@ -144,7 +165,9 @@ def project_rows(
     return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops, antialiased, into_grad), *params))
 
 
-def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType, antialiased: bool = False) -> tuple[list[torch.Tensor], list[int]]:
+def visible_rows(
+    model: Gaussians, cameras: list[Camera], ops: ModuleType, antialiased: bool = False
+) -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int32, ascending) of the Gaussians the projection gives a non-zero extent, and
     their numbers (one read to the host for all cameras). Found without autograd by the same projection
     without colours (SH degree 0), in the same pieces of :data:`PROJECT_ROWS`."""
@@ -154,7 +177,11 @@ def visible_rows(model: Gaussians, cameras: list[Camera], ops: ModuleType, antia
             parts = []
             for piece in _pieces(len(model), None):
                 g = model.select(piece)
-                parts.append(ops.project(g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids, antialiased=antialiased).visible)
+                parts.append(
+                    ops.project(
+                        g.means, g.quats, g.scales(), g.opacities(), g.sh0, 0, cam, g.ids, antialiased=antialiased
+                    ).visible
+                )
             masks.append(torch.cat(parts))
     counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
     return [_true_rows(m, c) for m, c in zip(masks, counts)], counts

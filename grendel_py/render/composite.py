@@ -104,8 +104,9 @@ class _Layout:
             k0 = k1
         return out
 
-
-    def segments(self, chunks: list[tuple[torch.Tensor, int, int]]) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
+    def segments(
+        self, chunks: list[tuple[torch.Tensor, int, int]]
+    ) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
         """The chunks cut into segments of about sqrt(R) consecutive depth ranges (R: the number of ranges;
         the chunks of a range share k0 and cover the live tiles, a prefix of ``by_count``), each with the
         number of live tiles where it starts. The forward keeps T where each segment starts and the starts of
@@ -132,7 +133,9 @@ class _Chunk:
     the scans along depth.
     """
 
-    def __init__(self, lay: _Layout, act: torch.Tensor, k0: int, k1: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor):
+    def __init__(
+        self, lay: _Layout, act: torch.Tensor, k0: int, k1: int, params: tuple[torch.Tensor, ...], t_start: torch.Tensor
+    ):
         means2d, conics, opacities = params
         s, inside = lay.slots(act, k0, k1)  # [Ta, S]
         ta, n_pix, n_s = s.shape[0], lay.ts * lay.ts, s.shape[1]

@@ -45,10 +45,16 @@ _RASTER_IN = ("i64*", "i64*", "i32*", "f32*", "f32*", "f32*", "f32*", "f32*", "i
 KERNELS: dict[str, Kernel] = {
     # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, antialiased
     #   -> means2d, conics, depths, opacities_out, colors, extents
-    "project_forward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32", "i32", "i32") + ("f32*",) * 5 + ("i32*",)),
+    "project_forward": Kernel(
+        "project.cu",
+        "element",
+        ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32", "i32", "i32") + ("f32*",) * 5 + ("i32*",),
+    ),
     # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, antialiased, v_means2d, v_conics, v_depths, v_opacities_out,
     #   v_colors -> v_means, v_quats, v_scales, v_opacities, v_sh
-    "project_backward": Kernel("project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32") + ("f32*",) * 10),
+    "project_backward": Kernel(
+        "project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32") + ("f32*",) * 10
+    ),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile -> counts
     "count_intersections": Kernel("bin.cu", "element", _BIN_IN + ("i64*",)),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts, depth_rank -> keys
@@ -91,7 +97,11 @@ def check_args(name: str, args: tuple) -> None:
     for i, (arg, kind) in enumerate(zip(args, types)):
         if kind in DTYPES:
             if not isinstance(arg, torch.Tensor) or arg.dtype != DTYPES[kind] or not arg.is_contiguous():
-                got = f"{arg.dtype}, contiguous={arg.is_contiguous()}" if isinstance(arg, torch.Tensor) else type(arg).__name__
+                got = (
+                    f"{arg.dtype}, contiguous={arg.is_contiguous()}"
+                    if isinstance(arg, torch.Tensor)
+                    else type(arg).__name__
+                )
                 raise ValueError(f"kernel {name} argument {i}: expected a contiguous {DTYPES[kind]} tensor, got {got}")
         elif not isinstance(arg, int):
             raise ValueError(f"kernel {name} argument {i}: expected an int, got {type(arg).__name__}")
@@ -148,7 +158,6 @@ def cupy_kernels(device: torch.device) -> CupyKernels:
         import cupy  # noqa: F401
     except ImportError as err:
         raise InputError(
-            None,
-            "render.backend=cupy needs CuPy: pip install 'grendel_py[cuda]' (CUDA 13) or 'grendel_py[cuda12]'"
+            None, "render.backend=cupy needs CuPy: pip install 'grendel_py[cuda]' (CUDA 13) or 'grendel_py[cuda12]'"
         ) from err
     return CupyKernels(device)

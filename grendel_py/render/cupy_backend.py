@@ -36,7 +36,9 @@ def project(
     antialiased: bool = False,
 ) -> Splats:
     """As :func:`grendel_py.render.projection.project`, on the GPU."""
-    return _backend(means.device).project(means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane, antialiased)
+    return _backend(means.device).project(
+        means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane, antialiased
+    )
 
 
 def rasterize_batch(

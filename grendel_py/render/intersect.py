@@ -84,7 +84,9 @@ class BatchTiles:
 
     def __init__(self, grids: list[TileGrid], tile_ids: list[torch.Tensor | None], device: torch.device):
         self.grids = list(grids)
-        self.tile_ids = [g.all_tiles(device) if t is None else t.to(device, non_blocking=True) for g, t in zip(grids, tile_ids)]
+        self.tile_ids = [
+            g.all_tiles(device) if t is None else t.to(device, non_blocking=True) for g, t in zip(grids, tile_ids)
+        ]
         self.sizes = [int(t.shape[0]) for t in self.tile_ids]  # selected tiles per camera
         self.first = part_starts([g.n_tiles for g in grids])
         self.total = sum(g.n_tiles for g in grids)
@@ -124,7 +126,9 @@ def tile_spans(splats: Splats, grid: TileGrid) -> tuple[torch.Tensor, ...]:
     return tx0, tx1, ty0, ty1
 
 
-def expand_spans(tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, counts: torch.Tensor, nx: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+def expand_spans(
+    tx0: torch.Tensor, tx1: torch.Tensor, ty0: torch.Tensor, counts: torch.Tensor, nx: int, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (row, tile) pair of the inclusive tile ranges [tx0, tx1] x [ty0, ...] (int64 [N] each) of one
     grid ``nx`` tiles wide, rows in order, each row's tiles row-major (tile id = ty * nx + tx); ``counts``
     [N] the tiles of each range (0 when empty), ``total`` their sum (known on the host, so no
@@ -144,7 +148,12 @@ cancel large terms of thin, tilted splats; 25 times that keeps the test conserva
 
 
 def tile_reached(
-    means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, tile_size: int
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    tile_size: int,
 ) -> torch.Tensor:
     """Whether each splat can reach alpha 1/255 at a pixel centre of tile (tx, ty): bool [M] for splats
     means2d [M, 2], conics [M, 3], opacities [M] and tiles tx, ty [M] (int64).
@@ -189,7 +198,14 @@ class PairPieces:
     Positions, bounds and :meth:`pairs_before` count along ``order``. One host synchronisation, here: the
     number of pairs before each piece's end."""
 
-    def __init__(self, splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True, order: torch.Tensor | None = None):
+    def __init__(
+        self,
+        splats: Splats,
+        parts: list[int],
+        grids: list[TileGrid],
+        cull: bool = True,
+        order: torch.Tensor | None = None,
+    ):
         sizes = {g.tile_size for g in grids}
         if len(sizes) != 1:
             raise ValueError(f"the cameras of a batch share one tile size, got {sorted(sizes)}")
@@ -203,7 +219,9 @@ class PairPieces:
         ends = []
         if n:  # each piece's pairs counted on its own: the boxes of a whole camera's splats would be a peak
             pieces = zip(self.bounds[:-1], self.bounds[1:])
-            ends = torch.cumsum(torch.stack([self._spans(a, b, self._camera(a))[-1].sum() for a, b in pieces]), 0).tolist()
+            ends = torch.cumsum(
+                torch.stack([self._spans(a, b, self._camera(a))[-1].sum() for a, b in pieces]), 0
+            ).tolist()
         self.ends = [0, *ends]  # pairs before each of ``bounds``
         self.total = self.ends[-1]
 
@@ -229,7 +247,9 @@ class PairPieces:
         all), in order, as :func:`tile_pairs` lists them: a piece's pairs row by row (in the order of
         positions), each row's tiles row-major."""
         i0, i1 = self.bounds.index(r0), self.bounds.index(self.camera_bounds[-1] if r1 is None else r1)
-        for a, b, p0, p1 in zip(self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]):
+        for a, b, p0, p1 in zip(
+            self.bounds[i0:i1], self.bounds[i0 + 1 : i1 + 1], self.ends[i0:i1], self.ends[i0 + 1 : i1 + 1]
+        ):
             camera = self._camera(a)
             nx = self.grids[camera].nx
             tx0, tx1, ty0, counts = self._spans(a, b, camera)
@@ -241,12 +261,16 @@ class PairPieces:
             tiles = local + self.first_tile[camera]
             if self.cull:
                 s = self.splats
-                reached = tile_reached(s.means2d[rows], s.conics[rows], s.opacities[rows], local % nx, local // nx, self.tile_size)
+                reached = tile_reached(
+                    s.means2d[rows], s.conics[rows], s.opacities[rows], local % nx, local // nx, self.tile_size
+                )
                 tiles = torch.where(reached, tiles, self.culled_tile)
             yield p0, rows, tiles
 
 
-def tile_pairs(splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_pairs(
+    splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (row, batch tile) pair of a batch's splats (``parts[b]`` rows for camera b, one camera after
     another) whose tile box holds the tile: (rows ascending, each row's tiles row-major; batch tile ids
     ``first[b] + tile``, numbered as in :class:`BatchTiles`), int64 [M] each. Pairs whose tile the splat's
@@ -280,13 +304,18 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
     device = splats.means2d.device
     n_sel = tiles.ids.shape[0]
     bounds = [*part_starts(parts), sum(parts)]
-    order = torch.cat(
-        [r0 + depth_order(splats.depths[r0:r1], splats.ids[r0:r1]) for r0, r1 in zip(bounds[:-1], bounds[1:])]
-    ) if parts else torch.zeros(0, dtype=torch.int64, device=device)  # fmt: skip
+    order = (
+        torch.cat(
+            [r0 + depth_order(splats.depths[r0:r1], splats.ids[r0:r1]) for r0, r1 in zip(bounds[:-1], bounds[1:])]
+        )
+        if parts
+        else torch.zeros(0, dtype=torch.int64, device=device)
+    )
     pairs = PairPieces(splats, parts, tiles.grids, cull, order)
     slot_of_tile = tiles.slot_of_tile()
     by_tile = torch.empty(pairs.total, dtype=torch.int32, device=device)
-    counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)  # pairs per slot, per piece
+    # pairs per slot, per piece
+    counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)
     for k, (p0, rows, batch_tile) in enumerate(pairs.pieces()):
         slot = slot_of_tile[batch_tile]
         del batch_tile

@@ -45,7 +45,9 @@ indices into the arrays are 64-bit)."""
 
 def _require_countable(n: int, what: str) -> None:
     if n > MAX_ITEMS:
-        raise ValueError(f"{n} {what} in one kernel launch exceed the kernels' limit of {MAX_ITEMS} (2^31 - 1); use more ranks")
+        raise ValueError(
+            f"{n} {what} in one kernel launch exceed the kernels' limit of {MAX_ITEMS} (2^31 - 1); use more ranks"
+        )
 
 
 def _require_float32(**tensors: torch.Tensor) -> None:
@@ -70,8 +72,25 @@ class _Project(torch.autograd.Function):
         colors = means.new_empty(n, 3)
         extents = torch.empty(n, 2, dtype=torch.int32, device=means.device)
         launch(
-            "project_forward", n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height,
-            int(antialiased), means2d, conics, depths, opacities_out, colors, extents,
+            "project_forward",
+            n,
+            means,
+            quats,
+            scales,
+            opacities,
+            sh,
+            n_coeffs,
+            degree,
+            cam,
+            width,
+            height,
+            int(antialiased),
+            means2d,
+            conics,
+            depths,
+            opacities_out,
+            colors,
+            extents,
         )
         ctx.save_for_backward(means, quats, scales, opacities, sh, cam)
         ctx.degree, ctx.antialiased, ctx.launch = degree, antialiased, launch
@@ -82,12 +101,31 @@ class _Project(torch.autograd.Function):
     def backward(ctx, v_means2d, v_conics, v_depths, v_opacities_out, v_colors, _v_extents):
         means, quats, scales, opacities, sh, cam = ctx.saved_tensors
         n = means.shape[0]
-        v_means, v_quats, v_scales, v_opacities, v_sh = (torch.empty_like(t) for t in (means, quats, scales, opacities, sh))
+        v_means, v_quats, v_scales, v_opacities, v_sh = (
+            torch.empty_like(t) for t in (means, quats, scales, opacities, sh)
+        )
         ctx.launch(
-            "project_backward", n, means, quats, scales, opacities, sh, sh.shape[1], ctx.degree, cam,
-            int(ctx.antialiased), _zeros_if_none(v_means2d, means[:, :2]), _zeros_if_none(v_conics, means),
-            _zeros_if_none(v_depths, opacities), _zeros_if_none(v_opacities_out, opacities),
-            _zeros_if_none(v_colors, means), v_means, v_quats, v_scales, v_opacities, v_sh,
+            "project_backward",
+            n,
+            means,
+            quats,
+            scales,
+            opacities,
+            sh,
+            sh.shape[1],
+            ctx.degree,
+            cam,
+            int(ctx.antialiased),
+            _zeros_if_none(v_means2d, means[:, :2]),
+            _zeros_if_none(v_conics, means),
+            _zeros_if_none(v_depths, opacities),
+            _zeros_if_none(v_opacities_out, opacities),
+            _zeros_if_none(v_colors, means),
+            v_means,
+            v_quats,
+            v_scales,
+            v_opacities,
+            v_sh,
         )
         return v_means, v_quats, v_scales, v_opacities, v_sh, None, None, None, None, None, None
 
@@ -107,8 +145,20 @@ class _Rasterize(torch.autograd.Function):
         walked = torch.empty(n_tiles, 256, dtype=torch.int32, device=means2d.device)
         for grid, ids, s0, s1 in _cameras(tiles):
             launch(
-                "rasterize_forward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
-                colors, background, grid.nx, rgb[s0:s1], t_final[s0:s1], walked[s0:s1],
+                "rasterize_forward",
+                s1 - s0,
+                ids,
+                bins.offsets[s0:],
+                bins.splat_index,
+                means2d,
+                conics,
+                opacities,
+                colors,
+                background,
+                grid.nx,
+                rgb[s0:s1],
+                t_final[s0:s1],
+                walked[s0:s1],
             )
         save(ctx, (means2d, conics, opacities, colors, background, t_final, walked), bins=bins, tiles=tiles)
         ctx.launch = launch
@@ -124,9 +174,25 @@ class _Rasterize(torch.autograd.Function):
         v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
         for grid, ids, s0, s1 in _cameras(state["tiles"]):
             ctx.launch(
-                "rasterize_backward", s1 - s0, ids, bins.offsets[s0:], bins.splat_index, means2d, conics, opacities,
-                colors, background, grid.nx, t_final[s0:s1], walked[s0:s1], g_rgb[s0:s1], g_alpha[s0:s1],
-                v_means2d, v_conics, v_opacities, v_colors,
+                "rasterize_backward",
+                s1 - s0,
+                ids,
+                bins.offsets[s0:],
+                bins.splat_index,
+                means2d,
+                conics,
+                opacities,
+                colors,
+                background,
+                grid.nx,
+                t_final[s0:s1],
+                walked[s0:s1],
+                g_rgb[s0:s1],
+                g_alpha[s0:s1],
+                v_means2d,
+                v_conics,
+                v_opacities,
+                v_colors,
             )
         v_background = (g_rgb * t_final[..., None]).sum(dim=(0, 1))
         return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None
@@ -183,7 +249,7 @@ class KernelBackend:
         cameras = [
             (r0, r0 + m, (m, *(t[r0 : r0 + m] for t in fields), g.width, g.height, g.nx, slot_of_tile[f:]))
             for r0, m, g, f in zip(part_starts(parts), parts, tiles.grids, tiles.first)
-        ]  # fmt: skip
+        ]
         counts = torch.empty(n, dtype=torch.int64, device=device)
         for r0, r1, geometry in cameras:
             self.launch("count_intersections", *geometry, counts[r0:r1])
@@ -209,10 +275,18 @@ class KernelBackend:
         _require_float32(means2d=splats.means2d, conics=splats.conics, opacities=splats.opacities, colors=splats.colors)
         sizes = {g.tile_size for g in tiles.grids}
         if sizes != {16} or splats.colors.shape[1] != 3:
-            raise ValueError(f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {sorted(sizes)}")
+            raise ValueError(
+                f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {sorted(sizes)}"
+            )
         bins = self.bin_batch(splats, parts, tiles)
         colors, alpha = _Rasterize.apply(
-            splats.means2d, splats.conics, splats.opacities, splats.colors, background.to(splats.means2d),
-            bins, tiles, self.launch,
+            splats.means2d,
+            splats.conics,
+            splats.opacities,
+            splats.colors,
+            background.to(splats.means2d),
+            bins,
+            tiles,
+            self.launch,
         )
         return colors, alpha, bins

@@ -75,9 +75,15 @@ def quats_to_rotmats(quats: torch.Tensor) -> torch.Tensor:
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(-1, 3, 3)
@@ -120,9 +126,9 @@ def project(
     tx = zs * torch.clamp(x / zs, -lim_x_neg, lim_x_pos)
     ty = zs * torch.clamp(y / zs, -lim_y_neg, lim_y_pos)
     zero = torch.zeros_like(zs)
-    J = torch.stack(
-        [fx / zs, zero, -fx * tx / (zs * zs), zero, fy / zs, -fy * ty / (zs * zs)], dim=-1
-    ).reshape(-1, 2, 3)
+    J = torch.stack([fx / zs, zero, -fx * tx / (zs * zs), zero, fy / zs, -fy * ty / (zs * zs)], dim=-1).reshape(
+        -1, 2, 3
+    )
 
     cov_cam = R @ covariances_3d(quats, scales) @ R.T
     cov2d = J @ cov_cam @ J.transpose(1, 2)
@@ -146,7 +152,9 @@ def project(
     return Splats(means2d, conics, zs, opacities, colors, extents, ids)
 
 
-def _extents(means2d: torch.Tensor, var_x: torch.Tensor, var_y: torch.Tensor, opacities: torch.Tensor, camera: Camera) -> torch.Tensor:
+def _extents(
+    means2d: torch.Tensor, var_x: torch.Tensor, var_y: torch.Tensor, opacities: torch.Tensor, camera: Camera
+) -> torch.Tensor:
     """Integer half sizes [N, 2] of the box holding the ellipse where opacity * G >= 1/255, 0 if off-image.
 
     The ellipse {d : d^T Sigma^-1 d <= 2 ln(255 o)} has half widths sqrt(2 ln(255 o) Sigma_xx) along x
@@ -172,5 +180,3 @@ def pixel_box(means2d: torch.Tensor, extents: torch.Tensor, width: int, height: 
     y_lo = torch.ceil(my - ey - 0.5).clamp(0, big)
     y_hi = torch.floor(my + ey - 0.5).clamp(-1, height - 1)
     return tuple(v.nan_to_num(-1.0 if i % 2 else big).long() for i, v in enumerate((x_lo, x_hi, y_lo, y_hi)))
-
-

@@ -135,9 +135,14 @@ def read_manifest(folder: Path) -> Manifest:
         if data["format"] != FORMAT:
             raise InputError(path, f"checkpoint format {data['format']} is not the supported {FORMAT}")
         manifest = Manifest(
-            Path(folder), int(data["world_size"]), int(data["images_seen"]), [int(n) for n in data["shard_sizes"]],
-            dict(data["sampler"]), int(data["next_id"]), int(data["sh_degree"]),
-        )  # fmt: skip
+            Path(folder),
+            int(data["world_size"]),
+            int(data["images_seen"]),
+            [int(n) for n in data["shard_sizes"]],
+            dict(data["sampler"]),
+            int(data["next_id"]),
+            int(data["sh_degree"]),
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(path, f"checkpoint manifest lacks or garbles {e}") from None
     if len(manifest.shard_sizes) != manifest.world_size:
@@ -197,17 +202,24 @@ def _read_shard(path: Path, manifest: Manifest) -> dict[str, Any]:
     rank = int(path.stem.split("_")[1])
     n = len(state["optimizer"]["ids"])
     if n != manifest.shard_sizes[rank] or state["images_seen"] != manifest.images_seen:
-        raise InputError(path, f"shard holds {n} Gaussians at {state['images_seen']} images; the manifest says "
-                         f"{manifest.shard_sizes[rank]} at {manifest.images_seen}")  # fmt: skip
+        raise InputError(
+            path,
+            f"shard holds {n} Gaussians at {state['images_seen']} images; the manifest says "
+            f"{manifest.shard_sizes[rank]} at {manifest.images_seen}",
+        )
     return state
 
 
 def _empty(sh_degree: int) -> dict[str, Any]:
     """A state with no Gaussians of degree ``sh_degree`` (Adam state: none yet)."""
     params = {
-        "means": torch.zeros(0, 3), "log_scales": torch.zeros(0, 3), "quats": torch.zeros(0, 4),
-        "opacity_logits": torch.zeros(0), "sh0": torch.zeros(0, 1, 3), "shN": torch.zeros(0, num_sh_rest(sh_degree), 3),
-    }  # fmt: skip
+        "means": torch.zeros(0, 3),
+        "log_scales": torch.zeros(0, 3),
+        "quats": torch.zeros(0, 4),
+        "opacity_logits": torch.zeros(0),
+        "sh0": torch.zeros(0, 1, 3),
+        "shN": torch.zeros(0, num_sh_rest(sh_degree), 3),
+    }
     optimizer = {"params": params, "ids": torch.zeros(0, dtype=torch.int64), "adam": {f: {} for f in TRAINABLE}}
     return {"optimizer": optimizer, "densify": {}}
 
@@ -225,7 +237,9 @@ def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         adam[f] = {"step": max((s["step"] for s in stepped), key=float).clone()}
         for key in ("exp_avg", "exp_avg_sq"):
-            adam[f][key] = torch.cat([o["adam"][f][key] if o["adam"][f] else torch.zeros_like(o["params"][f]) for o in opts])
+            adam[f][key] = torch.cat(
+                [o["adam"][f][key] if o["adam"][f] else torch.zeros_like(o["params"][f]) for o in opts]
+            )
     densify = {}
     for key in sorted({k for s in states for k in s["densify"]}):  # a shard without statistics yet: zeros
         dtype = next(s["densify"][key].dtype for s in states if key in s["densify"])
@@ -236,4 +250,3 @@ def _concat(states: list[dict[str, Any]]) -> dict[str, Any]:
         densify[key] = torch.cat(parts)
     ids = torch.cat([o["ids"] for o in opts])
     return {"optimizer": {"params": params, "ids": ids, "adam": adam}, "densify": densify}
-

@@ -48,13 +48,18 @@ def evaluate(
     ``renders_dir``, the first ``max_renders`` views are saved there as "render | ground truth" PNGs
     [H, 2W] named ``{uid:05d}_{stem}.png``.
     """
+
     def photo(camera: Camera) -> torch.Tensor:  # the 8-bit photo, as in training
         return over_background(to_float(to_uint8(scene.load_image(camera)).to(gaussians.device)), background)
 
-    return evaluate_sharded(gaussians, photo, cameras, background, single_process(), renders_dir, max_renders, antialiased=antialiased)
+    return evaluate_sharded(
+        gaussians, photo, cameras, background, single_process(), renders_dir, max_renders, antialiased=antialiased
+    )
 
 
-def run_eval(model_path: str | Path, cfg: Config, split: Split = "test", exposure: Exposure = "identity") -> dict[str, Any]:
+def run_eval(
+    model_path: str | Path, cfg: Config, split: Split = "test", exposure: Exposure = "identity"
+) -> dict[str, Any]:
     """Evaluate the PLY model at ``model_path`` on the ``split`` cameras of the scene ``cfg.data``, rendered
     with ``cfg.render``, against the photos read through the photo cache (``cfg.data.cache_dir``), as training
     reads them: each decoded once per node, then only the rendered regions read; ``exposure``: see
@@ -68,7 +73,13 @@ def run_eval(model_path: str | Path, cfg: Config, split: Split = "test", exposur
     photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device, background)
     try:
         return evaluate_sharded(
-            gaussians, photos.photo, cameras, background, single_process(), antialiased=cfg.render.antialiased, exposure=exposure
+            gaussians,
+            photos.photo,
+            cameras,
+            background,
+            single_process(),
+            antialiased=cfg.render.antialiased,
+            exposure=exposure,
         )
     finally:
         photos.close()
@@ -114,9 +125,13 @@ def evaluate_sharded(
     views = []
     boxes = shard_boxes(shard, ctx) if max_renders > 0 and pictures_dir is not None else None  # every rank takes part
     with torch.no_grad():
-        for i, cam in enumerate(tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)):
+        for i, cam in enumerate(
+            tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)
+        ):
             gt = photos(cam)
-            rendered = render_batch(shard, [cam], background, shard.sh_degree, ctx, backend=backend, antialiased=antialiased)
+            rendered = render_batch(
+                shard, [cam], background, shard.sh_degree, ctx, backend=backend, antialiased=antialiased
+            )
             n = cam.width * cam.height
             if exposure == "fit-left":
                 _fit_left_half(rendered, gt, cam, ctx)
@@ -125,11 +140,21 @@ def evaluate_sharded(
             if ctx.distributed:
                 dist.all_reduce(sums)
             mse = float(sums[0]) / (3 * n)
-            views.append({"name": cam.name, "uid": cam.uid, "psnr": -10.0 * math.log10(mse) if mse > 0 else math.inf, "ssim": float(sums[1]) / n})
+            views.append(
+                {
+                    "name": cam.name,
+                    "uid": cam.uid,
+                    "psnr": -10.0 * math.log10(mse) if mse > 0 else math.inf,
+                    "ssim": float(sums[1]) / n,
+                }
+            )
             if i < max_renders:  # every rank sends its tiles; rank 0 saves into renders_dir
                 image = _gathered(rendered, cam, ctx)
                 if image is not None and renders_dir is not None:
-                    save_png(torch.cat([image, gt[:, :].cpu()], dim=1), Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png")
+                    save_png(
+                        torch.cat([image, gt[:, :].cpu()], dim=1),
+                        Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png",
+                    )
                 if image is not None and pictures_dir is not None:
                     _save_pictures(image.numpy(), rendered, cam, boxes if i == 0 else None, Path(pictures_dir))
     return {
@@ -182,7 +207,10 @@ def _save_pictures(image, rendered, cam: Camera, boxes, folder: Path) -> None:
     ``boxes``, the shard picture and boxes, into ``folder``."""
     stem = f"{cam.uid:05d}_{Path(cam.name).stem}"
     work = rendered.assignment.work(rendered.table.intersections)
-    save_picture(tile_picture(image, TileGrid(cam.width, cam.height), rendered.assignment.rank, work, stem), folder / f"{stem}_tiles.png")
+    save_picture(
+        tile_picture(image, TileGrid(cam.width, cam.height), rendered.assignment.rank, work, stem),
+        folder / f"{stem}_tiles.png",
+    )
     if boxes is not None:
         save_picture(shard_picture(image, cam, *boxes, stem), folder / "shards.png")
         save_boxes(*boxes, folder / "shards.json")

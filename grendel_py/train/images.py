@@ -55,7 +55,12 @@ class Photo:
 
     def __getitem__(self, index: tuple[slice, slice]) -> torch.Tensor:
         ys, xs = index
-        key = (ys.start or 0, self.shape[0] if ys.stop is None else ys.stop, xs.start or 0, self.shape[1] if xs.stop is None else xs.stop)
+        key = (
+            ys.start or 0,
+            self.shape[0] if ys.stop is None else ys.stop,
+            xs.start or 0,
+            self.shape[1] if xs.stop is None else xs.stop,
+        )
         if self._last is None or self._last[0] != key:
             self._last = (key, over_background(self.source.read(self.camera, *key), self.background))
         return self._last[1]

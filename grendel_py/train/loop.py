@@ -56,8 +56,15 @@ from grendel_py.view_splats import gather_view_splats
 from grendel_py.viewer import Viewer
 from grendel_py.render import resolve_backend
 from grendel_py.train.checkpoint import (
-    MANIFEST, Manifest, complete_checkpoints, interrupted_checkpoints, load_replicated, load_shards, run_dir_of, save_checkpoint,
-)  # fmt: skip
+    MANIFEST,
+    Manifest,
+    complete_checkpoints,
+    interrupted_checkpoints,
+    load_replicated,
+    load_shards,
+    run_dir_of,
+    save_checkpoint,
+)
 from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.images import GroundTruth, Photo, random_backgrounds
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
@@ -83,15 +90,19 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     if not scene.train_cameras:
         raise InputError(scene.source, "scene has no training cameras")
     if t.batch_size > len(scene.train_cameras):
-        raise InputError(scene.source, f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
-                         f"training cameras; use train.batch_size<={len(scene.train_cameras)}")  # fmt: skip
+        raise InputError(
+            scene.source,
+            f"train.batch_size={t.batch_size} is more than the scene's {len(scene.train_cameras)} "
+            f"training cameras; use train.batch_size<={len(scene.train_cameras)}",
+        )
     photos = photo_cache(cfg.data, scene)
     optimizer, densify, exposures, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
     _create_run_dir(out, cfg, resume, ctx)
     shard = optimizer.gaussians
     background = torch.tensor(cfg.render.background, device=ctx.device)
     images = GroundTruth(photos, ctx.device, background)
-    test_photos = GroundTruth(photos, ctx.device, background).photo  # read outside the step: not counted as waiting for data
+    # read outside the step: not counted as waiting for data
+    test_photos = GroundTruth(photos, ctx.device, background).photo
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
@@ -101,25 +112,43 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     viewer = Viewer(t.viewer_port, scene.train_cameras) if t.viewer_port and ctx.is_main else None
     was_watched = False
     start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
-    bar = tqdm(total=t.images, initial=seen, desc="train", unit="img", disable=None if ctx.is_main else True, dynamic_ncols=True)
+    bar = tqdm(
+        total=t.images,
+        initial=seen,
+        desc="train",
+        unit="img",
+        disable=None if ctx.is_main else True,
+        dynamic_ncols=True,
+    )
     with StopSignals() as stop, _closing(bar, writer, images, viewer):
         while seen < t.images:
             tic, waited = time.perf_counter(), images.wait_seconds
             slots = sampler.next_batch()  # the photos' indices among the training cameras
             cameras = [scene.train_cameras[i] for i in slots]
             sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
-            backgrounds = random_backgrounds(cfg.seed, seen, len(cameras), ctx.device) if cfg.render.random_background else None
+            backgrounds = (
+                random_backgrounds(cfg.seed, seen, len(cameras), ctx.device) if cfg.render.random_background else None
+            )
             gts = images.batch(cameras, backgrounds)
             if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
                 images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
             passes = [
                 train_pass(
-                    shard, cameras[part], gts[part], background if backgrounds is None else backgrounds[part], sh_degree,
-                    t.lambda_dssim, ctx, balancer, backend, densify, cfg.render.antialiased,
+                    shard,
+                    cameras[part],
+                    gts[part],
+                    background if backgrounds is None else backgrounds[part],
+                    sh_degree,
+                    t.lambda_dssim,
+                    ctx,
+                    balancer,
+                    backend,
+                    densify,
+                    cfg.render.antialiased,
                     None if exposures is None else exposures.of(slots[part]),
                 )
                 for part in micro_batches(len(cameras), t.micro_batch)
-            ]  # fmt: skip
+            ]
             densify.regularise(shard, len(cameras))
             optimizer.update_lr(seen, t.images)
             optimizer.step()
@@ -133,10 +162,23 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     sampler.set_affinity(_affinity(shard, scene, ctx))
             checkpoint = None
             if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
-                checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
+                checkpoint = save_checkpoint(
+                    out,
+                    seen,
+                    optimizer,
+                    densify,
+                    sampler.state_dict(),
+                    allocate_ids.next_id,
+                    t.keep_checkpoints,
+                    ctx,
+                    _replicated(exposures),
+                )
 
-            watched = float(viewer is not None and viewer.clients > 0)  # rank 0 tells the others in the stats' all-reduce
-            stats, stopping, watched = _batch_stats(passes, gts, len(shard), events.get("moved", 0), stop.flags(), watched, balancer, ctx)
+            # rank 0 tells the others in the stats' all-reduce
+            watched = float(viewer is not None and viewer.clients > 0)
+            stats, stopping, watched = _batch_stats(
+                passes, gts, len(shard), events.get("moved", 0), stop.flags(), watched, balancer, ctx
+            )
             stats["step_seconds"] = time.perf_counter() - tic
             if watched and (not was_watched or _crossed(before, seen, t.viewer_every)):  # a new browser sees it at once
                 splats = gather_view_splats(shard, int(stats["gaussians"]), t.viewer_budget, ctx)  # every rank
@@ -145,9 +187,15 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             was_watched = watched
             if viewer is not None and watched:
                 viewer.show_batch([c.uid for c in cameras])
-                viewer.show_scalars({"images": seen, "gaussians": stats["gaussians"], "loss": stats["loss"], "psnr": stats["psnr"]})
+                viewer.show_scalars(
+                    {"images": seen, "gaussians": stats["gaussians"], "loss": stats["loss"], "psnr": stats["psnr"]}
+                )
             stats["data_seconds"] = images.wait_seconds - waited  # this rank's wait for photos
-            iterations, exchanged, balance = iterations + 1, exchanged + stats["exchange_bytes"], balance + stats["balance"]
+            iterations, exchanged, balance = (
+                iterations + 1,
+                exchanged + stats["exchange_bytes"],
+                balance + stats["balance"],
+            )
             bar.update(len(cameras))
             rate = (seen - first) / (time.perf_counter() - start)
             bar.set_postfix(_postfix(stats, rate, ctx))
@@ -159,13 +207,31 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
                     writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
             if stopping:  # every rank saw the stop signals' flags in the same all-reduce
                 if checkpoint is None:
-                    checkpoint = save_checkpoint(out, seen, optimizer, densify, sampler.state_dict(), allocate_ids.next_id, t.keep_checkpoints, ctx, _replicated(exposures))
+                    checkpoint = save_checkpoint(
+                        out,
+                        seen,
+                        optimizer,
+                        densify,
+                        sampler.state_dict(),
+                        allocate_ids.next_id,
+                        t.keep_checkpoints,
+                        ctx,
+                        _replicated(exposures),
+                    )
                 raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
             if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
                 metrics = evaluate_sharded(
-                    shard, test_photos, scene.test_cameras, background, ctx, None, t.eval_renders, backend,
-                    cfg.render.antialiased, pictures_dir=_pictures_dir(out, seen),
-                )  # fmt: skip
+                    shard,
+                    test_photos,
+                    scene.test_cameras,
+                    background,
+                    ctx,
+                    None,
+                    t.eval_renders,
+                    backend,
+                    cfg.render.antialiased,
+                    pictures_dir=_pictures_dir(out, seen),
+                )
                 if writer is not None:
                     writer.add_scalar("test/psnr", metrics["psnr"], seen)
                     writer.add_scalar("test/ssim", metrics["ssim"], seen)
@@ -183,7 +249,11 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     result = _finish(out, cfg, scene, test_photos, shard, background, backend, timing, ctx)
     if exposures is not None and ctx.is_main:
         with atomic_open(out / "exposures.json", "w") as f:  # INRIA's exposure.json: photo name -> [3, 4]
-            json.dump({c.name: m for c, m in zip(scene.train_cameras, exposures.transforms.detach().cpu().tolist())}, f, indent=1)
+            json.dump(
+                {c.name: m for c, m in zip(scene.train_cameras, exposures.transforms.detach().cpu().tolist())},
+                f,
+                indent=1,
+            )
     if writer is not None:
         if result["test"]:
             writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
@@ -212,14 +282,20 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
     camera sampler, id allocator, images seen): from the initial Gaussians of the scene, or from the
     checkpoint ``resume`` (on any number of ranks; exposures start at the identity when it has none)."""
     densify = densify_strategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
-    exposures = Exposures(len(scene.train_cameras), cfg.optim.exposure_lr, ctx.device) if cfg.optim.exposure_lr > 0 else None
+    exposures = (
+        Exposures(len(scene.train_cameras), cfg.optim.exposure_lr, ctx.device) if cfg.optim.exposure_lr > 0 else None
+    )
     sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
     if resume is None:
         model = initial_gaussians(cfg.model, scene, cfg.seed)
         if len(model) < ctx.world_size:
-            raise InputError(scene.source, f"the initial model has {len(model)} Gaussians, fewer than the {ctx.world_size} ranks: "
-                             "use fewer ranks, or more points (model.init=random model.random_points=N)")  # fmt: skip
-        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank).to(ctx.device)  # redistributed below
+            raise InputError(
+                scene.source,
+                f"the initial model has {len(model)} Gaussians, fewer than the {ctx.world_size} ranks: "
+                "use fewer ranks, or more points (model.init=random model.random_points=N)",
+            )
+        # redistributed below
+        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank).to(ctx.device)
         allocate_ids, seen = IdAllocator(int(model.ids.max()) + 1, ctx), 0
         del model
     else:
@@ -227,7 +303,9 @@ def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: Dist
         if resume.sh_degree != cfg.model.sh_degree:
             raise InputError(where, f"checkpoint has SH degree {resume.sh_degree}, the config {cfg.model.sh_degree}")
         if sum(resume.shard_sizes) < ctx.world_size:
-            raise InputError(where, f"checkpoint holds {sum(resume.shard_sizes)} Gaussians, fewer than the {ctx.world_size} ranks")
+            raise InputError(
+                where, f"checkpoint holds {sum(resume.shard_sizes)} Gaussians, fewer than the {ctx.world_size} ranks"
+            )
         if any(i >= len(scene.train_cameras) for i in resume.sampler["order"]):
             raise InputError(where, "checkpoint was made on a scene with more training cameras than this one")
         loaded = load_shards(resume, ctx)
@@ -335,24 +413,48 @@ class PassStats:
 
 
 def train_pass(
-    shard: Gaussians, cameras: list, gts: list[Photo], background: torch.Tensor, sh_degree: int, lambda_dssim: float,
-    ctx: DistContext, balancer: TileBalancer, backend: str, densify: Strategy, antialiased: bool = False,
+    shard: Gaussians,
+    cameras: list,
+    gts: list[Photo],
+    background: torch.Tensor,
+    sh_degree: int,
+    lambda_dssim: float,
+    ctx: DistContext,
+    balancer: TileBalancer,
+    backend: str,
+    densify: Strategy,
+    antialiased: bool = False,
     exposures: torch.Tensor | None = None,
 ) -> PassStats:
     """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``,
     and in the exposures' table through ``exposures`` [B, 3, 4]), and their densification statistics; what
     the pass rendered is freed when it returns. ``background``: [3], or [B, 3] one per camera."""
-    loss, rendered = batch_loss(shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures)
+    loss, rendered = batch_loss(
+        shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures
+    )
     squared = region_squared_errors(rendered, gts).sum()
     rendered.tile_colors, rendered.regions = [], []  # so the backward pass frees the pictures once it has used them
     loss.backward()
     for radii, grad_norms, rows in rendered.per_camera():
         densify.observe(radii, grad_norms, rows, len(shard))
-    return PassStats(loss.detach().double(), squared, rendered.raster_seconds, rendered.bytes_sent, rendered.table, rendered.assignment)
+    return PassStats(
+        loss.detach().double(),
+        squared,
+        rendered.raster_seconds,
+        rendered.bytes_sent,
+        rendered.table,
+        rendered.assignment,
+    )
 
 
 def _batch_stats(
-    passes: list[PassStats], gts: list[Photo], n_local: int, moved: int, stop_flags: list[float], watched: float, balancer: TileBalancer,
+    passes: list[PassStats],
+    gts: list[Photo],
+    n_local: int,
+    moved: int,
+    stop_flags: list[float],
+    watched: float,
+    balancer: TileBalancer,
     ctx: DistContext,
 ) -> tuple[dict, str | None]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchanges moved and
@@ -426,7 +528,15 @@ def _pictures_dir(out: Path, images: int) -> Path:
 
 
 def _finish(
-    out: Path, cfg: Config, scene: Scene, photos, shard: Gaussians, background, backend: str, timing: dict, ctx: DistContext
+    out: Path,
+    cfg: Config,
+    scene: Scene,
+    photos,
+    shard: Gaussians,
+    background,
+    backend: str,
+    timing: dict,
+    ctx: DistContext,
 ) -> dict:
     """Write model.ply (merged from every rank), renders/ and metrics.json (the test views' ``photos`` from
     the photo cache); return the metrics."""
@@ -440,14 +550,30 @@ def _finish(
         if ctx.is_main:
             with staged_dir(out / "renders", replace=True) as renders:
                 test = evaluate_sharded(
-                    model, photos, scene.test_cameras, background, ctx, renders, cfg.train.eval_renders, backend,
-                    cfg.render.antialiased, pictures_dir=pictures,
-                )  # fmt: skip
+                    model,
+                    photos,
+                    scene.test_cameras,
+                    background,
+                    ctx,
+                    renders,
+                    cfg.train.eval_renders,
+                    backend,
+                    cfg.render.antialiased,
+                    pictures_dir=pictures,
+                )
         else:
             test = evaluate_sharded(
-                model, photos, scene.test_cameras, background, ctx, None, cfg.train.eval_renders, backend,
-                cfg.render.antialiased, pictures_dir=pictures,
-            )  # fmt: skip
+                model,
+                photos,
+                scene.test_cameras,
+                background,
+                ctx,
+                None,
+                cfg.train.eval_renders,
+                backend,
+                cfg.render.antialiased,
+                pictures_dir=pictures,
+            )
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)
