@@ -185,7 +185,7 @@ def compare(one: list[dict], many: list[list[dict]], outlier: float, show: list[
         # projected splats, by global id: the one rank's against every copy a rank received
         s1 = ref["splats"]
         ref_rows = {int(i): r for r, i in enumerate(s1["ids"].tolist())}
-        diff = {f: 0.0 for f in SPLAT_FIELDS}
+        diff = dict.fromkeys(SPLAT_FIELDS, 0.0)
         for r in ranks:
             s = r["splats"]
             idx = torch.tensor([ref_rows[int(i)] for i in s["ids"].tolist()], dtype=torch.long)

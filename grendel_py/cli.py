@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from grendel_py.config import Config, load_config
-from grendel_py.model.splat_formats import FORMATS
 from grendel_py.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PREEMPTED, InputError
+from grendel_py.model.splat_formats import FORMATS
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -86,11 +86,10 @@ def _render_outputs(text: str) -> tuple[str, ...]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from grendel_py.model.ply import read_ply
-    import numpy as np
-
     from grendel_py.outputs import depth_preview, save_gray_png, save_png, staged_dir
     from grendel_py.render import render, resolve_backend
 

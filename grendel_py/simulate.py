@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from grendel_py.config import ModelConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.synthetic import synthetic_cameras, synthetic_scene
-from grendel_py.config import ModelConfig
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.ply import read_ply

@@ -112,7 +112,7 @@ class Assignment:
         n = sum(g.n_tiles for g in self.grids)
         if self.rank.shape != (n,):
             raise ValueError(f"assignment has {self.rank.shape} entries, the cameras have {n} tiles")
-        if n and not (0 <= self.rank.min() and self.rank.max() < self.world_size):
+        if n and not (self.rank.min() >= 0 and self.rank.max() < self.world_size):
             raise ValueError(f"assignment names a rank outside 0..{self.world_size - 1}")
 
     def _of_camera(self, slot: int) -> np.ndarray:

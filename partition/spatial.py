@@ -141,15 +141,17 @@ def _check_partition_args(means: torch.Tensor, world_size: int, mode: str) -> No
 
 def _bisection_levels(world_size: int, device: torch.device) -> list[torch.Tensor]:
     """Per level of the recursive bisection of ranks [0, world_size), the end of the cell that starts at
-    each rank (int64 [W]; meaningful at cell starts). A cell [l, h) splits at l + (h - l) // 2."""
+    each rank (int64 [W]; meaningful at cell starts). A cell [lo, hi) splits at lo + (hi - lo) // 2."""
     cells, levels = [(0, world_size)], []
-    while any(h - l > 1 for l, h in cells):
+    while any(hi - lo > 1 for lo, hi in cells):
         table = torch.arange(1, world_size + 1, device=device)
-        for l, h in cells:
-            table[l] = h
+        for lo, hi in cells:
+            table[lo] = hi
         levels.append(table)
         cells = [
-            c for l, h in cells for c in (((l, l + (h - l) // 2), (l + (h - l) // 2, h)) if h - l > 1 else ((l, h),))
+            c
+            for lo, hi in cells
+            for c in (((lo, lo + (hi - lo) // 2), (lo + (hi - lo) // 2, hi)) if hi - lo > 1 else ((lo, hi),))
         ]
     return levels
 
@@ -175,7 +177,7 @@ def shard_stats(means: torch.Tensor, owners: torch.Tensor, world_size: int) -> d
     """
     if owners.shape != means.shape[:1]:
         raise ValueError(f"owners must be [{means.shape[0]}], got {list(owners.shape)}")
-    if owners.numel() and not (0 <= int(owners.min()) and int(owners.max()) < world_size):
+    if owners.numel() and not (int(owners.min()) >= 0 and int(owners.max()) < world_size):
         raise ValueError(f"owners must be in 0..{world_size - 1}")
     counts = torch.bincount(owners, minlength=world_size)
     if means.shape[0] == 0:

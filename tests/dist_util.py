@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-
 REPO = Path(__file__).resolve().parents[1]
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # an enclosing job's process-manager variables (SLURM_ too: Hydra would launch through srun); MPIR_CVAR_* settings stay

@@ -135,7 +135,7 @@ class RuntimeLibrary:
             raise RuntimeError(f"{err.value.decode()} (seed {seed})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_library() -> RuntimeLibrary:
     """The kernels of cuda/*.cu, with the signatures of grendel_py.render.cuda_kernels.KERNELS."""
     signatures: Signatures = {}

@@ -10,6 +10,7 @@ exit with the preempted status.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
@@ -70,10 +71,8 @@ def _numbers(dom: str) -> dict[str, float]:
     values = {}
     for m in re.finditer(r'<input[^>]*\bid="([^"]+)"[^>]*\bvalue="([^"]*)"', dom):
         if m.group(1) in labels:
-            try:
+            with contextlib.suppress(ValueError):
                 values[labels[m.group(1)]] = float(m.group(2).replace(",", ""))
-            except ValueError:
-                pass
     return values
 
 

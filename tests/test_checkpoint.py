@@ -12,9 +12,9 @@ import torch
 from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import scene_from_config
-from grendel_py.parallel.runtime import single_process
 from grendel_py.errors import InputError
 from grendel_py.model.optim import TRAINABLE
+from grendel_py.parallel.runtime import single_process
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train.loop import _initial_state, train
 from tests.dist_util import run_ranks

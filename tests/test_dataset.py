@@ -25,7 +25,6 @@ from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError
 from grendel_py.model.initialize import initial_gaussians
 
-
 SIZES = {1: (32, 24), 2: (20, 16)}
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
-from grendel_py.parallel.ids import IdAllocator
-from grendel_py.parallel.runtime import init_distributed
 from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.parallel.ids import IdAllocator
+from grendel_py.parallel.runtime import init_distributed
 from grendel_py.render.projection import pixel_radii, quats_to_rotmats
 
 W, H = 100, 80

@@ -7,14 +7,14 @@ import torch
 
 from grendel_py.config import DensifyConfig
 from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
-from grendel_py.parallel.runtime import init_distributed
-from grendel_py.parallel import step
-from grendel_py.parallel.step import batch_loss
-from partition.balancer import TileBalancer
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.parallel import step
+from grendel_py.parallel.runtime import init_distributed
+from grendel_py.parallel.step import batch_loss
 from grendel_py.render import render
 from grendel_py.render.projection import pixel_radii
 from grendel_py.train.loss import photometric_loss
+from partition.balancer import TileBalancer
 from partition.tiles import TileGrid
 from tests.dist_util import run_ranks
 from tests.render_scenes import random_gaussians, small_camera

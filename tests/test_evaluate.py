@@ -15,13 +15,13 @@ from grendel_py.config import Config, DataConfig
 from grendel_py.data.cameras import Camera, look_at
 from grendel_py.data.colmap import ColmapCamera, ColmapImage, ColmapPoints, rotmat_to_qvec, write_model
 from grendel_py.data.dataset import load_scene, scene_from_config
+from grendel_py.data.photo_cache import PhotoCache
 from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply, write_ply
 from grendel_py.outputs import save_png
-from grendel_py.render import render
-from grendel_py.data.photo_cache import PhotoCache
 from grendel_py.parallel.runtime import single_process
+from grendel_py.render import render
 from grendel_py.train.evaluate import evaluate, evaluate_sharded, run_eval
 from grendel_py.train.images import GroundTruth
 from grendel_py.train.metrics import psnr, ssim

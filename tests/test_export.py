@@ -11,11 +11,11 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.ply import ply_property_names, read_ply, write_ply
 from grendel_py.parallel import export
 from grendel_py.parallel.export import ply_header, write_merged
 from grendel_py.parallel.runtime import DistContext, init_distributed
-from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.ply import ply_property_names, read_ply, write_ply
 from tests.dist_util import run_ranks
 
 FLOAT_FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")

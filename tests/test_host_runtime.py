@@ -106,14 +106,16 @@ def _warp_expected(v: list[int]) -> list[list[int]]:
     """warp_ops' eight results for each lane of one warp, computed lane by lane as CUDA defines them."""
     down, butterfly, scan = list(v), list(v), list(v)
     for off in (16, 8, 4, 2, 1):
-        down = [down[l] + (down[l + off] if l + off < 32 else down[l]) for l in range(32)]
-        butterfly = [butterfly[l] + butterfly[l ^ off] for l in range(32)]
+        down = [down[lane] + (down[lane + off] if lane + off < 32 else down[lane]) for lane in range(32)]
+        butterfly = [butterfly[lane] + butterfly[lane ^ off] for lane in range(32)]
     for off in (1, 2, 4, 8, 16):
-        scan = [scan[l] + (scan[l - off] if l >= off else 0) for l in range(32)]
-    ballot = sum(1 << l for l in range(32) if v[l] & 1)
+        scan = [scan[lane] + (scan[lane - off] if lane >= off else 0) for lane in range(32)]
+    ballot = sum(1 << lane for lane in range(32) if v[lane] & 1)
     ballot -= (1 << 32) if ballot >= 1 << 31 else 0
     any_, all_ = int(any(x > 90 for x in v)), int(all(x >= 0 for x in v))
-    return [[down[l], butterfly[l], scan[l], v[3], v[l // 8 * 8 + 1], ballot, any_, all_] for l in range(32)]
+    return [
+        [down[lane], butterfly[lane], scan[lane], v[3], v[lane // 8 * 8 + 1], ballot, any_, all_] for lane in range(32)
+    ]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -12,9 +12,9 @@ import torch
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.photo_cache import PhotoCache
 from grendel_py.errors import InputError
-from tests.decode_counter import count_decodes
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
 from grendel_py.train.sampler import CameraSampler
+from tests.decode_counter import count_decodes
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def impl(request) -> tuple[KernelBackend, torch.device]:
     return KernelBackend(cupy_kernels(device).launch), device
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene(name: str) -> tuple[Gaussians, Camera]:
     """random: 3000 Gaussians of SH degree 3 on an odd 133 x 71 image. dense: 5000 opaque ones on 97 x 113,
     with tiles of over 512 splats (several shared-memory batches) and pixels that stop early. city: 20000 flat
@@ -239,8 +239,8 @@ def test_rasterize_matches_spec(impl, scene: str) -> None:
             loss.backward()
             results.append((colors.detach(), alpha.detach(), [t.grad for t in leaves] + [bg.grad]))
         (c_ref, a_ref, g_ref), (c_got, a_got, g_got) = results
-        torch.testing.assert_close(c_got, c_ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} colors: {m}")
-        torch.testing.assert_close(a_got, a_ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} alpha: {m}")
+        torch.testing.assert_close(c_got, c_ref, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name} colors: {m}")
+        torch.testing.assert_close(a_got, a_ref, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name} alpha: {m}")
         if scene == "dense" and name == "all":
             assert float(a_ref.max()) > 1 - 1e-3  # pixels that reached the early stop
         for what, got, ref in zip(("means2d", "conics", "opacities", "colors", "background"), g_got, g_ref):

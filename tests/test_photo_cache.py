@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.photo_cache import BAND_ROWS, PhotoCache, to_uint8

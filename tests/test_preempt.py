@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from grendel_py.cli import main
+from grendel_py.errors import EXIT_INTERRUPTED, EXIT_LOST_RANK, EXIT_PREEMPTED
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.watchdog import looks_like_peer_loss
-from grendel_py.errors import EXIT_INTERRUPTED, EXIT_LOST_RANK, EXIT_PREEMPTED
-from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train import preempt
+from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train.preempt import STOP_SIGNALS, StopSignals, agreed_signal
 from tests.dist_util import finish_child, free_port, start_child
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
+from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import imbalance, redistribute, shard_sizes
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.step import batch_loss
 from partition.balancer import TileBalancer
-from grendel_py.model.densify import DensifyStrategy
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
 from partition.spatial import assign_owners
 from tests.dist_util import run_ranks
 from tests.render_scenes import random_gaussians

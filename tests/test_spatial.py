@@ -26,7 +26,7 @@ def test_unit_weights_balance_counts(mode: str, world_size: int) -> None:
     means = random_points(1000, seed=world_size)
     owners = assign_owners(means, world_size, mode)
     assert owners.dtype == torch.int64 and owners.shape == (1000,)
-    assert 0 <= int(owners.min()) and int(owners.max()) < world_size
+    assert int(owners.min()) >= 0 and int(owners.max()) < world_size
     counts = torch.bincount(owners, minlength=world_size)
     assert (counts - 1000 / world_size).abs().max() < 1
 

@@ -12,11 +12,11 @@ from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import load_scene
 from grendel_py.data.synthetic import write_synthetic
-from grendel_py.parallel.runtime import init_distributed
 from grendel_py.model.initialize import initial_gaussians
+from grendel_py.model.splat_formats import read_model
+from grendel_py.parallel.runtime import init_distributed
 from grendel_py.train.evaluate import evaluate
 from grendel_py.train.loop import train
-from grendel_py.model.splat_formats import read_model
 
 
 @pytest.fixture(scope="module")

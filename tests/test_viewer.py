@@ -17,8 +17,8 @@ from PIL import Image
 from grendel_py.data.cameras import Camera, look_at
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import write_ply
-from grendel_py.view_splats import select_for_view, view_splats
 from grendel_py.pictures import rank_colours
+from grendel_py.view_splats import select_for_view, view_splats
 from grendel_py.viewer import BACK_OFF, BATCH_COLOUR, CAMERA_COLOUR, Viewer
 
 pytest.importorskip("viser", reason="the viewer extra (a dev dependency) is not installed")

@@ -76,7 +76,7 @@ class Camera:
         k = torch.tensor([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
         return k.to(dtype=dtype, device=device)
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera with its image resized to ``width`` x ``height`` (intrinsics scaled per axis)."""
         sx, sy = width / self.width, height / self.height
         return replace(

@@ -786,7 +786,7 @@ def _object_cameras(seed: int) -> list[Camera]:
     rng = _rng(seed, 1)
     target = np.array([0.0, 0.0, 0.35])
     cams = []
-    for ring, elevation in enumerate((18.0, 38.0, 62.0)):
+    for elevation in (18.0, 38.0, 62.0):
         start = rng.uniform(0.0, 360.0)
         for k in range(16):
             az = math.radians(start + k * 22.5 + rng.uniform(-3.0, 3.0))

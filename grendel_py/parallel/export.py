@@ -189,7 +189,7 @@ def _create(tmp: Path, path: Path, header: bytes, body_size: int) -> None:
     naming the output ``path`` when it cannot be created there."""
     ensure_folder(tmp.parent, path)
     try:
-        f = open(tmp, "wb")
+        f = open(tmp, "wb")  # noqa: SIM115 (closed by the with below; only the opening names the output)
     except OSError as e:
         raise InputError(path, f"cannot write: {os_problem(e, tmp.parent)}") from None
     with f:

@@ -14,10 +14,10 @@ import math
 
 import torch
 
-from grendel_py.parallel.exchange import all_to_all_rows, exchange_counts
-from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.densify import Strategy
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.parallel.exchange import all_to_all_rows, exchange_counts
+from grendel_py.parallel.runtime import DistContext
 from partition.spatial import sharded_owners
 
 

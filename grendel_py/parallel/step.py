@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
-from grendel_py.parallel.exchange import exchange_splats
-from grendel_py.parallel.halo import Region, exchange_halos
-from grendel_py.parallel.runtime import DistContext
 from grendel_py.model.densify import screen_grad_norms
 from grendel_py.model.exposure import apply_exposure
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.parallel.exchange import exchange_splats
+from grendel_py.parallel.halo import Region, exchange_halos
+from grendel_py.parallel.runtime import DistContext
 from grendel_py.render import project_batch, rasterize_batch
 from grendel_py.render.intersect import BatchTiles, PairPieces, count_values, part_starts
 from grendel_py.render.projection import pixel_radii

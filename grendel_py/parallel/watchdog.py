@@ -28,8 +28,8 @@ import uuid
 
 import torch.distributed as dist
 
-from grendel_py.parallel.runtime import DistContext
 from grendel_py.errors import EXIT_LOST_RANK
+from grendel_py.parallel.runtime import DistContext
 
 _PEER_LOSS_WORDS = ("gloo", "nccl", "connection", "socket", "timed out", "timeout", "broken pipe", "peer")
 

@@ -149,7 +149,7 @@ class CupyKernels:
             self._functions[name](grid, block, tuple(values))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_kernels(device: torch.device) -> CupyKernels:
     """The kernels of ``device`` (a CUDA device), compiled once per process."""
     if device.type != "cuda":

@@ -60,12 +60,12 @@ class Splats:
         """Bool [N]: splats that reach at least one pixel of the image."""
         return reaches_image(self.extents)
 
-    def select(self, index: torch.Tensor) -> "Splats":
+    def select(self, index: torch.Tensor) -> Splats:
         """The splats at ``index`` (bool mask or integer indices)."""
         return Splats(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
-    def cat(parts: list["Splats"]) -> "Splats":
+    def cat(parts: list[Splats]) -> Splats:
         """The rows of ``parts`` one after another (differentiable, like ``torch.cat``)."""
         return Splats(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Splats)})
 

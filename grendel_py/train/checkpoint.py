@@ -22,12 +22,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from grendel_py.parallel.runtime import DistContext
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import Strategy
 from grendel_py.model.gaussians import num_sh_rest
 from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.parallel.runtime import DistContext
 
 FORMAT = 1
 MANIFEST = "manifest.json"

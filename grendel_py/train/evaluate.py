@@ -15,14 +15,14 @@ from tqdm import tqdm
 from grendel_py.config import Config
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene, over_background, scene_from_config
-from grendel_py.parallel.runtime import DistContext, single_process
+from grendel_py.data.photo_cache import photo_cache
 from grendel_py.errors import InputError
-from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.exposure import exposure_moments, fit_exposure
+from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
+from grendel_py.parallel.runtime import DistContext, single_process
 from grendel_py.pictures import save_boxes, save_picture, shard_boxes, shard_picture, tile_picture
-from grendel_py.data.photo_cache import photo_cache
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
 from grendel_py.train.loss import HALO
 from partition.tiles import TileGrid

@@ -38,12 +38,6 @@ from tqdm import tqdm
 from grendel_py.config import Config, config_to_dict, save_config
 from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.data.photo_cache import photo_cache
-from grendel_py.parallel.export import write_merged
-from grendel_py.model.splat_formats import FILE_NAMES
-from grendel_py.parallel.ids import IdAllocator
-from grendel_py.parallel.redistribute import redistribute, should_redistribute
-from grendel_py.parallel.runtime import DistContext
-from grendel_py.parallel.step import batch_loss, region_squared_errors
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, ensure_folder, os_problem
 from grendel_py.model.densify import Strategy, densify_strategy
@@ -51,9 +45,13 @@ from grendel_py.model.exposure import Exposures
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.model.splat_formats import FILE_NAMES
 from grendel_py.outputs import staged_dir
-from grendel_py.view_splats import gather_view_splats
-from grendel_py.viewer import Viewer
+from grendel_py.parallel.export import write_merged
+from grendel_py.parallel.ids import IdAllocator
+from grendel_py.parallel.redistribute import redistribute, should_redistribute
+from grendel_py.parallel.runtime import DistContext
+from grendel_py.parallel.step import batch_loss, region_squared_errors
 from grendel_py.render import resolve_backend
 from grendel_py.train.checkpoint import (
     MANIFEST,
@@ -69,6 +67,8 @@ from grendel_py.train.evaluate import evaluate_sharded
 from grendel_py.train.images import GroundTruth, Photo, random_backgrounds
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
+from grendel_py.view_splats import gather_view_splats
+from grendel_py.viewer import Viewer
 from partition.assign import Assignment, TileTable
 from partition.balancer import TileBalancer
 
