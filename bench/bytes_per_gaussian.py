@@ -43,17 +43,18 @@ from torch.utils._pytree import tree_leaves
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu_check import _views  # noqa: E402
-from bench.provenance import provenance  # noqa: E402
-from grendel_py.config import DensifyConfig, OptimConfig  # noqa: E402
-from grendel_py.model.densify import DensifyStrategy  # noqa: E402
-from grendel_py.model.gaussians import Gaussians  # noqa: E402
-from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
-from grendel_py.parallel.runtime import single_process  # noqa: E402
-from grendel_py.train.loop import micro_batches, train_pass  # noqa: E402
-from partition.balancer import TileBalancer  # noqa: E402
-from partition.spatial import assign_owners  # noqa: E402
-from tests.dist_util import run_ranks  # noqa: E402
+from bench.gpu_check import _views
+from bench.provenance import provenance
+from grendel_py.config import DensifyConfig, OptimConfig
+from grendel_py.model.densify import DensifyStrategy
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.step import Batch, StepOptions
+from grendel_py.train.loop import micro_batches, train_pass
+from partition.balancer import TileBalancer
+from partition.spatial import assign_owners
+from tests.dist_util import run_ranks
 
 
 def rss_bytes() -> int:
@@ -190,8 +191,7 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255)
         for _ in cameras
     ]
-    background = torch.zeros(3)
-    balancer = TileBalancer("locality", ctx.world_size, calibrate=False)
+    options = StepOptions(torch.zeros(3), balancer=TileBalancer("locality", ctx.world_size, calibrate=False))
     model = Gaussians(
         means=torch.rand(n, 3, generator=g) * 2 - 1,
         log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
@@ -213,9 +213,7 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         tic = time.perf_counter()
         for part in micro_batches(len(cameras), args.micro_batch):
             with live:
-                rendered = train_pass(
-                    shard, cameras[part], photos[part], background, 3, 0.2, ctx, balancer, "torch", densify
-                )
+                rendered = train_pass(shard, Batch(cameras[part], photos[part], 3), options, ctx, densify)
             sent += rendered.bytes_sent
             trim(0)
         optimizer.step()

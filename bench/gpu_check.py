@@ -54,19 +54,19 @@ from torch.autograd import DeviceType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.provenance import provenance  # noqa: E402
-from bench.render_speed import bench_scene  # noqa: E402
-from grendel_py.config import OptimConfig  # noqa: E402
-from grendel_py.data.cameras import Camera, look_at  # noqa: E402
-from grendel_py.host_syncs import HostSyncCounter  # noqa: E402
-from grendel_py.model.gaussians import Gaussians  # noqa: E402
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer  # noqa: E402
-from grendel_py.parallel.runtime import single_process  # noqa: E402
-from grendel_py.parallel.step import batch_loss  # noqa: E402
-from grendel_py.render import project, rasterize, resolve_backend  # noqa: E402
-from partition.balancer import TileBalancer  # noqa: E402
-from partition.tiles import TileGrid  # noqa: E402
-from tests.model_match import BOUNDS, EQUIVALENCE_OVERRIDES, compare_runs  # noqa: E402
+from bench.provenance import provenance
+from bench.render_speed import bench_scene
+from grendel_py.config import OptimConfig
+from grendel_py.data.cameras import Camera, look_at
+from grendel_py.host_syncs import HostSyncCounter
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
+from grendel_py.render import get_backend, project, rasterize, resolve_backend
+from partition.balancer import TileBalancer
+from partition.tiles import TileGrid
+from tests.model_match import BOUNDS, EQUIVALENCE_OVERRIDES, compare_runs
 
 # the kernel tests' bounds (tests/test_kernels.py): relative to the spec's largest magnitude
 IMAGE_ATOL, GRAD_ATOL = 1e-5, 1e-4
@@ -345,11 +345,11 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     cameras = _views(batch, width, height)
     g = torch.Generator().manual_seed(2)
     images = [torch.rand(height, width, 3, generator=g).to(ctx.device) for _ in cameras]
-    background = torch.zeros(3, device=ctx.device)
     balancer = TileBalancer("locality", 1, calibrate=False)
+    options = StepOptions(torch.zeros(3, device=ctx.device), get_backend(backend), balancer=balancer)
 
     def iteration() -> None:
-        loss, _ = batch_loss(shard, cameras, images, background, 3, 0.2, ctx, balancer, backend)
+        loss, _ = batch_loss(shard, Batch(cameras, images, 3), options, ctx)
         loss.backward()
         optimizer.step()
 

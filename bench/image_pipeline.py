@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grendel_py.fileio import atomic_open  # noqa: E402
+from grendel_py.fileio import atomic_open
 
 WIDTH, HEIGHT = 1920, 1080
 

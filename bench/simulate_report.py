@@ -15,10 +15,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from grendel_py.fileio import atomic_open  # noqa: E402
-from grendel_py.simulate import Row, rows_to_markdown  # noqa: E402
+from grendel_py.fileio import atomic_open
+from grendel_py.simulate import Row, rows_to_markdown
 
 
 def label(r: Row) -> str:

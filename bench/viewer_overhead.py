@@ -30,7 +30,7 @@ from viser import _messages  # private: the message a browser sends first (viser
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from grendel_py.data.synthetic import write_synthetic
+from grendel_py.synth.writer import write_synthetic
 
 
 class Browser(threading.Thread):

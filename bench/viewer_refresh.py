@@ -26,9 +26,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grendel_py.model.gaussians import Gaussians  # noqa: E402
-from grendel_py.parallel.runtime import DistContext  # noqa: E402
-from grendel_py.view_splats import gather_view_splats, select_for_view, share_of_budget, view_splats  # noqa: E402
+from grendel_py.model.gaussians import Gaussians
+from grendel_py.parallel.runtime import DistContext
+from grendel_py.view_splats import gather_view_splats, select_for_view, share_of_budget, view_splats
 
 
 def _shard(rank: int, world: int, total: int) -> Gaussians:

@@ -32,22 +32,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.provenance import provenance  # noqa: E402
-from grendel_py.config import load_config  # noqa: E402
-from grendel_py.data.dataset import scene_from_config  # noqa: E402
-from grendel_py.data.photo_cache import photo_cache  # noqa: E402
-from grendel_py.model.gaussians import Gaussians  # noqa: E402
-from grendel_py.model.optim import TRAINABLE  # noqa: E402
-from grendel_py.parallel import step as step_module  # noqa: E402
-from grendel_py.render.composite import ALPHA_MAX, T_MIN  # noqa: E402
-from grendel_py.render.projection import ALPHA_MIN  # noqa: E402
-from grendel_py.train.checkpoint import complete_checkpoints, find_checkpoint, run_dir_of  # noqa: E402
-from grendel_py.train.images import GroundTruth  # noqa: E402
-from grendel_py.train.loop import _initial_state  # noqa: E402
-from partition.balancer import TileBalancer  # noqa: E402
-from partition.tiles import TileGrid  # noqa: E402
-from tests.dist_util import run_ranks  # noqa: E402
-from tests.model_match import checkpoint_model, differences  # noqa: E402
+from bench.provenance import provenance
+from grendel_py.config import load_config
+from grendel_py.data.dataset import scene_from_config
+from grendel_py.data.photo_cache import photo_cache
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.parallel import step as step_module
+from grendel_py.render.composite import ALPHA_MAX, T_MIN
+from grendel_py.render.projection import ALPHA_MIN
+from grendel_py.train.checkpoint import complete_checkpoints, find_checkpoint, run_dir_of
+from grendel_py.train.images import GroundTruth
+from grendel_py.train.state import initial_state
+from partition.balancer import TileBalancer
+from partition.tiles import TileGrid
+from tests.dist_util import run_ranks
+from tests.model_match import checkpoint_model, differences
 
 SPLAT_FIELDS = ("means2d", "conics", "opacities", "colors", "depths")
 
@@ -60,8 +59,8 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
     manifest = None if initial else find_checkpoint(Path(run))
     cfg = load_config((Path(run) if initial else run_dir_of(manifest)) / "config.yaml", [f"data.path={data}"])
     scene = scene_from_config(cfg.data)
-    optimizer, _, _, sampler, _, seen = _initial_state(cfg, scene, manifest, ctx)
-    model = optimizer.gaussians
+    state = initial_state(cfg, scene, manifest, ctx)
+    model, sampler, seen = state.shard, state.sampler, state.seen
     shard = Gaussians(
         **{f: getattr(model, f).detach().to(dtype).requires_grad_(True) for f in TRAINABLE}, ids=model.ids
     )
@@ -95,17 +94,15 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
             for p in (getattr(shard, f) for f in TRAINABLE):
                 p.grad = None
             captured.clear()
-            loss, rendered = step_module.batch_loss(
-                shard,
-                cameras,
-                [p[whole].to(dtype) for p in photos.batch(cameras)],
+            photo_batch = [p[whole].to(dtype) for p in photos.batch(cameras)]
+            options = step_module.StepOptions(
                 background.to(dtype),
-                sh_degree,
-                cfg.train.lambda_dssim,
-                ctx,
-                balancer,
-                "torch",
-                cfg.render.antialiased,
+                antialiased=cfg.render.antialiased,
+                lambda_dssim=cfg.train.lambda_dssim,
+                balancer=balancer,
+            )
+            loss, rendered = step_module.batch_loss(
+                shard, step_module.Batch(cameras, photo_batch, sh_degree), options, ctx
             )
             loss.backward()
             (seen_splats,) = captured
@@ -113,7 +110,7 @@ def _rank_job(ctx, run: str, data: str, steps: int, initial: bool, dtype: torch.
             out.append(
                 {
                     "cameras": [c.name for c in cameras],
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "ids": shard.ids.clone(),
                     "grads": {f: getattr(shard, f).grad.clone() for f in TRAINABLE},
                     "tiles": [t + b * n for b, (t, n) in enumerate(zip(rendered.tile_ids, tiles))],

@@ -43,7 +43,7 @@ def _scene(cfg: Config):
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from grendel_py.data.synthetic import write_synthetic
+    from grendel_py.synth.writer import write_synthetic
 
     summary = write_synthetic(args.out, preset=args.preset, seed=args.seed)
     print(f"wrote {args.out}: {summary.n_images} images {summary.width}x{summary.height}, {summary.n_points} points")
@@ -64,7 +64,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from grendel_py.model.ply import write_ply
 
     cfg = _config(args, args.data)
-    gaussians = initial_gaussians(cfg.model, _scene(cfg), cfg.seed)
+    scene = _scene(cfg)
+    gaussians = initial_gaussians(cfg.model, scene.points, scene.cameras, scene.extent, cfg.seed)
     write_ply(args.out, gaussians)
     print(f"wrote {args.out}: {len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}")
     return 0

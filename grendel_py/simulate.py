@@ -32,13 +32,13 @@ from tqdm import tqdm
 from grendel_py.config import ModelConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import load_scene
-from grendel_py.data.synthetic import synthetic_cameras, synthetic_scene
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.pictures import save_picture, tile_heat, tile_picture
 from grendel_py.render import project
 from grendel_py.render.intersect import tile_pairs
+from grendel_py.synth.presets import synthetic_cameras, synthetic_scene
 from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
 from partition.assign import Assignment, TileTable, majority
 from partition.balancer import SPLAT_BYTES, TileBalancer
@@ -73,7 +73,7 @@ class SimScene:
 
 
 def city_scene(n_gaussians: int = 300_000, scale: int = 6, seed: int = 0) -> SimScene:
-    """The synthetic city (:func:`grendel_py.data.synthetic.synthetic_scene`) as a trained model would roughly
+    """The synthetic city (:func:`grendel_py.synth.presets.synthetic_scene`) as a trained model would roughly
     look: ``n_gaussians`` flat Gaussians spread over the ground square and the buildings' roofs and walls in
     proportion to area (tangent sigma half the sample spacing, normal sigma a twentieth, opacity 0.9), seen by
     the preset's 336 cameras with images ``scale`` times larger (160 x 120 -> 960 x 720 at 6)."""
@@ -109,7 +109,13 @@ def captured_scene(path: Path, model_path: Path | None, downscale: float, seed: 
     if model_path is not None:
         model = read_ply(model_path)
     else:
-        model = initial_gaussians(ModelConfig(sh_degree=0, init="random", random_points=100_000), scene, seed)
+        model = initial_gaussians(
+            ModelConfig(sh_degree=0, init="random", random_points=100_000),
+            scene.points,
+            scene.cameras,
+            scene.extent,
+            seed,
+        )
     return SimScene(Path(path).name, model, scene.train_cameras)
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.model.gaussians import Gaussians, sh0_to_rgb
+from grendel_py.model.geometry import quats_to_rotmats
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render.projection import quats_to_rotmats
 
 ViewSplats = dict[str, np.ndarray]
 """{"centers" [N, 3], "covariances" [N, 3, 3], "rgbs" [N, 3], "opacities" [N, 1]}, float32."""

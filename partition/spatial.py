@@ -102,10 +102,7 @@ def sharded_owners(
     starts = torch.arange(world_size, device=device)
     if mode == "morton":
         inf = torch.full((3,), float("inf"), dtype=means.dtype, device=device)
-        box = (
-            reduce(means.amin(0) if n else inf, "min"),
-            reduce(means.amax(0) if n else -inf, "max"),
-        )
+        box = (reduce(means.amin(0) if n else inf, "min"), reduce(means.amax(0) if n else -inf, "max"))
         keys = morton_codes(means, box)
     elif mode == "array-order":
         keys = ids

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grendel_py.data.synthetic import write_synthetic
+from grendel_py.synth.writer import write_synthetic
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """The project's shared folder, beside the checkout (``../shared``): data that a user's clone does not have."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grendel_py.model.optim import TRAINABLE
+from grendel_py.model.gaussians import TRAINABLE
 
 
 def rows_by_id(opt_states: list[dict], densify_states: list[dict]) -> dict[str, torch.Tensor]:

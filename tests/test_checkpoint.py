@@ -13,10 +13,11 @@ from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import scene_from_config
 from grendel_py.errors import InputError
-from grendel_py.model.optim import TRAINABLE
+from grendel_py.model.gaussians import TRAINABLE
 from grendel_py.parallel.runtime import single_process
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
-from grendel_py.train.loop import _initial_state, train
+from grendel_py.train.loop import train
+from grendel_py.train.state import initial_state
 from tests.dist_util import run_ranks
 from tests.shards import rows_by_id
 
@@ -114,7 +115,8 @@ def test_an_mcmc_run_with_exposures_resumes_exactly(scene: Path, tmp_path: Path)
 
 def _state_job(ctx, scene: str, ckpt: str) -> dict:
     cfg = _cfg(scene, str(Path(ckpt).parent.parent))
-    optimizer, densify, *_ = _initial_state(cfg, scene_from_config(cfg.data), find_checkpoint(Path(ckpt)), ctx)
+    state = initial_state(cfg, scene_from_config(cfg.data), find_checkpoint(Path(ckpt)), ctx)
+    optimizer, densify = state.optimizer, state.densify
     return {"opt": optimizer.state_dict(), "densify": densify.state_dict()}
 
 

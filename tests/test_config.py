@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grendel_py.config import (
-    Config,
-    ConfigValueError,
-    DataConfig,
-    config_to_dict,
-    load_config,
-    save_config,
-)
+from grendel_py.config import Config, ConfigValueError, DataConfig, config_to_dict, load_config, save_config
 from grendel_py.errors import InputError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -73,8 +66,7 @@ def test_unknown_section_in_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("override", "key"),
-    [("model.colour=1", "model.colour"), ("optimizer.lr=1", "optimizer"), ("seed.x=1", "seed")],
+    ("override", "key"), [("model.colour=1", "model.colour"), ("optimizer.lr=1", "optimizer"), ("seed.x=1", "seed")]
 )
 def test_unknown_key_in_override(tmp_path: Path, override: str, key: str) -> None:
     path = _write(tmp_path, "seed: 1\n")

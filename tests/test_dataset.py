@@ -12,14 +12,7 @@ from PIL import Image
 
 from grendel_py.config import ModelConfig
 from grendel_py.data.cameras import look_at
-from grendel_py.data.colmap import (
-    ColmapCamera,
-    ColmapImage,
-    ColmapPoints,
-    read_model,
-    rotmat_to_qvec,
-    write_model,
-)
+from grendel_py.data.colmap import ColmapCamera, ColmapImage, ColmapPoints, read_model, rotmat_to_qvec, write_model
 from grendel_py.data.dataset import Scene, describe, load_scene, over_background
 from grendel_py.data.undistort import undistort_image
 from grendel_py.errors import InputError
@@ -239,9 +232,14 @@ def test_bad_points_are_input_errors_naming_the_points_file(tmp_path: Path) -> N
     write_model(sparse, cameras, images, one)
     scene = load_scene(tmp_path)
     with pytest.raises(InputError, match="only 1 3D point") as info:
-        initial_gaussians(ModelConfig(), scene, 0)
+        initial_gaussians(ModelConfig(), scene.points, scene.cameras, scene.extent, 0)
     assert info.value.path == sparse / "points3D.bin"
-    assert len(initial_gaussians(ModelConfig(init="random", random_points=2), scene, 0)) == 2
+    assert (
+        len(
+            initial_gaussians(ModelConfig(init="random", random_points=2), scene.points, scene.cameras, scene.extent, 0)
+        )
+        == 2
+    )
 
 
 def test_bad_scenes_are_input_errors(tmp_path: Path) -> None:

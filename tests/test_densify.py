@@ -10,11 +10,12 @@ import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
-from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.model.geometry import quats_to_rotmats
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.runtime import init_distributed
-from grendel_py.render.projection import pixel_radii, quats_to_rotmats
+from grendel_py.render.projection import pixel_radii
 
 W, H = 100, 80
 HIGH = 1e-5  # pixel gradient: NDC norm 1e-5 * W / 2 = 5e-4 >= the default threshold 2e-4

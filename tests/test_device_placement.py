@@ -17,15 +17,15 @@ import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.errors import InputError
+from grendel_py.loss.pixels import HALO, region_loss
 from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
-from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel import runtime
 from grendel_py.parallel.exchange import send_splats
 from grendel_py.parallel.step import _Stopwatch
 from grendel_py.render import project
 from grendel_py.render.projection import pixel_radii
-from grendel_py.train.loss import HALO, region_loss
 from tests.render_scenes import small_camera
 
 DEV = torch.device("meta")  # the rank's device: not the CPU, and without data

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig
+from grendel_py.loss import regions
+from grendel_py.loss.pixels import photometric_loss
 from grendel_py.model.densify import DensifyStrategy, screen_grad_norms
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.parallel import step
 from grendel_py.parallel.runtime import init_distributed
-from grendel_py.parallel.step import batch_loss
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.render import render
 from grendel_py.render.projection import pixel_radii
-from grendel_py.train.loss import photometric_loss
 from partition.balancer import TileBalancer
 from partition.tiles import TileGrid
 from tests.dist_util import run_ranks
@@ -70,7 +70,8 @@ def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
     g, cams, images = _setup()
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))  # ownership scattered through space
     balancer = TileBalancer(assignment, ctx.world_size, calibrate=False)
-    loss, out = batch_loss(shard, cams, images, BGS if variant else BG, 1, 0.2, ctx, balancer, antialiased=variant)
+    batch = Batch(cams, images, 1, BGS if variant else None)
+    loss, out = batch_loss(shard, batch, StepOptions(BG, antialiased=variant, balancer=balancer), ctx)
     balance = out.assignment.balance(balancer.work(out.table))
     assert balance >= 1.0 and (ctx.world_size > 1 or balance == 1.0)
     loss.backward()
@@ -113,10 +114,10 @@ def _check(results, reference) -> None:
         assert (got - want).norm() <= 1e-4 * want.norm() and want.norm() > 0, k
 
 
-@pytest.mark.parametrize("loss_rows", [step.LOSS_ROWS, 7])
+@pytest.mark.parametrize("loss_rows", [regions.LOSS_ROWS, 7])
 def test_single_rank_matches_plain_rendering(loss_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with the loss computed in bands of 7 rows (the cameras are 20 to 61 rows high)."""
-    monkeypatch.setattr(step, "LOSS_ROWS", loss_rows)
+    monkeypatch.setattr(regions, "LOSS_ROWS", loss_rows)
     _check([_rank_job(init_distributed(env={}))], _reference())
 
 
@@ -143,9 +144,8 @@ def _gradients_job(ctx, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, tor
     tiles and their colours."""
     g, cams, images = _setup(dtype)
     shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))
-    loss, out = batch_loss(
-        shard, cams, images, BG.to(dtype), 1, 0.2, ctx, TileBalancer("locality", ctx.world_size, calibrate=False)
-    )
+    options = StepOptions(BG.to(dtype), balancer=TileBalancer("locality", ctx.world_size, calibrate=False))
+    loss, out = batch_loss(shard, Batch(cams, images, 1), options, ctx)
     loss.backward()
     return shard.ids, {k: getattr(shard, k).grad for k in FIELDS}, out.tile_ids, [c.detach() for c in out.tile_colors]
 

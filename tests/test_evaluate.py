@@ -21,8 +21,9 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply, write_ply
 from grendel_py.outputs import save_png
 from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.step import StepOptions
 from grendel_py.render import render
-from grendel_py.train.evaluate import evaluate, evaluate_sharded, run_eval
+from grendel_py.train.evaluate import EvalOutputs, evaluate, evaluate_sharded, run_eval
 from grendel_py.train.images import GroundTruth
 from grendel_py.train.metrics import psnr, ssim
 from tests.render_scenes import random_gaussians
@@ -110,8 +111,9 @@ def test_evaluation_reads_regions_from_the_photo_cache(scene_dir: Path, tmp_path
     cache = PhotoCache(tmp_path / "cache", scene)
     photos = GroundTruth(cache, torch.device("cpu"), torch.zeros(3))
     (tmp_path / "renders").mkdir()
+    outputs = EvalOutputs(1, tmp_path / "renders")
     cached = evaluate_sharded(
-        gaussians, photos.photo, scene.cameras, torch.zeros(3), single_process(), tmp_path / "renders", 1
+        gaussians, photos.photo, scene.cameras, StepOptions(torch.zeros(3)), single_process(), outputs=outputs
     )
     assert [(v["psnr"], v["ssim"]) for v in cached["views"]] == [(v["psnr"], v["ssim"]) for v in direct["views"]]
     assert math.isfinite(cached["psnr"]) and cached["psnr"] < 40.0  # not the true model: the errors are not zero

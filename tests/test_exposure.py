@@ -15,7 +15,7 @@ from grendel_py.config import load_config
 from grendel_py.data.dataset import load_scene
 from grendel_py.model.exposure import IDENTITY, Exposures, apply_exposure, exposure_moments, fit_exposure
 from grendel_py.parallel.runtime import init_distributed, single_process
-from grendel_py.parallel.step import batch_loss
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.render import render
 from grendel_py.train.checkpoint import checkpoint_dir, find_checkpoint, load_replicated
 from grendel_py.train.evaluate import evaluate_sharded
@@ -54,7 +54,8 @@ def _recover_job(ctx, steps: int = 40):
     exposures = Exposures(2, 0.1, torch.device("cpu"))
     balancer = TileBalancer("locality", ctx.world_size, calibrate=False)
     for step in range(steps):
-        loss, _ = batch_loss(shard, cams, photos, torch.zeros(3), 0, 0.2, ctx, balancer, exposures=exposures.of([0, 1]))
+        batch = Batch(cams, photos, 0, exposures=exposures.of([0, 1]))
+        loss, _ = batch_loss(shard, batch, StepOptions(torch.zeros(3), balancer=balancer), ctx)
         loss.backward()
         exposures.step([0, 1], step, steps, ctx.reduce)  # lr 0.1 decaying to 0.01
     return exposures.transforms.detach()
@@ -116,10 +117,9 @@ def test_training_saves_the_exposures_and_resumes_them(object_scene_seed2: Path,
 def test_evaluation_compares_as_rendered_or_fits_the_left_half() -> None:
     model, cams, photos = _scene()
     by_uid = {c.uid: p for c, p in zip(cams, photos)}
-    identity = evaluate_sharded(model, lambda c: by_uid[c.uid], cams, torch.zeros(3), single_process())
-    fitted = evaluate_sharded(
-        model, lambda c: by_uid[c.uid], cams, torch.zeros(3), single_process(), exposure="fit-left"
-    )
+    options = StepOptions(torch.zeros(3))
+    identity = evaluate_sharded(model, lambda c: by_uid[c.uid], cams, options, single_process())
+    fitted = evaluate_sharded(model, lambda c: by_uid[c.uid], cams, options, single_process(), exposure="fit-left")
     assert identity["views"][0]["psnr"] > 60 and identity["views"][1]["psnr"] < 25  # the darkened photo
     assert all(v["psnr"] > 45 for v in fitted["views"])  # its transform found on the left, checked on the right
     assert fitted["views"][1]["ssim"] == pytest.approx(1.0, abs=1e-3)

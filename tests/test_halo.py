@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grendel_py.parallel.halo import Region, _near_owners, _pixel_owner
-from grendel_py.parallel.step import ground_truth_region
-from grendel_py.train.loss import HALO
+from grendel_py.loss.pixels import HALO
+from grendel_py.loss.regions import Region, ground_truth_region
+from grendel_py.parallel.halo import _near_owners, _pixel_owner
 from partition.tiles import TileGrid
 
 

@@ -8,14 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grendel_py.train.loss import (
-    HALO,
-    crop_with_halo,
-    pad_halo,
-    photometric_loss,
-    region_loss,
-    ssim_map,
-)
+from grendel_py.loss.pixels import HALO, crop_with_halo, pad_halo, photometric_loss, region_loss, ssim_map
 
 # Rectangles (y0, y1, x0, x1) tiling a 29 x 37 image; the cuts pass through SSIM windows.
 PARTITION = [(0, 11, 0, 23), (0, 11, 23, 37), (11, 29, 0, 8), (11, 29, 8, 37)]

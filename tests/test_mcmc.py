@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
-from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.model.geometry import covariances_3d
 from grendel_py.model.mcmc import MAX_SHARE, MCMCStrategy, draw_counts, share
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.runtime import init_distributed
-from grendel_py.render.projection import covariances_3d
 from tests.dist_util import run_ranks
 from tests.render_scenes import random_gaussians
 
@@ -99,11 +99,7 @@ def test_a_refinement_relocates_the_dead_grows_to_the_budget_and_resets_adam_sta
     allocate = IdAllocator(1000, init_distributed(env={}))
     events = strategy.step(5, 10, g, opt, allocate)
     # 300 -> floor(1.05 x 300) = 315 > budget 310
-    assert events == {
-        "densified": True,
-        "relocated": len(dead),
-        "added": 10,
-    }
+    assert events == {"densified": True, "relocated": len(dead), "added": 10}
     assert len(g) == 310 == strategy.total(g) and len(set(g.ids.tolist())) == 310
     assert bool((g.opacities() > cfg.min_opacity).all())  # no dead left
     ids = g.ids.tolist()

@@ -45,8 +45,7 @@ needs_mpi = pytest.mark.skipif(
     reason="mpi4py or mpiexec missing: pip install -e '.[mpi]' (mpi4py + mpich)",
 )
 not_inside_a_job = pytest.mark.skipif(
-    detect_launcher(os.environ) != "single",
-    reason="starts its own 2-rank jobs: run pytest without mpiexec/torchrun",
+    detect_launcher(os.environ) != "single", reason="starts its own 2-rank jobs: run pytest without mpiexec/torchrun"
 )
 
 

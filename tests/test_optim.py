@@ -11,8 +11,8 @@ import torch
 
 from grendel_py.config import OptimConfig
 from grendel_py.host_syncs import HostSyncCounter
-from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.model.optim import GaussianOptimizer
 
 CFG = OptimConfig()
 EXTENT = 2.5

@@ -8,11 +8,12 @@ import torch
 
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.model.densify import DensifyStrategy
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import imbalance, redistribute, shard_sizes
 from grendel_py.parallel.runtime import single_process
-from grendel_py.parallel.step import batch_loss
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners
 from tests.dist_util import run_ranks
@@ -94,7 +95,7 @@ def _two_steps_job(ctx, move_between: bool) -> dict:
     # the float summation order of the gradients (the math, not the bits, is the same).
     balancer = TileBalancer("balanced", ctx.world_size, calibrate=False)
     for step in range(2):
-        loss, rendered = batch_loss(opt.gaussians, cams, images, BG, 1, 0.2, ctx, balancer)
+        loss, rendered = batch_loss(opt.gaussians, Batch(cams, images, 1), StepOptions(BG, balancer=balancer), ctx)
         loss.backward()
         for radii, grad_norms, rows in rendered.per_camera():
             densify.observe(radii, grad_norms, rows, len(opt.gaussians))

@@ -9,10 +9,7 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render
 from tests.render_scenes import random_gaussians, small_camera
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_torch_backend_on_cuda_matches_cpu() -> None:

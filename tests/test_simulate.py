@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from grendel_py.parallel.step import render_batch
+from grendel_py.parallel.step import Batch, StepOptions, render_batch
 from grendel_py.pictures import rank_colours
 from grendel_py.simulate import SimScene, _table, city_scene, exchange_bytes, run_config, sweep
 from partition.balancer import TileBalancer
@@ -30,9 +30,8 @@ def _real_bytes(ctx, model, cameras, strategy):
     owner = assign_owners(model.means, ctx.world_size, "kd")
     shard = model.select(owner == ctx.rank)
     with torch.no_grad():
-        out = render_batch(
-            shard, cameras, torch.zeros(3), 0, ctx, TileBalancer(strategy, ctx.world_size, calibrate=False)
-        )
+        options = StepOptions(torch.zeros(3), balancer=TileBalancer(strategy, ctx.world_size, calibrate=False))
+        out = render_batch(shard, Batch(cameras, None, 0), options, ctx)
     return out.bytes_sent
 
 

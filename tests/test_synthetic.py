@@ -10,21 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from grendel_py.data import synthetic
 from grendel_py.data.cameras import Camera, look_at
 from grendel_py.data.colmap import qvec_to_rotmat, read_model
-from grendel_py.data.synthetic import (
-    PRESETS,
-    SynthSummary,
-    ray_aabb,
-    ray_plane,
-    ray_sphere,
-    render,
-    synthetic_cameras,
-    synthetic_scene,
-    write_synthetic,
-)
 from grendel_py.errors import InputError
+from grendel_py.synth import intersect, presets, writer
+from grendel_py.synth import scene as synth_scene
+from grendel_py.synth.intersect import ray_aabb, ray_plane, ray_sphere
+from grendel_py.synth.presets import PRESETS, synthetic_cameras, synthetic_scene
+from grendel_py.synth.raytrace import render
+from grendel_py.synth.writer import SynthSummary, write_synthetic
 
 INF = math.inf
 
@@ -85,9 +79,9 @@ def test_ray_plane_hand_computed():
     assert tilted.item() == pytest.approx(2.0)
 
 
-def _toy_scene(with_box: bool, with_sphere: bool) -> synthetic.Scene:
-    sb = synthetic._SceneBuilder(np.random.default_rng(0))
-    mat = sb.material(synthetic._CHECKER, (0.9, 0.9, 0.9), (0.1, 0.1, 0.1), 0.5)
+def _toy_scene(with_box: bool, with_sphere: bool) -> synth_scene.Scene:
+    sb = presets._SceneBuilder(np.random.default_rng(0))
+    mat = sb.material(synth_scene.CHECKER, (0.9, 0.9, 0.9), (0.1, 0.1, 0.1), 0.5)
     if with_box:
         sb.box((-1.0, -1.0, 0.0), (1.0, 1.0, 3.0), mat)
     if with_sphere:
@@ -99,25 +93,25 @@ def test_cast_takes_the_nearest_hit():
     scene = _toy_scene(with_box=True, with_sphere=True)
     origin = torch.tensor([0.0, -10.0, 1.0])
     d = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.0, 0.8, -0.6]]])  # sphere, ground, ground
-    hits = synthetic._cast(scene, origin, d, torch.tensor([[0]]))
-    assert hits.kind.tolist() == [synthetic._SPHERE, synthetic._GROUND, synthetic._GROUND]
+    hits = intersect.cast(scene, origin, d, torch.tensor([[0]]))
+    assert hits.kind.tolist() == [synth_scene.SPHERE, synth_scene.GROUND, synth_scene.GROUND]
     np.testing.assert_allclose(hits.t.numpy(), [5.5, 1.0, 1.0 / 0.6], rtol=1e-6)
     d = torch.tensor([[[0.0, 1.0, 0.1]]])
     d = d / d.norm()
-    hits = synthetic._cast(_toy_scene(with_box=True, with_sphere=False), origin, d, torch.tensor([[0]]))
-    assert hits.kind.tolist() == [synthetic._BOX]
+    hits = intersect.cast(_toy_scene(with_box=True, with_sphere=False), origin, d, torch.tensor([[0]]))
+    assert hits.kind.tolist() == [synth_scene.BOX]
     assert hits.t.item() == pytest.approx(9.0 / d[0, 0, 1].item(), rel=1e-6)
-    hits = synthetic._cast(scene, origin, torch.tensor([[[0.0, 0.0, 1.0]]]), torch.tensor([[0]]))
-    assert hits.kind.tolist() == [synthetic._MISS]
+    hits = intersect.cast(scene, origin, torch.tensor([[[0.0, 0.0, 1.0]]]), torch.tensor([[0]]))
+    assert hits.kind.tolist() == [synth_scene.MISS]
 
 
 def test_observe_respects_occlusion():
     R, t = look_at(t64(0.0, -10.0, 6.0), t64(0.0, 0.0, 0.0), t64(0.0, 0.0, 1.0))
     cam = Camera(0, "0000.png", 64, 48, 40.0, 40.0, 32.0, 24.0, R, t)
     points = np.array([[0.0, 5.0, 0.0], [3.0, -2.0, 0.0], [0.0, 0.0, 3.0]])  # behind box, beside it, its roof
-    idx, uv = synthetic._observe(_toy_scene(with_box=True, with_sphere=False), cam, points)
+    idx, uv = writer._observe(_toy_scene(with_box=True, with_sphere=False), cam, points)
     assert idx.tolist() == [1, 2]
-    idx_free, uv_free = synthetic._observe(_toy_scene(with_box=False, with_sphere=False), cam, points)
+    idx_free, uv_free = writer._observe(_toy_scene(with_box=False, with_sphere=False), cam, points)
     assert idx_free.tolist() == [0, 1, 2]
     x = torch.from_numpy(points) @ R.T + t
     np.testing.assert_allclose(uv_free, (x[:, :2] * 40.0 / x[:, 2:] + torch.tensor([32.0, 24.0])).numpy())
@@ -187,7 +181,7 @@ def test_object_points_reproject_and_tracks_are_consistent(object_dataset):
         assert ((img.xys >= 0) & (img.xys < [w, h])).all()
         n_obs += len(img.point3D_ids)
     lengths = np.diff(points.track_offsets)
-    assert lengths.min() >= 2 and lengths.max() <= synthetic._SPECS["object"].max_track
+    assert lengths.min() >= 2 and lengths.max() <= writer._SPECS["object"].max_track
     assert n_obs == len(points.track_image_ids)
     for p, pid in enumerate(points.ids):
         for k in range(points.track_offsets[p], points.track_offsets[p + 1]):
@@ -258,10 +252,10 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "write_model", broken)
+    monkeypatch.setattr(writer, "write_model", broken)
     cams = synthetic_cameras("object", 0)[:2]
     with pytest.raises(RuntimeError, match="disk full"):
-        synthetic._write(tmp_path / "out", synthetic_scene("object", 0), cams, synthetic._SPECS["object"])
+        writer._write(tmp_path / "out", synthetic_scene("object", 0), cams, writer._SPECS["object"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -328,8 +322,8 @@ def test_city_renders_and_tracks_a_few_views(tmp_path):
     views = [
         Camera(k, f"{k:04d}.png", c.width, c.height, c.fx, c.fy, c.cx, c.cy, c.R, c.t) for k, c in enumerate(views)
     ]
-    spec = synthetic._Spec(sample_every=1, sample_stride=12, voxel=1.3, max_track=12)
-    summary = synthetic._write(tmp_path / "city", scene, views, spec)
+    spec = writer._Spec(sample_every=1, sample_stride=12, voxel=1.3, max_track=12)
+    summary = writer._write(tmp_path / "city", scene, views, spec)
     cameras, images, points = read_model(tmp_path / "city" / "sparse" / "0")
     assert summary.n_points == len(points) > 100
     row = {int(pid): k for k, pid in enumerate(points.ids)}

@@ -11,10 +11,10 @@ import torch
 from grendel_py.cli import main
 from grendel_py.config import load_config
 from grendel_py.data.dataset import load_scene
-from grendel_py.data.synthetic import write_synthetic
 from grendel_py.model.initialize import initial_gaussians
 from grendel_py.model.splat_formats import read_model
 from grendel_py.parallel.runtime import init_distributed
+from grendel_py.synth.writer import write_synthetic
 from grendel_py.train.evaluate import evaluate
 from grendel_py.train.loop import train
 
@@ -48,7 +48,12 @@ def test_training_learns_and_writes_outputs(scene: Path, tmp_path: Path) -> None
     out = tmp_path / "run"
     cfg = load_config(None, [*_overrides(scene, out), "train.export=[spz, ply-compressed]"])
     data = load_scene(scene, downscale=4)
-    start = evaluate(initial_gaussians(cfg.model, data, cfg.seed), data, data.test_cameras, torch.zeros(3))
+    start = evaluate(
+        initial_gaussians(cfg.model, data.points, data.cameras, data.extent, cfg.seed),
+        data,
+        data.test_cameras,
+        torch.zeros(3),
+    )
     result = train(cfg, init_distributed(env={}))
     assert result["test"]["psnr"] > start["psnr"] + 3.0  # it really learns
     assert result["num_gaussians"] != len(data.points_xyz)  # densification and pruning ran

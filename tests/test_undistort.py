@@ -7,12 +7,7 @@ import pytest
 import torch
 
 from grendel_py.data.colmap import ColmapCamera
-from grendel_py.data.undistort import (
-    OpenCVIntrinsics,
-    distort,
-    opencv_intrinsics,
-    undistort_image,
-)
+from grendel_py.data.undistort import OpenCVIntrinsics, distort, opencv_intrinsics, undistort_image
 from grendel_py.errors import InputError
 
 

@@ -20,17 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from grendel_py.config import DataConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.colmap import find_model_format, qvec_to_rotmat, read_model
+from grendel_py.data.points import PointCloud
 from grendel_py.data.transforms_json import (
     find_transforms,
     read_transforms,
     read_transforms_points,
     transforms_points_file,
 )
-from grendel_py.data.undistort import (
-    OpenCVIntrinsics,
-    opencv_intrinsics,
-    undistort_image,
-)
+from grendel_py.data.undistort import OpenCVIntrinsics, opencv_intrinsics, undistort_image
 from grendel_py.data.views import RawView
 from grendel_py.errors import InputError, one_line
 
@@ -60,6 +57,11 @@ class Scene:
     source: Path
     points_path: Path | None = None
     _sources: dict[int, ImageSource] = field(default_factory=dict, repr=False)
+
+    @property
+    def points(self) -> PointCloud:
+        """The initial point cloud, named by its file (or by the scene when it has none)."""
+        return PointCloud(self.points_xyz, self.points_rgb, self.points_path or self.source)
 
     @property
     def cameras(self) -> list[Camera]:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from grendel_py.data.points import read_ply_data
 from grendel_py.data.undistort import OpenCVIntrinsics
 from grendel_py.data.views import RawView
 from grendel_py.errors import InputError
-from grendel_py.model.ply import read_ply_data
 
 SPLIT_FILES = (("transforms_train.json", "train"), ("transforms_test.json", "test"))
 SINGLE_FILE = "transforms.json"

@@ -28,10 +28,10 @@ import torch
 from grendel_py.config import DensifyConfig
 from grendel_py.counter_rng import hashed_normal
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.geometry import quats_to_rotmats
 from grendel_py.model.mcmc import MCMCStrategy
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.model.schedule import last_multiple
-from grendel_py.render.projection import quats_to_rotmats
 from partition.select import Reduce, local_reduce, ordered_key, take_smallest
 
 RESET_OPACITY = 0.01

@@ -22,7 +22,8 @@ MAX_SH_DEGREE = 3
 MIN_DIST2 = 1e-7
 """Lower clamp of the mean squared neighbour distance, as in INRIA's ``distCUDA2`` initialisation."""
 
-_FLOAT_FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+TRAINABLE = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
+"""The float fields of a model: what the optimiser trains, moves and checkpoints with each Gaussian."""
 
 
 def num_sh_rest(sh_degree: int) -> int:
@@ -209,10 +210,10 @@ def _check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], device: to
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
-    dtype = torch.float32 if name in _FLOAT_FIELDS else torch.int64
+    dtype = torch.float32 if name in TRAINABLE else torch.int64
     if t.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {dtype}, got {t.dtype}")
     if t.device != device:
         raise ValueError(f"{name}: on device {t.device}, expected {device} (the device of means)")
-    if name in _FLOAT_FIELDS and not bool(torch.isfinite(t).all()):
+    if name in TRAINABLE and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains non-finite values")

@@ -42,9 +42,9 @@ import torch
 from grendel_py.config import DensifyConfig
 from grendel_py.counter_rng import hashed_bits, hashed_normal, hashed_uniform
 from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.geometry import covariances_3d
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.model.schedule import last_multiple
-from grendel_py.render.projection import covariances_3d
 from partition.select import Reduce, local_reduce, take_smallest
 
 MAX_SHARE = 51

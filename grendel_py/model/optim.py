@@ -21,10 +21,7 @@ from typing import Any
 import torch
 
 from grendel_py.config import OptimConfig
-from grendel_py.model.gaussians import Gaussians
-
-TRAINABLE = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shN")
-"""The fields optimised, one param group each, in this order."""
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
 
 FUSED_DEVICES = ("cpu", "cuda")
 """Device types with torch's fused Adam (elsewhere, e.g. the ``meta`` device of the tests, the default one)."""

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement, PlyParseError
+from plyfile import PlyData, PlyElement
 
-from grendel_py.errors import InputError, one_line
+from grendel_py.data.points import read_ply_data
+from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.gaussians import MAX_SH_DEGREE, Gaussians, num_sh_rest
 
@@ -88,22 +89,6 @@ def read_ply(path: str | Path) -> Gaussians:
         shN=rest.reshape(n, 3, rest_count // 3).transpose(1, 2).contiguous(),
         ids=torch.arange(n, dtype=torch.int64),
     )
-
-
-def read_ply_data(path: str | Path, missing: str = "no such file") -> PlyData:
-    """The PLY file at ``path`` as plyfile parses it; InputError naming it when it is absent (``missing``),
-    unreadable or not a valid PLY."""
-    try:
-        # mapped (copy-on-write): plyfile reads unmapped files row by row in Python
-        return PlyData.read(str(path), mmap="c")
-    except FileNotFoundError:
-        raise InputError(path, missing) from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(path, "not a valid PLY file: the header is not ASCII text") from None
-    except (PlyParseError, ValueError) as e:
-        raise InputError(path, f"not a valid PLY file: {one_line(str(e))}") from None
 
 
 def _read_vertices(path: str | Path) -> np.ndarray:

@@ -408,7 +408,7 @@ def _smallest_three_ply(q: np.ndarray) -> np.ndarray:
 
 def read_compressed_ply(path: str | Path) -> Gaussians:
     """A compressed PLY (SuperSplat / PlayCanvas layout) as Gaussians."""
-    from grendel_py.model.ply import read_ply_data
+    from grendel_py.data.points import read_ply_data
 
     ply = read_ply_data(path)
     names = [el.name for el in ply.elements]

@@ -7,29 +7,15 @@ Every rank derives every other rank's needs from the tile owner tables, so no re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from grendel_py.loss.pixels import HALO
+from grendel_py.loss.regions import Region
 from grendel_py.parallel.exchange import all_to_all_rows
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render.intersect import count_values, distinct_sorted, part_starts
-from grendel_py.train.loss import HALO
 from partition.tiles import TILE_SIZE, TileGrid
-
-
-@dataclass
-class Region:
-    """What a rank holds of one camera: ``canvas`` [h + 2 HALO, w + 2 HALO, C] covers the bounding box of its
-    pixels plus the halo (image coordinates of its top-left pixel: ``y0 - HALO``, ``x0 - HALO``); it holds the
-    rank's rendered pixels, the halo pixels received from other ranks and zeros elsewhere (also outside the
-    image, like SSIM's zero padding). ``owned`` [h, w] marks the rank's own pixels inside the box."""
-
-    canvas: torch.Tensor
-    owned: torch.Tensor
-    y0: int
-    x0: int
 
 
 def _pixel_owner(grid: TileGrid, owners: torch.Tensor) -> torch.Tensor:

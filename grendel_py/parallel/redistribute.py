@@ -15,7 +15,8 @@ import math
 import torch
 
 from grendel_py.model.densify import Strategy
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.exchange import all_to_all_rows, exchange_counts
 from grendel_py.parallel.runtime import DistContext
 from partition.spatial import sharded_owners

@@ -13,36 +13,85 @@
 6. Halo: rendered pixels within 5 px of this rank's region come from their owners.
 7. Loss: L1 and D-SSIM over this rank's pixels (the only ground-truth pixels it reads), each camera
    normalised by its full pixel count, so the sum over ranks is the single-rank loss (summed over the
-   batch); computed in bands of :data:`LOSS_ROWS` rows (a sum of per-pixel terms, so the bands change only
-   the order of the sum). Backward returns every gradient to the Gaussian's owner through the two exchanges in reverse.
+   batch): :func:`grendel_py.loss.regions.regions_loss`. Backward returns every gradient to the Gaussian's
+   owner through the two exchanges in reverse.
+
+What is fixed for a run (the render backend, antialiasing, the default background, the loss's weight, the
+tile balancer) is one :class:`StepOptions`, built once; what changes with each batch (cameras, photos,
+random backgrounds, SH degree, exposures) is a :class:`Batch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
+from grendel_py.loss.regions import Region, expose_regions, regions_loss
 from grendel_py.model.densify import screen_grad_norms
-from grendel_py.model.exposure import apply_exposure
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.parallel.exchange import exchange_splats
-from grendel_py.parallel.halo import Region, exchange_halos
+from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render import project_batch, rasterize_batch
+from grendel_py.render import get_backend, project_batch, rasterize_batch
 from grendel_py.render.intersect import BatchTiles, PairPieces, count_values, part_starts
 from grendel_py.render.projection import pixel_radii
-from grendel_py.train.loss import HALO, region_loss, ssim_map_valid
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
 from partition.tiles import TileGrid
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What the step does the same way for a whole run: ``backend`` renders (a backend module of
+    :data:`grendel_py.render.BACKENDS`, resolved once), ``antialiased`` (see
+    :func:`grendel_py.render.project`), ``background`` [3] is what the cameras are rendered over unless a
+    batch brings its own, ``lambda_dssim`` weighs D-SSIM against L1, and ``balancer`` assigns the tiles
+    (default: the ``locality`` strategy with fixed equal speeds, made per step)."""
+
+    background: torch.Tensor
+    backend: ModuleType = field(default_factory=lambda: get_backend("torch"))
+    antialiased: bool = False
+    lambda_dssim: float = 0.2
+    balancer: TileBalancer | None = None
+
+    def balancer_for(self, ctx: DistContext) -> TileBalancer:
+        """The tile balancer of this run, or a fixed ``locality`` one for ``ctx``'s ranks."""
+        return self.balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
+
+
+@dataclass
+class Batch:
+    """The cameras of one forward and backward pass and what goes with each: its ``photos`` (tensors, or
+    :class:`~grendel_py.train.images.Photo`, which read only the rank's regions; None to render without a
+    loss), ``backgrounds`` [B, 3] (one per camera, None: the run's), the ``sh_degree`` to render with, and
+    ``exposures`` [B, 3, 4] (each camera's render goes through its affine colour transform before the
+    loss; None: none)."""
+
+    cameras: list[Camera]
+    photos: list | None
+    sh_degree: int
+    backgrounds: torch.Tensor | None = None
+    exposures: torch.Tensor | None = None
+
+    def part(self, cameras: slice) -> Batch:
+        """The batch of the cameras ``cameras`` of this one (a micro-batch)."""
+
+        def pick(values):
+            return None if values is None else values[cameras]
+
+        return Batch(
+            self.cameras[cameras], pick(self.photos), self.sh_degree, pick(self.backgrounds), pick(self.exposures)
+        )
+
+    def background(self, options: StepOptions) -> torch.Tensor:
+        """What its cameras are rendered over: [B, 3] of its own, else the run's [3]."""
+        return options.background if self.backgrounds is None else self.backgrounds
 
 
 @dataclass
@@ -109,32 +158,21 @@ def tile_table(pairs: PairPieces, grids: list[TileGrid], ctx: DistContext) -> Ti
     return TileTable.from_reduced(grids, total, keys, ctx.world_size)
 
 
-def render_batch(
-    shard: Gaussians,
-    cameras: list[Camera],
-    background: torch.Tensor,
-    sh_degree: int,
-    ctx: DistContext,
-    balancer: TileBalancer | None = None,
-    backend: str = "torch",
-    antialiased: bool = False,
-) -> Rendered:
-    """Steps 1-6 above for the cameras of one batch, over ``background`` ([3], or [B, 3]: one per camera);
-    ``balancer`` picks the tile assignment (default: the ``locality`` strategy with fixed equal speeds);
-    ``backend`` is the render backend (a resolved name); ``antialiased``: see :func:`grendel_py.render.project`."""
-    balancer = balancer or TileBalancer("locality", ctx.world_size, calibrate=False)
+def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistContext) -> Rendered:
+    """Steps 1-6 above for the cameras of ``batch`` (its photos are not read), as ``options`` say."""
+    cameras, backend, background = batch.cameras, options.backend, batch.background(options)
     grids = [TileGrid(c.width, c.height) for c in cameras]
-    batch, parts, rows = project_batch(shard, cameras, sh_degree, backend, antialiased)
-    radii = pixel_radii(batch.extents)
+    splats, parts, rows = project_batch(shard, cameras, batch.sh_degree, backend, options.antialiased)
+    radii = pixel_radii(splats.extents)
     # not when the model is frozen (only the exposures train) or under no_grad
-    grad_norms = _observe_gradients(batch.means2d, parts, cameras) if batch.means2d.requires_grad else []
-    pairs = PairPieces(batch, parts, grids)  # listed piece by piece for the table, then again for the routing
+    grad_norms = _observe_gradients(splats.means2d, parts, cameras) if splats.means2d.requires_grad else []
+    pairs = PairPieces(splats, parts, grids)  # listed piece by piece for the table, then again for the routing
     table = tile_table(pairs, grids, ctx)
-    plan = balancer.plan(table)
+    plan = options.balancer_for(ctx).plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
-    received = exchange_splats(batch, parts, pairs, owners, ctx)
-    del batch, pairs  # the projected splats (56 bytes each) are not needed any more (on one rank: the received ones)
+    received = exchange_splats(splats, parts, pairs, owners, ctx)
+    del splats, pairs  # the projected splats (56 bytes each) are not needed any more (on one rank: the received ones)
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
@@ -191,96 +229,12 @@ class _Stopwatch:
         return self.seconds
 
 
-def ground_truth_region(region: Region, gt) -> torch.Tensor:
-    """The ground truth under ``region.canvas`` (zeros outside the image): the region's crop of the photo,
-    padded only where the canvas reaches past the photo's edges. ``gt``: the photo, float32 [H, W, 3] on the
-    device, or a :class:`grendel_py.train.images.Photo`, which reads only the crop."""
-    h, w = region.owned.shape
-    height, width = gt.shape[:2]
-    top, left, bottom, right = region.y0 - HALO, region.x0 - HALO, region.y0 + h + HALO, region.x0 + w + HALO
-    crop = gt[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
-    pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
-    return F.pad(crop.permute(2, 0, 1), pad).permute(1, 2, 0)
-
-
-LOSS_ROWS = 128
-"""Rows of a region whose loss is computed at a time (plus the SSIM halo above and below): the backward pass
-recomputes SSIM's maps for one band at a time, not for a whole camera."""
-
-
-def batch_loss(
-    shard: Gaussians,
-    cameras: list[Camera],
-    images: list,
-    background: torch.Tensor,
-    sh_degree: int,
-    lambda_dssim: float,
-    ctx: DistContext,
-    balancer: TileBalancer | None = None,
-    backend: str = "torch",
-    antialiased: bool = False,
-    exposures: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Rendered]:
-    """Steps 1-7 above: this rank's share of the batch's loss (summed over cameras) and what it rendered.
-    ``images``: each camera's photo, as a tensor or a :class:`grendel_py.train.images.Photo` (then only the
-    rank's regions are read, once the tile plan is known). ``exposures`` [B, 3, 4]: each camera's render
-    goes through its affine colour transform before the loss (and the logged errors)."""
-    rendered = render_batch(shard, cameras, background, sh_degree, ctx, balancer, backend, antialiased)
-    if exposures is not None:
-        rendered.regions = [
-            None if r is None else expose_region(r, t, cam.height, cam.width)
-            for r, t, cam in zip(rendered.regions, exposures, cameras)
-        ]
-    loss = background.new_zeros(())
-    for region, gt, cam in zip(rendered.regions, images, cameras):
-        if region is not None:
-            gt_halo = ground_truth_region(region, gt)
-            height = region.owned.shape[0]
-            for r0 in range(0, height, LOSS_ROWS):  # bands of rows, each with the halo its windows read
-                r1 = min(r0 + LOSS_ROWS, height)
-                rows = slice(r0, r1 + 2 * HALO)
-                args = (region.canvas[rows], gt_halo[rows], lambda_dssim, cam.width * cam.height, region.owned[r0:r1])
-                # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel),
-                # and recomputes them band by band in the backward pass, to the same bits
-                loss = loss + (
-                    checkpoint(region_loss, *args, use_reentrant=False)
-                    if torch.is_grad_enabled()
-                    else region_loss(*args)
-                )
+def batch_loss(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistContext) -> tuple[torch.Tensor, Rendered]:
+    """Steps 1-7 above: this rank's share of the loss of ``batch`` (summed over its cameras) and what it
+    rendered; the photos are read once the tile plan is known (a :class:`~grendel_py.train.images.Photo`
+    reads only the rank's regions). The exposures, when given, apply to the logged errors too."""
+    rendered = render_batch(shard, batch, options, ctx)
+    if batch.exposures is not None:
+        rendered.regions = expose_regions(rendered.regions, batch.exposures, batch.cameras)
+    loss = regions_loss(rendered.regions, batch.photos, batch.cameras, options.lambda_dssim)
     return loss + 0.0 * rendered.tie, rendered
-
-
-def expose_region(region: Region, transform: torch.Tensor, height: int, width: int) -> Region:
-    """``region`` with its canvas through the affine colour ``transform`` [3, 4] inside the image of
-    ``height`` x ``width`` (outside it stays 0, as SSIM's padding)."""
-    canvas = apply_exposure(region.canvas, transform)
-    h, w = canvas.shape[:2]
-    ys = torch.arange(h, device=canvas.device) + (region.y0 - HALO)
-    xs = torch.arange(w, device=canvas.device) + (region.x0 - HALO)
-    inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]
-    return dataclasses.replace(region, canvas=torch.where(inside[..., None], canvas, 0.0))
-
-
-def _owned_pairs(rendered: Rendered, images: list):
-    """(camera slot, render canvas clamped to [0, 1], ground truth canvas, owned mask) per camera this rank holds."""
-    for b, (region, gt) in enumerate(zip(rendered.regions, images)):
-        if region is not None:
-            yield b, region.canvas.detach().clamp(0.0, 1.0), ground_truth_region(region, gt), region.owned
-
-
-def region_squared_errors(rendered: Rendered, images: list) -> torch.Tensor:
-    """Per camera, the squared error summed over this rank's pixels and channels, float64 [B]
-    (all-reduce over ranks and divide by 3 H W for the whole image's MSE)."""
-    sums = torch.zeros(len(images), dtype=torch.float64, device=rendered.tie.device)
-    core = (slice(HALO, -HALO), slice(HALO, -HALO))
-    for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
-        sums[b] = torch.where(owned, ((canvas[core] - gt_halo[core]) ** 2).sum(-1), 0.0).double().sum()
-    return sums
-
-
-def region_ssim_sums(rendered: Rendered, images: list) -> torch.Tensor:
-    """Per camera, SSIM summed over this rank's pixels, float64 [B] (all-reduce, divide by H W)."""
-    sums = torch.zeros(len(images), dtype=torch.float64, device=rendered.tie.device)
-    for b, canvas, gt_halo, owned in _owned_pairs(rendered, images):
-        sums[b] = torch.where(owned, ssim_map_valid(canvas, gt_halo), 0.0).double().sum()
-    return sums

@@ -45,8 +45,10 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def get_backend(name: str) -> ModuleType:
-    """The backend module called ``name``."""
+def get_backend(name: str | ModuleType) -> ModuleType:
+    """The backend module called ``name`` (a backend module is returned as it is)."""
+    if isinstance(name, ModuleType):
+        return name
     if name not in BACKENDS:
         raise ValueError(f"unknown render backend {name!r}; choose from {sorted(BACKENDS)}")
     return BACKENDS[name]

@@ -23,8 +23,7 @@ import torch
 
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
-from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.optim import TRAINABLE
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.render.projection import Splats
 
 PROJECT_ROWS = 1 << 15

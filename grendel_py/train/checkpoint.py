@@ -25,8 +25,8 @@ import torch.distributed as dist
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import Strategy
-from grendel_py.model.gaussians import num_sh_rest
-from grendel_py.model.optim import TRAINABLE, GaussianOptimizer
+from grendel_py.model.gaussians import TRAINABLE, num_sh_rest
+from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.runtime import DistContext
 
 FORMAT = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,18 +18,32 @@ from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene, over_background, scene_from_config
 from grendel_py.data.photo_cache import photo_cache
 from grendel_py.errors import InputError
+from grendel_py.loss.pixels import HALO
+from grendel_py.loss.regions import expose_region, ground_truth_region, squared_error_sums, ssim_sums
 from grendel_py.model.exposure import exposure_moments, fit_exposure
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply
 from grendel_py.outputs import save_png
 from grendel_py.parallel.runtime import DistContext, single_process
+from grendel_py.parallel.step import Batch, StepOptions, render_batch
 from grendel_py.pictures import save_boxes, save_picture, shard_boxes, shard_picture, tile_picture
 from grendel_py.train.images import GroundTruth, to_float, to_uint8
-from grendel_py.train.loss import HALO
 from partition.tiles import TileGrid
 
 Split = Literal["test", "train", "all"]
 Exposure = Literal["identity", "fit-left"]
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """What an evaluation writes besides its metrics: the first ``renders`` views as "render | photo" PNGs
+    into ``renders_dir`` (only rank 0 needs it; None: none written) and, with ``pictures_dir`` (given on every
+    rank or on none: the shard boxes are gathered from every rank; only rank 0 writes), the pictures of the
+    distributed work of those views (see :func:`evaluate_sharded`)."""
+
+    renders: int = 0
+    renders_dir: Path | None = None
+    pictures_dir: Path | None = None
 
 
 def evaluate(
@@ -52,8 +67,9 @@ def evaluate(
     def photo(camera: Camera) -> torch.Tensor:  # the 8-bit photo, as in training
         return over_background(to_float(to_uint8(scene.load_image(camera)).to(gaussians.device)), background)
 
+    options = StepOptions(background, antialiased=antialiased)
     return evaluate_sharded(
-        gaussians, photo, cameras, background, single_process(), renders_dir, max_renders, antialiased=antialiased
+        gaussians, photo, cameras, options, single_process(), outputs=EvalOutputs(max_renders, renders_dir)
     )
 
 
@@ -72,15 +88,8 @@ def run_eval(
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     photos = GroundTruth(photo_cache(cfg.data, scene), gaussians.device, background)
     try:
-        return evaluate_sharded(
-            gaussians,
-            photos.photo,
-            cameras,
-            background,
-            single_process(),
-            antialiased=cfg.render.antialiased,
-            exposure=exposure,
-        )
+        options = StepOptions(background, antialiased=cfg.render.antialiased)
+        return evaluate_sharded(gaussians, photos.photo, cameras, options, single_process(), exposure)
     finally:
         photos.close()
 
@@ -89,22 +98,18 @@ def evaluate_sharded(
     shard: Gaussians,
     photos: Callable[[Camera], Any],
     cameras: list[Camera],
-    background: torch.Tensor,
+    options: StepOptions,
     ctx: DistContext,
-    renders_dir: Path | None = None,
-    max_renders: int = 0,
-    backend: str = "torch",
-    antialiased: bool = False,
     exposure: Exposure = "identity",
-    pictures_dir: Path | None = None,
+    outputs: EvalOutputs = EvalOutputs(),
 ) -> dict[str, Any]:
     """:func:`evaluate` for a model sharded over the ranks of ``ctx`` (call on every rank; every rank gets the
-    result), rendered with the (resolved) ``backend`` (``antialiased``: see :func:`grendel_py.render.project`). ``photos(camera)`` is the camera's photo as float32 in
-    [0, 1] on the model's device, or anything that gives its pixels when sliced ``[y0:y1, x0:x1]`` and has a
-    ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
-    all-reduced; the first ``max_renders`` views are gathered on rank 0, which saves them into ``renders_dir``
-    (only rank 0 needs it) and, with ``pictures_dir`` (given on every rank or on none: the shard boxes are
-    gathered from every rank; only rank 0 writes), the pictures of the distributed work there:
+    result), rendered as ``options`` say (its backend, antialiasing, background). ``photos(camera)`` is the
+    camera's photo as float32 in [0, 1] on the model's device, or anything that gives its pixels when sliced
+    ``[y0:y1, x0:x1]`` and has a ``shape`` (a :class:`~grendel_py.train.images.Photo`, so a rank reads only its
+    regions). Each rank renders its tiles of each view; squared errors and SSIM sums over its pixels are
+    all-reduced; the first ``outputs.renders`` views are gathered on rank 0, which saves them into
+    ``outputs.renders_dir`` and, with ``outputs.pictures_dir``, the pictures of the distributed work there:
     for each of those views, which rank rasterized each tile and each rank's work
     (``{uid:05d}_{stem}_tiles.png``), and for the first one the shards' boxes (``shards.png``,
     ``shards.json``; see :mod:`grendel_py.pictures`).
@@ -114,29 +119,26 @@ def evaluate_sharded(
     fitted (least squares, closed form, summed over ranks) on the left half of the image, W // 2 columns,
     and the metrics are over the right half only, through that transform (INRIA learns the transform while
     training on the left halves of the test photos; here the model never sees them)."""
-    from grendel_py.parallel.step import (
-        region_squared_errors,
-        region_ssim_sums,
-        render_batch,
-    )
-
     if not cameras:
         raise ValueError("evaluate: no cameras given")
     views = []
-    boxes = shard_boxes(shard, ctx) if max_renders > 0 and pictures_dir is not None else None  # every rank takes part
+    pictures_dir = outputs.pictures_dir
+    # every rank takes part
+    boxes = shard_boxes(shard, ctx) if outputs.renders > 0 and pictures_dir is not None else None
     with torch.no_grad():
         for i, cam in enumerate(
             tqdm(cameras, desc="eval", unit="view", disable=None if ctx.is_main else True, leave=False)
         ):
             gt = photos(cam)
-            rendered = render_batch(
-                shard, [cam], background, shard.sh_degree, ctx, backend=backend, antialiased=antialiased
-            )
+            rendered = render_batch(shard, Batch([cam], None, shard.sh_degree), options, ctx)
             n = cam.width * cam.height
             if exposure == "fit-left":
                 _fit_left_half(rendered, gt, cam, ctx)
                 n = cam.height * (cam.width - cam.width // 2)
-            sums = torch.cat([region_squared_errors(rendered, [gt]), region_ssim_sums(rendered, [gt])])
+            device = rendered.tie.device
+            sums = torch.cat(
+                [squared_error_sums(rendered.regions, [gt], device), ssim_sums(rendered.regions, [gt], device)]
+            )
             if ctx.distributed:
                 dist.all_reduce(sums)
             mse = float(sums[0]) / (3 * n)
@@ -148,12 +150,12 @@ def evaluate_sharded(
                     "ssim": float(sums[1]) / n,
                 }
             )
-            if i < max_renders:  # every rank sends its tiles; rank 0 saves into renders_dir
+            if i < outputs.renders:  # every rank sends its tiles; rank 0 saves into renders_dir
                 image = _gathered(rendered, cam, ctx)
-                if image is not None and renders_dir is not None:
+                if image is not None and outputs.renders_dir is not None:
                     save_png(
                         torch.cat([image, gt[:, :].cpu()], dim=1),
-                        Path(renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png",
+                        Path(outputs.renders_dir) / f"{cam.uid:05d}_{Path(cam.name).stem}.png",
                     )
                 if image is not None and pictures_dir is not None:
                     _save_pictures(image.numpy(), rendered, cam, boxes if i == 0 else None, Path(pictures_dir))
@@ -169,8 +171,6 @@ def _fit_left_half(rendered, gt, cam: Camera, ctx: DistContext) -> None:
     """Put the view's render through the affine colour transform that best maps its left half (W // 2
     columns) onto the photo, fitted over every rank's pixels, and keep only the right half as the rank's
     pixels to measure (``rendered.regions`` replaced)."""
-    from grendel_py.parallel.step import expose_region, ground_truth_region
-
     half = cam.width // 2
     region = rendered.regions[0]
     moments = torch.zeros(4, 7, dtype=torch.float64, device=rendered.tie.device)

@@ -13,18 +13,17 @@ by rank and each rank's work for the first ``train.eval_renders`` test views, th
 end ``model.ply`` (one merged file; also in the formats of ``train.export``), ``metrics.json`` and
 ``renders/`` (test views, render | ground truth). Every file is written atomically, by rank 0 except the
 merged model files (every rank writes its rows). Schedules count images, so the batch size can change freely.
-With ``train.viewer_port``, rank 0 serves a browser viewer (:mod:`grendel_py.viewer`); whether a browser is
-connected rides in the step's statistics all-reduce, and only then do the ranks gather a budgeted selection
-of their shards (:mod:`grendel_py.view_splats`), every ``train.viewer_every`` images and when one connects.
+The progress bar, the TensorBoard scalars and the browser viewer (``train.viewer_port``) are observers
+(:mod:`grendel_py.train.observers`): the loop reports each step, evaluation and the end to them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import resource
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,42 +32,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from grendel_py.config import Config, config_to_dict, save_config
+from grendel_py.config import Config, config_to_dict
 from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.data.photo_cache import photo_cache
 from grendel_py.errors import InputError
-from grendel_py.fileio import atomic_open, ensure_folder, os_problem
-from grendel_py.model.densify import Strategy, densify_strategy
+from grendel_py.fileio import atomic_open
+from grendel_py.loss.regions import squared_error_sums
+from grendel_py.model.densify import Strategy
 from grendel_py.model.exposure import Exposures
 from grendel_py.model.gaussians import Gaussians
-from grendel_py.model.initialize import initial_gaussians
-from grendel_py.model.optim import GaussianOptimizer
+from grendel_py.model.schedule import crossed
 from grendel_py.model.splat_formats import FILE_NAMES
 from grendel_py.outputs import staged_dir
 from grendel_py.parallel.export import write_merged
-from grendel_py.parallel.ids import IdAllocator
 from grendel_py.parallel.redistribute import redistribute, should_redistribute
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.parallel.step import batch_loss, region_squared_errors
-from grendel_py.render import resolve_backend
-from grendel_py.train.checkpoint import (
-    MANIFEST,
-    Manifest,
-    complete_checkpoints,
-    interrupted_checkpoints,
-    load_replicated,
-    load_shards,
-    run_dir_of,
-    save_checkpoint,
-)
-from grendel_py.train.evaluate import evaluate_sharded
-from grendel_py.train.images import GroundTruth, Photo, random_backgrounds
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
+from grendel_py.render import get_backend, resolve_backend
+from grendel_py.train.checkpoint import Manifest
+from grendel_py.train.evaluate import EvalOutputs, evaluate_sharded
+from grendel_py.train.images import GroundTruth, random_backgrounds
+from grendel_py.train.observers import Observer, ProgressBar, Scalars, StepReport, ViewerFeed
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
-from grendel_py.train.sampler import CameraSampler, camera_affinity, normalize_affinity
-from grendel_py.view_splats import gather_view_splats
-from grendel_py.viewer import Viewer
+from grendel_py.train.run_folder import check_run_dir, create_run_dir
+from grendel_py.train.sampler import camera_affinity, normalize_affinity
+from grendel_py.train.state import TrainingState, initial_state
 from partition.assign import Assignment, TileTable
 from partition.balancer import TileBalancer
 
@@ -81,8 +70,94 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
     SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) stop the run after the current iteration with a checkpoint:
     :class:`Preempted`.
     Bad input raises :class:`InputError` on every rank before the run folder is created."""
+    t = cfg.train
+    run = _start(cfg, ctx, resume, restart)
+    state, scene, options = run.state, run.scene, run.options
+    observers = _observers(cfg, run, ctx)
+    totals = _Totals(state.seen)
+    with _closing(run.images, observers):
+        with StopSignals() as stop:
+            while state.seen < t.images:
+                tic, waited = time.perf_counter(), run.images.wait_seconds
+                slots, batch = _next_batch(cfg, run, ctx)
+                passes = [
+                    train_pass(
+                        state.shard, _micro_batch(batch, part, slots, state.exposures), options, ctx, state.densify
+                    )
+                    for part in micro_batches(len(slots), t.micro_batch)
+                ]
+                # optimise
+                state.densify.regularise(state.shard, len(slots))
+                state.optimizer.update_lr(state.seen, t.images)
+                state.optimizer.step()
+                if state.exposures is not None:
+                    state.exposures.step(slots, state.seen, t.images, ctx.reduce)
+                before, state.seen = state.seen, state.seen + len(slots)
+                # densify, and redistribute the Gaussians when the shards drifted out of balance
+                moved = None
+                events = state.densify.step(before, state.seen, state.shard, state.optimizer, state.allocate_ids)
+                if events["densified"] and should_redistribute(len(state.shard), cfg.dist.rebalance_threshold, ctx):
+                    moved = redistribute(state.optimizer, state.densify, cfg.dist.ownership, ctx)
+                    if cfg.dist.batch_sampling == "owner-aware":
+                        state.sampler.set_affinity(_affinity(state.shard, scene, ctx))
+                checkpoint = None
+                if t.checkpoint_every and (crossed(before, state.seen, t.checkpoint_every) or state.seen >= t.images):
+                    checkpoint = state.save(run.out, t.keep_checkpoints, ctx)
+                # statistics (one all-reduce, which also carries the stop signals and the observers' requests)
+                requests = sum(o.request() for o in observers)
+                stats, stopping, requested = _batch_stats(
+                    passes, batch.photos, len(state.shard), moved or 0, stop.flags(), requests, options.balancer, ctx
+                )
+                stats["step_seconds"] = time.perf_counter() - tic
+                stats["data_seconds"] = run.images.wait_seconds - waited  # this rank's wait for photos
+                rate = totals.add(stats, state.seen)
+                report = StepReport(
+                    before, state.seen, batch.cameras, stats, rate, moved is not None, state.shard, requested
+                )
+                for o in observers:
+                    o.on_step(report)
+                if stopping:  # every rank saw the stop signals' flags in the same all-reduce
+                    checkpoint = checkpoint or state.save(run.out, t.keep_checkpoints, ctx)
+                    raise Preempted(
+                        stopping, state.seen, checkpoint, "" if stopping == stop.received else "on another rank"
+                    )
+                if (
+                    t.eval_every
+                    and crossed(before, state.seen, t.eval_every)
+                    and state.seen < t.images
+                    and scene.test_cameras
+                ):
+                    pictures = _pictures_dir(run.out, state.seen)
+                    outputs = EvalOutputs(t.eval_renders, pictures_dir=pictures)
+                    metrics = evaluate_sharded(
+                        state.shard, run.test_photos, scene.test_cameras, options, ctx, outputs=outputs
+                    )
+                    for o in observers:
+                        o.on_evaluation(state.seen, metrics, pictures)
+        result = _finish(cfg, run, totals.timing(run.images.wait_seconds, ctx), ctx)
+        for o in observers:
+            o.on_end(state.seen, result)
+    return result
+
+
+@dataclass
+class _Run:
+    """A run in progress: its folder ``out``, its ``scene``, this rank's training ``state``, the step's
+    ``options``, the training photos (``images``: read ahead on a thread) and the test photos' reader."""
+
+    out: Path
+    scene: Scene
+    state: TrainingState
+    options: StepOptions
+    images: GroundTruth
+    test_photos: Callable
+
+
+def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool) -> _Run:
+    """Everything checked (the config, the run folder, the scene and its photos, the checkpoint) before the
+    run folder is created, then the training state, the folder, the step's options and the photo readers."""
     backend = resolve_backend(cfg.render.backend, ctx.device)
-    out = _check_run_dir(cfg, resume, restart)
+    out = check_run_dir(cfg, resume, restart)
     torch.manual_seed(cfg.seed)
     t = cfg.train
     scene = scene_from_config(cfg.data)
@@ -96,300 +171,92 @@ def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart
             f"training cameras; use train.batch_size<={len(scene.train_cameras)}",
         )
     photos = photo_cache(cfg.data, scene)
-    optimizer, densify, exposures, sampler, allocate_ids, seen = _initial_state(cfg, scene, resume, ctx)
-    _create_run_dir(out, cfg, resume, ctx)
-    shard = optimizer.gaussians
+    state = initial_state(cfg, scene, resume, ctx)
+    create_run_dir(out, cfg, resume, ctx)
     background = torch.tensor(cfg.render.background, device=ctx.device)
+    d = cfg.dist
+    balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
+    options = StepOptions(background, get_backend(backend), cfg.render.antialiased, t.lambda_dssim, balancer)
     images = GroundTruth(photos, ctx.device, background)
     # read outside the step: not counted as waiting for data
     test_photos = GroundTruth(photos, ctx.device, background).photo
-    d = cfg.dist
-    balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
     if d.batch_sampling == "owner-aware":
-        sampler.set_affinity(_affinity(shard, scene, ctx))
+        state.sampler.set_affinity(_affinity(state.shard, scene, ctx))
+    return _Run(out, scene, state, options, images, test_photos)
 
-    writer = _writer(out, seen, ctx)
-    viewer = Viewer(t.viewer_port, scene.train_cameras) if t.viewer_port and ctx.is_main else None
-    was_watched = False
-    start, first, iterations, exchanged, balance = time.perf_counter(), seen, 0, 0.0, 0.0
-    bar = tqdm(
-        total=t.images,
-        initial=seen,
-        desc="train",
-        unit="img",
-        disable=None if ctx.is_main else True,
-        dynamic_ncols=True,
+
+def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
+    """The run's observers: TensorBoard scalars in ``tb/`` (rank 0), the browser viewer (with
+    ``train.viewer_port``, every rank), the progress bar."""
+    t = cfg.train
+    observers: list[Observer] = []
+    if ctx.is_main:
+        observers.append(Scalars(run.out / "tb", run.state.seen, t.log_every))
+    if t.viewer_port:
+        observers.append(ViewerFeed(t.viewer_port, run.scene.train_cameras, t.viewer_every, t.viewer_budget, ctx))
+    observers.append(ProgressBar(t.images, run.state.seen, ctx))
+    return observers
+
+
+def _next_batch(cfg: Config, run: _Run, ctx: DistContext) -> tuple[list[int], Batch]:
+    """The next batch's photo indices among the training cameras and the batch (without exposures, see
+    :func:`_micro_batch`); the photos of the one after it start to be read ahead."""
+    state, cameras_of = run.state, run.scene.train_cameras
+    slots = state.sampler.next_batch()
+    cameras = [cameras_of[i] for i in slots]
+    backgrounds = (
+        random_backgrounds(cfg.seed, state.seen, len(cameras), ctx.device) if cfg.render.random_background else None
     )
-    with StopSignals() as stop, _closing(bar, writer, images, viewer):
-        while seen < t.images:
-            tic, waited = time.perf_counter(), images.wait_seconds
-            slots = sampler.next_batch()  # the photos' indices among the training cameras
-            cameras = [scene.train_cameras[i] for i in slots]
-            sh_degree = min(cfg.model.sh_degree, seen // t.sh_degree_every)
-            backgrounds = (
-                random_backgrounds(cfg.seed, seen, len(cameras), ctx.device) if cfg.render.random_background else None
-            )
-            gts = images.batch(cameras, backgrounds)
-            if seen + len(cameras) < t.images:  # the next batch's photos travel while this one computes
-                images.prefetch([scene.train_cameras[i] for i in sampler.peek_batch()])
-            passes = [
-                train_pass(
-                    shard,
-                    cameras[part],
-                    gts[part],
-                    background if backgrounds is None else backgrounds[part],
-                    sh_degree,
-                    t.lambda_dssim,
-                    ctx,
-                    balancer,
-                    backend,
-                    densify,
-                    cfg.render.antialiased,
-                    None if exposures is None else exposures.of(slots[part]),
-                )
-                for part in micro_batches(len(cameras), t.micro_batch)
-            ]
-            densify.regularise(shard, len(cameras))
-            optimizer.update_lr(seen, t.images)
-            optimizer.step()
-            if exposures is not None:
-                exposures.step(slots, seen, t.images, ctx.reduce)
-            before, seen = seen, seen + len(cameras)
-            events = densify.step(before, seen, shard, optimizer, allocate_ids)
-            if events["densified"] and should_redistribute(len(shard), cfg.dist.rebalance_threshold, ctx):
-                events["moved"] = redistribute(optimizer, densify, cfg.dist.ownership, ctx)
-                if d.batch_sampling == "owner-aware":
-                    sampler.set_affinity(_affinity(shard, scene, ctx))
-            checkpoint = None
-            if t.checkpoint_every and (_crossed(before, seen, t.checkpoint_every) or seen >= t.images):
-                checkpoint = save_checkpoint(
-                    out,
-                    seen,
-                    optimizer,
-                    densify,
-                    sampler.state_dict(),
-                    allocate_ids.next_id,
-                    t.keep_checkpoints,
-                    ctx,
-                    _replicated(exposures),
-                )
+    photos = run.images.batch(cameras, backgrounds)
+    if state.seen + len(cameras) < cfg.train.images:  # the next batch's photos travel while this one computes
+        run.images.prefetch([cameras_of[i] for i in state.sampler.peek_batch()])
+    sh_degree = min(cfg.model.sh_degree, state.seen // cfg.train.sh_degree_every)
+    return slots, Batch(cameras, photos, sh_degree, backgrounds)
 
-            # rank 0 tells the others in the stats' all-reduce
-            watched = float(viewer is not None and viewer.clients > 0)
-            stats, stopping, watched = _batch_stats(
-                passes, gts, len(shard), events.get("moved", 0), stop.flags(), watched, balancer, ctx
-            )
-            stats["step_seconds"] = time.perf_counter() - tic
-            if watched and (not was_watched or _crossed(before, seen, t.viewer_every)):  # a new browser sees it at once
-                splats = gather_view_splats(shard, int(stats["gaussians"]), t.viewer_budget, ctx)  # every rank
-                if viewer is not None:
-                    viewer.show_model(splats)
-            was_watched = watched
-            if viewer is not None and watched:
-                viewer.show_batch([c.uid for c in cameras])
-                viewer.show_scalars(
-                    {"images": seen, "gaussians": stats["gaussians"], "loss": stats["loss"], "psnr": stats["psnr"]}
-                )
-            stats["data_seconds"] = images.wait_seconds - waited  # this rank's wait for photos
-            iterations, exchanged, balance = (
-                iterations + 1,
-                exchanged + stats["exchange_bytes"],
-                balance + stats["balance"],
-            )
-            bar.update(len(cameras))
-            rate = (seen - first) / (time.perf_counter() - start)
-            bar.set_postfix(_postfix(stats, rate, ctx))
-            if writer is not None:
-                if _crossed(before, seen, t.log_every):
-                    for key, value in {**stats, "images_per_s": rate}.items():
-                        writer.add_scalar(f"train/{key}", value, seen)
-                if "moved" in events:
-                    writer.add_scalar("dist/moved_gaussians", stats["moved_gaussians"], seen)
-            if stopping:  # every rank saw the stop signals' flags in the same all-reduce
-                if checkpoint is None:
-                    checkpoint = save_checkpoint(
-                        out,
-                        seen,
-                        optimizer,
-                        densify,
-                        sampler.state_dict(),
-                        allocate_ids.next_id,
-                        t.keep_checkpoints,
-                        ctx,
-                        _replicated(exposures),
-                    )
-                raise Preempted(stopping, seen, checkpoint, "" if stopping == stop.received else "on another rank")
-            if t.eval_every and _crossed(before, seen, t.eval_every) and seen < t.images and scene.test_cameras:
-                metrics = evaluate_sharded(
-                    shard,
-                    test_photos,
-                    scene.test_cameras,
-                    background,
-                    ctx,
-                    None,
-                    t.eval_renders,
-                    backend,
-                    cfg.render.antialiased,
-                    pictures_dir=_pictures_dir(out, seen),
-                )
-                if writer is not None:
-                    writer.add_scalar("test/psnr", metrics["psnr"], seen)
-                    writer.add_scalar("test/ssim", metrics["ssim"], seen)
-                if viewer is not None:
-                    viewer.show_work(_pictures_dir(out, seen), seen)
-    elapsed = time.perf_counter() - start
-    timing = {
-        "train_seconds": elapsed,
-        "iterations": iterations,
-        "seconds_per_iteration": elapsed / max(iterations, 1),
-        "exchange_bytes_per_iteration": exchanged / max(iterations, 1),
-        "mean_balance": balance / max(iterations, 1),
-        **_per_rank_usage(images.wait_seconds / max(iterations, 1), ctx),
-    }
-    result = _finish(out, cfg, scene, test_photos, shard, background, backend, timing, ctx)
-    if exposures is not None and ctx.is_main:
-        with atomic_open(out / "exposures.json", "w") as f:  # INRIA's exposure.json: photo name -> [3, 4]
-            json.dump(
-                {c.name: m for c, m in zip(scene.train_cameras, exposures.transforms.detach().cpu().tolist())},
-                f,
-                indent=1,
-            )
-    if writer is not None:
-        if result["test"]:
-            writer.add_scalar("test/psnr", result["test"]["psnr"], seen)
-            writer.add_scalar("test/ssim", result["test"]["ssim"], seen)
-        writer.close()
-    return result
+
+def _micro_batch(batch: Batch, part: slice, slots: list[int], exposures: Exposures | None) -> Batch:
+    """The cameras ``part`` of ``batch`` with their exposures (looked up for each pass, which frees its graph)."""
+    return dataclasses.replace(batch.part(part), exposures=None if exposures is None else exposures.of(slots[part]))
+
+
+class _Totals:
+    """The run's counts since it (re)started: iterations, bytes the exchanges moved, tile balance, images per
+    second; what metrics.json reports of the training loop."""
+
+    def __init__(self, seen: int):
+        self.start, self.first = time.perf_counter(), seen
+        self.iterations, self.exchanged, self.balance = 0, 0.0, 0.0
+
+    def add(self, stats: dict, seen: int) -> float:
+        """Count an iteration's ``stats``; the images per second since the start, ``seen`` images now."""
+        self.iterations += 1
+        self.exchanged += stats["exchange_bytes"]
+        self.balance += stats["balance"]
+        return (seen - self.first) / (time.perf_counter() - self.start)
+
+    def timing(self, wait_seconds: float, ctx: DistContext) -> dict:
+        """The loop's seconds, per iteration, bytes exchanged and balance per iteration, and every rank's peak
+        memory and wait for photos (``wait_seconds`` in all; one all-reduce)."""
+        elapsed, iterations = time.perf_counter() - self.start, max(self.iterations, 1)
+        return {
+            "train_seconds": elapsed,
+            "iterations": self.iterations,
+            "seconds_per_iteration": elapsed / iterations,
+            "exchange_bytes_per_iteration": self.exchanged / iterations,
+            "mean_balance": self.balance / iterations,
+            **_per_rank_usage(wait_seconds / iterations, ctx),
+        }
 
 
 @contextlib.contextmanager
-def _closing(bar: tqdm, writer, images: GroundTruth, viewer: Viewer | None) -> Iterator[None]:
-    """Close the progress bar, stop the photo prefetcher and the viewer and flush the TensorBoard writer
-    however the loop ends."""
+def _closing(images: GroundTruth, observers: list[Observer]) -> Iterator[None]:
+    """Stop the photo prefetcher and close the observers however the run ends."""
     try:
         yield
     finally:
-        bar.close()
         images.close()
-        if viewer is not None:
-            viewer.close()
-        if writer is not None:
-            writer.flush()
-
-
-def _initial_state(cfg: Config, scene: Scene, resume: Manifest | None, ctx: DistContext):
-    """(optimizer over this rank's shard, densification, exposures (None without ``optim.exposure_lr``),
-    camera sampler, id allocator, images seen): from the initial Gaussians of the scene, or from the
-    checkpoint ``resume`` (on any number of ranks; exposures start at the identity when it has none)."""
-    densify = densify_strategy(cfg.densify, scene.extent, cfg.seed, ctx.reduce)
-    exposures = (
-        Exposures(len(scene.train_cameras), cfg.optim.exposure_lr, ctx.device) if cfg.optim.exposure_lr > 0 else None
-    )
-    sampler = CameraSampler(len(scene.train_cameras), cfg.train.batch_size, cfg.seed)
-    if resume is None:
-        model = initial_gaussians(cfg.model, scene, cfg.seed)
-        if len(model) < ctx.world_size:
-            raise InputError(
-                scene.source,
-                f"the initial model has {len(model)} Gaussians, fewer than the {ctx.world_size} ranks: "
-                "use fewer ranks, or more points (model.init=random model.random_points=N)",
-            )
-        # redistributed below
-        shard = model.select(torch.arange(len(model)) % ctx.world_size == ctx.rank).to(ctx.device)
-        allocate_ids, seen = IdAllocator(int(model.ids.max()) + 1, ctx), 0
-        del model
-    else:
-        where = resume.folder / MANIFEST
-        if resume.sh_degree != cfg.model.sh_degree:
-            raise InputError(where, f"checkpoint has SH degree {resume.sh_degree}, the config {cfg.model.sh_degree}")
-        if sum(resume.shard_sizes) < ctx.world_size:
-            raise InputError(
-                where, f"checkpoint holds {sum(resume.shard_sizes)} Gaussians, fewer than the {ctx.world_size} ranks"
-            )
-        if any(i >= len(scene.train_cameras) for i in resume.sampler["order"]):
-            raise InputError(where, "checkpoint was made on a scene with more training cameras than this one")
-        loaded = load_shards(resume, ctx)
-        shard = Gaussians(**loaded["optimizer"]["params"], ids=loaded["optimizer"]["ids"]).to(ctx.device)
-        sampler.load_state_dict(resume.sampler)
-        allocate_ids, seen = IdAllocator(resume.next_id, ctx), resume.images_seen
-    optimizer = GaussianOptimizer(shard, cfg.optim, scene.extent, cfg.train.batch_size)
-    if resume is not None:
-        optimizer.load_state_dict(loaded["optimizer"])  # onto the shard's device
-        densify.load_state_dict({k: v.to(ctx.device) for k, v in loaded["densify"].items()})
-        saved = load_replicated(resume).get("exposures")
-        if exposures is not None and saved is not None:
-            exposures.load_state_dict(saved)
-    if resume is None or resume.world_size != ctx.world_size:
-        redistribute(optimizer, densify, cfg.dist.ownership, ctx)
-    return optimizer, densify, exposures, sampler, allocate_ids, seen
-
-
-def _replicated(exposures: Exposures | None) -> dict:
-    """What a checkpoint saves once for all ranks."""
-    return {} if exposures is None else {"exposures": exposures.state_dict()}
-
-
-_LEFTOVERS = {"config.yaml", "tb", "checkpoints"}  # what a run writes before its first complete checkpoint
-
-
-def _check_run_dir(cfg: Config, resume: Manifest | None, restart: bool) -> Path:
-    """The run folder ``cfg.train.out``, checked (every rank, before any work): a fresh run needs it absent or
-    empty (or, with ``restart``, holding only an earlier attempt's leftovers); a resumed run, the
-    checkpoint's own folder."""
-    if not cfg.train.out:
-        raise InputError(None, "train.out is not set: give the run's output folder, e.g. train.out=runs/demo")
-    out = Path(cfg.train.out)
-    if resume is None and out.exists():
-        if not out.is_dir():
-            raise InputError(out, "output folder is a file; choose a new path")
-        found = {p.name for p in out.iterdir()}
-        if found and not (restart and found <= _LEFTOVERS):
-            raise InputError(out, "output folder exists and is not empty; choose a new path (or --resume it)")
-    if resume is not None and run_dir_of(resume).resolve() != out.resolve():
-        raise InputError(out, f"train.out must be the folder of the checkpoint {resume.folder}")
-    return out
-
-
-def _create_run_dir(out: Path, cfg: Config, resume: Manifest | None, ctx: DistContext) -> None:
-    """Rank 0 creates the run folder and saves the resolved config; a fresh run clears an earlier attempt's
-    leftovers, a resumed one removes checkpoints newer than its own and interrupted ones. Every rank raises
-    the same InputError when rank 0 cannot write there."""
-    if ctx.distributed:
-        dist.barrier()  # every rank has checked the folder before rank 0 changes it
-    problem: InputError | None = None
-    if ctx.is_main:
-        created = not out.exists()
-        try:
-            ensure_folder(out)
-            if resume is None:
-                for name in ("tb", "checkpoints"):
-                    shutil.rmtree(out / name, ignore_errors=True)
-            else:
-                for later in complete_checkpoints(out):
-                    if later.images_seen > resume.images_seen:
-                        shutil.rmtree(later.folder)
-                for folder in interrupted_checkpoints(out):
-                    shutil.rmtree(folder)
-            save_config(cfg, out / "config.yaml")
-        except InputError as e:
-            problem = e
-        except OSError as e:
-            problem = InputError(out, f"cannot write the run folder: {os_problem(e, out)}")
-        if problem and created:
-            shutil.rmtree(out, ignore_errors=True)
-    failed = ctx.reduce(torch.tensor([float(bool(problem))]), "max")
-    if float(failed) > 0:
-        raise problem or InputError(out, "rank 0 cannot write the run folder")
-
-
-def _writer(out: Path, seen: int, ctx: DistContext):
-    """TensorBoard writer on rank 0 (events after ``seen`` images, from a run that stopped, are dropped);
-    None elsewhere."""
-    if not ctx.is_main:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out / "tb"), purge_step=seen + 1)
+        for o in observers:
+            o.close()
 
 
 def micro_batches(batch_size: int, micro_batch: int) -> list[slice]:
@@ -412,27 +279,12 @@ class PassStats:
     assignment: Assignment
 
 
-def train_pass(
-    shard: Gaussians,
-    cameras: list,
-    gts: list[Photo],
-    background: torch.Tensor,
-    sh_degree: int,
-    lambda_dssim: float,
-    ctx: DistContext,
-    balancer: TileBalancer,
-    backend: str,
-    densify: Strategy,
-    antialiased: bool = False,
-    exposures: torch.Tensor | None = None,
-) -> PassStats:
-    """Forward and backward over some cameras of the batch (the gradients add up in the shard's ``.grad``,
-    and in the exposures' table through ``exposures`` [B, 3, 4]), and their densification statistics; what
-    the pass rendered is freed when it returns. ``background``: [3], or [B, 3] one per camera."""
-    loss, rendered = batch_loss(
-        shard, cameras, gts, background, sh_degree, lambda_dssim, ctx, balancer, backend, antialiased, exposures
-    )
-    squared = region_squared_errors(rendered, gts).sum()
+def train_pass(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistContext, densify: Strategy) -> PassStats:
+    """Forward and backward over some cameras of a batch (the gradients add up in the shard's ``.grad``, and
+    in the exposures' table through ``batch.exposures``), and their densification statistics; what the pass
+    rendered is freed when it returns."""
+    loss, rendered = batch_loss(shard, batch, options, ctx)
+    squared = squared_error_sums(rendered.regions, batch.photos, rendered.tie.device).sum()
     rendered.tile_colors, rendered.regions = [], []  # so the backward pass frees the pictures once it has used them
     loss.backward()
     for radii, grad_norms, rows in rendered.per_camera():
@@ -449,29 +301,29 @@ def train_pass(
 
 def _batch_stats(
     passes: list[PassStats],
-    gts: list[Photo],
+    gts: list,
     n_local: int,
     moved: int,
     stop_flags: list[float],
-    watched: float,
+    requests: float,
     balancer: TileBalancer,
     ctx: DistContext,
-) -> tuple[dict, str | None]:
+) -> tuple[dict, str | None, bool]:
     """Mean loss per image, PSNR of the whole batch, model size, bytes the splat exchanges moved and
     Gaussians moved by a redistribution, summed over ranks, and every rank's rasterize seconds of each pass
     (one all-reduce), which calibrate ``balancer``; the tile assignments' balance (largest over mean work per
     rank, work = intersections + 1 per tile; the mean over passes). And the stop signal the ranks agree on
-    (:func:`agreed_signal` of the ``stop_flags`` summed in the same all-reduce), or None; and whether a
-    browser watches rank 0's viewer (``watched``, summed in the same all-reduce)."""
+    (:func:`agreed_signal` of the ``stop_flags`` summed in the same all-reduce), or None; and whether an
+    observer on some rank requested the ranks' part (its ``requests``, summed in the same all-reduce)."""
     device = passes[0].loss.device
     pixels = sum(g.shape[0] * g.shape[1] for g in gts)
     seconds = np.zeros((len(passes), ctx.world_size))
     seconds[:, ctx.rank] = [p.raster_seconds() for p in passes]
     device_part = torch.stack([sum(p.loss for p in passes), sum(p.squared for p in passes)])
     sent = [p.bytes_sent for p in passes]
-    host_part = torch.tensor([n_local, moved, watched, *stop_flags, *sent, *seconds.flat], dtype=torch.float64)
+    host_part = torch.tensor([n_local, moved, requests, *stop_flags, *sent, *seconds.flat], dtype=torch.float64)
     values = ctx.reduce(torch.cat([device_part, host_part.to(device)]), "sum").tolist()  # the one host sync
-    loss_sum, squared, gaussians, moved_sum, watched = values[:5]
+    loss_sum, squared, gaussians, moved_sum, requested = values[:5]
     flags = values[5 : 5 + len(stop_flags)]
     exchanged = values[5 + len(stop_flags) : 5 + len(stop_flags) + len(passes)]
     seconds = np.array(values[5 + len(stop_flags) + len(passes) :]).reshape(len(passes), ctx.world_size)
@@ -485,7 +337,7 @@ def _batch_stats(
         "moved_gaussians": moved_sum,
         "balance": sum(p.assignment.balance(balancer.work(p.table)) for p in passes) / len(passes),
     }
-    return stats, agreed_signal(flags), watched > 0
+    return stats, agreed_signal(flags), requested > 0
 
 
 def _per_rank_usage(data_seconds: float, ctx: DistContext) -> dict[str, list[float]]:
@@ -507,73 +359,26 @@ def _affinity(shard: Gaussians, scene: Scene, ctx: DistContext):
     return normalize_affinity(ctx.reduce(torch.from_numpy(counts), "sum").numpy())
 
 
-def _postfix(stats: dict, rate: float, ctx: DistContext) -> dict:
-    """The progress bar's fields."""
-    shown = {"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.2f}", "n": int(stats["gaussians"])}
-    if ctx.distributed:
-        shown["xfer"] = f"{stats['exchange_bytes'] / 2**20:.2f}MiB"
-        shown["bal"] = f"{stats['balance']:.2f}"
-    shown["img_s"] = f"{rate:.1f}"
-    return shown
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    """True when a multiple of ``every`` lies in (before, after]."""
-    return after // every > before // every
-
-
 def _pictures_dir(out: Path, images: int) -> Path:
     """Where rank 0 puts the pictures of the distributed work of the evaluation after ``images`` images."""
     return out / "work" / f"{images:08d}"
 
 
-def _finish(
-    out: Path,
-    cfg: Config,
-    scene: Scene,
-    photos,
-    shard: Gaussians,
-    background,
-    backend: str,
-    timing: dict,
-    ctx: DistContext,
-) -> dict:
-    """Write model.ply (merged from every rank), renders/ and metrics.json (the test views' ``photos`` from
-    the photo cache); return the metrics."""
-    model = Gaussians(**{k: v.detach() for k, v in vars(shard).items()})
+def _finish(cfg: Config, run: _Run, timing: dict, ctx: DistContext) -> dict:
+    """Write model.ply (merged from every rank; and the formats of ``train.export``), renders/ and the
+    pictures of the work of the test views, metrics.json and, with exposures, exposures.json; return the
+    metrics."""
+    out, scene, state = run.out, run.scene, run.state
+    model = Gaussians(**{k: v.detach() for k, v in vars(state.shard).items()})
     write_merged(out / FILE_NAMES["ply"], model, ctx)
     for fmt in cfg.train.export:
         write_merged(out / FILE_NAMES[fmt], model, ctx, fmt, cfg.render.antialiased)
     test = None
     if scene.test_cameras:
         pictures = _pictures_dir(out, cfg.train.images)
-        if ctx.is_main:
-            with staged_dir(out / "renders", replace=True) as renders:
-                test = evaluate_sharded(
-                    model,
-                    photos,
-                    scene.test_cameras,
-                    background,
-                    ctx,
-                    renders,
-                    cfg.train.eval_renders,
-                    backend,
-                    cfg.render.antialiased,
-                    pictures_dir=pictures,
-                )
-        else:
-            test = evaluate_sharded(
-                model,
-                photos,
-                scene.test_cameras,
-                background,
-                ctx,
-                None,
-                cfg.train.eval_renders,
-                backend,
-                cfg.render.antialiased,
-                pictures_dir=pictures,
-            )
+        with staged_dir(out / "renders", replace=True) if ctx.is_main else contextlib.nullcontext() as renders:
+            outputs = EvalOutputs(cfg.train.eval_renders, renders, pictures)
+            test = evaluate_sharded(model, run.test_photos, scene.test_cameras, run.options, ctx, outputs=outputs)
     total = torch.tensor([float(len(model))], dtype=torch.float64)
     if ctx.distributed:
         dist.all_reduce(total)
@@ -588,4 +393,8 @@ def _finish(
     if ctx.is_main:
         with atomic_open(out / "metrics.json", "w") as f:
             json.dump(result, f, indent=2)
+    if state.exposures is not None and ctx.is_main:
+        with atomic_open(out / "exposures.json", "w") as f:  # INRIA's exposure.json: photo name -> [3, 4]
+            transforms = state.exposures.transforms.detach().cpu().tolist()
+            json.dump({c.name: m for c, m in zip(scene.train_cameras, transforms)}, f, indent=1)
     return result

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grendel_py.train.loss import ssim_map
+from grendel_py.loss.pixels import ssim_map
 
 
 def psnr(image: torch.Tensor, gt: torch.Tensor) -> float:
