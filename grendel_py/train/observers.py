@@ -107,12 +107,15 @@ class Scalars(Observer):
             self.writer.add_scalar("dist/moved_gaussians", report.stats["moved_gaussians"], report.images)
 
     def on_evaluation(self, images: int, metrics: dict, pictures: Path) -> None:
-        self.writer.add_scalar("test/psnr", metrics["psnr"], images)
-        self.writer.add_scalar("test/ssim", metrics["ssim"], images)
+        self._test(images, metrics)
 
     def on_end(self, images: int, result: dict) -> None:
         if result["test"]:
-            self.on_evaluation(images, result["test"], Path())
+            self._test(images, result["test"])
+
+    def _test(self, images: int, metrics: dict) -> None:
+        self.writer.add_scalar("test/psnr", metrics["psnr"], images)
+        self.writer.add_scalar("test/ssim", metrics["ssim"], images)
 
     def close(self) -> None:
         self.writer.close()
