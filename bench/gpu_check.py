@@ -24,7 +24,9 @@
 - step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
   batches of 1080p views: seconds per iteration (CUDA events), the seconds the GPU was busy (its own events
   in torch.profiler, CuPy's kernels seen through CUPTI; the busiest kernels' table on stderr) and their share,
-  peak memory (and per Gaussian), and the host synchronisations per iteration (grendel_py.host_syncs).
+  peak memory (and per Gaussian), the host synchronisations per iteration (grendel_py.host_syncs) and the
+  device work per iteration: torch operations and kernel launches, counted as tests/test_launch_budget.py
+  counts them on the CPU (the GPU step's target: at most 150 at batch 1; reported, not yet expected).
   Expected: host synchronisations per iteration within the budget tests/test_host_syncs.py holds the CPU
   path to (tests/host_sync_budget.json, one rank).
 
@@ -64,6 +66,8 @@ from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.render import get_backend, project, rasterize, resolve_backend
+from grendel_py.render.cuda_kernels import cupy_kernels
+from grendel_py.render.kernel_backend import KernelBackend
 from partition.balancer import TileBalancer
 from partition.tiles import TileGrid
 from tests.model_match import BOUNDS, EQUIVALENCE_OVERRIDES, compare_runs
@@ -335,7 +339,8 @@ def _views(batch: int, width: int, height: int) -> list[Camera]:
 
 
 def step(n: int, width: int, height: int, batch: int, device: str, iterations: int) -> dict:
-    """Seconds per training iteration, kernel share, peak memory and host syncs of one rank."""
+    """Seconds per training iteration, kernel share, peak memory, host syncs and device work (torch operations
+    and kernel launches, counted as tests/test_launch_budget.py counts them on the CPU) of one rank."""
     ctx = single_process("cuda" if device == "cuda" else "cpu")
     cuda = ctx.device.type == "cuda"
     gaussians, _ = bench_scene(n, width, height, str(ctx.device))
@@ -346,7 +351,9 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     g = torch.Generator().manual_seed(2)
     images = [torch.rand(height, width, 3, generator=g).to(ctx.device) for _ in cameras]
     balancer = TileBalancer("locality", 1, calibrate=False)
-    options = StepOptions(torch.zeros(3, device=ctx.device), get_backend(backend), balancer=balancer)
+    counter = HostSyncCounter(ctx.device)  # its launcher counts the kernels launched inside its with block
+    renderer = KernelBackend(counter.counted(cupy_kernels(ctx.device).launch)) if backend == "cupy" else backend
+    options = StepOptions(torch.zeros(3, device=ctx.device), get_backend(renderer), balancer=balancer)
 
     def iteration() -> None:
         loss, _ = batch_loss(shard, Batch(cameras, images, 3), options, ctx)
@@ -357,7 +364,7 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with HostSyncCounter(ctx.device) as syncs:
+    with counter as syncs:
         iteration()
     times = []
     for _ in range(iterations):  # timed without the profiler, whose bookkeeping per operation slows the host
@@ -410,6 +417,9 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         "host_syncs_per_iteration": syncs.total,
         "host_syncs_by_kind": dict(syncs.kinds),
         "host_syncs_by_site": dict(syncs.sites),
+        "device_work_per_iteration": syncs.work,
+        "kernel_launches_per_iteration": dict(syncs.launches),
+        "device_work_by_site": dict(syncs.work_sites),
     }
 
 

@@ -9,6 +9,12 @@ there every tensor stands for a device one; ``numpy()`` of a tile table built wi
 the GPU path such tensors should not exist in the hot loop). For work on a GPU (bench/gpu_check.sh) the
 copy to the host is what waits, and ``x.cpu().tolist()`` is one synchronisation, not two: there only the
 aten operations are counted (``tolist`` of a CUDA tensor copies it to the host through one).
+
+The same counter also counts the step's device work, by the GPU's measure: every aten operation that runs
+work on the device (``operations``: views, aliases and allocations without a fill launch nothing and are not
+counted), and every launch of a CUDA kernel through a launcher wrapped by :meth:`HostSyncCounter.counted`
+(``launches``). On the CPU with the kernels' host launcher, that is the number of launches the GPU step
+makes, measured without a GPU (tests/test_launch_budget.py); bench/gpu_check.py counts the same on the GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +41,18 @@ _ALWAYS = {
 _REPEAT = {aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor}
 _INDEX = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 _COPY = {aten._to_copy.default, aten.copy_.default}
+_NO_WORK = {
+    aten.empty.memory_format,
+    aten.empty_strided.default,
+    aten.empty_like.default,
+    aten.new_empty.default,
+    aten.new_empty_strided.default,
+    aten._unsafe_view.default,
+    aten.lift_fresh.default,
+    aten.resize_.default,
+}
+"""Operations that allocate or relabel memory without running anything on the device (views are found by
+``is_view``)."""
 
 
 def _device_of(x) -> torch.device | None:
@@ -80,17 +98,28 @@ def _site() -> str:
     return "?"
 
 
+def launches_work(func) -> bool:
+    """Whether the aten operation ``func`` runs work on the device (a kernel or a copy)."""
+    return not func.is_view and func not in _NO_WORK and func.namespace != "profiler"
+
+
 class HostSyncCounter(TorchDispatchMode):
     """``with HostSyncCounter(device) as c: ...`` then ``c.total``, ``c.kinds`` (a Counter by kind) and
     ``c.sites`` (a Counter by "kind at file:line" of the project's code that asked for it); ``device``: where
-    the counted work runs."""
+    the counted work runs. The device work: ``c.operations`` (aten operations, by name), ``c.launches``
+    (kernel launches through launchers wrapped by :meth:`counted`, by kernel name), ``c.work_sites`` (both,
+    by "name at file:line") and ``c.work`` (their total)."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         super().__init__()
         self.emulated = torch.device(device).type == "cpu"
         self.kinds: Counter[str] = Counter()
         self.sites: Counter[str] = Counter()
+        self.operations: Counter[str] = Counter()
+        self.launches: Counter[str] = Counter()
+        self.work_sites: Counter[str] = Counter()
         self._patched: dict[str, object] = {}
+        self._active = False
 
     def _count(self, kind: str) -> None:
         self.kinds[kind] += 1
@@ -100,11 +129,32 @@ class HostSyncCounter(TorchDispatchMode):
     def total(self) -> int:
         return sum(self.kinds.values())
 
+    @property
+    def work(self) -> int:
+        """Operations and kernel launches counted."""
+        return sum(self.operations.values()) + sum(self.launches.values())
+
+    def counted(self, launch):
+        """``launch`` (a kernel launcher: ``launch(name, size, *args)``), counting each call made inside this
+        counter's ``with`` block in ``launches``."""
+
+        def counting(name: str, size: int, *args) -> None:
+            if size and self._active:  # CupyKernels launches nothing for no items
+                self.launches[name] += 1
+                self.work_sites[f"kernel {name} at {_site()}"] += 1
+            launch(name, size, *args)
+
+        return counting
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = _kind(func, args, kwargs)
         if kind is not None:
             self._count(kind)
+        if launches_work(func):
+            name = str(func)
+            self.operations[name] += 1
+            self.work_sites[f"{name} at {_site()}"] += 1
         return func(*args, **kwargs)
 
     def __enter__(self) -> HostSyncCounter:
@@ -117,6 +167,7 @@ class HostSyncCounter(TorchDispatchMode):
                 return _original(tensor, *a, **k)
 
             setattr(torch.Tensor, name, counted)
+        self._active = True
         return super().__enter__()
 
     def __exit__(self, *exc) -> None:
@@ -126,4 +177,5 @@ class HostSyncCounter(TorchDispatchMode):
             else:
                 setattr(torch.Tensor, name, own)
         self._patched = {}
+        self._active = False
         super().__exit__(*exc)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -39,6 +38,7 @@ from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render import get_backend, project_batch, rasterize_batch
+from grendel_py.render.interface import Renderer
 from grendel_py.render.intersect import BatchTiles, PairPieces, count_values, part_starts
 from grendel_py.render.projection import pixel_radii
 from partition.assign import Assignment, TileTable, majority_keys
@@ -48,14 +48,14 @@ from partition.tiles import TileGrid
 
 @dataclass(frozen=True)
 class StepOptions:
-    """What the step does the same way for a whole run: ``backend`` renders (a backend module of
-    :data:`grendel_py.render.BACKENDS`, resolved once), ``antialiased`` (see
+    """What the step does the same way for a whole run: ``backend`` renders (a backend of
+    :data:`grendel_py.render.BACKENDS`, resolved once, or another :class:`~grendel_py.render.interface.Renderer`), ``antialiased`` (see
     :func:`grendel_py.render.project`), ``background`` [3] is what the cameras are rendered over unless a
     batch brings its own, ``lambda_dssim`` weighs D-SSIM against L1, and ``balancer`` assigns the tiles
     (default: the ``locality`` strategy with fixed equal speeds, made per step)."""
 
     background: torch.Tensor
-    backend: ModuleType = field(default_factory=lambda: get_backend("torch"))
+    backend: Renderer = field(default_factory=lambda: get_backend("torch"))
     antialiased: bool = False
     lambda_dssim: float = 0.2
     balancer: TileBalancer | None = None

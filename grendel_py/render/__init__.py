@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 
@@ -19,11 +18,12 @@ from grendel_py.data.cameras import Camera
 from grendel_py.errors import InputError
 from grendel_py.render import batch_projection, cupy_backend, torch_backend
 from grendel_py.render.batch_projection import project_rows
+from grendel_py.render.interface import Renderer
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import Splats
 from partition.tiles import TileGrid
 
-BACKENDS: dict[str, ModuleType] = {"torch": torch_backend, "cupy": cupy_backend}
+BACKENDS: dict[str, Renderer] = {"torch": torch_backend, "cupy": cupy_backend}
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -45,9 +45,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def get_backend(name: str | ModuleType) -> ModuleType:
-    """The backend module called ``name`` (a backend module is returned as it is)."""
-    if isinstance(name, ModuleType):
+def get_backend(name: str | Renderer) -> Renderer:
+    """The backend called ``name`` (a :class:`~grendel_py.render.interface.Renderer` is returned as it is)."""
+    if not isinstance(name, str):
         return name
     if name not in BACKENDS:
         raise ValueError(f"unknown render backend {name!r}; choose from {sorted(BACKENDS)}")
@@ -70,7 +70,11 @@ class RenderResult:
 
 
 def project(
-    gaussians, camera: Camera, sh_degree: int | None = None, backend: str = "torch", antialiased: bool = False
+    gaussians,
+    camera: Camera,
+    sh_degree: int | None = None,
+    backend: str | Renderer = "torch",
+    antialiased: bool = False,
 ) -> Splats:
     """Project every Gaussian of ``gaussians`` into ``camera`` (culled ones get extent 0); ``antialiased``:
     opacities compensated for the dilation (:func:`grendel_py.render.projection.project`). When autograd
@@ -83,7 +87,7 @@ def project(
 
 
 def visible_rows(
-    gaussians, cameras: list[Camera], backend: str = "torch", antialiased: bool = False
+    gaussians, cameras: list[Camera], backend: str | Renderer = "torch", antialiased: bool = False
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int64, ascending) of the Gaussians :func:`project` gives a non-zero extent, and
     their numbers (one read to the host for all cameras); no autograd."""
@@ -91,7 +95,7 @@ def visible_rows(
 
 
 def project_batch(
-    gaussians, cameras: list[Camera], sh_degree: int, backend: str = "torch", antialiased: bool = False
+    gaussians, cameras: list[Camera], sh_degree: int, backend: str | Renderer = "torch", antialiased: bool = False
 ) -> tuple[Splats, list[int], torch.Tensor]:
     """Project, for every camera of a batch, only the Gaussians it sees (:func:`visible_rows`): one
     :class:`Splats` with ``parts[b]`` rows for camera b, one camera after another, and the model row of each
@@ -112,7 +116,7 @@ def rasterize(
     grid: TileGrid,
     background: torch.Tensor,
     tile_ids: torch.Tensor | None = None,
-    backend: str = "torch",
+    backend: str | Renderer = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
     """Composite ``splats`` over the tiles ``tile_ids`` (all when None; any order, repeats allowed) of ``grid``.
 
@@ -125,7 +129,7 @@ def rasterize(
 
 
 def rasterize_batch(
-    splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor, backend: str = "torch"
+    splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor, backend: str | Renderer = "torch"
 ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
     """Composite the splats of several cameras at once: ``splats`` holds ``parts[b]`` rows for camera b, one
     camera after another; ``tiles`` selects each camera's tiles; ``background`` is [C], or [B, C] for one per
@@ -148,7 +152,7 @@ def render(
     background: torch.Tensor | None = None,
     tile_ids: torch.Tensor | None = None,
     sh_degree: int | None = None,
-    backend: str = "torch",
+    backend: str | Renderer = "torch",
     depth: bool = False,
     antialiased: bool = False,
 ) -> RenderResult:

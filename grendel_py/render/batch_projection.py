@@ -17,13 +17,13 @@ only those are projected with autograd.
 from __future__ import annotations
 
 from dataclasses import fields
-from types import ModuleType
 
 import torch
 
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import TRAINABLE, Gaussians
+from grendel_py.render.interface import Renderer
 from grendel_py.render.projection import Splats
 
 PROJECT_ROWS = 1 << 15
@@ -48,7 +48,7 @@ def _pieces(n: int, rows: Rows) -> list[slice | torch.Tensor]:
 
 
 def _project_piece(
-    model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: ModuleType, antialiased: bool
+    model: Gaussians, piece: slice | torch.Tensor, camera: Camera, degree: int, ops: Renderer, antialiased: bool
 ) -> Splats:
     g = model.select(piece)
     return ops.project(
@@ -62,7 +62,7 @@ def _project_all(
     counts: list[int],
     cameras: list[Camera],
     degree: int,
-    ops: ModuleType,
+    ops: Renderer,
     antialiased: bool,
 ) -> Splats:
     """The splats of every camera, piece by piece, written into one table (no concatenation of copies)."""
@@ -141,11 +141,11 @@ def project_rows(
     counts: list[int],
     cameras: list[Camera],
     degree: int,
-    ops: ModuleType,
+    ops: Renderer,
     into_grad: bool = False,
     antialiased: bool = False,
 ) -> Splats:
-    """The projection at SH degree ``degree`` with the backend module ``ops`` of the model rows ``rows[b]``
+    """The projection at SH degree ``degree`` with the renderer ``ops`` of the model rows ``rows[b]``
     (``counts[b]`` of them; None: all, in order) for camera b, one camera after another (``antialiased``: see
     :func:`~grendel_py.render.projection.project`). When autograd records, only the parameters and ``rows``
     are kept; see the module's description.
@@ -165,7 +165,7 @@ def project_rows(
 
 
 def visible_rows(
-    model: Gaussians, cameras: list[Camera], ops: ModuleType, antialiased: bool = False
+    model: Gaussians, cameras: list[Camera], ops: Renderer, antialiased: bool = False
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Per camera, the rows (int32, ascending) of the Gaussians the projection gives a non-zero extent, and
     their numbers (one read to the host for all cameras). Found without autograd by the same projection

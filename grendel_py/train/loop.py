@@ -50,6 +50,7 @@ from grendel_py.parallel.redistribute import redistribute, should_redistribute
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.render import get_backend, resolve_backend
+from grendel_py.render.interface import Renderer
 from grendel_py.train.checkpoint import Manifest
 from grendel_py.train.evaluate import EvalOutputs, evaluate_sharded
 from grendel_py.train.images import GroundTruth, random_backgrounds
@@ -62,16 +63,24 @@ from partition.assign import Assignment, TileTable
 from partition.balancer import TileBalancer
 
 
-def train(cfg: Config, ctx: DistContext, resume: Manifest | None = None, restart: bool = False) -> dict:
+def train(
+    cfg: Config,
+    ctx: DistContext,
+    resume: Manifest | None = None,
+    restart: bool = False,
+    renderer: Renderer | None = None,
+) -> dict:
     """Train on ``cfg.data`` into the folder ``cfg.train.out`` (fresh, or continuing from the checkpoint
     ``resume`` of that folder); returns the final metrics (on every rank). ``restart``: a fresh run may
     replace what an earlier attempt left in the folder before its first checkpoint (``--auto-resume``).
+    ``renderer``: renders instead of the backend ``cfg.render.backend`` names (the tests run the CUDA
+    kernels' path on the CPU through a :class:`~grendel_py.render.kernel_backend.KernelBackend`).
 
     SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) stop the run after the current iteration with a checkpoint:
     :class:`Preempted`.
     Bad input raises :class:`InputError` on every rank before the run folder is created."""
     t = cfg.train
-    run = _start(cfg, ctx, resume, restart)
+    run = _start(cfg, ctx, resume, restart, renderer)
     state, scene, options = run.state, run.scene, run.options
     observers = _observers(cfg, run, ctx)
     totals = _Totals(state.seen)
@@ -153,10 +162,10 @@ class _Run:
     test_photos: Callable
 
 
-def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool) -> _Run:
+def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool, renderer: Renderer | None) -> _Run:
     """Everything checked (the config, the run folder, the scene and its photos, the checkpoint) before the
     run folder is created, then the training state, the folder, the step's options and the photo readers."""
-    backend = resolve_backend(cfg.render.backend, ctx.device)
+    backend = renderer or get_backend(resolve_backend(cfg.render.backend, ctx.device))
     out = check_run_dir(cfg, resume, restart)
     torch.manual_seed(cfg.seed)
     t = cfg.train
@@ -176,7 +185,7 @@ def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool
     background = torch.tensor(cfg.render.background, device=ctx.device)
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
-    options = StepOptions(background, get_backend(backend), cfg.render.antialiased, t.lambda_dssim, balancer)
+    options = StepOptions(background, backend, cfg.render.antialiased, t.lambda_dssim, balancer)
     images = GroundTruth(photos, ctx.device, background)
     # read outside the step: not counted as waiting for data
     test_photos = GroundTruth(photos, ctx.device, background).photo

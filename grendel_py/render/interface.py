@@ -1,0 +1,38 @@
+"""What a render backend offers: the two halves of the renderer, which the distributed engine runs on
+different ranks. The ``torch`` and ``cupy`` modules of :data:`grendel_py.render.BACKENDS` are renderers, and so
+is any object with these two methods (a :class:`~grendel_py.render.kernel_backend.KernelBackend` with another
+kernel launcher: the tests run the kernels' path on the CPU through one)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from grendel_py.data.cameras import Camera
+from grendel_py.render.intersect import BatchTiles, TileBins
+from grendel_py.render.projection import Splats
+
+
+class Renderer(Protocol):
+    def project(
+        self,
+        means: torch.Tensor,
+        quats: torch.Tensor,
+        scales: torch.Tensor,
+        opacities: torch.Tensor,
+        sh: torch.Tensor,
+        sh_degree: int,
+        camera: Camera,
+        ids: torch.Tensor,
+        near_plane: float = 0.01,
+        antialiased: bool = False,
+    ) -> Splats:
+        """As :func:`grendel_py.render.projection.project`."""
+        ...
+
+    def rasterize_batch(
+        self, splats: Splats, parts: list[int], tiles: BatchTiles, background: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, TileBins]:
+        """As :func:`grendel_py.render.torch_backend.rasterize_batch`."""
+        ...
