@@ -218,8 +218,60 @@ GP_HD Vec3 sh_color_backward(Vec3 dir, const float* coeffs, int n_coeffs, const 
 // det_s is the dilated determinant, or 1 where it is not positive, as for the conic.
 GP_HD float aa_ratio(const Projected& P, float det_s) { return (P.a0 * P.c0 - P.b * P.b) / det_s; }
 
-// Forward: pixel mean, conic, depth, opacity (times the antialiasing factor when ``antialiased``), colour and
-// integer half sizes of Gaussian i.
+// What decides where and whether a Gaussian is drawn: its geometry, the opacity it is drawn with (times the
+// antialiasing factor when ``antialiased``) and its integer half sizes in pixels, both 0 where it is culled.
+struct Footprint {
+    Projected P;
+    float det_s;  // det, or 1 where it is not positive (the spec's)
+    float opacity;
+    int ex, ey;
+};
+
+GP_HD Footprint footprint(const Cam& cam, Vec3 mean, const float* quat, Vec3 scale, float opacity, int width,
+                          int height, int antialiased) {
+    Footprint f;
+    f.P = project_geometry(cam, mean, quat, scale);
+    const Projected& P = f.P;
+    f.det_s = P.ok_det ? P.det : 1.f;
+    f.opacity = antialiased ? opacity * sqrtf(fmaxf(aa_ratio(P, f.det_s), 0.f)) : opacity;
+    const float k = 2.f * logf(fmaxf(f.opacity / ALPHA_MIN, 1.f));
+    const float rx = half_extent(k, P.a), ry = half_extent(k, P.c);
+    i64 x_lo, x_hi, y_lo, y_hi;
+    pixel_box(P.m2x, P.m2y, (int)rx, (int)ry, width, height, &x_lo, &x_hi, &y_lo, &y_hi);
+    const bool keep = P.in_front && P.ok_det && x_lo <= x_hi && y_lo <= y_hi && rx > 0.f && ry > 0.f;
+    f.ex = keep ? (int)rx : 0;
+    f.ey = keep ? (int)ry : 0;
+    return f;
+}
+
+// Splat j of the outputs: pixel mean, conic, depth, opacity, integer half sizes and the colour of the SH
+// coefficients ``coeffs`` [>= (degree + 1)^2][3] seen from the camera.
+GP_HD void write_splat(const Cam& cam, const Footprint& f, Vec3 mean, const float* coeffs, int degree, i64 j,
+                       float* means2d, float* conics, float* depths, float* opacities_out, float* colors,
+                       int* extents) {
+    const Projected& P = f.P;
+    conics[3 * j] = P.c / f.det_s;
+    conics[3 * j + 1] = -P.b / f.det_s;
+    conics[3 * j + 2] = P.a / f.det_s;
+    means2d[2 * j] = P.m2x;
+    means2d[2 * j + 1] = P.m2y;
+    depths[j] = P.zs;
+    opacities_out[j] = f.opacity;
+    extents[2 * j] = f.ex;
+    extents[2 * j + 1] = f.ey;
+
+    float norm;
+    const Vec3 dir = normalized(vec3(mean.x - cam.center.x, mean.y - cam.center.y, mean.z - cam.center.z), &norm);
+    switch (degree) {
+        case 0: sh_color<0>(dir, coeffs, colors + 3 * j); break;
+        case 1: sh_color<1>(dir, coeffs, colors + 3 * j); break;
+        case 2: sh_color<2>(dir, coeffs, colors + 3 * j); break;
+        default: sh_color<3>(dir, coeffs, colors + 3 * j); break;
+    }
+}
+
+// Forward: pixel mean, conic, depth, opacity, colour and integer half sizes of Gaussian i (activated scales and
+// opacities, SH coefficients side by side).
 GP_HD void project_forward_one(i64 i, const float* means, const float* quats, const float* scales,
                                const float* opacities, const float* sh, int n_coeffs, int degree, const float* cam_rec,
                                int width, int height, int antialiased, float* means2d, float* conics, float* depths,
@@ -227,67 +279,37 @@ GP_HD void project_forward_one(i64 i, const float* means, const float* quats, co
     const Cam cam = load_cam(cam_rec);
     const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
     const Vec3 scale = vec3(scales[3 * i], scales[3 * i + 1], scales[3 * i + 2]);
-    const Projected P = project_geometry(cam, mean, quats + 4 * i, scale);
-
-    const float det_s = P.ok_det ? P.det : 1.f;
-    conics[3 * i] = P.c / det_s;
-    conics[3 * i + 1] = -P.b / det_s;
-    conics[3 * i + 2] = P.a / det_s;
-    means2d[2 * i] = P.m2x;
-    means2d[2 * i + 1] = P.m2y;
-    depths[i] = P.zs;
-    const float opacity = antialiased ? opacities[i] * sqrtf(fmaxf(aa_ratio(P, det_s), 0.f)) : opacities[i];
-    opacities_out[i] = opacity;
-
-    const float k = 2.f * logf(fmaxf(opacity / ALPHA_MIN, 1.f));
-    const float rx = half_extent(k, P.a), ry = half_extent(k, P.c);
-    i64 x_lo, x_hi, y_lo, y_hi;
-    pixel_box(P.m2x, P.m2y, (int)rx, (int)ry, width, height, &x_lo, &x_hi, &y_lo, &y_hi);
-    const bool keep = P.in_front && P.ok_det && x_lo <= x_hi && y_lo <= y_hi && rx > 0.f && ry > 0.f;
-    extents[2 * i] = keep ? (int)rx : 0;
-    extents[2 * i + 1] = keep ? (int)ry : 0;
-
-    float norm;
-    const Vec3 dir = normalized(vec3(mean.x - cam.center.x, mean.y - cam.center.y, mean.z - cam.center.z), &norm);
-    const float* coeffs = sh + i * n_coeffs * 3;
-    switch (degree) {
-        case 0: sh_color<0>(dir, coeffs, colors + 3 * i); break;
-        case 1: sh_color<1>(dir, coeffs, colors + 3 * i); break;
-        case 2: sh_color<2>(dir, coeffs, colors + 3 * i); break;
-        default: sh_color<3>(dir, coeffs, colors + 3 * i); break;
-    }
+    const Footprint f = footprint(cam, mean, quats + 4 * i, scale, opacities[i], width, height, antialiased);
+    write_splat(cam, f, mean, sh + i * n_coeffs * 3, degree, i, means2d, conics, depths, opacities_out, colors,
+                extents);
 }
 
-// Backward: gradients of the means, quaternions, scales, opacities and SH of Gaussian i from those of its pixel
-// mean, conic, depth, opacity and colour.
-GP_HD void project_backward_one(i64 i, const float* means, const float* quats, const float* scales,
-                                const float* opacities, const float* sh, int n_coeffs, int degree,
-                                const float* cam_rec, int antialiased, const float* v_means2d, const float* v_conics,
-                                const float* v_depths, const float* v_opacities_out, const float* v_colors,
-                                float* v_means, float* v_quats, float* v_scales, float* v_opacities, float* v_sh) {
-    const Cam cam = load_cam(cam_rec);
+// Backward of one Gaussian (mean, quaternion ``quat`` [4], activated scale ``s``, opacity, SH coefficients
+// ``coeffs`` [n_coeffs][3]): the gradients of its mean [3], quaternion [4], scale [3], opacity [1] and
+// coefficients [n_coeffs][3] (zero past the degree) from those of its splat's pixel mean ``v_m2d`` [2], conic
+// ``v_conic`` [3], depth, opacity and colour ``v_rgb`` [3].
+GP_HD void project_backward_core(const Cam& cam, Vec3 mean, const float* quat, const float s[3], float opacity,
+                                 const float* coeffs, int n_coeffs, int degree, int antialiased, const float* v_m2d,
+                                 const float* v_conic, float v_depth, float v_opacity_out, const float* v_rgb,
+                                 float* v_mean_out, float* v_quat, float* v_scale, float* v_opacity, float* v_coeffs) {
     const Mat3& R = cam.R;
-    const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
-    const float s[3] = {scales[3 * i], scales[3 * i + 1], scales[3 * i + 2]};
-    const Projected P = project_geometry(cam, mean, quats + 4 * i, vec3(s[0], s[1], s[2]));
+    const Projected P = project_geometry(cam, mean, quat, vec3(s[0], s[1], s[2]));
     const float zs = P.zs;
 
     // Colour: SH coefficients and view direction.
     float norm;
     const Vec3 dir = normalized(vec3(mean.x - cam.center.x, mean.y - cam.center.y, mean.z - cam.center.z), &norm);
-    const float* coeffs = sh + i * n_coeffs * 3;
-    float* v_coeffs = v_sh + i * n_coeffs * 3;
     Vec3 v_dir;
     switch (degree) {
-        case 0: v_dir = sh_color_backward<0>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
-        case 1: v_dir = sh_color_backward<1>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
-        case 2: v_dir = sh_color_backward<2>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
-        default: v_dir = sh_color_backward<3>(dir, coeffs, n_coeffs, v_colors + 3 * i, v_coeffs); break;
+        case 0: v_dir = sh_color_backward<0>(dir, coeffs, n_coeffs, v_rgb, v_coeffs); break;
+        case 1: v_dir = sh_color_backward<1>(dir, coeffs, n_coeffs, v_rgb, v_coeffs); break;
+        case 2: v_dir = sh_color_backward<2>(dir, coeffs, n_coeffs, v_rgb, v_coeffs); break;
+        default: v_dir = sh_color_backward<3>(dir, coeffs, n_coeffs, v_rgb, v_coeffs); break;
     }
     Vec3 v_mean = normalized_vjp(dir, norm, v_dir);
 
     // Conic = inverse of [[a, b], [b, c]] (or the raw entries where det <= 0, as the spec's det_s = 1).
-    const float g0 = v_conics[3 * i], g1 = v_conics[3 * i + 1], g2 = v_conics[3 * i + 2];
+    const float g0 = v_conic[0], g1 = v_conic[1], g2 = v_conic[2];
     float v_a, v_b, v_c;
     if (P.ok_det) {
         const float inv = 1.f / P.det, inv2 = inv * inv;
@@ -307,9 +329,9 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
         const float det_s = P.ok_det ? P.det : 1.f;
         const float r = aa_ratio(P, det_s);
         const float comp = sqrtf(fmaxf(r, 0.f));
-        v_opacities[i] = v_opacities_out[i] * comp;
+        *v_opacity = v_opacity_out * comp;
         if (r > 0.f) {
-            const float v_r = v_opacities_out[i] * opacities[i] * 0.5f / comp;
+            const float v_r = v_opacity_out * opacity * 0.5f / comp;
             const float v_num = v_r / det_s;  // d r / d (a0 c0 - b^2)
             v_a += v_num * P.c0;
             v_c += v_num * P.a0;
@@ -322,7 +344,7 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
             }
         }
     } else {
-        v_opacities[i] = v_opacities_out[i];
+        *v_opacity = v_opacity_out;
     }
 
     // cov2d = J K J^T with G = dL/dcov2d = [[v_a, v_b], [0, v_c]]: dL/dJ = (G + G^T) J K, dL/dK = J^T G J.
@@ -354,9 +376,9 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
             v_Rq(r, j) = v_M(r, j) * s[j];
             v_s[j] += v_M(r, j) * P.Rq(r, j);
         }
-    v_scales[3 * i] = v_s[0];
-    v_scales[3 * i + 1] = v_s[1];
-    v_scales[3 * i + 2] = v_s[2];
+    v_scale[0] = v_s[0];
+    v_scale[1] = v_s[1];
+    v_scale[2] = v_s[2];
 
     const float w = P.qw, x = P.qn.x, y = P.qn.y, z = P.qn.z;
     const Mat3& V = v_Rq;
@@ -368,24 +390,24 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
     const float v_qz = 2.f * (-2.f * z * V(0, 0) - w * V(0, 1) + x * V(0, 2) + w * V(1, 0) - 2.f * z * V(1, 1) +
                               y * V(1, 2) + x * V(2, 0) + y * V(2, 1));
     if (P.qnorm <= NORM_EPS) {
-        v_quats[4 * i] = v_qw / NORM_EPS;
-        v_quats[4 * i + 1] = v_qx / NORM_EPS;
-        v_quats[4 * i + 2] = v_qy / NORM_EPS;
-        v_quats[4 * i + 3] = v_qz / NORM_EPS;
+        v_quat[0] = v_qw / NORM_EPS;
+        v_quat[1] = v_qx / NORM_EPS;
+        v_quat[2] = v_qy / NORM_EPS;
+        v_quat[3] = v_qz / NORM_EPS;
     } else {
         const float along = w * v_qw + x * v_qx + y * v_qy + z * v_qz;
-        v_quats[4 * i] = (v_qw - w * along) / P.qnorm;
-        v_quats[4 * i + 1] = (v_qx - x * along) / P.qnorm;
-        v_quats[4 * i + 2] = (v_qy - y * along) / P.qnorm;
-        v_quats[4 * i + 3] = (v_qz - z * along) / P.qnorm;
+        v_quat[0] = (v_qw - w * along) / P.qnorm;
+        v_quat[1] = (v_qx - x * along) / P.qnorm;
+        v_quat[2] = (v_qy - y * along) / P.qnorm;
+        v_quat[3] = (v_qz - z * along) / P.qnorm;
     }
 
     // Camera-space mean: through the pixel mean, the depth and the Jacobian.
     const float zz = zs * zs, zzz = zz * zs;
-    const float gmx = v_means2d[2 * i], gmy = v_means2d[2 * i + 1];
+    const float gmx = v_m2d[0], gmy = v_m2d[1];
     float v_px = cam.fx * gmx / zs;
     float v_py = cam.fy * gmy / zs;
-    float v_zs = -cam.fx * P.p.x * gmx / zz - cam.fy * P.p.y * gmy / zz + v_depths[i];
+    float v_zs = -cam.fx * P.p.x * gmx / zz - cam.fy * P.p.y * gmy / zz + v_depth;
     v_zs += -cam.fx * v_J[0] / zz + 2.f * cam.fx * P.tx * v_J[2] / zzz - cam.fy * v_J[4] / zz +
             2.f * cam.fy * P.ty * v_J[5] / zzz;
     const float v_tx = -cam.fx * v_J[2] / zz, v_ty = -cam.fy * v_J[5] / zz;
@@ -406,9 +428,159 @@ GP_HD void project_backward_one(i64 i, const float* means, const float* quats, c
     v_mean.y += R(0, 1) * v_px + R(1, 1) * v_py + R(2, 1) * v_pz;
     v_mean.z += R(0, 2) * v_px + R(1, 2) * v_py + R(2, 2) * v_pz;
 
-    v_means[3 * i] = v_mean.x;
-    v_means[3 * i + 1] = v_mean.y;
-    v_means[3 * i + 2] = v_mean.z;
+    v_mean_out[0] = v_mean.x;
+    v_mean_out[1] = v_mean.y;
+    v_mean_out[2] = v_mean.z;
+}
+
+// Backward: gradients of the means, quaternions, scales, opacities and SH of Gaussian i from those of its pixel
+// mean, conic, depth, opacity and colour.
+GP_HD void project_backward_one(i64 i, const float* means, const float* quats, const float* scales,
+                                const float* opacities, const float* sh, int n_coeffs, int degree,
+                                const float* cam_rec, int antialiased, const float* v_means2d, const float* v_conics,
+                                const float* v_depths, const float* v_opacities_out, const float* v_colors,
+                                float* v_means, float* v_quats, float* v_scales, float* v_opacities, float* v_sh) {
+    const Cam cam = load_cam(cam_rec);
+    const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
+    project_backward_core(cam, mean, quats + 4 * i, scales + 3 * i, opacities[i], sh + i * n_coeffs * 3, n_coeffs,
+                          degree, antialiased, v_means2d + 2 * i, v_conics + 3 * i, v_depths[i], v_opacities_out[i],
+                          v_colors + 3 * i, v_means + 3 * i, v_quats + 4 * i, v_scales + 3 * i, v_opacities + i,
+                          v_sh + i * n_coeffs * 3);
+}
+
+// ---- A batch of cameras over the model's own parameters (packed splats) ----
+// The batch's cameras: ``cams`` [B][CAM_FLOATS] and ``sizes`` [B][2] (width, height). Item k = b * n + i is
+// Gaussian i of the model seen from camera b. The model's parameters as trained: means [n][3], quats [n][4],
+// log_scales [n][3], opacity_logits [n], sh0 [n][1][3], shN [n][n_coeffs - 1][3].
+
+GP_HD float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+GP_HD Footprint model_footprint(i64 k, int n, const float* means, const float* quats, const float* log_scales,
+                                const float* opacity_logits, const float* cams, const int* sizes, int antialiased,
+                                Cam* cam, Vec3* mean) {
+    const i64 b = k / n, i = k % n;
+    *cam = load_cam(cams + b * CAM_FLOATS);
+    *mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
+    const Vec3 scale = vec3(expf(log_scales[3 * i]), expf(log_scales[3 * i + 1]), expf(log_scales[3 * i + 2]));
+    return footprint(*cam, *mean, quats + 4 * i, scale, sigmoid(opacity_logits[i]), sizes[2 * b], sizes[2 * b + 1],
+                     antialiased);
+}
+
+// 1 where camera b draws Gaussian i (non-zero half sizes), else 0.
+GP_HD i64 visible_one(i64 k, int n, const float* means, const float* quats, const float* log_scales,
+                      const float* opacity_logits, const float* cams, const int* sizes, int antialiased) {
+    Cam cam;
+    Vec3 mean;
+    const Footprint f =
+        model_footprint(k, n, means, quats, log_scales, opacity_logits, cams, sizes, antialiased, &cam, &mean);
+    return f.ex > 0 ? 1 : 0;
+}
+
+// Whether item k is drawn, and its splat's slot j: ``slots`` is the inclusive prefix sum of visible_one over
+// all items, so the splats are packed camera after camera, each camera's in model order.
+GP_HD bool packed_slot(i64 k, const i64* slots, i64* j) {
+    *j = slots[k] - 1;
+    return slots[k] != (k > 0 ? slots[k - 1] : 0);
+}
+
+// The SH coefficients of Gaussian i up to degree D, side by side (the spec's cat of sh0 and shN). The degree is
+// a template parameter, so that the callers' arrays stay in registers.
+template <int D>
+GP_HD void gather_coeffs(i64 i, const float* sh0, const float* shN, int n_coeffs, float* coeffs) {
+    for (int ch = 0; ch < 3; ++ch) coeffs[ch] = sh0[3 * i + ch];
+    for (int kk = 1; kk < SH_BASES<D>; ++kk)
+        for (int ch = 0; ch < 3; ++ch) coeffs[3 * kk + ch] = shN[(i * (n_coeffs - 1) + kk - 1) * 3 + ch];
+}
+
+template <int D>
+GP_HD void packed_forward_at(i64 k, int n, const float* means, const float* quats, const float* log_scales,
+                             const float* opacity_logits, const float* sh0, const float* shN, int n_coeffs,
+                             const float* cams, const int* sizes, int antialiased, const i64* slots, float* means2d,
+                             float* conics, float* depths, float* opacities_out, float* colors, int* extents,
+                             int* rows) {
+    i64 j;
+    if (!packed_slot(k, slots, &j)) return;
+    Cam cam;
+    Vec3 mean;
+    const Footprint f =
+        model_footprint(k, n, means, quats, log_scales, opacity_logits, cams, sizes, antialiased, &cam, &mean);
+    const i64 i = k % n;
+    float coeffs[3 * SH_BASES<D>];
+    gather_coeffs<D>(i, sh0, shN, n_coeffs, coeffs);
+    write_splat(cam, f, mean, coeffs, D, j, means2d, conics, depths, opacities_out, colors, extents);
+    rows[j] = (int)i;
+}
+
+// Forward: the splat of item k, if drawn, into slot j of the outputs, and its model row.
+GP_HD void packed_forward_one(i64 k, int n, const float* means, const float* quats, const float* log_scales,
+                              const float* opacity_logits, const float* sh0, const float* shN, int n_coeffs, int degree,
+                              const float* cams, const int* sizes, int antialiased, const i64* slots, float* means2d,
+                              float* conics, float* depths, float* opacities_out, float* colors, int* extents,
+                              int* rows) {
+#define GP_PACKED_FORWARD(D)                                                                                    \
+    packed_forward_at<D>(k, n, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, cams, sizes, antialiased, \
+                         slots, means2d, conics, depths, opacities_out, colors, extents, rows)
+    switch (degree) {
+        case 0: GP_PACKED_FORWARD(0); break;
+        case 1: GP_PACKED_FORWARD(1); break;
+        case 2: GP_PACKED_FORWARD(2); break;
+        default: GP_PACKED_FORWARD(3); break;
+    }
+#undef GP_PACKED_FORWARD
+}
+
+template <int D>
+GP_HD void packed_backward_at(i64 i, int n, int n_cams, const float* means, const float* quats,
+                              const float* log_scales, const float* opacity_logits, const float* sh0, const float* shN,
+                              int n_coeffs, const float* cams, int antialiased, const i64* slots,
+                              const float* v_means2d, const float* v_conics, const float* v_depths,
+                              const float* v_opacities_out, const float* v_colors, float* g_means, float* g_quats,
+                              float* g_log_scales, float* g_opacity_logits, float* g_sh0, float* g_shN) {
+    constexpr int NB = SH_BASES<D>;
+    const Vec3 mean = vec3(means[3 * i], means[3 * i + 1], means[3 * i + 2]);
+    const float s[3] = {expf(log_scales[3 * i]), expf(log_scales[3 * i + 1]), expf(log_scales[3 * i + 2])};
+    const float opacity = sigmoid(opacity_logits[i]);
+    float coeffs[3 * NB];
+    gather_coeffs<D>(i, sh0, shN, n_coeffs, coeffs);
+    for (int b = 0; b < n_cams; ++b) {
+        i64 j;
+        if (!packed_slot(b * (i64)n + i, slots, &j)) continue;
+        const Cam cam = load_cam(cams + b * CAM_FLOATS);
+        float v_mean[3], v_quat[4], v_scale[3], v_opacity, v_coeffs[3 * NB];
+        project_backward_core(cam, mean, quats + 4 * i, s, opacity, coeffs, NB, D, antialiased, v_means2d + 2 * j,
+                              v_conics + 3 * j, v_depths[j], v_opacities_out[j], v_colors + 3 * j, v_mean, v_quat,
+                              v_scale, &v_opacity, v_coeffs);
+        for (int d = 0; d < 3; ++d) g_means[3 * i + d] += v_mean[d];
+        for (int d = 0; d < 4; ++d) g_quats[4 * i + d] += v_quat[d];
+        for (int d = 0; d < 3; ++d) g_log_scales[3 * i + d] += v_scale[d] * s[d];
+        g_opacity_logits[i] += v_opacity * (1.f - opacity) * opacity;
+        for (int ch = 0; ch < 3; ++ch) g_sh0[3 * i + ch] += v_coeffs[ch];
+        for (int kk = 1; kk < NB; ++kk)
+            for (int ch = 0; ch < 3; ++ch) g_shN[(i * (n_coeffs - 1) + kk - 1) * 3 + ch] += v_coeffs[3 * kk + ch];
+    }
+}
+
+// Backward of Gaussian i over the batch: for each camera that draws it, in camera order, the gradients of its
+// parameters from its splat's are ADDED into g_* (the parameters' .grad), so the sum over cameras is made in
+// one fixed order by one thread, without atomics. Through the activations: d/d log_scale = d/d scale * scale,
+// d/d logit = d/d opacity * (1 - o) * o (as torch computes both).
+GP_HD void packed_backward_one(i64 i, int n, int n_cams, const float* means, const float* quats,
+                               const float* log_scales, const float* opacity_logits, const float* sh0,
+                               const float* shN, int n_coeffs, int degree, const float* cams, int antialiased,
+                               const i64* slots, const float* v_means2d, const float* v_conics, const float* v_depths,
+                               const float* v_opacities_out, const float* v_colors, float* g_means, float* g_quats,
+                               float* g_log_scales, float* g_opacity_logits, float* g_sh0, float* g_shN) {
+#define GP_PACKED_BACKWARD(D)                                                                                      \
+    packed_backward_at<D>(i, n, n_cams, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, cams, antialiased, \
+                          slots, v_means2d, v_conics, v_depths, v_opacities_out, v_colors, g_means, g_quats,          \
+                          g_log_scales, g_opacity_logits, g_sh0, g_shN)
+    switch (degree) {
+        case 0: GP_PACKED_BACKWARD(0); break;
+        case 1: GP_PACKED_BACKWARD(1); break;
+        case 2: GP_PACKED_BACKWARD(2); break;
+        default: GP_PACKED_BACKWARD(3); break;
+    }
+#undef GP_PACKED_BACKWARD
 }
 
 }  // namespace gp

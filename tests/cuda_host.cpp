@@ -37,6 +37,34 @@ void project_backward(int n, const float* means, const float* quats, const float
                                  v_opacities, v_sh);
 }
 
+void project_visible(i64 m, int n, const float* means, const float* quats, const float* log_scales,
+                     const float* opacity_logits, const float* cams, const int* sizes, int antialiased, i64* visible) {
+    for (i64 k = 0; k < m; ++k)
+        visible[k] = gp::visible_one(k, n, means, quats, log_scales, opacity_logits, cams, sizes, antialiased);
+}
+
+void project_packed_forward(i64 m, int n, const float* means, const float* quats, const float* log_scales,
+                            const float* opacity_logits, const float* sh0, const float* shN, int n_coeffs, int degree,
+                            const float* cams, const int* sizes, int antialiased, const i64* slots, float* means2d,
+                            float* conics, float* depths, float* opacities_out, float* colors, int* extents,
+                            int* rows) {
+    for (i64 k = 0; k < m; ++k)
+        gp::packed_forward_one(k, n, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, degree, cams, sizes,
+                               antialiased, slots, means2d, conics, depths, opacities_out, colors, extents, rows);
+}
+
+void project_packed_backward(int n, int n_cams, const float* means, const float* quats, const float* log_scales,
+                             const float* opacity_logits, const float* sh0, const float* shN, int n_coeffs, int degree,
+                             const float* cams, int antialiased, const i64* slots, const float* v_means2d,
+                             const float* v_conics, const float* v_depths, const float* v_opacities_out,
+                             const float* v_colors, float* g_means, float* g_quats, float* g_log_scales,
+                             float* g_opacity_logits, float* g_sh0, float* g_shN) {
+    for (int i = 0; i < n; ++i)
+        gp::packed_backward_one(i, n, n_cams, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, degree, cams,
+                                antialiased, slots, v_means2d, v_conics, v_depths, v_opacities_out, v_colors, g_means,
+                                g_quats, g_log_scales, g_opacity_logits, g_sh0, g_shN);
+}
+
 void count_intersections(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
                          int width, int height, int nx, const int* slot_of_tile, i64* counts) {
     for (int i = 0; i < n; ++i)

@@ -146,10 +146,11 @@ def cuda_library() -> RuntimeLibrary:
 
 class RuntimeKernels:
     """``launch(name, size, *args)`` as :class:`grendel_py.render.cuda_kernels.CupyKernels` (same grid and
-    block), on CPU tensors; ``seed`` drives the interleavings, ``workers`` OS threads run blocks."""
+    block), on CPU tensors; ``seed`` drives the interleavings, ``workers`` OS threads run blocks; ``library``:
+    the kernels built from other sources than cuda/ (planted mutants), else :func:`cuda_library`."""
 
-    def __init__(self, seed: int = 0, workers: int = 1):
-        self.seed, self.workers = seed, workers
+    def __init__(self, seed: int = 0, workers: int = 1, library: RuntimeLibrary | None = None):
+        self.seed, self.workers, self.library = seed, workers, library
 
     def launch(self, name: str, size: int, *args) -> None:
         check_args(name, args)
@@ -162,4 +163,4 @@ class RuntimeKernels:
             grid, block, args = (min(-(-size // BLOCK), 1 << 20),), (BLOCK,), (size, *args)
         else:
             grid, block = (size,), (16, 16)
-        cuda_library().launch(name, grid, block, args, seed=self.seed, workers=self.workers)
+        (self.library or cuda_library()).launch(name, grid, block, args, seed=self.seed, workers=self.workers)

@@ -18,6 +18,7 @@ absolute; images within 1e-4 relative / 1e-5 absolute (the issue's bound); gradi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import zlib
@@ -155,6 +156,42 @@ def test_projection_matches_spec(impl, scene: str, degree: int, antialiased: boo
     (ref, ref_grads), (got, got_grads) = results
     assert torch.equal(got.extents, ref.extents)
     assert int(ref.visible.sum()) > min(100, len(ref) // 2)  # most of a small scene
+    for field in ("means2d", "conics", "depths", "opacities", "colors"):
+        _close_scaled(getattr(got, field).detach(), getattr(ref, field).detach(), 1e-4, 1e-5, field)
+    for k in LEAVES:
+        _close_scaled(got_grads[k], ref_grads[k], 1e-3, 1e-4, f"d/d {k}")
+
+
+def _batch_cameras(cam: Camera) -> list[Camera]:
+    """The scene's camera, the same at half size, and one moved sideways and back."""
+    moved = dataclasses.replace(cam, t=cam.t + torch.tensor([0.4, -0.2, 0.6], dtype=cam.t.dtype))
+    return [cam, cam.scaled(cam.width // 2 + 1, cam.height // 2 + 1), moved]
+
+
+@pytest.mark.parametrize("scene", SCENES)
+@pytest.mark.parametrize("degree, antialiased", [(3, False), (1, True)])
+def test_batch_projection_matches_spec(impl, scene: str, degree: int, antialiased: bool) -> None:
+    """project_batch over three cameras from the model's own parameters: the same splats as the spec's (its
+    visible Gaussians, camera after camera, in model order) and the same gradients, added into ``.grad``
+    (which holds a micro-batch's already)."""
+    kernels, device = impl
+    model, cam = _scene(scene)
+    cameras, degree = _batch_cameras(cam), min(degree, model.sh_degree)
+    results = []
+    for backend in (torch_backend, kernels):
+        leaves = _leaves(model, device)
+        for k, leaf in enumerate(leaves.values()):
+            leaf.grad = _weights(leaf.shape, 10 + k, device)
+        g = Gaussians(**leaves, ids=model.ids.to(device))
+        s, parts, rows = backend.project_batch(g, cameras, degree, antialiased)
+        outs = (s.means2d, s.conics, s.depths, s.opacities, s.colors)
+        loss = sum((o * _weights(o.shape, k, device)).sum() for k, o in enumerate(outs))
+        loss.backward()
+        results.append((s, parts, rows, {k: v.grad for k, v in leaves.items()}))
+    (ref, ref_parts, ref_rows, ref_grads), (got, got_parts, got_rows, got_grads) = results
+    assert got_parts == ref_parts and min(ref_parts) > min(10, len(model) // 4)
+    assert torch.equal(got_rows.long(), ref_rows.long()) and got_rows.dtype == torch.int32
+    assert torch.equal(got.extents, ref.extents) and torch.equal(got.ids, ref.ids)
     for field in ("means2d", "conics", "depths", "opacities", "colors"):
         _close_scaled(getattr(got, field).detach(), getattr(ref, field).detach(), 1e-4, 1e-5, field)
     for k in LEAVES:

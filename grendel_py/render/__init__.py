@@ -97,18 +97,10 @@ def visible_rows(
 def project_batch(
     gaussians, cameras: list[Camera], sh_degree: int, backend: str | Renderer = "torch", antialiased: bool = False
 ) -> tuple[Splats, list[int], torch.Tensor]:
-    """Project, for every camera of a batch, only the Gaussians it sees (:func:`visible_rows`): one
-    :class:`Splats` with ``parts[b]`` rows for camera b, one camera after another, and the model row of each
-    splat, int32. The rows dropped are exactly those :func:`project` culls, so the pictures and gradients
-    are the same (up to the last bit: a SIMD kernel may round a gathered row differently), but autograd
-    keeps (and the exchange and binning handle) only visible splats. One host synchronisation. For training:
-    the parameters (leaves) get their gradients added into ``.grad`` by the backward pass itself, without a
-    gradient-sized temporary (``into_grad`` of :func:`~grendel_py.render.batch_projection.project_rows`)."""
-    rows, parts = visible_rows(gaussians, cameras, backend, antialiased)
-    splats = project_rows(
-        gaussians, rows, parts, cameras, sh_degree, get_backend(backend), into_grad=True, antialiased=antialiased
-    )
-    return splats, parts, rows[0] if len(rows) == 1 else torch.cat(rows)
+    """Project, for every camera of a batch, only the Gaussians it sees, for training
+    (:func:`grendel_py.render.torch_backend.project_batch`): the splats (``parts[b]`` rows for camera b, one
+    camera after another), ``parts`` and the model row of each splat."""
+    return get_backend(backend).project_batch(gaussians, cameras, sh_degree, antialiased)
 
 
 def rasterize(

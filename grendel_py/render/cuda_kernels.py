@@ -55,6 +55,23 @@ KERNELS: dict[str, Kernel] = {
     "project_backward": Kernel(
         "project.cu", "element", ("i32",) + ("f32*",) * 5 + ("i32", "i32", "f32*", "i32") + ("f32*",) * 10
     ),
+    # m = B n, n, means, quats, log_scales, opacity_logits, cams [B, 24], sizes [B, 2], antialiased -> visible [m]
+    "project_visible": Kernel("project.cu", "element", ("i64", "i32") + ("f32*",) * 5 + ("i32*", "i32", "i64*")),
+    # m, n, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, degree, cams, sizes, antialiased, slots
+    #   -> means2d, conics, depths, opacities_out, colors, extents, rows
+    "project_packed_forward": Kernel(
+        "project.cu",
+        "element",
+        ("i64", "i32") + ("f32*",) * 6 + ("i32", "i32", "f32*", "i32*", "i32", "i64*") + ("f32*",) * 5 + ("i32*",) * 2,
+    ),
+    # n, B, means, quats, log_scales, opacity_logits, sh0, shN, n_coeffs, degree, cams, antialiased, slots,
+    #   v_means2d, v_conics, v_depths, v_opacities_out, v_colors -> += g_means, g_quats, g_log_scales, g_logits,
+    #   g_sh0, g_shN
+    "project_packed_backward": Kernel(
+        "project.cu",
+        "element",
+        ("i32", "i32") + ("f32*",) * 6 + ("i32", "i32", "f32*", "i32", "i64*") + ("f32*",) * 11,
+    ),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile -> counts
     "count_intersections": Kernel("bin.cu", "element", _BIN_IN + ("i64*",)),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts, depth_rank -> keys

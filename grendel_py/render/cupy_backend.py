@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 
 from grendel_py.data.cameras import Camera
+from grendel_py.model.gaussians import Gaussians
 from grendel_py.render.cuda_kernels import cupy_kernels
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.render.projection import Splats
 
-__all__ = ["project", "rasterize_batch"]
+__all__ = ["project", "project_batch", "rasterize_batch"]
 
 
 def _backend(device: torch.device) -> KernelBackend:
@@ -39,6 +40,13 @@ def project(
     return _backend(means.device).project(
         means, quats, scales, opacities, sh, sh_degree, camera, ids, near_plane, antialiased
     )
+
+
+def project_batch(
+    model: Gaussians, cameras: list[Camera], sh_degree: int, antialiased: bool = False
+) -> tuple[Splats, list[int], torch.Tensor]:
+    """As :func:`grendel_py.render.torch_backend.project_batch`, on the GPU."""
+    return _backend(model.means.device).project_batch(model, cameras, sh_degree, antialiased)
 
 
 def rasterize_batch(

@@ -1,4 +1,5 @@
-"""What a render backend offers: the two halves of the renderer, which the distributed engine runs on
+"""What a render backend offers: the two halves of the renderer (projection, also of a whole batch, and
+rasterization), which the distributed engine runs on
 different ranks. The ``torch`` and ``cupy`` modules of :data:`grendel_py.render.BACKENDS` are renderers, and so
 is any object with these two methods (a :class:`~grendel_py.render.kernel_backend.KernelBackend` with another
 kernel launcher: the tests run the kernels' path on the CPU through one)."""
@@ -10,6 +11,7 @@ from typing import Protocol
 import torch
 
 from grendel_py.data.cameras import Camera
+from grendel_py.model.gaussians import Gaussians
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import Splats
 
@@ -29,6 +31,12 @@ class Renderer(Protocol):
         antialiased: bool = False,
     ) -> Splats:
         """As :func:`grendel_py.render.projection.project`."""
+        ...
+
+    def project_batch(
+        self, model: Gaussians, cameras: list[Camera], sh_degree: int, antialiased: bool = False
+    ) -> tuple[Splats, list[int], torch.Tensor]:
+        """As :func:`grendel_py.render.torch_backend.project_batch`."""
         ...
 
     def rasterize_batch(

@@ -14,16 +14,21 @@ import torch
 
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts, require_indexable
 from grendel_py.render.projection import Splats
 
 CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
 RANK_BITS = 32
+NEAR_PLANE = 0.01  # as the spec's default
+PARAMETERS = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")
+"""The model's trainable fields in the order the packed projection kernels take them."""
+assert sorted(PARAMETERS) == sorted(TRAINABLE)
 
 
-def camera_record(camera: Camera, near_plane: float, device: torch.device) -> torch.Tensor:
-    """The camera as the kernels read it (cuda/project.cuh ``load_cam``), float32 [24]; the tangent limits
-    are computed in double as in the spec."""
+def _camera_record(camera: Camera, near_plane: float) -> torch.Tensor:
+    """The camera as the kernels read it (cuda/project.cuh ``load_cam``), float64 [24] on the host; the
+    tangent limits are computed in double as in the spec."""
     w, h, fx, fy, cx, cy = camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy
     tan_x, tan_y = 0.5 * w / fx, 0.5 * h / fy
     limits = [(w - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x, (h - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y]
@@ -33,9 +38,16 @@ def camera_record(camera: Camera, near_plane: float, device: torch.device) -> to
         camera.center.reshape(-1).double(),
         torch.tensor([fx, fy, cx, cy, *limits, near_plane], dtype=torch.float64),
     ]
-    record = torch.cat([p.cpu() for p in parts]).float()
-    assert record.numel() == CAM_FLOATS
-    return record.to(device)
+    return torch.cat([p.cpu() for p in parts])
+
+
+def camera_records(cameras: list[Camera], near_plane: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cameras as the kernels read them: records float32 [B, 24] and image sizes int32 [B, 2] (width,
+    height), each uploaded in one copy."""
+    records = torch.stack([_camera_record(c, near_plane) for c in cameras]).float()
+    assert records.shape[1] == CAM_FLOATS
+    sizes = torch.tensor([[c.width, c.height] for c in cameras], dtype=torch.int32)
+    return records.to(device), sizes.to(device)
 
 
 MAX_ITEMS = (1 << 31) - 1
@@ -198,6 +210,70 @@ class _Rasterize(torch.autograd.Function):
         return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None
 
 
+class _ProjectPacked(torch.autograd.Function):
+    """The batch's projection over the model's parameters: forward writes the packed splats (slots from the
+    prefix sum of the visible items), backward adds every parameter's gradient into its ``.grad`` (the
+    parameters are leaves; autograd gets None for them), one thread per Gaussian over its cameras."""
+
+    @staticmethod
+    def forward(ctx, plan, means, quats, log_scales, opacity_logits, sh0, shN):
+        slots, m, cams, sizes, degree, antialiased, launch = plan
+        n = means.shape[0]
+        params = [t.contiguous() for t in (means, quats, log_scales, opacity_logits, sh0, shN)]
+        new = means.new_empty
+        means2d, conics, depths, opacities, colors = new(m, 2), new(m, 3), new(m), new(m), new(m, 3)
+        extents = torch.empty(m, 2, dtype=torch.int32, device=means.device)
+        rows = torch.empty(m, dtype=torch.int32, device=means.device)
+        n_coeffs = 1 + shN.shape[1]
+        outputs = (means2d, conics, depths, opacities, colors, extents, rows)
+        launch(
+            "project_packed_forward",
+            slots.shape[0],
+            n,
+            *params,
+            n_coeffs,
+            degree,
+            cams,
+            sizes,
+            antialiased,
+            slots,
+            *outputs,
+        )
+        ctx.save_for_backward(*params, slots, cams)
+        ctx.leaves = (means, quats, log_scales, opacity_logits, sh0, shN)  # leaves: no reference cycle
+        ctx.degree, ctx.antialiased, ctx.launch = degree, antialiased, launch
+        ctx.shapes = [t.shape for t in outputs[:5]]
+        ctx.mark_non_differentiable(extents, rows)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, v_opacities, v_colors, _v_extents, _v_rows):
+        *params, slots, cams = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[1:]
+        for leaf, w in zip(ctx.leaves, wanted):  # into .grad itself, allocated only when there is none yet
+            if w and leaf.grad is None:
+                leaf.grad = torch.zeros_like(leaf)
+        v_splats = [
+            torch.zeros(shape, dtype=torch.float32, device=slots.device) if g is None else g.contiguous()
+            for g, shape in zip((v_means2d, v_conics, v_depths, v_opacities, v_colors), ctx.shapes)
+        ]
+        n, n_cams, n_coeffs = params[0].shape[0], cams.shape[0], 1 + params[5].shape[1]
+        ctx.launch(
+            "project_packed_backward",
+            n,
+            n_cams,
+            *params,
+            n_coeffs,
+            ctx.degree,
+            cams,
+            ctx.antialiased,
+            slots,
+            *v_splats,
+            *(leaf.grad if w else torch.zeros_like(leaf) for leaf, w in zip(ctx.leaves, wanted)),
+        )
+        return (None, *[None] * 6)
+
+
 def _cameras(tiles: BatchTiles):
     """(grid, its selected tile ids, first and end slot of its tiles in the batch) of each camera."""
     for grid, ids, s0, n in zip(tiles.grids, tiles.tile_ids, part_starts(tiles.sizes), tiles.sizes):
@@ -228,11 +304,42 @@ class KernelBackend:
         _require_float32(means=means, quats=quats, scales=scales, opacities=opacities, sh=sh)
         if sh.shape[-1] != 3 or sh.shape[1] < (sh_degree + 1) ** 2 or not 0 <= sh_degree <= 3:
             raise ValueError(f"SH of shape {tuple(sh.shape)} cannot be evaluated at degree {sh_degree} in 3 channels")
-        cam = camera_record(camera, near_plane, means.device)
+        cam = camera_records([camera], near_plane, means.device)[0][0]
         means2d, conics, depths, opacities, colors, extents = _Project.apply(
             means, quats, scales, opacities, sh, cam, sh_degree, camera.width, camera.height, antialiased, self.launch
         )
         return Splats(means2d, conics, depths, opacities, colors, extents, ids)
+
+    def project_batch(
+        self, model: Gaussians, cameras: list[Camera], sh_degree: int, antialiased: bool = False
+    ) -> tuple[Splats, list[int], torch.Tensor]:
+        """As :func:`grendel_py.render.torch_backend.project_batch`, in three launches for the whole batch:
+        which (camera, Gaussian) items are drawn, their splats packed through its prefix sum (one camera after
+        another, each in model order), and a backward pass per Gaussian that adds its gradients over its
+        cameras into the parameters' ``.grad`` (which must then be leaves of autograd). One host synchronisation
+        (the splats per camera)."""
+        if not cameras:
+            raise ValueError("project_batch: no cameras")
+        n, n_cams = len(model), len(cameras)
+        _require_countable(n, "Gaussians")
+        params = [getattr(model, name) for name in PARAMETERS]
+        _require_float32(**dict(zip(PARAMETERS, params)))
+        if not 0 <= sh_degree <= 3 or 1 + model.shN.shape[1] < (sh_degree + 1) ** 2 or model.sh0.shape[-1] != 3:
+            raise ValueError(f"SH of {1 + model.shN.shape[1]} coefficients cannot be evaluated at degree {sh_degree}")
+        records = camera_records(cameras, NEAR_PLANE, model.means.device)
+        geometry = [t.contiguous() for t in params[:4]]
+        visible = torch.empty(n_cams * n, dtype=torch.int64, device=model.means.device)
+        self.launch("project_visible", visible.shape[0], n, *geometry, *records, int(antialiased), visible)
+        slots = torch.cumsum(visible, 0)
+        del visible
+        ends = slots[n - 1 :: n].tolist() if n else [0] * n_cams
+        parts = [e - s for s, e in zip([0, *ends[:-1]], ends)]
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        if recording and not all(p.is_leaf for p in params):
+            raise ValueError("project_batch: the parameters must be leaves of autograd")
+        plan = (slots, ends[-1], *records, sh_degree, int(antialiased), self.launch)
+        *fields, rows = _ProjectPacked.apply(plan, *params)
+        return Splats(*fields, model.ids[rows]), parts, rows
 
     def bin_batch(self, splats: Splats, parts: list[int], tiles: BatchTiles) -> TileBins:
         """As :func:`grendel_py.render.intersect.bin_batch`, with the same tiles, offsets and splat order: the
