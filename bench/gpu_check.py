@@ -352,8 +352,13 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
     images = [torch.rand(height, width, 3, generator=g).to(ctx.device) for _ in cameras]
     balancer = TileBalancer("locality", 1, calibrate=False)
     counter = HostSyncCounter(ctx.device)  # its launcher counts the kernels launched inside its with block
-    renderer = KernelBackend(counter.counted(cupy_kernels(ctx.device).launch)) if backend == "cupy" else backend
-    options = StepOptions(torch.zeros(3, device=ctx.device), get_backend(renderer), balancer=balancer)
+    renderer = KernelBackend(counter.counted(cupy_kernels(ctx.device).launch)) if backend == "cupy" else None
+    options = StepOptions(
+        torch.zeros(3, device=ctx.device),
+        renderer or get_backend(backend),
+        balancer=balancer,
+        loss_kernels=renderer.launch if renderer else None,
+    )
 
     def iteration() -> None:
         loss, _ = batch_loss(shard, Batch(cameras, images, 3), options, ctx)

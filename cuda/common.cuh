@@ -4,8 +4,10 @@
 
 #if defined(__CUDACC__)
 #define GP_HD __host__ __device__ __forceinline__
+#define GP_UNROLL _Pragma("unroll")
 #else
 #define GP_HD inline
+#define GP_UNROLL
 #endif
 
 namespace gp {

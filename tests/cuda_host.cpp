@@ -11,6 +11,7 @@ using std::fmax;
 using std::fmin;
 
 #include "../cuda/bin.cuh"
+#include "../cuda/loss.cuh"
 #include "../cuda/project.cuh"
 #include "../cuda/raster.cuh"
 
@@ -127,6 +128,86 @@ void rasterize_backward(int n_tiles, const i64* tile_ids, const i64* offsets, co
                 for (int q = 0; q < 3; ++q) v_colors[3 * id + q] += g.rgb[q];
             }
         }
+}
+
+// The loss kernels' sums in the kernels' order: rows of 11 taps, then 11 rows; the block's loss as the same
+// tree over its 256 pixels.
+static float tree_sum(float* v) {
+    for (int half = gp::TILE_PIXELS / 2; half > 0; half >>= 1)
+        for (int t = 0; t < half; ++t) v[t] += v[t + half];
+    return v[0];
+}
+
+void loss_forward(int n_blocks, const i64* regions, int n_regions, const float* x, const float* y, const int* owned,
+                  const float* weights, float* block_loss, float* maps) {
+    using namespace gp;
+    for (int b = 0; b < n_blocks; ++b) {
+        i64 local;
+        const LossRegion g = find_region(regions, n_regions, weights, b, 4, &local);
+        const int tiles_x = (g.w + TILE - 1) / TILE, cw = g.w + 2 * HALO;
+        const int y0 = (int)(local / tiles_x) * TILE, x0 = (int)(local % tiles_x) * TILE;
+        float losses[TILE_PIXELS];
+        for (int t = 0; t < TILE_PIXELS; ++t) {
+            const int py = y0 + t / TILE, px = x0 + t % TILE;
+            losses[t] = 0.f;
+            if (py >= g.h || px >= g.w) continue;
+            float mo[3 * MOMENTS];
+            for (int ch = 0; ch < 3; ++ch) {
+                float rows[WINDOW][MOMENTS];
+                for (int k = 0; k < WINDOW; ++k) {
+                    const i64 at = 3 * (g.canvas + (i64)(py + k) * cw + px) + ch;
+                    row_moments(x + at, y + at, 3, rows[k]);
+                }
+                for (int q = 0; q < MOMENTS; ++q) {
+                    float v = 0.f;
+                    for (int k = 0; k < WINDOW; ++k) v += window_weight(k) * rows[k][q];
+                    mo[MOMENTS * ch + q] = v;
+                }
+            }
+            const i64 p = g.core + (i64)py * g.w + px;
+            const i64 centre = 3 * (g.canvas + (i64)(py + HALO) * cw + px + HALO);
+            losses[t] = pixel_loss(mo, x + centre, y + centre, owned[p] != 0, g, maps + MAPS * p);
+        }
+        block_loss[b] = tree_sum(losses);
+    }
+}
+
+void loss_backward(int n_blocks, const i64* regions, int n_regions, const float* x, const float* y, const int* owned,
+                   const float* weights, const float* maps, const float* grad_out, float* grad_x) {
+    using namespace gp;
+    for (int b = 0; b < n_blocks; ++b) {
+        i64 local;
+        const LossRegion g = find_region(regions, n_regions, weights, b, 5, &local);
+        const int cw = g.w + 2 * HALO, ch_rows = g.h + 2 * HALO, tiles_x = (cw + TILE - 1) / TILE;
+        const int y0 = (int)(local / tiles_x) * TILE, x0 = (int)(local % tiles_x) * TILE;
+        for (int t = 0; t < TILE_PIXELS; ++t) {
+            const int qy = y0 + t / TILE, qx = x0 + t % TILE;
+            if (qy >= ch_rows || qx >= cw) continue;
+            float rows[WINDOW][MAPS];
+            for (int k = 0; k < WINDOW; ++k)
+                for (int m = 0; m < MAPS; ++m) {
+                    float v = 0.f;
+                    for (int j = 0; j < WINDOW; ++j) {
+                        const int r = qy - 2 * HALO + k, c = qx - 2 * HALO + j;
+                        const bool inside = r >= 0 && r < g.h && c >= 0 && c < g.w;
+                        v += window_weight(j) * (inside ? maps[MAPS * (g.core + (i64)r * g.w + c) + m] : 0.f);
+                    }
+                    rows[k][m] = v;
+                }
+            const int cy = qy - HALO, cx = qx - HALO;
+            const bool owned_core = cy >= 0 && cy < g.h && cx >= 0 && cx < g.w && owned[g.core + (i64)cy * g.w + cx];
+            const i64 at = 3 * (g.canvas + (i64)qy * cw + qx);
+            for (int ch = 0; ch < 3; ++ch) {
+                float fm[3];
+                for (int q = 0; q < 3; ++q) {
+                    float v = 0.f;
+                    for (int k = 0; k < WINDOW; ++k) v += window_weight(k) * rows[k][3 * q + ch];
+                    fm[q] = v;
+                }
+                grad_x[at + ch] = pixel_grad(fm, x[at + ch], y[at + ch], owned_core, g, grad_out[0]);
+            }
+        }
+    }
 }
 
 }  // extern "C"

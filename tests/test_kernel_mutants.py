@@ -1,5 +1,5 @@
 """Planted mutants: each kernel of cuda/ with one small change, built with the host runtime
-(tests/host_runtime.py), must fail the spec test that covers it (tests/test_kernels.py). A test that a wrong
+(tests/host_runtime.py), must fail the spec test that covers it (tests/test_kernels.py, tests/test_loss_kernels.py). A test that a wrong
 kernel passes checks nothing; this shows, kernel by kernel, that it would not.
 
 A mutant is a text substitution in one source (which must occur exactly once) in a copy of cuda/; the
@@ -9,6 +9,7 @@ fewer keys than are written) are not planted: they would crash the test process 
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 
 from grendel_py.render.cuda_kernels import CUDA_DIR, KERNELS
 from grendel_py.render.kernel_backend import KernelBackend
-from tests import test_kernels as spec
 from tests.host_runtime import RuntimeKernels, RuntimeLibrary, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs g++ on x86-64")
@@ -30,7 +30,7 @@ class Mutant:
     source: str  # file of cuda/
     original: str
     mutated: str
-    check: str  # the spec test of tests/test_kernels.py that must fail
+    check: str  # the spec test that must fail: "module.function" of tests/
     args: tuple = ()  # its arguments after the implementation
 
 
@@ -40,7 +40,7 @@ MUTANTS = [
         "project.cuh",
         "footprint(cam, mean, quats + 4 * i, scale, opacities[i], width",
         "footprint(cam, mean, quats + 4 * i, scale, 0.5f * opacities[i], width",
-        "test_projection_matches_spec",
+        "test_kernels.test_projection_matches_spec",
         ("random", 1, False),
     ),
     Mutant(
@@ -48,7 +48,7 @@ MUTANTS = [
         "project.cuh",
         "v_conics + 3 * i, v_depths[i], v_opacities_out[i]",
         "v_conics + 3 * i, 0.5f * v_depths[i], v_opacities_out[i]",
-        "test_projection_matches_spec",
+        "test_kernels.test_projection_matches_spec",
         ("random", 1, False),
     ),
     Mutant(
@@ -56,7 +56,7 @@ MUTANTS = [
         "project.cuh",
         "return f.ex > 0 ? 1 : 0;",
         "return f.ex >= 0 ? 1 : 0;",
-        "test_batch_projection_matches_spec",
+        "test_kernels.test_batch_projection_matches_spec",
         ("city", 3, False),
     ),
     Mutant(
@@ -64,7 +64,7 @@ MUTANTS = [
         "project.cuh",
         "write_splat(cam, f, mean, coeffs, D, j,",
         "write_splat(cam, f, mean, coeffs, D > 0 ? D - 1 : 0, j,",
-        "test_batch_projection_matches_spec",
+        "test_kernels.test_batch_projection_matches_spec",
         ("random", 3, False),
     ),
     Mutant(
@@ -72,7 +72,7 @@ MUTANTS = [
         "project.cuh",
         "g_opacity_logits[i] += v_opacity",
         "g_opacity_logits[i] = v_opacity",
-        "test_batch_projection_matches_spec",
+        "test_kernels.test_batch_projection_matches_spec",
         ("random", 3, False),
     ),
     Mutant(
@@ -80,7 +80,7 @@ MUTANTS = [
         "bin.cuh",
         "return q_min <= s.log_reach + CULL_SLACK",
         "return q_min + 1.f <= s.log_reach + CULL_SLACK",
-        "test_binning_matches_spec",
+        "test_kernels.test_binning_matches_spec",
         ("random",),
     ),
     Mutant(
@@ -88,7 +88,7 @@ MUTANTS = [
         "bin.cuh",
         "keys[pos++] = ((i64)slot << SLOT_SHIFT) | depth_rank;",
         "keys[pos++] = ((i64)slot << SLOT_SHIFT) | (depth_rank ^ 1);",
-        "test_binning_matches_spec",
+        "test_kernels.test_binning_matches_spec",
         ("dense",),
     ),
     Mutant(
@@ -96,7 +96,7 @@ MUTANTS = [
         "bin.cuh",
         "for (i64 s = prev + 1; s <= slot; ++s) offsets[s] = j;",
         "for (i64 s = prev + 1; s <= slot; ++s) offsets[s] = j + (j + 1 < m);",
-        "test_binning_matches_spec",
+        "test_kernels.test_binning_matches_spec",
         ("random",),
     ),
     Mutant(
@@ -104,7 +104,7 @@ MUTANTS = [
         "rasterize.cu",
         "out_rgb[3 * out + ch] = st.rgb[ch] + st.T * background[ch];",
         "out_rgb[3 * out + ch] = st.rgb[ch] + background[ch];",
-        "test_rasterize_matches_spec",
+        "test_kernels.test_rasterize_matches_spec",
         ("random",),
     ),
     Mutant(
@@ -112,8 +112,24 @@ MUTANTS = [
         "rasterize.cu",
         "atomicAdd(v_opacities + id, s[5]);",
         "atomicAdd(v_opacities + id, s[4]);",
-        "test_rasterize_matches_spec",
+        "test_kernels.test_rasterize_matches_spec",
         ("random",),
+    ),
+    Mutant(
+        ("loss_forward",),
+        "loss.cu",
+        "const int centre = 3 * ((threadIdx.y + HALO) * PATCH + threadIdx.x + HALO);",
+        "const int centre = 3 * ((threadIdx.y + HALO) * PATCH + threadIdx.x + HALO - 1);",
+        "test_loss_kernels.test_loss_matches_spec",
+        ("batch", 0.2),
+    ),
+    Mutant(
+        ("loss_backward",),
+        "loss.cu",
+        "const int r = y0 - 2 * HALO + k / PATCH, c = x0 - 2 * HALO + k % PATCH;",
+        "const int r = y0 - 2 * HALO + 1 + k / PATCH, c = x0 - 2 * HALO + k % PATCH;",
+        "test_loss_kernels.test_loss_matches_spec",
+        ("batch", 0.2),
     ),
 ]
 
@@ -137,7 +153,8 @@ def test_planted_mutant_fails_its_spec_test(mutant: Mutant, tmp_path: Path) -> N
         KernelBackend(RuntimeKernels(seed=1, workers=2, library=RuntimeLibrary(signatures)).launch),
         torch.device("cpu"),
     )
-    check = getattr(spec, mutant.check)
+    module, name = mutant.check.split(".")
+    check = getattr(importlib.import_module(f"tests.{module}"), name)
     check(
         (KernelBackend(RuntimeKernels(seed=1, workers=2).launch), torch.device("cpu")), *mutant.args
     )  # unmutated: passes

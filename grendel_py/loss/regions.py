@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
+from grendel_py.loss.fused import Launch, fused_loss
 from grendel_py.loss.pixels import HALO, region_loss, ssim_map_valid
 from grendel_py.model.exposure import apply_exposure
 
@@ -51,17 +52,30 @@ def ground_truth_region(region: Region, gt) -> torch.Tensor:
     height, width = gt.shape[:2]
     top, left, bottom, right = region.y0 - HALO, region.x0 - HALO, region.y0 + h + HALO, region.x0 + w + HALO
     crop = gt[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
-    pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
-    return F.pad(crop.permute(2, 0, 1), pad).permute(1, 2, 0)
+    pad = (0, 0, max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+    return F.pad(crop, pad)  # [h, w, C], contiguous
 
 
 def regions_loss(
-    regions: list[Region | None], photos: list, cameras: list[Camera], lambda_dssim: float
+    regions: list[Region | None], photos: list, cameras: list[Camera], lambda_dssim: float, launch: Launch | None = None
 ) -> torch.Tensor | float:
     """This rank's share of the batch's loss (summed over cameras): (1 - l) L1 + l D-SSIM over its own pixels
     of each camera's region (None: it holds none of that camera), l = ``lambda_dssim``; 0.0 when it holds
     none. ``photos``: each camera's photo, a tensor or a :class:`~grendel_py.train.images.Photo` (which reads
-    only the region)."""
+    only the region). ``launch``: a kernel launcher (grendel_py.render.cuda_kernels) to compute it with the
+    fused kernels of cuda/loss.cu (:func:`grendel_py.loss.fused.fused_loss`), else the torch spec below."""
+    if launch is not None:
+        held = [(r, gt, cam) for r, gt, cam in zip(regions, photos, cameras) if r is not None]
+        if not held:
+            return 0.0
+        return fused_loss(
+            [r.canvas for r, _, _ in held],
+            [ground_truth_region(r, gt) for r, gt, _ in held],
+            [r.owned for r, _, _ in held],
+            [cam.width * cam.height for _, _, cam in held],
+            lambda_dssim,
+            launch,
+        )
     loss: torch.Tensor | float = 0.0
     for region, gt, cam in zip(regions, photos, cameras):
         if region is None:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.data.cameras import Camera
+from grendel_py.loss.fused import Launch
 from grendel_py.loss.regions import Region, expose_regions, regions_loss
 from grendel_py.model.densify import screen_grad_norms
 from grendel_py.model.gaussians import Gaussians
@@ -49,16 +50,19 @@ from partition.tiles import TileGrid
 @dataclass(frozen=True)
 class StepOptions:
     """What the step does the same way for a whole run: ``backend`` renders (a backend of
-    :data:`grendel_py.render.BACKENDS`, resolved once, or another :class:`~grendel_py.render.interface.Renderer`), ``antialiased`` (see
-    :func:`grendel_py.render.project`), ``background`` [3] is what the cameras are rendered over unless a
-    batch brings its own, ``lambda_dssim`` weighs D-SSIM against L1, and ``balancer`` assigns the tiles
-    (default: the ``locality`` strategy with fixed equal speeds, made per step)."""
+    :data:`grendel_py.render.BACKENDS`, resolved once, or another
+    :class:`~grendel_py.render.interface.Renderer`), ``antialiased`` (see :func:`grendel_py.render.project`),
+    ``background`` [3] is what the cameras are rendered over unless a batch brings its own, ``lambda_dssim``
+    weighs D-SSIM against L1, ``balancer`` assigns the tiles (default: the ``locality`` strategy with fixed
+    equal speeds, made per step) and ``loss_kernels``, a kernel launcher, computes the loss with the fused
+    kernels (None: the torch spec; :func:`~grendel_py.loss.regions.regions_loss`)."""
 
     background: torch.Tensor
     backend: Renderer = field(default_factory=lambda: get_backend("torch"))
     antialiased: bool = False
     lambda_dssim: float = 0.2
     balancer: TileBalancer | None = None
+    loss_kernels: Launch | None = None
 
     def balancer_for(self, ctx: DistContext) -> TileBalancer:
         """The tile balancer of this run, or a fixed ``locality`` one for ``ctx``'s ranks."""
@@ -236,5 +240,5 @@ def batch_loss(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistCo
     rendered = render_batch(shard, batch, options, ctx)
     if batch.exposures is not None:
         rendered.regions = expose_regions(rendered.regions, batch.exposures, batch.cameras)
-    loss = regions_loss(rendered.regions, batch.photos, batch.cameras, options.lambda_dssim)
+    loss = regions_loss(rendered.regions, batch.photos, batch.cameras, options.lambda_dssim, options.loss_kernels)
     return loss + 0.0 * rendered.tie, rendered

@@ -78,6 +78,10 @@ KERNELS: dict[str, Kernel] = {
     "emit_keys": Kernel("bin.cu", "element", _BIN_IN + ("i64*", "i64*", "i64*")),
     # m, sorted keys, n_slots -> offsets
     "tile_ranges": Kernel("bin.cu", "element", ("i64", "i64*", "i32", "i64*")),
+    # regions [R, 6], R, canvases, ground truth, owned, weights [R, 2] -> block losses, maps (grendel_py/loss/fused.py)
+    "loss_forward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*")),
+    # regions, R, canvases, ground truth, owned, weights, maps, incoming gradient [1] -> canvas gradient
+    "loss_backward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*", "f32*")),
     # tile_ids, offsets, splat_index, means2d, conics, opacities, colors, background, nx -> rgb, T, walked
     "rasterize_forward": Kernel("rasterize.cu", "tile", _RASTER_IN + ("f32*", "f32*", "i32*")),
     # ..., nx, T_final, walked, g_rgb, g_alpha -> v_means2d, v_conics, v_opacities, v_colors

@@ -50,7 +50,9 @@ from grendel_py.parallel.redistribute import redistribute, should_redistribute
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.render import get_backend, resolve_backend
+from grendel_py.render.cuda_kernels import cupy_kernels
 from grendel_py.render.interface import Renderer
+from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.checkpoint import Manifest
 from grendel_py.train.evaluate import EvalOutputs, evaluate_sharded
 from grendel_py.train.images import GroundTruth, random_backgrounds
@@ -165,7 +167,7 @@ class _Run:
 def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool, renderer: Renderer | None) -> _Run:
     """Everything checked (the config, the run folder, the scene and its photos, the checkpoint) before the
     run folder is created, then the training state, the folder, the step's options and the photo readers."""
-    backend = renderer or get_backend(resolve_backend(cfg.render.backend, ctx.device))
+    backend = renderer or _renderer(resolve_backend(cfg.render.backend, ctx.device), ctx.device)
     out = check_run_dir(cfg, resume, restart)
     torch.manual_seed(cfg.seed)
     t = cfg.train
@@ -185,13 +187,20 @@ def _start(cfg: Config, ctx: DistContext, resume: Manifest | None, restart: bool
     background = torch.tensor(cfg.render.background, device=ctx.device)
     d = cfg.dist
     balancer = TileBalancer(d.assignment, ctx.world_size, d.tolerance, d.link_gbps * 1e9 / 8, calibrate=d.calibrate)
-    options = StepOptions(background, backend, cfg.render.antialiased, t.lambda_dssim, balancer)
+    kernels = backend.launch if isinstance(backend, KernelBackend) else None  # the fused loss with the kernels
+    options = StepOptions(background, backend, cfg.render.antialiased, t.lambda_dssim, balancer, kernels)
     images = GroundTruth(photos, ctx.device, background)
     # read outside the step: not counted as waiting for data
     test_photos = GroundTruth(photos, ctx.device, background).photo
     if d.batch_sampling == "owner-aware":
         state.sampler.set_affinity(_affinity(state.shard, scene, ctx))
     return _Run(out, scene, state, options, images, test_photos)
+
+
+def _renderer(backend: str, device: torch.device) -> Renderer:
+    """The renderer of the backend named ``backend``: the CUDA kernels of ``device`` behind a
+    :class:`KernelBackend` for ``cupy`` (whose launcher also computes the fused loss), else the backend."""
+    return KernelBackend(cupy_kernels(device).launch) if backend == "cupy" else get_backend(backend)
 
 
 def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
