@@ -106,4 +106,39 @@ GP_HD void tile_range_one(i64 j, i64 m, const i64* keys, int n_slots, i64* offse
         for (i64 s = slot + 1; s <= n_slots; ++s) offsets[s] = m;
 }
 
+// ---- The (splat, tile) pairs of a whole batch: the tile table's counts and the exchange's routing ----
+// The batch's cameras: ``cams`` int64 [B][CAM_PAIR_FIELDS] (first splat row, width, height, tiles across, first
+// batch tile); a batch tile is a camera's first batch tile plus its tile id (ty * nx + tx).
+inline constexpr int CAM_PAIR_FIELDS = 5;
+
+struct BatchGrid {
+    int width, height, nx;
+    i64 first_tile;
+};
+
+// The camera of splat row i (rows are camera after camera).
+GP_HD BatchGrid batch_grid(i64 i, const i64* cams, int n_cams) {
+    int b = 0;
+    while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] <= i) ++b;
+    const i64* c = cams + b * CAM_PAIR_FIELDS;
+    BatchGrid g;
+    g.width = (int)c[1];
+    g.height = (int)c[2];
+    g.nx = (int)c[3];
+    g.first_tile = c[4];
+    return g;
+}
+
+// visit(batch tile) for every tile of splat i's box that its ellipse reaches, row-major.
+template <class Visit>
+GP_HD void visit_reached_tiles(i64 i, const float* means2d, const float* conics, const float* opacities,
+                               const int* extents, const BatchGrid& g, Visit visit) {
+    i64 tx0, tx1, ty0, ty1;
+    if (!tile_span(i, means2d, extents, g.width, g.height, &tx0, &tx1, &ty0, &ty1)) return;
+    const SplatShape s = load_shape(i, means2d, conics, opacities);
+    for (i64 ty = ty0; ty <= ty1; ++ty)
+        for (i64 tx = tx0; tx <= tx1; ++tx)
+            if (tile_reached(s, tx, ty)) visit(g.first_tile + ty * g.nx + tx);
+}
+
 }  // namespace gp

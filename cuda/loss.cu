@@ -1,7 +1,7 @@
 // The loss kernels over the regions of a batch (math and layout in loss.cuh): one block of 16 x 16 threads per
 // tile of a region, all regions of the batch in one launch. Forward: a block stages its tile's inputs with the
 // halo (26 x 26 pixels) in shared memory, filters them by rows then columns (11 taps each), and writes each
-// owned pixel's maps and the block's loss (a fixed-order tree sum). Backward: a block per tile of a region's
+// owned pixel's maps, the block's loss and its squared error (fixed-order tree sums). Backward: a block per tile of a region's
 // canvas (halo included) filters the maps the same way and writes the canvas gradient.
 #include "loss.cuh"
 
@@ -21,7 +21,8 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 }  // namespace gp
 
 extern "C" __global__ void loss_forward(const long long* regions, int n_regions, const float* x, const float* y,
-                                        const int* owned, const float* weights, float* block_loss, float* maps) {
+                                        const int* owned, const float* weights, float* block_loss,
+                                        float* block_squared, float* maps) {
     using namespace gp;
     __shared__ float sx[PATCH * PATCH * 3], sy[PATCH * PATCH * 3];
     __shared__ float rows[PATCH * TILE * 3 * MOMENTS];
@@ -49,7 +50,7 @@ extern "C" __global__ void loss_forward(const long long* regions, int n_regions,
     }
     __syncthreads();
     const int py = y0 + threadIdx.y, px = x0 + threadIdx.x;
-    float loss = 0.f;
+    float loss = 0.f, squared = 0.f;
     if (py < g.h && px < g.w) {
         float mo[3 * MOMENTS];
         for (int ch = 0; ch < 3; ++ch)
@@ -62,10 +63,13 @@ extern "C" __global__ void loss_forward(const long long* regions, int n_regions,
             }
         const long long p = g.core + (long long)py * g.w + px;
         const int centre = 3 * ((threadIdx.y + HALO) * PATCH + threadIdx.x + HALO);
-        loss = pixel_loss(mo, sx + centre, sy + centre, owned[p] != 0, g, maps + MAPS * p);
+        loss = pixel_loss(mo, sx + centre, sy + centre, owned[p] != 0, g, maps + MAPS * p, &squared);
     }
     const float total = block_sum(loss, scratch);
     if (t == 0) block_loss[blockIdx.x] = total;
+    __syncthreads();  // scratch is reused
+    const float total_squared = block_sum(squared, scratch);
+    if (t == 0) block_squared[blockIdx.x] = total_squared;
 }
 
 extern "C" __global__ void loss_backward(const long long* regions, int n_regions, const float* x, const float* y,

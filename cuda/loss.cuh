@@ -94,18 +94,22 @@ GP_HD float ssim_channel(const float* m, float scale, float* d) {
     return ssim;
 }
 
-// The loss at core pixel p of a region from its window moments (mo[ch][MOMENTS]) and its x, y: also writes its
-// 9 maps (zeros where the pixel is not owned).
+// The loss at core pixel p of a region from its window moments (mo[ch][MOMENTS]) and its x, y, and (into
+// *squared) its squared error summed over channels, x clamped to [0, 1] (the logged PSNR's): both 0 where the
+// pixel is not owned. Also writes its 9 maps (zeros where the pixel is not owned).
 GP_HD float pixel_loss(const float* mo, const float* xp, const float* yp, bool owned, const LossRegion& g,
-                       float* maps) {
-    float loss = 0.f, ssim_sum = 0.f, l1 = 0.f;
+                       float* maps, float* squared) {
+    float loss = 0.f, ssim_sum = 0.f, l1 = 0.f, sq = 0.f;
     for (int ch = 0; ch < 3; ++ch) {
         float d[3];
         ssim_sum += ssim_channel(mo + MOMENTS * ch, owned ? -g.wss / 3.f : 0.f, d);
         for (int q = 0; q < 3; ++q) maps[3 * q + ch] = d[q];
         l1 += fabsf(xp[ch] - yp[ch]);
+        const float e = fminf(fmaxf(xp[ch], 0.f), 1.f) - yp[ch];
+        sq += e * e;
     }
     if (owned) loss = g.wl1 * l1 + g.wss * (1.f - ssim_sum / 3.f);
+    *squared = owned ? sq : 0.f;
     return loss;
 }
 

@@ -79,6 +79,20 @@ void emit_keys(int n, const float* means2d, const float* conics, const float* op
                      keys);
 }
 
+void count_tile_pairs(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
+                      const i64* cams, int n_cams, int* counts) {
+    for (int i = 0; i < n; ++i)
+        gp::visit_reached_tiles(i, means2d, conics, opacities, extents, gp::batch_grid(i, cams, n_cams),
+                                [&](i64 tile) { counts[tile] += 1; });
+}
+
+void route_splats(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
+                  const i64* cams, int n_cams, const i64* owners, unsigned char* reach) {
+    for (int i = 0; i < n; ++i)
+        gp::visit_reached_tiles(i, means2d, conics, opacities, extents, gp::batch_grid(i, cams, n_cams),
+                                [&](i64 tile) { reach[owners[tile] * n + i] = 1; });
+}
+
 void tile_ranges(i64 m, const i64* keys, int n_slots, i64* offsets) {
     for (i64 j = 0; j < m; ++j) gp::tile_range_one(j, m, keys, n_slots, offsets);
 }
@@ -139,17 +153,17 @@ static float tree_sum(float* v) {
 }
 
 void loss_forward(int n_blocks, const i64* regions, int n_regions, const float* x, const float* y, const int* owned,
-                  const float* weights, float* block_loss, float* maps) {
+                  const float* weights, float* block_loss, float* block_squared, float* maps) {
     using namespace gp;
     for (int b = 0; b < n_blocks; ++b) {
         i64 local;
         const LossRegion g = find_region(regions, n_regions, weights, b, 4, &local);
         const int tiles_x = (g.w + TILE - 1) / TILE, cw = g.w + 2 * HALO;
         const int y0 = (int)(local / tiles_x) * TILE, x0 = (int)(local % tiles_x) * TILE;
-        float losses[TILE_PIXELS];
+        float losses[TILE_PIXELS], squared[TILE_PIXELS];
         for (int t = 0; t < TILE_PIXELS; ++t) {
             const int py = y0 + t / TILE, px = x0 + t % TILE;
-            losses[t] = 0.f;
+            losses[t] = squared[t] = 0.f;
             if (py >= g.h || px >= g.w) continue;
             float mo[3 * MOMENTS];
             for (int ch = 0; ch < 3; ++ch) {
@@ -166,9 +180,10 @@ void loss_forward(int n_blocks, const i64* regions, int n_regions, const float* 
             }
             const i64 p = g.core + (i64)py * g.w + px;
             const i64 centre = 3 * (g.canvas + (i64)(py + HALO) * cw + px + HALO);
-            losses[t] = pixel_loss(mo, x + centre, y + centre, owned[p] != 0, g, maps + MAPS * p);
+            losses[t] = pixel_loss(mo, x + centre, y + centre, owned[p] != 0, g, maps + MAPS * p, squared + t);
         }
         block_loss[b] = tree_sum(losses);
+        block_squared[b] = tree_sum(squared);
     }
 }
 

@@ -29,7 +29,14 @@ from grendel_py.render.cuda_kernels import BLOCK, CUDA_DIR, DTYPES, KERNELS, che
 from tests.host_kernels import compiler
 
 RUNTIME_DIR = Path(__file__).with_name("cuda_runtime")
-C_TYPES = {"i32": "int", "i64": "long long", "f32*": "float*", "i32*": "int*", "i64*": "long long*"}
+C_TYPES = {
+    "i32": "int",
+    "i64": "long long",
+    "f32*": "float*",
+    "i32*": "int*",
+    "i64*": "long long*",
+    "u8*": "unsigned char*",
+}
 SCALARS = {"i32": ctypes.c_int, "i64": ctypes.c_longlong}
 SANITIZE = os.environ.get("GP_RUNTIME_SANITIZE", "")
 FLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread"]

@@ -84,6 +84,20 @@ MUTANTS = [
         ("random",),
     ),
     Mutant(
+        ("count_tile_pairs", "route_splats"),
+        "bin.cuh",
+        "while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] <= i) ++b;",
+        "while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] < i) ++b;",
+        "test_kernels.test_pairs_match_spec",
+    ),
+    Mutant(
+        ("route_splats",),
+        "bin.cu",
+        "reach[owners[tile] * n + i] = 1;",
+        "reach[owners[tile - (tile > 0)] * n + i] = 1;",
+        "test_kernels.test_pairs_match_spec",
+    ),
+    Mutant(
         ("emit_keys",),
         "bin.cuh",
         "keys[pos++] = ((i64)slot << SLOT_SHIFT) | depth_rank;",

@@ -243,6 +243,27 @@ def test_binning_matches_spec(impl, scene: str) -> None:
             assert torch.equal(getattr(got, field), getattr(ref, field)), f"{name}: {field}"
 
 
+def test_pairs_match_spec(impl) -> None:
+    """The batch's pairs on the kernels: per batch tile, the splats that reach it (the tile table's counts),
+    and which of three ranks each splat must go to for random tile owners, exactly as the spec's pieces, over a
+    batch of four cameras (one without splats)."""
+    kernels, device = impl
+    parts, grids = [], []
+    for scene in ("random", "city", "sparse", "dense"):
+        s, grid = _spec_splats(scene, device)
+        parts.append(s if scene != "sparse" else s.select(torch.zeros(len(s), dtype=torch.bool, device=device)))
+        grids.append(grid)
+    splats = Splats(*(torch.cat([getattr(s, f) for s in parts]) for f in SPLAT_FIELDS))
+    sizes = [len(s) for s in parts]
+    gen = torch.Generator().manual_seed(3)
+    owners = torch.randint(0, 3, (sum(g.n_tiles for g in grids),), generator=gen).to(device)
+    spec, got = torch_backend.pairs(splats, sizes, grids), kernels.pairs(splats, sizes, grids)
+    counts = spec.tile_counts()
+    assert int(counts.sum()) > len(splats) and torch.equal(got.tile_counts(), counts)
+    reach = spec.reach(owners, 3)
+    assert reach.any(1).all() and torch.equal(got.reach(owners, 3), reach)
+
+
 def test_binning_ignores_arrival_order(impl) -> None:
     """Splats shuffled (as received from other ranks) bin to the same (tile, depth, id) order."""
     kernels, device = impl

@@ -2,7 +2,8 @@
 :func:`grendel_py.loss.regions.regions_loss` with and without a kernel launcher, on the implementations of
 tests/test_kernels.py (host loops, the host CUDA runtime, CuPy on a GPU).
 
-Bounds: the loss within 1e-6 relative (float32 sums in another order); the canvas gradients within 1e-4
+Bounds: the loss and the squared error within 1e-6 relative (float32 sums in another order); the canvas
+gradients within 1e-4
 relative / 1e-5 x (largest gradient) absolute.
 """
 
@@ -46,9 +47,9 @@ def _regions(case: str, device: torch.device):
 def _loss(regions, photos, cameras, lambda_dssim: float, launch):
     leaves = [r.canvas.clone().requires_grad_(True) for r in regions]
     held = [Region(c, r.owned, r.y0, r.x0) for c, r in zip(leaves, regions)]
-    loss = regions_loss(held, photos, cameras, lambda_dssim, launch)
+    loss, squared = regions_loss(held, photos, cameras, lambda_dssim, torch.device("cpu"), launch)
     loss.backward()
-    return loss.detach(), [c.grad for c in leaves]
+    return loss.detach(), squared, [c.grad for c in leaves]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -56,9 +57,11 @@ def _loss(regions, photos, cameras, lambda_dssim: float, launch):
 def test_loss_matches_spec(impl, case: str, lambda_dssim: float) -> None:  # noqa: F811
     kernels, device = impl
     regions, photos, cameras = _regions(case, device)
-    ref, ref_grads = _loss(regions, photos, cameras, lambda_dssim, None)
-    got, got_grads = _loss(regions, photos, cameras, lambda_dssim, kernels.launch)
+    ref, ref_squared, ref_grads = _loss(regions, photos, cameras, lambda_dssim, None)
+    got, got_squared, got_grads = _loss(regions, photos, cameras, lambda_dssim, kernels.launch)
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
+    assert got_squared.dtype == torch.float64
+    torch.testing.assert_close(got_squared.cpu(), ref_squared.cpu(), rtol=1e-6, atol=1e-9)
     for b, (g, r) in enumerate(zip(got_grads, ref_grads)):
         _close_scaled(g, r, 1e-4, 1e-5, f"d/d canvas {b}")
     if case == "nothing_owned":
@@ -66,8 +69,9 @@ def test_loss_matches_spec(impl, case: str, lambda_dssim: float) -> None:  # noq
 
 
 def test_loss_of_no_region_is_zero(impl) -> None:  # noqa: F811
-    kernels, _ = impl
-    assert regions_loss([None, None], [None, None], [None, None], 0.2, kernels.launch) == 0.0
+    kernels, device = impl
+    loss, squared = regions_loss([None, None], [None, None], [None, None], 0.2, device, kernels.launch)
+    assert loss == 0.0 and float(squared) == 0.0 and squared.device == device
 
 
 def test_window_is_the_spec_window() -> None:

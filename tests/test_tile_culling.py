@@ -217,20 +217,18 @@ def test_binning_more_rows_than_32_bits_index_is_refused(monkeypatch: pytest.Mon
 def test_routing_piece_by_piece_reaches_the_owners_of_the_culled_pairs(
     piece: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``route_rows`` marks, from the pairs listed piece by piece, exactly the (rank, splat) pairs such that
-    the splat reaches (after culling) a tile the rank owns, for a batch of two cameras and three ranks."""
-    from grendel_py.parallel.exchange import route_rows
-
+    """``PairPieces.reach`` marks, from the pairs listed piece by piece, exactly the (rank, splat) pairs such
+    that the splat reaches (after culling) a tile the rank owns, for a batch of two cameras and three ranks."""
     monkeypatch.setattr(intersect, "PAIR_ROWS", piece)
     grids = [TileGrid(300, 200), TileGrid(97, 61)]
     a, b = needle_splats(120, 300, 200, seed=11), needle_splats(80, 97, 61, seed=12)
     splats = Splats(*(torch.cat([x, y]) for x, y in zip(a.__dict__.values(), b.__dict__.values())))
     gen = torch.Generator().manual_seed(1)
     owners = [torch.randint(0, 3, (g.n_tiles,), generator=gen) for g in grids]
-    reach = route_rows(intersect.PairPieces(splats, [120, 80], grids), len(splats), owners, 3)
+    reach = intersect.PairPieces(splats, [120, 80], grids).reach(torch.cat(owners), 3)
     rows, tiles = tile_pairs(splats, [120, 80], grids)
     kept = tiles < sum(g.n_tiles for g in grids)
     want = torch.zeros(3, len(splats), dtype=torch.bool)
     want[torch.cat(owners)[tiles[kept]], rows[kept]] = True
     assert want.any(1).all() and not want.all()
-    assert torch.equal(reach[:3], want) and reach[3].any()
+    assert torch.equal(reach, want) and not bool(want.sum(0).eq(0).all())

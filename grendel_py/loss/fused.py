@@ -32,15 +32,17 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, canvases, truth, owned, table, weights, blocks, launch):
         n_regions, (n_forward, n_backward) = table.shape[0], blocks
-        block_loss = canvases.new_empty(n_forward)
+        sums = canvases.new_empty(2, n_forward)  # per block: loss, squared error
         maps = canvases.new_empty(owned.shape[0] * MAPS)
-        launch("loss_forward", n_forward, table, n_regions, canvases, truth, owned, weights, block_loss, maps)
+        launch("loss_forward", n_forward, table, n_regions, canvases, truth, owned, weights, sums[0], sums[1], maps)
         ctx.save_for_backward(canvases, truth, owned, table, weights, maps)
         ctx.n_backward, ctx.launch = n_backward, launch
-        return block_loss.sum()
+        squared = sums[1].sum(dtype=torch.float64)
+        ctx.mark_non_differentiable(squared)
+        return sums[0].sum(), squared
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _grad_squared):
         canvases, truth, owned, table, weights, maps = ctx.saved_tensors
         grad_canvases = torch.empty_like(canvases)
         ctx.launch(
@@ -66,10 +68,12 @@ def fused_loss(
     pixels: list[int],
     lambda_dssim: float,
     launch: Launch,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of regions (each: its canvas and ground truth [h + 2 HALO, w + 2 HALO, 3] float32, its owned
     mask [h, w] and its camera's pixel count), as :func:`grendel_py.loss.pixels.region_loss` summed over
-    them, on the kernels behind ``launch``."""
+    them, on the kernels behind ``launch``; and their squared error, float64, as
+    :func:`grendel_py.loss.regions.squared_error_sums` summed over them (the blocks' float32 sums added in
+    float64)."""
     rows, weights, canvas, core, forward, backward = [], [], 0, 0, 0, 0
     for mask, n in zip(owned, pixels):
         h, w = mask.shape

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,30 +57,44 @@ def ground_truth_region(region: Region, gt) -> torch.Tensor:
     return F.pad(crop, pad)  # [h, w, C], contiguous
 
 
+class Scores(NamedTuple):
+    """What :func:`regions_loss` gives: the ``loss`` (float32, differentiable; 0.0 when the rank holds no
+    region) and the ``squared_error`` of the rank's owned pixels summed over cameras, as
+    :func:`squared_error_sums` (float64, for the logs)."""
+
+    loss: torch.Tensor | float
+    squared_error: torch.Tensor
+
+
 def regions_loss(
-    regions: list[Region | None], photos: list, cameras: list[Camera], lambda_dssim: float, launch: Launch | None = None
-) -> torch.Tensor | float:
+    regions: list[Region | None],
+    photos: list,
+    cameras: list[Camera],
+    lambda_dssim: float,
+    device: torch.device,
+    launch: Launch | None = None,
+) -> Scores:
     """This rank's share of the batch's loss (summed over cameras): (1 - l) L1 + l D-SSIM over its own pixels
-    of each camera's region (None: it holds none of that camera), l = ``lambda_dssim``; 0.0 when it holds
-    none. ``photos``: each camera's photo, a tensor or a :class:`~grendel_py.train.images.Photo` (which reads
-    only the region). ``launch``: a kernel launcher (grendel_py.render.cuda_kernels) to compute it with the
+    of each camera's region (None: it holds none of that camera), l = ``lambda_dssim``, and their squared
+    error. ``photos``: each camera's photo, a tensor or a :class:`~grendel_py.train.images.Photo` (which reads
+    only the region). ``launch``: a kernel launcher (grendel_py.render.cuda_kernels) to compute both with the
     fused kernels of cuda/loss.cu (:func:`grendel_py.loss.fused.fused_loss`), else the torch spec below."""
+    held = [(r, gt, cam) for r, gt, cam in zip(regions, photos, cameras) if r is not None]
+    if not held:
+        return Scores(0.0, torch.zeros((), dtype=torch.float64, device=device))
     if launch is not None:
-        held = [(r, gt, cam) for r, gt, cam in zip(regions, photos, cameras) if r is not None]
-        if not held:
-            return 0.0
-        return fused_loss(
-            [r.canvas for r, _, _ in held],
-            [ground_truth_region(r, gt) for r, gt, _ in held],
-            [r.owned for r, _, _ in held],
-            [cam.width * cam.height for _, _, cam in held],
-            lambda_dssim,
-            launch,
+        return Scores(
+            *fused_loss(
+                [r.canvas for r, _, _ in held],
+                [ground_truth_region(r, gt) for r, gt, _ in held],
+                [r.owned for r, _, _ in held],
+                [cam.width * cam.height for _, _, cam in held],
+                lambda_dssim,
+                launch,
+            )
         )
     loss: torch.Tensor | float = 0.0
-    for region, gt, cam in zip(regions, photos, cameras):
-        if region is None:
-            continue
+    for region, gt, cam in held:
         gt_halo = ground_truth_region(region, gt)
         height = region.owned.shape[0]
         for r0 in range(0, height, LOSS_ROWS):  # bands of rows, each with the halo its windows read
@@ -92,7 +107,7 @@ def regions_loss(
                 checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args)
             )
             loss = loss + band
-    return loss
+    return Scores(loss, squared_error_sums(regions, photos, device).sum())
 
 
 def expose_region(region: Region, transform: torch.Tensor, height: int, width: int) -> Region:

@@ -1,9 +1,9 @@
 """The sparse all-to-all: rows of a tensor go to the ranks that need them, gradients come back the same way.
 
 :func:`all_to_all_rows` is the differentiable primitive (one ``all_to_all_single`` with split sizes, whose
-backward is the reverse all-to-all); :func:`route_rows` decides which rank receives which splat of which
-camera (for the whole batch at once, from the batch's (splat, tile) pairs); :func:`exchange_splats` packs,
-moves and unpacks them.
+backward is the reverse all-to-all); :func:`exchange_splats` sends each splat to the ranks whose tiles it
+reaches (for the whole batch at once, from the batch's (splat, tile) pairs: ``Pairs.reach``), packs, moves
+and unpacks them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 from grendel_py.backward_state import load, save
 from grendel_py.parallel.runtime import DistContext
-from grendel_py.render.intersect import PairPieces, part_starts
+from grendel_py.render.interface import Pairs
+from grendel_py.render.intersect import part_starts
 from grendel_py.render.projection import Splats
 
 
@@ -53,20 +54,6 @@ def all_to_all_rows(x: torch.Tensor, send_counts: list[int], recv_counts: list[i
     if x.requires_grad:
         return _AllToAllRows.apply(x, send_counts, recv_counts)
     return _all_to_all(x, send_counts, recv_counts)
-
-
-def route_rows(pairs: PairPieces, n: int, owners: list[torch.Tensor], world_size: int) -> torch.Tensor:
-    """Which rank receives which splat, for all the cameras of a batch at once: bool [world_size + 1, n], row
-    q < world_size true at the splats that reach a tile rank q owns (``owners[b]`` [n_tiles] int64: the rank
-    of each tile of camera b), from the batch's :class:`~grendel_py.render.intersect.PairPieces` over its
-    ``n`` rows, piece by piece; the last row collects the culled pairs. One byte per splat and rank, however
-    many tiles the splats reach; no host synchronisation."""
-    owner = torch.cat(owners)
-    reach = torch.zeros((world_size + 1, n), dtype=torch.bool, device=owner.device)
-    for _, rows, tiles in pairs.pieces():
-        to = owner[tiles.clamp_max(owner.shape[0] - 1)].masked_fill_(tiles >= owner.shape[0], world_size)
-        reach.index_put_((to, rows), torch.ones((), dtype=torch.bool, device=owner.device))
-    return reach
 
 
 WIRE = (("means2d", 2), ("conics", 3), ("opacities", 1), ("colors", 3), ("depths", 1), ("extents", 2))
@@ -147,12 +134,12 @@ class Received:
 
 
 def exchange_splats(
-    splats: Splats, parts: list[int], pairs: PairPieces, owners: list[torch.Tensor], ctx: DistContext
+    splats: Splats, parts: list[int], pairs: Pairs, owners: list[torch.Tensor], ctx: DistContext
 ) -> Received:
     """Send each camera's projected splats to the ranks whose tiles they reach; return what this rank gets.
 
-    ``splats`` holds ``parts[b]`` rows for camera slot b, one slot after another; ``pairs`` list their
-    (splat, tile) pairs (:class:`grendel_py.render.intersect.PairPieces`); ``owners[b]``: the rank of each
+    ``splats`` holds ``parts[b]`` rows for camera slot b, one slot after another; ``pairs`` are their
+    (splat, tile) pairs (:class:`grendel_py.render.interface.Pairs`); ``owners[b]``: the rank of each
     tile of slot b. Gradients with respect to means2d, conics, opacities and colors flow back to the sending
     rank. On the wire per splat: 12 floats (means2d 2, conics 3, opacity 1, colour 3, depth 1, extents 2:
     small integers, exact in float) and 1 int64 (global id); the receiver knows each row's camera slot from
@@ -166,7 +153,7 @@ def exchange_splats(
         return Received(splats, parts, 0)
     w, n_slots = ctx.world_size, len(parts)
     n = max(len(splats), 1)
-    reach = route_rows(pairs, len(splats), owners, w)[:w]
+    reach = pairs.reach(torch.cat(owners), w)
     device = reach.device
     counts = torch.stack([reach[:, r : r + k].sum(1) for r, k in zip(part_starts(parts), parts)], 1)  # [w, slot]
     counts_in = exchange_counts(counts.flatten(), ctx)  # rows from each (rank, slot): W equal chunks of n_slots

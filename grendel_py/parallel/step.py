@@ -39,8 +39,8 @@ from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render import get_backend, project_batch, rasterize_batch
-from grendel_py.render.interface import Renderer
-from grendel_py.render.intersect import BatchTiles, PairPieces, count_values, part_starts
+from grendel_py.render.interface import Pairs, Renderer
+from grendel_py.render.intersect import BatchTiles, part_starts
 from grendel_py.render.projection import pixel_radii
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
@@ -106,7 +106,8 @@ class Rendered:
     NDC units (``grad_norms``, empty until then), see :meth:`per_camera`; the rest of the splats is not
     kept. Then its tiles and their colours per camera, its regions (with halos), the tile table and
     assignment (the same on every rank), the received rows every rank must keep in its graph, the bytes it
-    sent, and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
+    sent, ``squared_error`` (float64, of its owned pixels over the batch, once the loss is computed: what the
+    logged PSNR reads) and ``raster_seconds()``: the seconds it spent rasterizing (forward; on a GPU read from CUDA events,
     which waits for the rasterization to finish)."""
 
     radii: torch.Tensor
@@ -121,6 +122,7 @@ class Rendered:
     tie: torch.Tensor
     bytes_sent: int
     raster_seconds: Callable[[], float]
+    squared_error: torch.Tensor | None = None
 
     def per_camera(self):
         """(the splats' pixel radii, their gradient norms or None, their model rows) for each camera of the batch."""
@@ -146,13 +148,10 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
     return box
 
 
-def tile_table(pairs: PairPieces, grids: list[TileGrid], ctx: DistContext) -> TileTable:
-    """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs``, counted piece by piece
-    (one read to the host)."""
-    n_tiles = sum(g.n_tiles for g in grids)
-    counts = torch.zeros(n_tiles, dtype=torch.int64, device=pairs.splats.means2d.device)
-    for _, _, tiles in pairs.pieces():
-        counts += count_values(tiles, n_tiles)  # culled pairs (id past the end) are not counted
+def tile_table(pairs: Pairs, grids: list[TileGrid], ctx: DistContext) -> TileTable:
+    """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs`` (one read to the
+    host)."""
+    counts = pairs.tile_counts()
     if not ctx.distributed:
         return TileTable.from_counts(grids, counts[None].cpu().numpy())
     keys = majority_keys(counts, ctx.rank, ctx.world_size)
@@ -170,7 +169,7 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     radii = pixel_radii(splats.extents)
     # not when the model is frozen (only the exposures train) or under no_grad
     grad_norms = _observe_gradients(splats.means2d, parts, cameras) if splats.means2d.requires_grad else []
-    pairs = PairPieces(splats, parts, grids)  # listed piece by piece for the table, then again for the routing
+    pairs = backend.pairs(splats, parts, grids)  # listed for the table, then again for the routing
     table = tile_table(pairs, grids, ctx)
     plan = options.balancer_for(ctx).plan(table)
     device = background.device
@@ -240,5 +239,9 @@ def batch_loss(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistCo
     rendered = render_batch(shard, batch, options, ctx)
     if batch.exposures is not None:
         rendered.regions = expose_regions(rendered.regions, batch.exposures, batch.cameras)
-    loss = regions_loss(rendered.regions, batch.photos, batch.cameras, options.lambda_dssim, options.loss_kernels)
-    return loss + 0.0 * rendered.tie, rendered
+    device = rendered.tie.device
+    scores = regions_loss(
+        rendered.regions, batch.photos, batch.cameras, options.lambda_dssim, device, options.loss_kernels
+    )
+    rendered.squared_error = scores.squared_error
+    return scores.loss + 0.0 * rendered.tie, rendered

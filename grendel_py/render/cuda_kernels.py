@@ -26,14 +26,14 @@ CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
 BLOCK = 256  # threads per block: element kernels, and the 16 x 16 pixels of a tile
 NVRTC_OPTIONS = ("--std=c++17",)
 
-DTYPES = {"f32*": torch.float32, "i32*": torch.int32, "i64*": torch.int64}
+DTYPES = {"f32*": torch.float32, "i32*": torch.int32, "i64*": torch.int64, "u8*": torch.uint8}
 
 
 @dataclass(frozen=True)
 class Kernel:
     """``source``: file in cuda/. ``grid``: "element" (one thread per item, the item count is the kernel's
     first argument, typed by ``args[0]``) or "tile" (one 16 x 16 block per selected tile, the count is only
-    the grid size). ``args``: the argument types, "i32", "i64", "f32*", "i32*" or "i64*"."""
+    the grid size). ``args``: the argument types, "i32", "i64", "f32*", "i32*", "i64*" or "u8*"."""
 
     source: str
     grid: str
@@ -76,10 +76,15 @@ KERNELS: dict[str, Kernel] = {
     "count_intersections": Kernel("bin.cu", "element", _BIN_IN + ("i64*",)),
     # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts, depth_rank -> keys
     "emit_keys": Kernel("bin.cu", "element", _BIN_IN + ("i64*", "i64*", "i64*")),
+    # n, means2d, conics, opacities, extents, cams [B, 5], B -> += counts [batch tiles]
+    "count_tile_pairs": Kernel("bin.cu", "element", ("i32", "f32*", "f32*", "f32*", "i32*", "i64*", "i32", "i32*")),
+    # n, means2d, conics, opacities, extents, cams, B, owners [batch tiles] -> reach [W, n] (bytes, set to 1)
+    "route_splats": Kernel("bin.cu", "element", ("i32", "f32*", "f32*", "f32*", "i32*", "i64*", "i32", "i64*", "u8*")),
     # m, sorted keys, n_slots -> offsets
     "tile_ranges": Kernel("bin.cu", "element", ("i64", "i64*", "i32", "i64*")),
-    # regions [R, 6], R, canvases, ground truth, owned, weights [R, 2] -> block losses, maps (grendel_py/loss/fused.py)
-    "loss_forward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*")),
+    # regions [R, 6], R, canvases, ground truth, owned, weights [R, 2] -> block losses, block squared errors, maps
+    # (grendel_py/loss/fused.py)
+    "loss_forward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*", "f32*")),
     # regions, R, canvases, ground truth, owned, weights, maps, incoming gradient [1] -> canvas gradient
     "loss_backward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*", "f32*")),
     # tile_ids, offsets, splat_index, means2d, conics, opacities, colors, background, nx -> rgb, T, walked

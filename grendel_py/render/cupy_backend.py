@@ -12,10 +12,11 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render.cuda_kernels import cupy_kernels
 from grendel_py.render.intersect import BatchTiles, TileBins
-from grendel_py.render.kernel_backend import KernelBackend
+from grendel_py.render.kernel_backend import KernelBackend, KernelPairs
 from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
 
-__all__ = ["project", "project_batch", "rasterize_batch"]
+__all__ = ["pairs", "project", "project_batch", "rasterize_batch"]
 
 
 def _backend(device: torch.device) -> KernelBackend:
@@ -47,6 +48,11 @@ def project_batch(
 ) -> tuple[Splats, list[int], torch.Tensor]:
     """As :func:`grendel_py.render.torch_backend.project_batch`, on the GPU."""
     return _backend(model.means.device).project_batch(model, cameras, sh_degree, antialiased)
+
+
+def pairs(splats: Splats, parts: list[int], grids: list[TileGrid]) -> KernelPairs:
+    """As :func:`grendel_py.render.torch_backend.pairs`, on the GPU."""
+    return _backend(splats.means2d.device).pairs(splats, parts, grids)
 
 
 def rasterize_batch(

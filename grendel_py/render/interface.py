@@ -14,6 +14,20 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
+
+
+class Pairs(Protocol):
+    """The (splat, tile) pairs of a batch's splats: the tiles each splat's ellipse reaches
+    (:class:`~grendel_py.render.intersect.PairPieces` lists them; the kernels visit them)."""
+
+    def tile_counts(self) -> torch.Tensor:
+        """How many splats reach each batch tile, int64 [sum of the cameras' n_tiles]."""
+        ...
+
+    def reach(self, owners: torch.Tensor, world_size: int) -> torch.Tensor:
+        """bool [world_size, n]: row q true at the splats that reach a batch tile ``owners`` (int64) gives to q."""
+        ...
 
 
 class Renderer(Protocol):
@@ -37,6 +51,10 @@ class Renderer(Protocol):
         self, model: Gaussians, cameras: list[Camera], sh_degree: int, antialiased: bool = False
     ) -> tuple[Splats, list[int], torch.Tensor]:
         """As :func:`grendel_py.render.torch_backend.project_batch`."""
+        ...
+
+    def pairs(self, splats: Splats, parts: list[int], grids: list[TileGrid]) -> Pairs:
+        """The (splat, tile) pairs of a batch's splats (``parts[b]`` rows for camera b over ``grids[b]``)."""
         ...
 
     def rasterize_batch(

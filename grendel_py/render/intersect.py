@@ -267,6 +267,25 @@ class PairPieces:
                 tiles = torch.where(reached, tiles, self.culled_tile)
             yield p0, rows, tiles
 
+    def tile_counts(self) -> torch.Tensor:
+        """How many splats reach each batch tile (culled pairs not counted), int64 [sum of n_tiles], counted
+        piece by piece."""
+        counts = torch.zeros(self.culled_tile, dtype=torch.int64, device=self.splats.means2d.device)
+        for _, _, tiles in self.pieces():
+            counts += count_values(tiles, self.culled_tile)  # culled pairs (id past the end) are not counted
+        return counts
+
+    def reach(self, owners: torch.Tensor, world_size: int) -> torch.Tensor:
+        """Which owner each splat must go to: bool [world_size, n], row q true at the splats that reach a tile
+        that ``owners`` (int64 [sum of n_tiles], the owner of each batch tile) gives to q, piece by piece. One
+        byte per splat and owner, however many tiles the splats reach; no host synchronisation."""
+        n = self.camera_bounds[-1]
+        reach = torch.zeros((world_size + 1, n), dtype=torch.bool, device=owners.device)  # last row: culled
+        for _, rows, tiles in self.pieces():
+            to = owners[tiles.clamp_max(owners.shape[0] - 1)].masked_fill_(tiles >= owners.shape[0], world_size)
+            reach.index_put_((to, rows), torch.ones((), dtype=torch.bool, device=owners.device))
+        return reach[:world_size]
+
 
 def tile_pairs(
     splats: Splats, parts: list[int], grids: list[TileGrid], cull: bool = True

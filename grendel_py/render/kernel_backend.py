@@ -17,6 +17,7 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.render.intersect import BatchTiles, TileBins, depth_order, part_starts, require_indexable
 from grendel_py.render.projection import Splats
+from partition.tiles import TileGrid
 
 CAM_FLOATS = 24  # cuda/project.cuh: R (9), t (3), centre (3), fx, fy, cx, cy, 4 tangent limits, near plane
 RANK_BITS = 32
@@ -280,6 +281,34 @@ def _cameras(tiles: BatchTiles):
         yield grid, ids, s0, s0 + n
 
 
+class KernelPairs:
+    """The (splat, tile) pairs of a batch's splats (``parts[b]`` rows for camera b over ``grids[b]``) on the
+    kernels: each use visits every splat's reached tiles in one launch; nothing per pair is stored."""
+
+    def __init__(self, launch, splats: Splats, parts: list[int], grids: list[TileGrid]):
+        self.launch, self.n, self.n_tiles = launch, len(splats), sum(g.n_tiles for g in grids)
+        _require_countable(self.n, "splats")
+        self.fields = [t.detach().contiguous() for t in (splats.means2d, splats.conics, splats.opacities)]
+        self.fields.append(splats.extents.contiguous())
+        table = [
+            [r0, g.width, g.height, g.nx, f]
+            for r0, g, f in zip(part_starts(parts), grids, part_starts([g.n_tiles for g in grids]))
+        ]
+        self.cams = torch.tensor(table, dtype=torch.int64).to(splats.means2d.device, non_blocking=True)
+
+    def tile_counts(self) -> torch.Tensor:
+        """How many splats reach each batch tile, int64 [sum of n_tiles]."""
+        counts = torch.zeros(self.n_tiles, dtype=torch.int32, device=self.cams.device)
+        self.launch("count_tile_pairs", self.n, *self.fields, self.cams, self.cams.shape[0], counts)
+        return counts.to(torch.int64)
+
+    def reach(self, owners: torch.Tensor, world_size: int) -> torch.Tensor:
+        """bool [world_size, n]: row q true at the splats that reach a batch tile ``owners`` gives to q."""
+        reach = torch.zeros((world_size, self.n), dtype=torch.uint8, device=self.cams.device)
+        self.launch("route_splats", self.n, *self.fields, self.cams, self.cams.shape[0], owners.contiguous(), reach)
+        return reach.view(torch.bool)
+
+
 class KernelBackend:
     """``project`` and ``rasterize_batch`` of the renderer interface, run by the kernels behind ``launch``."""
 
@@ -340,6 +369,10 @@ class KernelBackend:
         plan = (slots, ends[-1], *records, sh_degree, int(antialiased), self.launch)
         *fields, rows = _ProjectPacked.apply(plan, *params)
         return Splats(*fields, model.ids[rows]), parts, rows
+
+    def pairs(self, splats: Splats, parts: list[int], grids: list[TileGrid]) -> KernelPairs:
+        """The batch's (splat, tile) pairs (:class:`KernelPairs`)."""
+        return KernelPairs(self.launch, splats, parts, grids)
 
     def bin_batch(self, splats: Splats, parts: list[int], tiles: BatchTiles) -> TileBins:
         """As :func:`grendel_py.render.intersect.bin_batch`, with the same tiles, offsets and splat order: the

@@ -10,10 +10,11 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import batch_projection
 from grendel_py.render.composite import composite_tiles
-from grendel_py.render.intersect import BatchTiles, TileBins, bin_batch
+from grendel_py.render.intersect import BatchTiles, PairPieces, TileBins, bin_batch
 from grendel_py.render.projection import Splats, project
+from partition.tiles import TileGrid
 
-__all__ = ["project", "project_batch", "rasterize_batch"]
+__all__ = ["pairs", "project", "project_batch", "rasterize_batch"]
 
 _SPEC = SimpleNamespace(project=project)
 """The spec's projection, as :mod:`~grendel_py.render.batch_projection` calls it piece by piece."""
@@ -34,6 +35,11 @@ def project_batch(
         model, rows, parts, cameras, sh_degree, _SPEC, into_grad=True, antialiased=antialiased
     )
     return splats, parts, rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+def pairs(splats: Splats, parts: list[int], grids: list[TileGrid]) -> PairPieces:
+    """The batch's (splat, tile) pairs, listed piece by piece whenever they are used."""
+    return PairPieces(splats, parts, grids)
 
 
 def rasterize_batch(

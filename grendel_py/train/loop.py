@@ -38,7 +38,6 @@ from grendel_py.data.dataset import Scene, scene_from_config
 from grendel_py.data.photo_cache import photo_cache
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open
-from grendel_py.loss.regions import squared_error_sums
 from grendel_py.model.densify import Strategy
 from grendel_py.model.exposure import Exposures
 from grendel_py.model.gaussians import Gaussians
@@ -302,7 +301,7 @@ def train_pass(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistCo
     in the exposures' table through ``batch.exposures``), and their densification statistics; what the pass
     rendered is freed when it returns."""
     loss, rendered = batch_loss(shard, batch, options, ctx)
-    squared = squared_error_sums(rendered.regions, batch.photos, rendered.tie.device).sum()
+    squared = rendered.squared_error
     rendered.tile_colors, rendered.regions = [], []  # so the backward pass frees the pictures once it has used them
     loss.backward()
     for radii, grad_norms, rows in rendered.per_camera():
