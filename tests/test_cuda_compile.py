@@ -32,6 +32,7 @@ TYPES = {
     "int": "i32",
     "longlong": "i64",
     "i64": "i64",
+    "unsignedchar*": "u8*",
 }
 
 
