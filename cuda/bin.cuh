@@ -4,6 +4,7 @@
 // (rank of the splat in (depth, global id) order), so one radix sort on the 64-bit keys gives the spec's
 // (tile, depth, id) order, with no ties.
 #pragma once
+#include "batch.cuh"
 #include "common.cuh"
 #include "project.cuh"
 
@@ -70,65 +71,6 @@ GP_HD bool tile_reached(const SplatShape& s, i64 tx, i64 ty) {
     return q_min <= s.log_reach + CULL_SLACK + CULL_SLACK_REL * terms;
 }
 
-// Number of selected tiles (slot_of_tile >= 0) of splat i's box that its ellipse reaches.
-GP_HD i64 count_one(i64 i, const float* means2d, const float* conics, const float* opacities, const int* extents,
-                    int width, int height, int nx, const int* slot_of_tile) {
-    i64 tx0, tx1, ty0, ty1;
-    if (!tile_span(i, means2d, extents, width, height, &tx0, &tx1, &ty0, &ty1)) return 0;
-    const SplatShape s = load_shape(i, means2d, conics, opacities);
-    i64 n = 0;
-    for (i64 ty = ty0; ty <= ty1; ++ty)
-        for (i64 tx = tx0; tx <= tx1; ++tx) n += slot_of_tile[ty * nx + tx] >= 0 && tile_reached(s, tx, ty);
-    return n;
-}
-
-// Write splat i's keys from position start, row-major over the tiles count_one counts.
-GP_HD void emit_one(i64 i, const float* means2d, const float* conics, const float* opacities, const int* extents,
-                    int width, int height, int nx, const int* slot_of_tile, i64 start, i64 depth_rank, i64* keys) {
-    i64 tx0, tx1, ty0, ty1;
-    if (!tile_span(i, means2d, extents, width, height, &tx0, &tx1, &ty0, &ty1)) return;
-    const SplatShape s = load_shape(i, means2d, conics, opacities);
-    i64 pos = start;
-    for (i64 ty = ty0; ty <= ty1; ++ty)
-        for (i64 tx = tx0; tx <= tx1; ++tx) {
-            const int slot = slot_of_tile[ty * nx + tx];
-            if (slot >= 0 && tile_reached(s, tx, ty)) keys[pos++] = ((i64)slot << SLOT_SHIFT) | depth_rank;
-        }
-}
-
-// From sorted key j of m: the first position of every slot that starts at j (offsets has n_slots + 1 entries;
-// the last one, and those of empty trailing slots, are set by the last key).
-GP_HD void tile_range_one(i64 j, i64 m, const i64* keys, int n_slots, i64* offsets) {
-    const i64 slot = keys[j] >> SLOT_SHIFT;
-    const i64 prev = j == 0 ? -1 : keys[j - 1] >> SLOT_SHIFT;
-    for (i64 s = prev + 1; s <= slot; ++s) offsets[s] = j;
-    if (j == m - 1)
-        for (i64 s = slot + 1; s <= n_slots; ++s) offsets[s] = m;
-}
-
-// ---- The (splat, tile) pairs of a whole batch: the tile table's counts and the exchange's routing ----
-// The batch's cameras: ``cams`` int64 [B][CAM_PAIR_FIELDS] (first splat row, width, height, tiles across, first
-// batch tile); a batch tile is a camera's first batch tile plus its tile id (ty * nx + tx).
-inline constexpr int CAM_PAIR_FIELDS = 5;
-
-struct BatchGrid {
-    int width, height, nx;
-    i64 first_tile;
-};
-
-// The camera of splat row i (rows are camera after camera).
-GP_HD BatchGrid batch_grid(i64 i, const i64* cams, int n_cams) {
-    int b = 0;
-    while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] <= i) ++b;
-    const i64* c = cams + b * CAM_PAIR_FIELDS;
-    BatchGrid g;
-    g.width = (int)c[1];
-    g.height = (int)c[2];
-    g.nx = (int)c[3];
-    g.first_tile = c[4];
-    return g;
-}
-
 // visit(batch tile) for every tile of splat i's box that its ellipse reaches, row-major.
 template <class Visit>
 GP_HD void visit_reached_tiles(i64 i, const float* means2d, const float* conics, const float* opacities,
@@ -139,6 +81,34 @@ GP_HD void visit_reached_tiles(i64 i, const float* means2d, const float* conics,
     for (i64 ty = ty0; ty <= ty1; ++ty)
         for (i64 tx = tx0; tx <= tx1; ++tx)
             if (tile_reached(s, tx, ty)) visit(g.first_tile + ty * g.nx + tx);
+}
+
+// Number of selected tiles (slot_of_tile >= 0, over the batch's tiles) that splat i's ellipse reaches.
+GP_HD i64 count_one(i64 i, const float* means2d, const float* conics, const float* opacities, const int* extents,
+                    const BatchGrid& g, const int* slot_of_tile) {
+    i64 n = 0;
+    visit_reached_tiles(i, means2d, conics, opacities, extents, g, [&](i64 tile) { n += slot_of_tile[tile] >= 0; });
+    return n;
+}
+
+// Write splat i's keys from position start, row-major over the tiles count_one counts.
+GP_HD void emit_one(i64 i, const float* means2d, const float* conics, const float* opacities, const int* extents,
+                    const BatchGrid& g, const int* slot_of_tile, i64 start, i64 depth_rank, i64* keys) {
+    i64 pos = start;
+    visit_reached_tiles(i, means2d, conics, opacities, extents, g, [&](i64 tile) {
+        const int slot = slot_of_tile[tile];
+        if (slot >= 0) keys[pos++] = ((i64)slot << SLOT_SHIFT) | depth_rank;
+    });
+}
+
+// From sorted key j of m: the first position of every slot that starts at j (offsets has n_slots + 1 entries;
+// the last one, and those of empty trailing slots, are set by the last key).
+GP_HD void tile_range_one(i64 j, i64 m, const i64* keys, int n_slots, i64* offsets) {
+    const i64 slot = keys[j] >> SLOT_SHIFT;
+    const i64 prev = j == 0 ? -1 : keys[j - 1] >> SLOT_SHIFT;
+    for (i64 s = prev + 1; s <= slot; ++s) offsets[s] = j;
+    if (j == m - 1)
+        for (i64 s = slot + 1; s <= n_slots; ++s) offsets[s] = m;
 }
 
 }  // namespace gp

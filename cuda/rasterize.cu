@@ -1,5 +1,6 @@
-// Rasterization kernels over a subset of a camera's tiles: one block of 16x16 threads per selected tile, one
+// Rasterization kernels over the selected tiles of a batch's cameras: one block of 16x16 threads per selected tile, one
 // thread per pixel, the tile's splats staged through shared memory in batches of 256. Math in raster.cuh.
+#include "batch.cuh"
 #include "raster.cuh"
 
 namespace gp {
@@ -10,13 +11,15 @@ struct TilePixel {
     float px, py;  // pixel centre
 };
 
-__device__ __forceinline__ TilePixel tile_pixel(const long long* tile_ids, int nx) {
+__device__ __forceinline__ TilePixel tile_pixel(const long long* tile_ids, const long long* cams, int n_cams) {
     TilePixel t;
     t.slot = blockIdx.x;
     t.pix = threadIdx.y * TILE + threadIdx.x;
     const long long tile = tile_ids[t.slot];
-    t.px = (float)((tile % nx) * TILE + threadIdx.x) + 0.5f;
-    t.py = (float)((tile / nx) * TILE + threadIdx.y) + 0.5f;
+    const BatchGrid g = tile_grid(tile, cams, n_cams);
+    const long long local = tile - g.first_tile;
+    t.px = (float)((local % g.nx) * TILE + threadIdx.x) + 0.5f;
+    t.py = (float)((local / g.nx) * TILE + threadIdx.y) + 0.5f;
     return t;
 }
 
@@ -32,9 +35,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
     rasterize_forward(const long long* tile_ids, const long long* offsets, const int* splat_index,
                       const float* means2d, const float* conics, const float* opacities, const float* colors,
-                      const float* background, int nx, float* out_rgb, float* out_T, int* out_walked) {
+                      const float* background, const long long* cams, int n_cams, float* out_rgb, float* out_T,
+                      int* out_walked) {
     __shared__ gp::Splat2D batch[gp::TILE_PIXELS];
-    const gp::TilePixel tp = gp::tile_pixel(tile_ids, nx);
+    const gp::TilePixel tp = gp::tile_pixel(tile_ids, cams, n_cams);
     const long long start = offsets[tp.slot], end = offsets[tp.slot + 1];
     gp::PixelForward st;
     st.init();
@@ -58,13 +62,14 @@ extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
 extern "C" __global__ void __launch_bounds__(gp::TILE_PIXELS)
     rasterize_backward(const long long* tile_ids, const long long* offsets, const int* splat_index,
                        const float* means2d, const float* conics, const float* opacities, const float* colors,
-                       const float* background, int nx, const float* T_final, const int* walked,
+                       const float* background, const long long* cams, int n_cams, const float* T_final,
+                       const int* walked,
                        const float* g_rgb, const float* g_alpha, float* v_means2d, float* v_conics,
                        float* v_opacities, float* v_colors) {
     __shared__ gp::Splat2D batch[gp::TILE_PIXELS];
     __shared__ long long batch_id[gp::TILE_PIXELS];
     __shared__ int block_walked;
-    const gp::TilePixel tp = gp::tile_pixel(tile_ids, nx);
+    const gp::TilePixel tp = gp::tile_pixel(tile_ids, cams, n_cams);
     const long long me = (long long)tp.slot * gp::TILE_PIXELS + tp.pix;
     const int my_walked = walked[me];
     gp::PixelBackward st;

@@ -67,16 +67,17 @@ void project_packed_backward(int n, int n_cams, const float* means, const float*
 }
 
 void count_intersections(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
-                         int width, int height, int nx, const int* slot_of_tile, i64* counts) {
+                         const i64* cams, int n_cams, const int* slot_of_tile, i64* counts) {
     for (int i = 0; i < n; ++i)
-        counts[i] = gp::count_one(i, means2d, conics, opacities, extents, width, height, nx, slot_of_tile);
+        counts[i] = gp::count_one(i, means2d, conics, opacities, extents, gp::batch_grid(i, cams, n_cams), slot_of_tile);
 }
 
-void emit_keys(int n, const float* means2d, const float* conics, const float* opacities, const int* extents, int width,
-               int height, int nx, const int* slot_of_tile, const i64* starts, const i64* depth_rank, i64* keys) {
+void emit_keys(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
+               const i64* cams, int n_cams, const int* slot_of_tile, const i64* starts, const i64* depth_rank,
+               i64* keys) {
     for (int i = 0; i < n; ++i)
-        gp::emit_one(i, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts[i], depth_rank[i],
-                     keys);
+        gp::emit_one(i, means2d, conics, opacities, extents, gp::batch_grid(i, cams, n_cams), slot_of_tile, starts[i],
+                     depth_rank[i], keys);
 }
 
 void count_tile_pairs(int n, const float* means2d, const float* conics, const float* opacities, const int* extents,
@@ -97,18 +98,21 @@ void tile_ranges(i64 m, const i64* keys, int n_slots, i64* offsets) {
     for (i64 j = 0; j < m; ++j) gp::tile_range_one(j, m, keys, n_slots, offsets);
 }
 
-static void pixel_centre(i64 tile, int nx, int pix, float* px, float* py) {
-    *px = (float)((tile % nx) * gp::TILE + pix % gp::TILE) + 0.5f;
-    *py = (float)((tile / nx) * gp::TILE + pix / gp::TILE) + 0.5f;
+static void pixel_centre(i64 tile, const i64* cams, int n_cams, int pix, float* px, float* py) {
+    const gp::BatchGrid g = gp::tile_grid(tile, cams, n_cams);
+    const i64 local = tile - g.first_tile;
+    *px = (float)((local % g.nx) * gp::TILE + pix % gp::TILE) + 0.5f;
+    *py = (float)((local / g.nx) * gp::TILE + pix / gp::TILE) + 0.5f;
 }
 
 void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, const int* splat_index,
                        const float* means2d, const float* conics, const float* opacities, const float* colors,
-                       const float* background, int nx, float* out_rgb, float* out_T, int* out_walked) {
+                       const float* background, const i64* cams, int n_cams, float* out_rgb, float* out_T,
+                       int* out_walked) {
     for (int slot = 0; slot < n_tiles; ++slot)
         for (int pix = 0; pix < gp::TILE_PIXELS; ++pix) {
             float px, py;
-            pixel_centre(tile_ids[slot], nx, pix, &px, &py);
+            pixel_centre(tile_ids[slot], cams, n_cams, pix, &px, &py);
             gp::PixelForward st;
             st.init();
             for (i64 k = offsets[slot]; k < offsets[slot + 1] && !st.done; ++k)
@@ -122,12 +126,13 @@ void rasterize_forward(int n_tiles, const i64* tile_ids, const i64* offsets, con
 
 void rasterize_backward(int n_tiles, const i64* tile_ids, const i64* offsets, const int* splat_index,
                         const float* means2d, const float* conics, const float* opacities, const float* colors,
-                        const float* background, int nx, const float* T_final, const int* walked, const float* g_rgb,
+                        const float* background, const i64* cams, int n_cams, const float* T_final, const int* walked,
+                        const float* g_rgb,
                         const float* g_alpha, float* v_means2d, float* v_conics, float* v_opacities, float* v_colors) {
     for (int slot = 0; slot < n_tiles; ++slot)
         for (int pix = 0; pix < gp::TILE_PIXELS; ++pix) {
             float px, py;
-            pixel_centre(tile_ids[slot], nx, pix, &px, &py);
+            pixel_centre(tile_ids[slot], cams, n_cams, pix, &px, &py);
             const i64 me = (i64)slot * gp::TILE_PIXELS + pix;
             gp::PixelBackward st;
             st.init(T_final[me], g_rgb + 3 * me, g_alpha[me], background);

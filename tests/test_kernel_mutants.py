@@ -84,10 +84,10 @@ MUTANTS = [
         ("random",),
     ),
     Mutant(
-        ("count_tile_pairs", "route_splats"),
-        "bin.cuh",
-        "while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] <= i) ++b;",
-        "while (b + 1 < n_cams && cams[(b + 1) * CAM_PAIR_FIELDS] < i) ++b;",
+        ("count_tile_pairs", "route_splats", "count_intersections", "emit_keys"),
+        "batch.cuh",
+        "while (b + 1 < n_cams && cams[(b + 1) * GRID_FIELDS] <= i) ++b;",
+        "while (b + 1 < n_cams && cams[(b + 1) * GRID_FIELDS] < i) ++b;",
         "test_kernels.test_pairs_match_spec",
     ),
     Mutant(
@@ -112,6 +112,13 @@ MUTANTS = [
         "for (i64 s = prev + 1; s <= slot; ++s) offsets[s] = j + (j + 1 < m);",
         "test_kernels.test_binning_matches_spec",
         ("random",),
+    ),
+    Mutant(
+        ("rasterize_forward", "rasterize_backward"),
+        "batch.cuh",
+        "while (b + 1 < n_cams && cams[(b + 1) * GRID_FIELDS + 4] <= tile) ++b;",
+        "while (b + 1 < n_cams && cams[(b + 1) * GRID_FIELDS + 4] < tile) ++b;",
+        "test_kernels.test_a_batch_of_cameras_matches_spec",
     ),
     Mutant(
         ("rasterize_forward",),

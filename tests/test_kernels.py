@@ -30,7 +30,7 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import torch_backend
 from grendel_py.render.intersect import BatchTiles, bin_batch, bin_splats
-from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend, _Rasterize
+from grendel_py.render.kernel_backend import MAX_ITEMS, KernelBackend, _Rasterize, batch_grids
 from grendel_py.render.projection import ALPHA_MIN, Splats
 from grendel_py.simulate import city_scene
 from partition.tiles import TileGrid
@@ -321,7 +321,8 @@ def test_culling_changes_no_pixel_or_gradient(impl, scene: str) -> None:
             t.clone().requires_grad_(True) for t in (splats.means2d, splats.conics, splats.opacities, splats.colors)
         ]
         bg = torch.tensor([0.2, 0.5, 0.9], device=device, requires_grad=True)
-        colors, alpha = _Rasterize.apply(*leaves, bg, bins, tiles, kernels.launch)
+        cams = batch_grids([len(splats)], tiles.grids, device)
+        colors, alpha = _Rasterize.apply(*leaves, bg, bins, cams, kernels.launch)
         loss = (colors * _weights(colors.shape, 6, device)).sum() + (alpha * _weights(alpha.shape, 7, device)).sum()
         loss.backward()
         results.append(
@@ -493,7 +494,7 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 1234})())
     k = cuda_kernels.CupyKernels(torch.device("cpu"))
     assert sorted(code for code, _ in fake.sources) == sorted(
-        cuda_kernels.cuda_source(s) for s in ("bin.cu", "project.cu", "rasterize.cu")
+        cuda_kernels.cuda_source(s) for s in ("bin.cu", "loss.cu", "project.cu", "rasterize.cu")
     )
     assert all(opts == cuda_kernels.NVRTC_OPTIONS for _, opts in fake.sources)
 
@@ -519,14 +520,15 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
         f(0),
         f(0, 3),
         f(3),
-        7,
+        i64(5),
+        1,
         f(5, 256, 3),
         f(5, 256),
         torch.zeros(5, 256, dtype=torch.int32),
     )
     name, grid, block, args = fake.launches[-1]
-    assert (grid, block, len(args)) == ((5,), (16, 16), 12)
-    assert args[2] == "empty" and type(args[8]) is np.int32
+    assert (grid, block, len(args)) == ((5,), (16, 16), 13)
+    assert args[2] == "empty" and type(args[9]) is np.int32
     k.launch(
         "rasterize_forward",
         0,
@@ -538,7 +540,8 @@ def test_cupy_launcher_marshals_arguments(monkeypatch) -> None:
         f(0),
         f(0, 3),
         f(3),
-        7,
+        i64(5),
+        1,
         f(0, 256, 3),
         f(0, 256),
         torch.zeros(0, 256, dtype=torch.int32),

@@ -40,8 +40,8 @@ class Kernel:
     args: tuple[str, ...]
 
 
-_BIN_IN = ("i32", "f32*", "f32*", "f32*", "i32*", "i32", "i32", "i32", "i32*")
-_RASTER_IN = ("i64*", "i64*", "i32*", "f32*", "f32*", "f32*", "f32*", "f32*", "i32")
+_BIN_IN = ("i32", "f32*", "f32*", "f32*", "i32*", "i64*", "i32", "i32*")
+_RASTER_IN = ("i64*", "i64*", "i32*", "f32*", "f32*", "f32*", "f32*", "f32*", "i64*", "i32")
 KERNELS: dict[str, Kernel] = {
     # n, means, quats, scales, opacities, sh, n_coeffs, degree, cam, width, height, antialiased
     #   -> means2d, conics, depths, opacities_out, colors, extents
@@ -72,9 +72,9 @@ KERNELS: dict[str, Kernel] = {
         "element",
         ("i32", "i32") + ("f32*",) * 6 + ("i32", "i32", "f32*", "i32", "i64*") + ("f32*",) * 11,
     ),
-    # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile -> counts
+    # n, means2d, conics, opacities, extents, cams [B, 5], B, slot_of_tile [batch tiles] -> counts
     "count_intersections": Kernel("bin.cu", "element", _BIN_IN + ("i64*",)),
-    # n, means2d, conics, opacities, extents, width, height, nx, slot_of_tile, starts, depth_rank -> keys
+    # n, means2d, conics, opacities, extents, cams, B, slot_of_tile, starts, depth_rank -> keys
     "emit_keys": Kernel("bin.cu", "element", _BIN_IN + ("i64*", "i64*", "i64*")),
     # n, means2d, conics, opacities, extents, cams [B, 5], B -> += counts [batch tiles]
     "count_tile_pairs": Kernel("bin.cu", "element", ("i32", "f32*", "f32*", "f32*", "i32*", "i64*", "i32", "i32*")),
@@ -87,9 +87,9 @@ KERNELS: dict[str, Kernel] = {
     "loss_forward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*", "f32*")),
     # regions, R, canvases, ground truth, owned, weights, maps, incoming gradient [1] -> canvas gradient
     "loss_backward": Kernel("loss.cu", "tile", ("i64*", "i32", "f32*", "f32*", "i32*", "f32*", "f32*", "f32*", "f32*")),
-    # tile_ids, offsets, splat_index, means2d, conics, opacities, colors, background, nx -> rgb, T, walked
+    # batch tile ids, offsets, splat_index, means2d, conics, opacities, colors, background, cams, B -> rgb, T, walked
     "rasterize_forward": Kernel("rasterize.cu", "tile", _RASTER_IN + ("f32*", "f32*", "i32*")),
-    # ..., nx, T_final, walked, g_rgb, g_alpha -> v_means2d, v_conics, v_opacities, v_colors
+    # ..., cams, B, T_final, walked, g_rgb, g_alpha -> v_means2d, v_conics, v_opacities, v_colors
     "rasterize_backward": Kernel("rasterize.cu", "tile", _RASTER_IN + ("f32*", "i32*", "f32*", "f32*") + ("f32*",) * 4),
 }
 

@@ -143,12 +143,23 @@ class _Project(torch.autograd.Function):
         return v_means, v_quats, v_scales, v_opacities, v_sh, None, None, None, None, None, None
 
 
+def batch_grids(parts: list[int], grids: list[TileGrid], device: torch.device) -> torch.Tensor:
+    """The batch's cameras as the binning and rasterization kernels read them (cuda/batch.cuh), int64 [B, 5]:
+    first splat row (``parts[b]`` rows for camera b, one camera after another), width, height, tiles across and
+    first batch tile of each; one upload."""
+    table = [
+        [r0, g.width, g.height, g.nx, f]
+        for r0, g, f in zip(part_starts(parts), grids, part_starts([g.n_tiles for g in grids]))
+    ]
+    return torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
+
+
 class _Rasterize(torch.autograd.Function):
-    """The tile kernels over a batch: one launch per camera (its tile ids are local to its grid), each over its
-    slice of the batch's tiles and offsets; the splat arrays are the batch's."""
+    """The tile kernels over all the selected tiles of a batch in one launch each way (each block finds its
+    camera from its batch tile id in the ``cams`` table)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, tiles: BatchTiles, launch):
+    def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, cams, launch):
         n_tiles = bins.tile_ids.shape[0]
         means2d, conics, opacities, colors, background = (
             t.contiguous() for t in (means2d, conics, opacities, colors, background)
@@ -156,57 +167,36 @@ class _Rasterize(torch.autograd.Function):
         rgb = means2d.new_empty(n_tiles, 256, 3)
         t_final = means2d.new_empty(n_tiles, 256)
         walked = torch.empty(n_tiles, 256, dtype=torch.int32, device=means2d.device)
-        for grid, ids, s0, s1 in _cameras(tiles):
-            launch(
-                "rasterize_forward",
-                s1 - s0,
-                ids,
-                bins.offsets[s0:],
-                bins.splat_index,
-                means2d,
-                conics,
-                opacities,
-                colors,
-                background,
-                grid.nx,
-                rgb[s0:s1],
-                t_final[s0:s1],
-                walked[s0:s1],
-            )
-        save(ctx, (means2d, conics, opacities, colors, background, t_final, walked), bins=bins, tiles=tiles)
+        splats = (bins.tile_ids, bins.offsets, bins.splat_index, means2d, conics, opacities, colors, background)
+        launch("rasterize_forward", n_tiles, *splats, cams, cams.shape[0], rgb, t_final, walked)
+        save(ctx, (means2d, conics, opacities, colors, background, t_final, walked, cams), bins=bins)
         ctx.launch = launch
         ctx.mark_non_differentiable(walked)
         return rgb, 1.0 - t_final
 
     @staticmethod
     def backward(ctx, g_rgb, g_alpha):
-        (means2d, conics, opacities, colors, background, t_final, walked), state = load(ctx)
+        (means2d, conics, opacities, colors, background, t_final, walked, cams), state = load(ctx)
         bins: TileBins = state["bins"]
         g_rgb = t_final.new_zeros(*t_final.shape, 3) if g_rgb is None else g_rgb.contiguous()
         g_alpha = _zeros_if_none(g_alpha, t_final)
         v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
-        for grid, ids, s0, s1 in _cameras(state["tiles"]):
-            ctx.launch(
-                "rasterize_backward",
-                s1 - s0,
-                ids,
-                bins.offsets[s0:],
-                bins.splat_index,
-                means2d,
-                conics,
-                opacities,
-                colors,
-                background,
-                grid.nx,
-                t_final[s0:s1],
-                walked[s0:s1],
-                g_rgb[s0:s1],
-                g_alpha[s0:s1],
-                v_means2d,
-                v_conics,
-                v_opacities,
-                v_colors,
-            )
+        splats = (bins.tile_ids, bins.offsets, bins.splat_index, means2d, conics, opacities, colors, background)
+        ctx.launch(
+            "rasterize_backward",
+            bins.tile_ids.shape[0],
+            *splats,
+            cams,
+            cams.shape[0],
+            t_final,
+            walked,
+            g_rgb,
+            g_alpha,
+            v_means2d,
+            v_conics,
+            v_opacities,
+            v_colors,
+        )
         v_background = (g_rgb * t_final[..., None]).sum(dim=(0, 1))
         return v_means2d, v_conics, v_opacities, v_colors, v_background, None, None, None
 
@@ -273,12 +263,6 @@ class _ProjectPacked(torch.autograd.Function):
             *(leaf.grad if w else torch.zeros_like(leaf) for leaf, w in zip(ctx.leaves, wanted)),
         )
         return (None, *[None] * 6)
-
-
-def _cameras(tiles: BatchTiles):
-    """(grid, its selected tile ids, first and end slot of its tiles in the batch) of each camera."""
-    for grid, ids, s0, n in zip(tiles.grids, tiles.tile_ids, part_starts(tiles.sizes), tiles.sizes):
-        yield grid, ids, s0, s0 + n
 
 
 class KernelPairs:
@@ -375,33 +359,27 @@ class KernelBackend:
         return KernelPairs(self.launch, splats, parts, grids)
 
     def bin_batch(self, splats: Splats, parts: list[int], tiles: BatchTiles) -> TileBins:
-        """As :func:`grendel_py.render.intersect.bin_batch`, with the same tiles, offsets and splat order: the
-        key kernels run once per camera over its rows, writing into the batch's arrays (its part of the tile
-        slot table maps its tiles to batch slots), then one sort. One host synchronisation (the number of
-        keys)."""
+        """As :func:`grendel_py.render.intersect.bin_batch`, with the same tiles, offsets and splat order."""
+        return self._bin(splats, tiles, batch_grids(parts, tiles.grids, splats.means2d.device))
+
+    def _bin(self, splats: Splats, tiles: BatchTiles, cams: torch.Tensor) -> TileBins:
+        """The keys of the batch's splats counted in one launch, emitted in one launch, one sort, the tile
+        ranges in one launch (``cams``: :func:`batch_grids`). One host synchronisation (the number of keys)."""
         device = splats.means2d.device
         n, n_sel = len(splats), tiles.ids.shape[0]
         require_indexable(n)
-        for m in parts:
-            _require_countable(m, "splats of one camera")
-        slot_of_tile = tiles.slot_of_tile(torch.int32)
+        _require_countable(n, "splats")
         fields = [t.detach().contiguous() for t in (splats.means2d, splats.conics, splats.opacities, splats.extents)]
-        cameras = [
-            (r0, r0 + m, (m, *(t[r0 : r0 + m] for t in fields), g.width, g.height, g.nx, slot_of_tile[f:]))
-            for r0, m, g, f in zip(part_starts(parts), parts, tiles.grids, tiles.first)
-        ]
+        geometry = (n, *fields, cams, cams.shape[0], tiles.slot_of_tile(torch.int32))
         counts = torch.empty(n, dtype=torch.int64, device=device)
-        for r0, r1, geometry in cameras:
-            self.launch("count_intersections", *geometry, counts[r0:r1])
+        self.launch("count_intersections", *geometry, counts)
         ends = torch.cumsum(counts, 0)
         m = int(ends[-1]) if n else 0
         order = depth_order(splats.depths, splats.ids)  # a tile holds one camera's splats, so (depth, id) suffices
         rank = torch.empty_like(order)
         rank[order] = torch.arange(n, device=device)
-        starts = ends - counts
         keys = torch.empty(m, dtype=torch.int64, device=device)
-        for r0, r1, geometry in cameras:
-            self.launch("emit_keys", *geometry, starts[r0:r1], rank[r0:r1], keys)
+        self.launch("emit_keys", *geometry, ends - counts, rank, keys)
         keys = torch.sort(keys).values
         offsets = torch.zeros(n_sel + 1, dtype=torch.int64, device=device)
         self.launch("tile_ranges", m, keys, n_sel, offsets)
@@ -418,7 +396,8 @@ class KernelBackend:
             raise ValueError(
                 f"the kernels rasterize 3 channels over 16 x 16 tiles, got {splats.colors.shape[1]} over {sorted(sizes)}"
             )
-        bins = self.bin_batch(splats, parts, tiles)
+        cams = batch_grids(parts, tiles.grids, splats.means2d.device)
+        bins = self._bin(splats, tiles, cams)
         colors, alpha = _Rasterize.apply(
             splats.means2d,
             splats.conics,
@@ -426,7 +405,7 @@ class KernelBackend:
             splats.colors,
             background.to(splats.means2d),
             bins,
-            tiles,
+            cams,
             self.launch,
         )
         return colors, alpha, bins
