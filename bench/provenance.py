@@ -13,8 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GPU_PATH = ("cuda", "grendel_py/render", "grendel_py/parallel")
-"""The folders whose sources decide what runs on a GPU: the kernels, the renderer, the distributed step."""
+GPU_PATH = ("cuda", "grendel_py/render", "grendel_py/parallel", "grendel_py/loss")
+"""The folders whose sources decide what runs on a GPU: the kernels, the renderer, the distributed step, the
+loss."""
 
 
 def _git(*args: str) -> str | None:
