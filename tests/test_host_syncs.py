@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from grendel_py.config import load_config
+from grendel_py.config import Config, load_config
 from grendel_py.host_syncs import HostSyncCounter
 from grendel_py.train.loop import train
 from tests.dist_util import run_ranks
@@ -37,8 +37,10 @@ QUALITY = (
 """The quality options (MCMC between its refinements: noise and regularisers; backgrounds; exposures)."""
 
 
-def _syncs(ctx, scene: str, out: str, batch: int, iterations: int, extra: tuple[str, ...] = ()) -> Counter:
-    cfg = load_config(
+def short_run(scene: str, out: str, batch: int, iterations: int, extra: tuple[str, ...] = ()) -> Config:
+    """The config of a short training run whose iterations are all alike (no evaluation, checkpoint,
+    densification, SH degree change or rebalancing), for counting what an iteration does."""
+    return load_config(
         None,
         [
             *extra,
@@ -58,6 +60,10 @@ def _syncs(ctx, scene: str, out: str, batch: int, iterations: int, extra: tuple[
             "dist.rebalance_threshold=null",
         ],
     )
+
+
+def _syncs(ctx, scene: str, out: str, batch: int, iterations: int, extra: tuple[str, ...] = ()) -> Counter:
+    cfg = short_run(scene, out, batch, iterations, extra)
     with HostSyncCounter() as counter:
         train(cfg, ctx)
     return Counter({site: n for site, n in counter.sites.items() if " at grendel_py/data/" not in site})

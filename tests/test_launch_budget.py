@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from grendel_py.config import load_config
 from grendel_py.data.dataset import scene_from_config
 from grendel_py.host_syncs import HostSyncCounter
 from grendel_py.loss import regions
@@ -32,19 +31,19 @@ from grendel_py.render import batch_projection, intersect
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.loop import train
 from tests.host_kernels import HostKernels, compiler
+from tests.test_host_syncs import short_run
 
 BUDGET = Path(__file__).with_name("launch_budget.json")
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a host C++ compiler (g++)")
 
 
-SCENE = ("data.downscale=2",)
 AT_SCALE = {"gaussians": 1_000_000, "height": 1080}
 
 
 def _cut_as_at_scale(monkeypatch: pytest.MonkeyPatch, scene: Path) -> None:
     """The pieces' sizes that cut ``scene`` into as many pieces as :data:`AT_SCALE` is cut into."""
-    data = scene_from_config(load_config(None, [f"data.path={scene}", *SCENE]).data)
+    data = scene_from_config(short_run(str(scene), "unused", 1, 1).data)
     n, height = len(data.points.xyz), data.train_cameras[0].height
     for module, name, size, total in (
         (batch_projection, "PROJECT_ROWS", n, AT_SCALE["gaussians"]),
@@ -56,23 +55,7 @@ def _cut_as_at_scale(monkeypatch: pytest.MonkeyPatch, scene: Path) -> None:
 
 
 def _work(scene: Path, out: Path, batch: int, iterations: int) -> Counter:
-    cfg = load_config(
-        None,
-        [
-            f"data.path={scene}",
-            *SCENE,
-            f"train.out={out}",
-            f"train.images={batch * iterations}",
-            f"train.batch_size={batch}",
-            "train.eval_every=0",
-            "train.eval_renders=0",
-            "train.checkpoint_every=0",
-            "train.log_every=1",
-            "model.sh_degree=1",
-            "train.sh_degree_every=1000",
-            "densify.start_images=1000",
-        ],
-    )
+    cfg = short_run(str(scene), str(out), batch, iterations)
     with HostSyncCounter() as counter:
         train(cfg, single_process("cpu"), renderer=KernelBackend(counter.counted(HostKernels().launch)))
     return Counter({site: n for site, n in counter.work_sites.items() if " at grendel_py/data/" not in site})
