@@ -77,8 +77,7 @@ def _rank_job(ctx, assignment: str = "locality", variant: bool = False):
     loss.backward()
     grads = {k: getattr(shard, k).grad for k in FIELDS}
     densify = DensifyStrategy(DensifyConfig(), 1.0, 0)
-    for radii, grad_norms, rows in out.per_camera():  # only the splats the cameras see
-        densify.observe(radii, grad_norms, rows, len(shard))
+    densify.observe(*out.statistics(), len(shard))  # only the splats the cameras see, all cameras at once
     stats = {k: densify.state_dict()[k] for k in STATS}
     return (
         float(loss.detach()),

@@ -97,8 +97,7 @@ def _two_steps_job(ctx, move_between: bool) -> dict:
     for step in range(2):
         loss, rendered = batch_loss(opt.gaussians, Batch(cams, images, 1), StepOptions(BG, balancer=balancer), ctx)
         loss.backward()
-        for radii, grad_norms, rows in rendered.per_camera():
-            densify.observe(radii, grad_norms, rows, len(opt.gaussians))
+        densify.observe(*rendered.statistics(), len(opt.gaussians))
         opt.step()
         losses.append(float(loss.detach()))
         if step == 0 and move_between:

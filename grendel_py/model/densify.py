@@ -80,13 +80,14 @@ class DensifyStrategy:
     def observe(
         self, radii: torch.Tensor, grad_norms: torch.Tensor | None, rows: torch.Tensor, n_gaussians: int
     ) -> None:
-        """Accumulate one rendered camera's statistics, after backward.
+        """Accumulate rendered cameras' statistics, after backward.
 
         ``radii`` [S] are the pixel radii (:func:`~grendel_py.render.projection.pixel_radii`) of S splats of a
-        model of ``n_gaussians``: ``rows`` [S] (int32 or int64, distinct) gives each splat's row in the model.
-        ``grad_norms`` [S] are the norms of their ``means2d`` gradients in NDC units (:func:`screen_grad_norms`;
-        None: no gradient reached them). For visible splats (radius > 0): grad2d_sum += norm, count += 1,
-        max_radius2d = max(max_radius2d, radius).
+        model of ``n_gaussians``: ``rows`` [S] (int32 or int64) gives each splat's row in the model; a row
+        repeats when several cameras of a batch see it (each counts, in order). ``grad_norms`` [S] are the
+        norms of their ``means2d`` gradients in NDC units (:func:`screen_grad_norms`; None: no gradient
+        reached them). For visible splats (radius > 0): grad2d_sum += norm, count += 1, max_radius2d =
+        max(max_radius2d, radius).
         """
         device = radii.device
         self._check_size(n_gaussians, device)
@@ -94,8 +95,8 @@ class DensifyStrategy:
         if grad_norms is not None:
             self.grad2d_sum.index_add_(0, rows, torch.where(visible, grad_norms, torch.zeros_like(grad_norms)))
         self.count.index_add_(0, rows, visible.to(torch.int32))
-        old = self.max_radius2d[rows]
-        self.max_radius2d[rows] = torch.where(visible, torch.maximum(old, radii), old)
+        # radii are 0 where not visible, and the maxima start at 0
+        self.max_radius2d.scatter_reduce_(0, rows.long(), radii, reduce="amax")
 
     def regularise(self, gaussians: Gaussians, images: int) -> None:
         """The INRIA strategy adds no regulariser (the interface of :class:`~grendel_py.model.mcmc.MCMCStrategy`)."""
@@ -221,10 +222,16 @@ def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     return children
 
 
-def screen_grad_norms(means2d_grad: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """|grad x (width / 2, height / 2)| [S] of the gradient [S, 2] of a camera's splat ``means2d`` (in pixels):
-    INRIA's view-space gradient in NDC units, which :meth:`DensifyStrategy.observe` accumulates."""
-    scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
+def screen_grad_norms(
+    means2d_grad: torch.Tensor, width: int | torch.Tensor, height: int | torch.Tensor
+) -> torch.Tensor:
+    """|grad x (width / 2, height / 2)| [S] of the gradient [S, 2] of splats' ``means2d`` (in pixels): INRIA's
+    view-space gradient in NDC units, which :meth:`DensifyStrategy.observe` accumulates. ``width``,
+    ``height``: the camera's image size, or each splat's camera's, float [S] each (a batch's splats)."""
+    if isinstance(width, torch.Tensor):
+        scale = torch.stack([width, height], dim=-1) * 0.5
+    else:
+        scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
     return torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
 
 

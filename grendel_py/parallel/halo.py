@@ -106,29 +106,30 @@ def exchange_halos(
     starts, total = part_starts(sizes), sum(sizes)  # each camera's first pixel in the batch
     pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
     images = [grid.tiles_to_image(colors, tiles) for grid, colors, tiles in zip(grids, tile_colors, tile_ids)]
-    sentinel = w * total
-    if ctx.distributed:
+    if not ctx.distributed:  # one rank: no halo, only the boxes to read
+        boxes = _tile_boxes(grids, owners, me).tolist()
+        per_camera, received = [0] * len(grids), proto.new_zeros(0, c)
+    else:
+        sentinel = w * total
         send, recv = _halo_keys(grids, owners, pixel_owners, starts, total, me, sentinel)
-    else:  # one rank: no halo
-        send = recv = torch.zeros(0, dtype=torch.int64, device=device)
-    recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
-    host = torch.cat(
-        [
-            count_values(send // total, w),
-            count_values(recv // total, w),
-            count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
-            _tile_boxes(grids, owners, me).reshape(-1),
-        ]
-    ).tolist()
-    send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w : 2 * w + len(grids)]
-    boxes = [host[2 * w + len(grids) + 4 * b : 2 * w + len(grids) + 4 * b + 4] for b in range(len(grids))]
-    send, recv, recv_camera = send[: sum(send_counts)], recv[: sum(recv_counts)], recv_camera[: sum(recv_counts)]
-
-    flat = torch.cat([image.reshape(-1, c) for image in images])
-    received = all_to_all_rows(flat[send % total], send_counts, recv_counts, ctx)
-    by_camera = torch.argsort(recv_camera, stable=True)  # received rows: by sending rank, then camera
-    received_at = (recv % total)[by_camera].split(per_camera)
-    received_rows = by_camera.split(per_camera)
+        recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
+        host = torch.cat(
+            [
+                count_values(send // total, w),
+                count_values(recv // total, w),
+                count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
+                _tile_boxes(grids, owners, me).reshape(-1),
+            ]
+        ).tolist()
+        send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w : 2 * w + len(grids)]
+        boxes = [host[2 * w + len(grids) + 4 * b : 2 * w + len(grids) + 4 * b + 4] for b in range(len(grids))]
+        send, recv = send[: sum(send_counts)], recv[: sum(recv_counts)]
+        recv_camera = recv_camera[: sum(recv_counts)]
+        flat = torch.cat([image.reshape(-1, c) for image in images])
+        received = all_to_all_rows(flat[send % total], send_counts, recv_counts, ctx)
+        by_camera = torch.argsort(recv_camera, stable=True)  # received rows: by sending rank, then camera
+        received_at = (recv % total)[by_camera].split(per_camera)
+        received_rows = by_camera.split(per_camera)
 
     regions: list[Region | None] = []
     for b, (grid, image, tiles, po) in enumerate(zip(grids, images, tile_ids, pixel_owners)):

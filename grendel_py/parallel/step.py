@@ -40,7 +40,7 @@ from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.render import get_backend, project_batch, rasterize_batch
 from grendel_py.render.interface import Pairs, Renderer
-from grendel_py.render.intersect import BatchTiles, part_starts
+from grendel_py.render.intersect import BatchTiles
 from grendel_py.render.projection import pixel_radii
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
@@ -124,12 +124,10 @@ class Rendered:
     raster_seconds: Callable[[], float]
     squared_error: torch.Tensor | None = None
 
-    def per_camera(self):
-        """(the splats' pixel radii, their gradient norms or None, their model rows) for each camera of the batch."""
-        norms = self.grad_norms[0] if self.grad_norms else None
-        for start, n in zip(part_starts(self.parts), self.parts):
-            rows = slice(start, start + n)
-            yield self.radii[rows], None if norms is None else norms[rows], self.rows[rows]
+    def statistics(self):
+        """What densification observes of the batch: the splats' pixel radii, their gradient norms (None
+        before the backward pass) and their model rows, all cameras at once."""
+        return self.radii, self.grad_norms[0] if self.grad_norms else None, self.rows
 
 
 def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Camera]) -> list[torch.Tensor]:
@@ -137,12 +135,14 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
     splats of camera b), in NDC units (:func:`~grendel_py.model.densify.screen_grad_norms`), as soon as it is
     computed: neither the splats' ``means2d`` nor their gradient is kept for densification."""
     box: list[torch.Tensor] = []
+    if len(cameras) == 1:
+        width, height = cameras[0].width, cameras[0].height
+    else:  # each splat's camera size, built on the host and uploaded once
+        sizes = torch.tensor([[c.width, c.height] for c in cameras], dtype=torch.float32)
+        width, height = sizes.repeat_interleave(torch.tensor(parts), dim=0).to(means2d.device).unbind(1)
 
     def hook(grad: torch.Tensor) -> None:
-        norms = grad.new_empty(grad.shape[0], dtype=torch.float32)
-        for start, n, cam in zip(part_starts(parts), parts, cameras):
-            norms[start : start + n] = screen_grad_norms(grad[start : start + n], cam.width, cam.height)
-        box[:] = [norms]
+        box[:] = [screen_grad_norms(grad, width, height)]
 
     means2d.register_hook(hook)
     return box

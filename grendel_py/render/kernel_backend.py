@@ -143,6 +143,14 @@ class _Project(torch.autograd.Function):
         return v_means, v_quats, v_scales, v_opacities, v_sh, None, None, None, None, None, None
 
 
+def _zeros_like_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zeroed tensors shaped as ``tensors`` (one dtype), contiguous views of one buffer filled once."""
+    if not tensors:
+        return []
+    flat = torch.zeros(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    return [v.view(t.shape) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 def batch_grids(parts: list[int], grids: list[TileGrid], device: torch.device) -> torch.Tensor:
     """The batch's cameras as the binning and rasterization kernels read them (cuda/batch.cuh), int64 [B, 5]:
     first splat row (``parts[b]`` rows for camera b, one camera after another), width, height, tiles across and
@@ -180,7 +188,7 @@ class _Rasterize(torch.autograd.Function):
         bins: TileBins = state["bins"]
         g_rgb = t_final.new_zeros(*t_final.shape, 3) if g_rgb is None else g_rgb.contiguous()
         g_alpha = _zeros_if_none(g_alpha, t_final)
-        v_means2d, v_conics, v_opacities, v_colors = (torch.zeros_like(t) for t in (means2d, conics, opacities, colors))
+        v_means2d, v_conics, v_opacities, v_colors = _zeros_like_each([means2d, conics, opacities, colors])
         splats = (bins.tile_ids, bins.offsets, bins.splat_index, means2d, conics, opacities, colors, background)
         ctx.launch(
             "rasterize_backward",
@@ -241,9 +249,10 @@ class _ProjectPacked(torch.autograd.Function):
     def backward(ctx, v_means2d, v_conics, v_depths, v_opacities, v_colors, _v_extents, _v_rows):
         *params, slots, cams = ctx.saved_tensors
         wanted = ctx.needs_input_grad[1:]
-        for leaf, w in zip(ctx.leaves, wanted):  # into .grad itself, allocated only when there is none yet
-            if w and leaf.grad is None:
-                leaf.grad = torch.zeros_like(leaf)
+        # into .grad itself; the missing ones allocated (views of one zeroed buffer: one fill, not six)
+        missing = [leaf for leaf, w in zip(ctx.leaves, wanted) if w and leaf.grad is None]
+        for leaf, buf in zip(missing, _zeros_like_each(missing)):
+            leaf.grad = buf
         v_splats = [
             torch.zeros(shape, dtype=torch.float32, device=slots.device) if g is None else g.contiguous()
             for g, shape in zip((v_means2d, v_conics, v_depths, v_opacities, v_colors), ctx.shapes)

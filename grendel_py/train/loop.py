@@ -304,8 +304,7 @@ def train_pass(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistCo
     squared = rendered.squared_error
     rendered.tile_colors, rendered.regions = [], []  # so the backward pass frees the pictures once it has used them
     loss.backward()
-    for radii, grad_norms, rows in rendered.per_camera():
-        densify.observe(radii, grad_norms, rows, len(shard))
+    densify.observe(*rendered.statistics(), len(shard))
     return PassStats(
         loss.detach().double(),
         squared,
