@@ -124,6 +124,16 @@ class Assignment:
         """Rank rendering each tile of camera ``slot``, int64 [n_tiles] (row-major)."""
         return torch.from_numpy(self._of_camera(slot).copy())
 
+    def tile_box(self, slot: int, rank: int) -> tuple[int, int, int, int]:
+        """The box (ty0, ty1, tx0, tx1), half-open, of the tiles of camera ``slot`` that ``rank`` renders
+        (found on the host); (0, 0, 0, 0) when it renders none."""
+        grid = self.grids[slot]
+        mine = (self._of_camera(slot) == rank).reshape(grid.ny, grid.nx)
+        rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
+        if rows.size == 0:
+            return 0, 0, 0, 0
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
     def tiles_of(self, slot: int, rank: int) -> torch.Tensor:
         """Ids of the tiles of camera ``slot`` that ``rank`` renders, int64 ascending (found on the host)."""
         return torch.from_numpy(np.flatnonzero(self._of_camera(slot) == rank))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from partition.assign import (
+    Assignment,
     TileTable,
     balanced_assignment,
     fair_shares,
@@ -210,3 +211,22 @@ def test_64_ranks_16_cameras_of_1080p_in_milliseconds() -> None:
         assert plan.balance(inter + 1.0) <= 1.0 + max(balancer.chosen_tolerance or 0.0, 0.0) + 0.01
     # Measured on the 2-core CI machine: ~4 ms balanced, ~45 ms for locality trying all 7 tolerances.
     assert timings["balanced"] < 0.05 and timings["auto"] < 0.25, timings
+
+
+def test_tile_box_bounds_a_ranks_tiles() -> None:
+    """The half-open box of the tiles a rank renders, from the plan on the host: every one of its tiles is
+    inside, each side touches one; (0, 0, 0, 0) for a rank without tiles."""
+    grids = (TileGrid(100, 60), TileGrid(33, 70))
+    rng = np.random.default_rng(4)
+    ranks = np.concatenate([rng.integers(0, 3, grids[0].n_tiles), np.zeros(grids[1].n_tiles, dtype=np.int64)])
+    plan = Assignment(grids, ranks, 3)
+    for slot, grid in enumerate(grids):
+        for rank in range(3):
+            ids = plan.tiles_of(slot, rank).numpy()
+            box = plan.tile_box(slot, rank)
+            if ids.size == 0:
+                assert box == (0, 0, 0, 0)
+                continue
+            ty, tx = ids // grid.nx, ids % grid.nx
+            assert box == (ty.min(), ty.max() + 1, tx.min(), tx.max() + 1)
+    assert plan.tile_box(1, 0) == (0, grids[1].ny, 0, grids[1].nx) and plan.tile_box(1, 2) == (0, 0, 0, 0)

@@ -70,35 +70,24 @@ def _halo_keys(
     return send, distinct_sorted(torch.where(torch.cat(recv_ok), torch.cat(recv_keys), sentinel), sentinel)
 
 
-def _tile_boxes(grids: list[TileGrid], owners: list[torch.Tensor], rank: int) -> torch.Tensor:
-    """int64 [B, 4]: the box (ty0, ty1, tx0, tx1) of ``rank``'s tiles in each camera (half-open; empty boxes
-    when it owns none)."""
-    boxes = []
-    for grid, own in zip(grids, owners):
-        mine = (own == rank).view(grid.ny, grid.nx)
-        rows, cols = mine.any(dim=1).to(torch.int64), mine.any(dim=0).to(torch.int64)
-        first_row, first_col = rows.argmax(), cols.argmax()
-        last_row, last_col = grid.ny - rows.flip(0).argmax(), grid.nx - cols.flip(0).argmax()
-        boxes.append(torch.stack([first_row, last_row, first_col, last_col]))
-    return torch.stack(boxes)
-
-
 def exchange_halos(
     tile_colors: list[torch.Tensor],
     tile_ids: list[torch.Tensor],
     grids: list[TileGrid],
     owners: list[torch.Tensor],
+    boxes: list[tuple[int, int, int, int]],
     ctx: DistContext,
 ) -> tuple[list[Region | None], torch.Tensor]:
     """Assemble this rank's region of every camera slot b from its rendered tiles ``tile_colors[b]``
-    [T_b, P, C] (tiles ``tile_ids[b]``) and the halo pixels other ranks send. Returns the regions (None for
-    cameras where this rank owns nothing) and the received halo values (every rank must keep them in its
-    loss's graph so that all ranks join the backward exchange).
+    [T_b, P, C] (tiles ``tile_ids[b]``, in the box ``boxes[b]`` = (ty0, ty1, tx0, tx1) of tiles, half-open,
+    from the plan on the host) and the halo pixels other ranks send. Returns the regions (None for cameras
+    where this rank owns nothing) and the received halo values (every rank must keep them in its loss's
+    graph so that all ranks join the backward exchange).
 
     The pixels to send and to receive are found at once for the whole batch from the tile owners (which
     every rank knows), as keys ``rank * P + pixel`` over the batch's P pixels: sorted, they give each peer's
-    pixels in the order both sides agree on (camera, then row-major). One read of their counts and of the
-    regions' boxes is the only host synchronisation besides the two sorts."""
+    pixels in the order both sides agree on (camera, then row-major). One read of their counts is the only
+    host synchronisation besides the two sorts; one rank exchanges nothing."""
     me, w = ctx.rank, ctx.world_size
     proto = tile_colors[0]
     c, device = proto.shape[-1], proto.device
@@ -106,8 +95,7 @@ def exchange_halos(
     starts, total = part_starts(sizes), sum(sizes)  # each camera's first pixel in the batch
     pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
     images = [grid.tiles_to_image(colors, tiles) for grid, colors, tiles in zip(grids, tile_colors, tile_ids)]
-    if not ctx.distributed:  # one rank: no halo, only the boxes to read
-        boxes = _tile_boxes(grids, owners, me).tolist()
+    if not ctx.distributed:  # one rank: no halo
         per_camera, received = [0] * len(grids), proto.new_zeros(0, c)
     else:
         sentinel = w * total
@@ -118,11 +106,9 @@ def exchange_halos(
                 count_values(send // total, w),
                 count_values(recv // total, w),
                 count_values(torch.where(recv < sentinel, recv_camera, len(grids)), len(grids)),
-                _tile_boxes(grids, owners, me).reshape(-1),
             ]
         ).tolist()
-        send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w : 2 * w + len(grids)]
-        boxes = [host[2 * w + len(grids) + 4 * b : 2 * w + len(grids) + 4 * b + 4] for b in range(len(grids))]
+        send_counts, recv_counts, per_camera = host[:w], host[w : 2 * w], host[2 * w :]
         send, recv = send[: sum(send_counts)], recv[: sum(recv_counts)]
         recv_camera = recv_camera[: sum(recv_counts)]
         flat = torch.cat([image.reshape(-1, c) for image in images])

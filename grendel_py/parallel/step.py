@@ -185,7 +185,8 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     bytes_sent = received.bytes_sent
     del received  # the compositor keeps what its backward needs; the received ids and extents go
     tile_colors = tiles.split(colors)
-    regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, ctx)
+    boxes = [plan.tile_box(b, ctx.rank) for b in range(len(grids))]
+    regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, boxes, ctx)
     tie = halo_values.sum() + tie_splats[0] + tie_splats[1]
     return Rendered(
         radii,
