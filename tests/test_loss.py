@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grendel_py.loss.pixels import HALO, crop_with_halo, pad_halo, photometric_loss, region_loss, ssim_map
+from grendel_py.loss.pixels import (
+    HALO,
+    crop_with_halo,
+    pad_halo,
+    photometric_loss,
+    region_loss,
+    ssim_map,
+    window_with_halo,
+)
 
 # Rectangles (y0, y1, x0, x1) tiling a 29 x 37 image; the cuts pass through SSIM windows.
 PARTITION = [(0, 11, 0, 23), (0, 11, 23, 37), (11, 29, 0, 8), (11, 29, 8, 37)]
@@ -115,3 +123,11 @@ def test_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         lambda im: region_loss(crop_with_halo(pad_halo(im), 2, 6, 1, 4), padded_gt, 0.2, 42), (image,)
     )
+
+
+@pytest.mark.parametrize("box", [(0, 7, 0, 9), (3, 7, 2, 9), (0, 12, 0, 13), (5, 12, 8, 13), (2, 3, 12, 13)])
+def test_window_with_halo_is_the_padded_images_crop(box: tuple[int, int, int, int]) -> None:
+    image = torch.rand(12, 13, 3, generator=torch.Generator().manual_seed(sum(box)))
+    window = window_with_halo(image, *box)
+    assert window.is_contiguous()
+    assert torch.equal(window, crop_with_halo(pad_halo(image), *box))

@@ -59,6 +59,17 @@ def crop_with_halo(padded: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> 
     return padded[y0 : y1 + 2 * HALO, x0 : x1 + 2 * HALO]
 
 
+def window_with_halo(image, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """Rows y0:y1 and columns x0:x1 (image coordinates) of ``image`` [H, W, C] with HALO pixels around them,
+    zeros outside the image: [y1 - y0 + 2 HALO, x1 - x0 + 2 HALO, C], contiguous (one pad of a crop; what
+    ``crop_with_halo(pad_halo(image), ...)`` gives without padding the whole image). ``image``: a tensor, or
+    anything that slices to one (a :class:`grendel_py.train.images.Photo` reads only the crop)."""
+    height, width = image.shape[:2]
+    top, left, bottom, right = y0 - HALO, x0 - HALO, y1 + HALO, x1 + HALO
+    crop = image[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+    return F.pad(crop, (0, 0, max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0)))
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM map [H, W] (mean over channels) of ``x``, ``y`` [H, W, C], zero-padded at the border as INRIA."""
     return ssim_map_valid(pad_halo(x), pad_halo(y))

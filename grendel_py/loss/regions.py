@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from grendel_py.data.cameras import Camera
 from grendel_py.loss.fused import Launch, fused_loss
-from grendel_py.loss.pixels import HALO, region_loss, ssim_map_valid
+from grendel_py.loss.pixels import HALO, region_loss, ssim_map_valid, window_with_halo
 from grendel_py.model.exposure import apply_exposure
 
 LOSS_ROWS = 128
@@ -50,11 +49,7 @@ def ground_truth_region(region: Region, gt) -> torch.Tensor:
     padded only where the canvas reaches past the photo's edges. ``gt``: the photo, float32 [H, W, 3] on the
     device, or a :class:`grendel_py.train.images.Photo`, which reads only the crop."""
     h, w = region.owned.shape
-    height, width = gt.shape[:2]
-    top, left, bottom, right = region.y0 - HALO, region.x0 - HALO, region.y0 + h + HALO, region.x0 + w + HALO
-    crop = gt[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
-    pad = (0, 0, max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
-    return F.pad(crop, pad)  # [h, w, C], contiguous
+    return window_with_halo(gt, region.y0, region.y0 + h, region.x0, region.x0 + w)
 
 
 class Scores(NamedTuple):

@@ -8,9 +8,8 @@ Every rank derives every other rank's needs from the tile owner tables, so no re
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from grendel_py.loss.pixels import HALO
+from grendel_py.loss.pixels import HALO, window_with_halo
 from grendel_py.loss.regions import Region
 from grendel_py.parallel.exchange import all_to_all_rows
 from grendel_py.parallel.runtime import DistContext
@@ -125,8 +124,7 @@ def exchange_halos(
         ts = grid.tile_size
         ty0, ty1, tx0, tx1 = boxes[b]
         y0, y1, x0, x1 = ty0 * ts, min(ty1 * ts, grid.height), tx0 * ts, min(tx1 * ts, grid.width)
-        padded = F.pad(image.permute(2, 0, 1), (HALO, HALO, HALO, HALO)).permute(1, 2, 0)
-        canvas = padded[y0 : y1 + 2 * HALO, x0 : x1 + 2 * HALO]
+        canvas = window_with_halo(image, y0, y1, x0, x1)
         if per_camera[b]:
             at = received_at[b] - starts[b]
             ys, xs = at // grid.width - y0 + HALO, at % grid.width - x0 + HALO
