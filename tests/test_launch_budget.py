@@ -10,8 +10,8 @@ at 1M Gaussians and 1920 x 1080 (the figure the GPU step is measured at): 31 pie
 (splat, tile) pairs and 9 bands of loss rows. A loop over pieces then costs here what it costs there.
 
 The budget is a ratchet: tests/launch_budget.json holds the counts measured when it was last lowered, and a
-change that adds operations fails here. The GPU step's target (issue 37) is at most 150 per iteration at
-batch 1 and batch 4 at most 30 more; the listing printed says where the rest are.
+change that adds operations fails here; and the GPU step's target (issue 37) holds: at most 150 per
+iteration at batch 1 and batch 4 at most 30 more. The listing printed says where they are.
 """
 
 from __future__ import annotations
@@ -71,16 +71,23 @@ def _listing(sites: dict[str, float]) -> str:
     return "\n".join(f"{n:7.1f} {site}" for site, n in sorted(sites.items(), key=lambda kv: -kv[1]))
 
 
-@pytest.mark.parametrize("batch", [1, 4])
-def test_device_work_per_iteration(
-    object_scene_seed2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
-) -> None:
+TARGET = 150
+"""Operations and launches per iteration at batch 1 that the GPU step may take (issue 37)."""
+PER_EXTRA_BATCH = 30
+"""What batch 4 may take beyond batch 1: every stage runs once per batch, not per camera."""
+
+
+def test_device_work_per_iteration(object_scene_seed2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the ratchet of tests/launch_budget.json, at most TARGET at batch 1 and PER_EXTRA_BATCH more at
+    batch 4."""
     _cut_as_at_scale(monkeypatch, object_scene_seed2)
-    sites = per_iteration(object_scene_seed2, tmp_path, batch)
-    total = sum(sites.values())
-    budget = json.loads(BUDGET.read_text())[f"B{batch}"]
-    print(f"B={batch}: {total:g} operations and launches per iteration\n{_listing(sites)}")
-    assert total <= budget, f"{total:g} operations and launches per iteration (budget {budget}):\n{_listing(sites)}"
+    budget, totals = json.loads(BUDGET.read_text()), {}
+    for batch in (1, 4):
+        sites = per_iteration(object_scene_seed2, tmp_path / f"b{batch}", batch)
+        totals[batch] = total = sum(sites.values())
+        print(f"B={batch}: {total:g} operations and launches per iteration\n{_listing(sites)}")
+        assert total <= budget[f"B{batch}"], f"B={batch}: {total:g} per iteration:\n{_listing(sites)}"
+    assert totals[1] <= TARGET and totals[4] <= totals[1] + PER_EXTRA_BATCH, totals
 
 
 def test_counter_counts_work_not_views() -> None:

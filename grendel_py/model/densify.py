@@ -222,17 +222,16 @@ def _split_children(parents: Gaussians, event_key: int) -> Gaussians:
     return children
 
 
-def screen_grad_norms(
-    means2d_grad: torch.Tensor, width: int | torch.Tensor, height: int | torch.Tensor
-) -> torch.Tensor:
-    """|grad x (width / 2, height / 2)| [S] of the gradient [S, 2] of splats' ``means2d`` (in pixels): INRIA's
-    view-space gradient in NDC units, which :meth:`DensifyStrategy.observe` accumulates. ``width``,
-    ``height``: the camera's image size, or each splat's camera's, float [S] each (a batch's splats)."""
-    if isinstance(width, torch.Tensor):
-        scale = torch.stack([width, height], dim=-1) * 0.5
-    else:
-        scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
-    return torch.linalg.vector_norm(means2d_grad.detach().float() * scale, dim=-1)
+def screen_grad_norms(means2d_grad: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """|grad x (width / 2, height / 2)| [S] of the gradient [S, 2] of a camera's splat ``means2d`` (in pixels):
+    INRIA's view-space gradient in NDC units, which :meth:`DensifyStrategy.observe` accumulates."""
+    return ndc_grad_norms(means2d_grad, torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device))
+
+
+def ndc_grad_norms(means2d_grad: torch.Tensor, half_size: torch.Tensor) -> torch.Tensor:
+    """:func:`screen_grad_norms` with the half image size (width / 2, height / 2) given as float32 [2], or
+    [S, 2] for splats of several cameras (each its own camera's)."""
+    return torch.linalg.vector_norm(means2d_grad.detach().float() * half_size, dim=-1)
 
 
 Strategy = DensifyStrategy | MCMCStrategy

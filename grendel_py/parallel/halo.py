@@ -92,11 +92,15 @@ def exchange_halos(
     c, device = proto.shape[-1], proto.device
     sizes = [g.width * g.height for g in grids]
     starts, total = part_starts(sizes), sum(sizes)  # each camera's first pixel in the batch
-    pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
-    images = [grid.tiles_to_image(colors, tiles) for grid, colors, tiles in zip(grids, tile_colors, tile_ids)]
-    if not ctx.distributed:  # one rank: no halo
+    images = [  # tile ids are sorted and unique: all of them need no placing
+        grid.tiles_to_image(colors, None if tiles.shape[0] == grid.n_tiles else tiles)
+        for grid, colors, tiles in zip(grids, tile_colors, tile_ids)
+    ]
+    if not ctx.distributed:  # one rank: no halo, and every pixel is its own
+        pixel_owners = [None] * len(grids)
         per_camera, received = [0] * len(grids), proto.new_zeros(0, c)
     else:
+        pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
         sentinel = w * total
         send, recv = _halo_keys(grids, owners, pixel_owners, starts, total, me, sentinel)
         recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
@@ -129,5 +133,8 @@ def exchange_halos(
             at = received_at[b] - starts[b]
             ys, xs = at // grid.width - y0 + HALO, at % grid.width - x0 + HALO
             canvas = canvas.index_put((ys, xs), received[received_rows[b]], accumulate=True)
-        regions.append(Region(canvas, (po == me)[y0:y1, x0:x1], y0, x0))
+        owned = (
+            torch.ones(y1 - y0, x1 - x0, dtype=torch.bool, device=device) if po is None else (po == me)[y0:y1, x0:x1]
+        )
+        regions.append(Region(canvas, owned, y0, x0))
     return regions, received

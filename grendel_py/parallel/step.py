@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from grendel_py.data.cameras import Camera
 from grendel_py.loss.fused import Launch
 from grendel_py.loss.regions import Region, expose_regions, regions_loss
-from grendel_py.model.densify import screen_grad_norms
+from grendel_py.model.densify import ndc_grad_norms
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import exchange_halos
@@ -132,17 +133,15 @@ class Rendered:
 
 def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Camera]) -> list[torch.Tensor]:
     """A list that the backward pass fills with the norms [S] of the gradient of ``means2d`` (``parts[b]``
-    splats of camera b), in NDC units (:func:`~grendel_py.model.densify.screen_grad_norms`), as soon as it is
+    splats of camera b), in NDC units (:func:`~grendel_py.model.densify.ndc_grad_norms`), as soon as it is
     computed: neither the splats' ``means2d`` nor their gradient is kept for densification."""
     box: list[torch.Tensor] = []
-    if len(cameras) == 1:
-        width, height = cameras[0].width, cameras[0].height
-    else:  # each splat's camera size, built on the host and uploaded once
-        sizes = torch.tensor([[c.width, c.height] for c in cameras], dtype=torch.float32)
-        width, height = sizes.repeat_interleave(torch.tensor(parts), dim=0).to(means2d.device).unbind(1)
+    # each splat's camera's half size: built on the host, uploaded once
+    half = np.repeat(np.array([[c.width / 2.0, c.height / 2.0] for c in cameras], dtype=np.float32), parts, axis=0)
+    half_size = torch.from_numpy(half).to(means2d.device, non_blocking=True)
 
     def hook(grad: torch.Tensor) -> None:
-        box[:] = [screen_grad_norms(grad, width, height)]
+        box[:] = [ndc_grad_norms(grad, half_size)]
 
     means2d.register_hook(hook)
     return box

@@ -90,7 +90,7 @@ class BatchTiles:
         self.sizes = [int(t.shape[0]) for t in self.tile_ids]  # selected tiles per camera
         self.first = part_starts([g.n_tiles for g in grids])
         self.total = sum(g.n_tiles for g in grids)
-        self.ids = torch.cat([t + f for t, f in zip(self.tile_ids, self.first)])  # batch tile ids [T]
+        self.ids = torch.cat([t + f if f else t for t, f in zip(self.tile_ids, self.first)])  # batch tile ids [T]
 
     def slot_of_tile(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """For each batch tile, its place among the selected tiles, or -1, ``dtype`` [total + 1]; the last

@@ -27,28 +27,27 @@ PARAMETERS = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")
 assert sorted(PARAMETERS) == sorted(TRAINABLE)
 
 
-def _camera_record(camera: Camera, near_plane: float) -> torch.Tensor:
-    """The camera as the kernels read it (cuda/project.cuh ``load_cam``), float64 [24] on the host; the
-    tangent limits are computed in double as in the spec."""
+def _camera_record(camera: Camera, near_plane: float) -> list[torch.Tensor]:
+    """The camera as the kernels read it (cuda/project.cuh ``load_cam``), as float64 parts on the host that
+    make its 24 floats; the tangent limits are computed in double as in the spec."""
     w, h, fx, fy, cx, cy = camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy
     tan_x, tan_y = 0.5 * w / fx, 0.5 * h / fy
     limits = [(w - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x, (h - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y]
-    parts = [
-        camera.R.reshape(-1).double(),
-        camera.t.reshape(-1).double(),
-        camera.center.reshape(-1).double(),
+    return [
+        camera.R.reshape(-1).double().cpu(),
+        camera.t.reshape(-1).double().cpu(),
+        camera.center.reshape(-1).double().cpu(),
         torch.tensor([fx, fy, cx, cy, *limits, near_plane], dtype=torch.float64),
     ]
-    return torch.cat([p.cpu() for p in parts])
 
 
 def camera_records(cameras: list[Camera], near_plane: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The cameras as the kernels read them: records float32 [B, 24] and image sizes int32 [B, 2] (width,
     height), each uploaded in one copy."""
-    records = torch.stack([_camera_record(c, near_plane) for c in cameras]).float()
+    records = torch.cat([part for c in cameras for part in _camera_record(c, near_plane)]).view(len(cameras), -1)
     assert records.shape[1] == CAM_FLOATS
     sizes = torch.tensor([[c.width, c.height] for c in cameras], dtype=torch.int32)
-    return records.to(device), sizes.to(device)
+    return records.float().to(device), sizes.to(device)
 
 
 MAX_ITEMS = (1 << 31) - 1

@@ -39,8 +39,9 @@ def random_backgrounds(seed: int, first_image: int, count: int, device: torch.de
 
 def to_float(image: torch.Tensor) -> torch.Tensor:
     """A uint8 image as float32 in [0, 1], the same bits on every device: a multiplication by 1/255, since
-    CUDA divides by a scalar that way (CPU divides, which differs in the last bit for some values)."""
-    return image.to(torch.float32).mul_(1.0 / 255.0)
+    CUDA divides by a scalar that way (CPU divides, which differs in the last bit for some values); one
+    operation (the bytes are converted to float32 as they are multiplied)."""
+    return image.mul(1.0 / 255.0)
 
 
 class Photo:
