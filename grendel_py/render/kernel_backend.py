@@ -1,11 +1,15 @@
-"""The renderer's two halves on the CUDA kernels of ``cuda/``, with torch autograd around them.
+"""The renderer on the CUDA kernels of ``cuda/``, with torch autograd around them.
 
 :class:`KernelBackend` takes a kernel launcher (``launch(name, size, *args)``, see
-:mod:`grendel_py.render.cuda_kernels`) and offers the backend interface: ``project`` and ``rasterize_batch``
-with the torch spec's signatures and results. Binning: each visible splat gets a 64-bit key per selected tile
-its ellipse reaches (the spec's exact tile culling), ``slot << 32 | rank`` with ``rank`` its place in (depth, global id) order, so one radix sort of the
-keys (torch.sort) yields the spec's (tile, depth, id) order with no ties, whatever the splats' arrival order.
-Everything is float32; the kernels composite 3 colour channels over 16 x 16 tiles.
+:mod:`grendel_py.render.cuda_kernels`) and offers the renderer interface
+(:class:`~grendel_py.render.interface.Renderer`) with the torch spec's signatures and results, every stage
+once per batch: ``project_batch`` (visibility, packed splats, a backward per Gaussian), ``pairs`` (the tile
+table's counts and the routing), ``rasterize_batch`` (binning and compositing of all the batch's tiles), and
+``project`` for one camera. Binning: each visible splat gets a 64-bit key per selected tile its ellipse
+reaches (the spec's exact tile culling), ``slot << 32 | rank`` with ``rank`` its place in (depth, global id)
+order, so one radix sort of the keys (torch.sort) yields the spec's (tile, depth, id) order with no ties,
+whatever the splats' arrival order. Everything is float32; the kernels composite 3 colour channels over
+16 x 16 tiles.
 """
 
 from __future__ import annotations
