@@ -2,7 +2,10 @@
 count tests/test_launch_budget.py holds to its budget (a real ``train()`` with the CUDA kernels on the host
 launcher, the step's pieces cut as at 1M Gaussians and 1080p), by site, with the commit it was measured at.
 
-    python bench/launch_count.py [--batch 1,4] [--out FILE.json]
+    python bench/launch_count.py [--batch 1,4] [--world W] [--out FILE.json]
+
+``--world W``: W gloo ranks, each counting its own; the JSON gives every rank's total and the busiest rank's
+sites.
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ sys.path.insert(0, str(ROOT))
 
 from bench.provenance import provenance  # noqa: E402
 from grendel_py.synth.writer import write_synthetic  # noqa: E402
+from tests.dist_util import run_ranks  # noqa: E402
 from tests.test_launch_budget import _cut_as_at_scale, per_iteration  # noqa: E402
+
+
+def _rank_count(ctx, scene: str, out: str, batch: int) -> dict[str, float]:
+    """One rank's operations and launches per iteration, the pieces cut in its own process."""
+    with pytest.MonkeyPatch.context() as patch:
+        _cut_as_at_scale(patch, Path(scene))
+        return per_iteration(Path(scene), Path(out), batch, ctx)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="1,4", help="batch sizes, comma-separated")
+    ap.add_argument("--world", type=int, default=1, help="ranks (gloo processes)")
     ap.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     args = ap.parse_args(argv)
     runs = []
@@ -33,13 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         scene = Path(tmp) / "scene"
         write_synthetic(scene, "object", seed=2)
         for batch in (int(b) for b in args.batch.split(",")):
-            with pytest.MonkeyPatch.context() as patch:
-                _cut_as_at_scale(patch, scene)
-                sites = per_iteration(scene, Path(tmp) / f"b{batch}", batch)
+            if args.world == 1:
+                with pytest.MonkeyPatch.context() as patch:
+                    _cut_as_at_scale(patch, scene)
+                    ranks = [per_iteration(scene, Path(tmp) / f"b{batch}", batch)]
+            else:
+                ranks = run_ranks(args.world, _rank_count, str(scene), str(Path(tmp) / f"b{batch}"), batch, timeout=900)
+            sites = max(ranks, key=lambda r: sum(r.values()))
             kernels = sum(n for site, n in sites.items() if site.startswith("kernel "))
             runs.append(
                 {
                     "batch": batch,
+                    "world_size": args.world,
+                    "per_iteration_by_rank": [sum(r.values()) for r in ranks],
                     "per_iteration": sum(sites.values()),
                     "kernel_launches": kernels,
                     "torch_operations": sum(sites.values()) - kernels,

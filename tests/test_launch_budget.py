@@ -26,7 +26,7 @@ import pytest
 from grendel_py.data.dataset import scene_from_config
 from grendel_py.host_syncs import HostSyncCounter
 from grendel_py.loss import regions
-from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.runtime import DistContext, single_process
 from grendel_py.render import batch_projection, intersect
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.loop import train
@@ -54,16 +54,17 @@ def _cut_as_at_scale(monkeypatch: pytest.MonkeyPatch, scene: Path) -> None:
         monkeypatch.setattr(module, name, math.ceil(size / pieces))
 
 
-def _work(scene: Path, out: Path, batch: int, iterations: int) -> Counter:
+def _work(scene: Path, out: Path, batch: int, iterations: int, ctx: DistContext | None) -> Counter:
     cfg = short_run(str(scene), str(out), batch, iterations)
     with HostSyncCounter() as counter:
-        train(cfg, single_process("cpu"), renderer=KernelBackend(counter.counted(HostKernels().launch)))
+        train(cfg, ctx or single_process("cpu"), renderer=KernelBackend(counter.counted(HostKernels().launch)))
     return Counter({site: n for site, n in counter.work_sites.items() if " at grendel_py/data/" not in site})
 
 
-def per_iteration(scene: Path, out: Path, batch: int) -> dict[str, float]:
-    """Operations and launches per iteration, by "name at file:line"."""
-    short, long = _work(scene, out / "a", batch, 2), _work(scene, out / "b", batch, 4)
+def per_iteration(scene: Path, out: Path, batch: int, ctx: DistContext | None = None) -> dict[str, float]:
+    """Operations and launches per iteration, by "name at file:line" (this rank's, with ``ctx``; default:
+    one rank)."""
+    short, long = _work(scene, out / "a", batch, 2, ctx), _work(scene, out / "b", batch, 4, ctx)
     return {k: (long[k] - short[k]) / 2 for k in sorted(set(short) | set(long)) if long[k] != short[k]}
 
 
