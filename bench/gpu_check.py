@@ -2,6 +2,7 @@
 ``ok`` (its expectation met) where the step has one, and exits 1 when it is false.
 
     python bench/gpu_check.py facts
+    python bench/gpu_check.py gsplat-build
     python bench/gpu_check.py tests [PYTEST ARGS...]
     python bench/gpu_check.py parity [--n 200000] [--width 1920 --height 1080] [--device cuda] [--candidate cupy] [--plant]
     python bench/gpu_check.py trained RUN [--reference CPU.json] [--within-db 0.2]
@@ -10,6 +11,8 @@
 
 - facts: the machine (GPU name, memory, driver), Python, torch, CUDA, CuPy, and what the code was
   (bench/provenance.py: the commit, whether the tree differed from it, a hash of the GPU path's sources).
+- gsplat-build: gsplat's CUDA extension compiled (or loaded when built before) for the step's side by side
+  (bench/peer.py); expected: it loads.
 - tests: pytest with the given arguments, its report on stderr; the counts of passed, failed, skipped and
   errored tests. Expected: no failure and no skip (every test the GPU steps select needs only a GPU and CuPy,
   so a skip there means they are missing: a silent pass otherwise).
@@ -26,11 +29,13 @@
   in torch.profiler, CuPy's kernels seen through CUPTI; the busiest kernels' table on stderr) and their share,
   peak memory (and per Gaussian), the host synchronisations per iteration (grendel_py.host_syncs) and the
   device work per iteration: torch operations and kernel launches, counted as tests/test_launch_budget.py
-  counts them on the CPU (the GPU step's target: at most 150 at batch 1; reported, not yet expected).
-  Expected: host synchronisations per iteration within the budget tests/test_host_syncs.py holds the CPU
-  path to (tests/host_sync_budget.json, one rank).
+  counts them on the CPU (the GPU step's target: at most 150 at batch 1; reported, not yet expected); and
+  gsplat's step on the same scene, cameras and photos (:func:`side_by_side`), its seconds per iteration and
+  ours over its. Expected: host synchronisations per iteration within the budget tests/test_host_syncs.py
+  holds the CPU path to (tests/host_sync_budget.json, one rank); gsplat seeing the scene as our spec does and
+  drawing our image (bench/peer.py).
 
-``--plant`` (parity, share) plants a difference the expectation must catch (for bench/gpu_check.sh --plant,
+``--plant`` (parity, share) and ``--plant-peer`` (step) plant a difference the expectation must catch (for bench/gpu_check.sh --plant,
 which tests use to see each expectation fail). With ``--device cpu`` and small sizes the same code runs on a
 CPU machine (bench/gpu_check.sh --dry-run), so CI checks everything here that does not need a GPU: parity
 then takes the ``torch`` backend as its candidate.
@@ -56,6 +61,7 @@ from torch.autograd import DeviceType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import peer
 from bench.provenance import provenance
 from bench.render_speed import bench_scene
 from grendel_py.config import OptimConfig
@@ -65,7 +71,7 @@ from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
-from grendel_py.render import get_backend, project, rasterize, resolve_backend
+from grendel_py.render import get_backend, project, rasterize, render, resolve_backend
 from grendel_py.render.cuda_kernels import cupy_kernels
 from grendel_py.render.kernel_backend import KernelBackend
 from partition.balancer import TileBalancer
@@ -338,9 +344,10 @@ def _views(batch: int, width: int, height: int) -> list[Camera]:
     return cams
 
 
-def step(n: int, width: int, height: int, batch: int, device: str, iterations: int) -> dict:
+def step(n: int, width: int, height: int, batch: int, device: str, iterations: int, plant_peer: bool = False) -> dict:
     """Seconds per training iteration, kernel share, peak memory, host syncs and device work (torch operations
-    and kernel launches, counted as tests/test_launch_budget.py counts them on the CPU) of one rank."""
+    and kernel launches, counted as tests/test_launch_budget.py counts them on the CPU) of one rank; and gsplat's
+    step side by side on the same scene, cameras and photos (:func:`side_by_side`)."""
     ctx = single_process("cuda" if device == "cuda" else "cpu")
     cuda = ctx.device.type == "cuda"
     gaussians, _ = bench_scene(n, width, height, str(ctx.device))
@@ -404,6 +411,9 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30), file=sys.stderr)
     times.sort()
     peak = torch.cuda.max_memory_allocated() if cuda else None
+    gsplat = side_by_side(n, cameras, images, iterations, options, plant_peer)
+    if "seconds_per_iteration" in gsplat:
+        gsplat["ours_over_gsplat"] = times[len(times) // 2] / gsplat["seconds_per_iteration"]
     return {
         "n": n,
         "width": width,
@@ -425,13 +435,45 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         "device_work_per_iteration": syncs.work,
         "kernel_launches_per_iteration": dict(syncs.launches),
         "device_work_by_site": dict(syncs.work_sites),
+        "gsplat": gsplat,
     }
+
+
+def side_by_side(
+    n: int, cameras: list[Camera], photos: list, iterations: int, options: StepOptions, plant: bool
+) -> dict:
+    """gsplat's training step on the bench scene of ``n`` Gaussians (afresh), ``cameras`` and ``photos``
+    (bench/peer.py): that it sees the scene as we do (conventions: its torch reference projection against our
+    spec), that its image is ours (agreement, against our step's renderer) and its seconds per iteration, with
+    our step's loss (its fused kernels on the GPU, else the torch spec). On a CPU our torch renderer stands in for
+    gsplat's rasterizer. ``plant``: gsplat given the quaternions in the wrong order. Where gsplat cannot be
+    loaded on a GPU, why (and ``ok`` from the conventions alone)."""
+    device = photos[0].device
+    gaussians, _ = bench_scene(n, cameras[0].width, cameras[0].height, str(device))
+    result = {"conventions": peer.conventions(gaussians, cameras[0], plant)}
+    try:
+        rasterize = peer.gsplat_rasterization() if device.type == "cuda" else peer.spec_rasterization
+    except Exception as e:  # any failure to load the peer is reported, not fatal to our own figures
+        return {
+            **result,
+            "error": f"gsplat could not be loaded: {type(e).__name__}: {e}",
+            "ok": result["conventions"]["ok"],
+        }
+    with torch.no_grad():
+        theirs = rasterize(**peer.gsplat_inputs(gaussians, cameras[:1], plant), packed=False)[0][0]
+        result["agreement"] = peer.agreement(theirs, render(gaussians, cameras[0], backend=options.backend).image)
+    result.update(
+        peer.peer_step(rasterize, gaussians, cameras, photos, iterations, options.lambda_dssim, options.loss_kernels)
+    )
+    result["ok"] = result["conventions"]["ok"] and result["agreement"]["ok"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("facts")
+    sub.add_parser("gsplat-build")
     sub.add_parser("tests")  # every further argument is pytest's
     for name, n in (("parity", 200_000), ("step", 1_000_000)):
         p = sub.add_parser(name)
@@ -448,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 default=json.loads(SYNC_BUDGET.read_text())["W1_B1"],
                 help="host synchronisations per iteration allowed (default: the CPU path's budget)",
             )
+            p.add_argument("--plant-peer", action="store_true", help="gsplat given a wrong convention")
         else:
             p.add_argument(
                 "--candidate", choices=["cupy", "torch"], default="cupy", help="the backend checked against the spec"
@@ -468,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.what == "facts":
         result = facts()
+    elif args.what == "gsplat-build":
+        result = peer.build()
     elif args.what == "tests":
         result = tests(rest)
     elif args.what == "parity":
@@ -478,11 +523,18 @@ def main(argv: list[str] | None = None) -> int:
         result = share(args.scene, args.out, args.device, args.backend, args.plant)
     else:
         batches = [int(b) for b in args.batch.split(",")]
-        runs = [step(args.n, args.width, args.height, b, args.device, args.iterations) for b in batches]
+        runs = [
+            step(args.n, args.width, args.height, b, args.device, args.iterations, args.plant_peer) for b in batches
+        ]
+        syncs_ok = all(r["host_syncs_per_iteration"] <= args.sync_budget for r in runs)
+        peer_ok = all(r["gsplat"]["ok"] for r in runs)
         result = {
             "runs": runs,
-            "expected": f"at most {args.sync_budget} host synchronisations per iteration",
-            "ok": all(r["host_syncs_per_iteration"] <= args.sync_budget for r in runs),
+            "expected": f"at most {args.sync_budget} host synchronisations per iteration; gsplat sees the scene as"
+            " we do and draws our image (bench/peer.py)",
+            "syncs_ok": syncs_ok,
+            "gsplat_ok": peer_ok,
+            "ok": syncs_ok and peer_ok,
         }
     print(json.dumps(result))
     return 1 if result.get("ok") is False else 0

@@ -19,6 +19,9 @@
 #   facts    GPU, driver, Python, torch, CUDA, CuPy; the commit, whether the tree differed from it, and a
 #            hash of the GPU path's sources (bench/provenance.py), which every figure is to be quoted with
 #   wheels   which required modules were missing and where they came from
+#   gsplat_build   gsplat's CUDA extension compiled for this GPU (bench/peer.py build), in the background
+#            beside the correctness and training steps (8 of the 16 cores), for the step's side by side;
+#            expected: it loads
 #   synth    the demo scene and the W-equivalence test's scene (on the CPU, alone: beside the GPU steps it
 #            ran past 60 s)
 #   -- correctness, run side by side (their times mean nothing):
@@ -37,8 +40,11 @@
 #            test's bounds (tests/model_match.py)
 #   -- timings, one at a time:
 #   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory and bytes
-#            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log; expected: host syncs
-#            within the CPU path's budget (tests/host_sync_budget.json)
+#            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log; and gsplat 1.5.3's
+#            step side by side on the same scene, cameras and photos (bench/peer.py: its rasterization(), our
+#            loss, torch's fused Adam), with the ratio of the two; expected: host syncs within the CPU path's
+#            budget (tests/host_sync_budget.json), gsplat seeing the scene as we do (its torch reference
+#            projection against our spec) and drawing our image (PSNR >= 40 dB)
 #   fox      configs/fox.yaml trained on the GPU (cupy, one rank) from the fox photos in --fox DIR (default
 #            .fox; skipped when absent: carry a copy of ../shared/data/fox there); expected: test PSNR within
 #            0.2 dB of the CPU reference (bench/results/fox_cpu.json)
@@ -47,7 +53,8 @@
 # parity, a short demo (against its own CPU reference, bench/results/demo_cpu_dry.json), share and step; the
 # GPU-only steps are recorded as skipped. That is what CI can check of this script without a GPU. --plant
 # a,b (with --dry-run) plants in each named step of demo, share, parity and step a difference its expectation
-# must catch (a reference 1 dB off; another seed on two ranks; a colour off by 1e-3; a budget of 0 syncs), so
+# must catch (a reference 1 dB off; another seed on two ranks; a colour off by 1e-3; a budget of 0 syncs and
+# gsplat given the quaternions in the wrong order), so
 # that tests see every expectation fail. Exit status: 0 when every step that ran passed, 1 otherwise, 2 for
 # bad arguments.
 set -uo pipefail
@@ -87,7 +94,7 @@ fi
 PY=${PYTHON:-python3}
 # import name -> PyPI name, for what the project needs at run time and pytest (the GPU image lacks some)
 REQUIRED=(torch:torch numpy:numpy scipy:scipy PIL:pillow plyfile:plyfile yaml:pyyaml tqdm:tqdm
-    tensorboard:tensorboard pytest:pytest)
+    tensorboard:tensorboard pytest:pytest gsplat:gsplat)
 
 if [[ $MODE == fetch ]]; then
     mkdir -p "$WHEELS"
@@ -112,7 +119,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$STEPS" "$WORK"' EXIT
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-ORDER="facts wheels synth pytest racecheck memcheck parity demo share step fox"
+ORDER="facts wheels synth gsplat_build pytest racecheck memcheck parity demo share step fox"
 
 # planted NAME: whether --plant names the step
 planted() {
@@ -233,7 +240,7 @@ SYNTH='"$PY" -m grendel_py synth "$1/scene" --preset object --seed 0 && "$PY" -m
 step facts 60 "$PY" bench/gpu_check.py facts
 wheels || { report; exit 1; }  # nothing else can run without its modules
 if [[ $MODE == dry ]]; then
-    for name in pytest racecheck memcheck; do skip $name "dry run: no GPU"; done
+    for name in gsplat_build pytest racecheck memcheck; do skip $name "dry run: no GPU"; done
     step synth 120 bash -c "$SYNTH" _ "$WORK"
     step parity 120 "$PY" bench/gpu_check.py parity --device cpu --candidate torch --n 2000 --width 96 --height 64 \
         $(planted parity && echo --plant)
@@ -248,27 +255,40 @@ if [[ $MODE == dry ]]; then
     step share 300 "$PY" bench/gpu_check.py share "$WORK/scene2" "$WORK/share" --device cpu --backend torch \
         $(planted share && echo --plant)
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2 \
-        $(planted step && echo --sync-budget 0)
+        $(planted step && echo --sync-budget 0 --plant-peer)
     skip fox "dry run: no GPU"
 else
     step synth 120 bash -c "$SYNTH" _ "$WORK"  # alone: CPU-bound
+    # gsplat's extension, built once into $WORK for the step's side by side, on half the cores meanwhile
+    export TORCH_EXTENSIONS_DIR=$WORK/torch_extensions TORCH_CUDA_ARCH_LIST=9.0
+    MAX_JOBS=8 step gsplat_build 420 "$PY" bench/gpu_check.py gsplat-build &
+    build=$!
     # correctness, side by side
+    jobs=()
     step pytest 120 "$PY" bench/gpu_check.py tests -q -m gpu tests &
+    jobs+=($!)
     for tool in racecheck memcheck; do
         step $tool 120 compute-sanitizer --tool $tool --error-exitcode 1 "$PY" bench/gpu_check.py tests -q \
             tests/test_kernels.py -k "cupy and random and (rasterize_matches_spec or binning_matches_spec)" &
+        jobs+=($!)
     done
     step parity 150 "$PY" bench/gpu_check.py parity &
-    wait
+    jobs+=($!)
+    wait "${jobs[@]}"
     report
     # training end to end, side by side
+    jobs=()
     train demo 120 "$DEMO_CPU" "$PY" -m grendel_py train --config configs/demo.yaml "data.path=$WORK/scene" train.device=cuda \
         render.backend=cupy &
+    jobs+=($!)
     step share 140 "$PY" bench/gpu_check.py share "$WORK/scene2" "$WORK/share" --device cuda --backend cupy &
-    wait
+    jobs+=($!)
+    wait "${jobs[@]}"
+    report
+    wait $build  # the side by side needs gsplat's extension
     report
     # timings, one at a time
-    step step 90 "$PY" bench/gpu_check.py step
+    step step 120 "$PY" bench/gpu_check.py step
     report
     if [[ -f $FOX/transforms.json ]]; then
         train fox 140 "$FOX_CPU" "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy

@@ -36,6 +36,7 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
         "facts",
         "wheels",
         "synth",
+        "gsplat_build",
         "pytest",
         "racecheck",
         "memcheck",
@@ -48,7 +49,7 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
     facts = steps["facts"]["result"]
     assert report["mode"] == "dry" and report["failed"] == [] and facts["torch"]
     assert len(facts["commit"]) == 40 and isinstance(facts["dirty"], bool) and len(facts["gpu_path_sha256"]) == 16
-    assert {steps[n]["status"] for n in ("pytest", "racecheck", "memcheck", "fox")} == {"skipped"}
+    assert {steps[n]["status"] for n in ("gsplat_build", "pytest", "racecheck", "memcheck", "fox")} == {"skipped"}
     assert all(steps[n]["status"] == "passed" and steps[n]["result"]["ok"] is True for n in CHECKED)
     # what the dry run computed, against the expectations
     parity = steps["parity"]["result"]
@@ -69,6 +70,9 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
     runs = steps["step"]["result"]["runs"]
     budget = json.loads((REPO / "tests" / "host_sync_budget.json").read_text())["W1_B1"]
     assert [r["batch"] for r in runs] == [1, 2] and all(0 < r["host_syncs_per_iteration"] <= budget for r in runs)
+    for gsplat in (r["gsplat"] for r in runs):  # the side by side, our torch renderer standing in for gsplat's
+        assert gsplat["ok"] and gsplat["conventions"]["ok"] and gsplat["agreement"]["ok"]
+        assert gsplat["seconds_per_iteration"] > 0 and gsplat["ours_over_gsplat"] > 0
     assert "=== demo\n$ " in (tmp_path / "gpu_check.log").read_text()  # each step's log, in order
 
 
@@ -82,6 +86,9 @@ def test_a_planted_difference_fails_each_expectation(tmp_path: Path) -> None:
     assert not steps["parity"]["result"]["max_rel_error"]["colors"]["ok"]  # the colour off by 1e-3
     assert steps["demo"]["result"]["psnr_minus_cpu_reference"] == pytest.approx(-1.0, abs=0.2)
     assert "different Gaussians" in steps["share"]["result"]["failures"][0]  # another seed: another model
+    step = steps["step"]["result"]  # a budget of 0 syncs, and gsplat given the quaternions in the wrong order
+    assert step["syncs_ok"] is False and step["gsplat_ok"] is False
+    assert all(not r["gsplat"]["conventions"]["ok"] for r in step["runs"])
     assert steps["facts"]["status"] == steps["synth"]["status"] == "passed"
 
 
