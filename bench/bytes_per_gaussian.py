@@ -1,6 +1,6 @@
 """Peak resident memory of one training rank per Gaussian (issue 17's measure), on the CPU.
 
-    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--world 1] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live [--census]]
+    python bench/bytes_per_gaussian.py [--gaussians 2000000] [--world 1] [--width 1920 --height 1080] [--batch 4] [--micro-batch 0] [--iterations 2] [--malloc-trim] [--live [--census]] [--kernels]
 
 One rank (the distributed step on a single process) trains N Gaussians at SH degree 3 on batches of views
 around them: loss, backward, densification statistics, Adam, as the training loop does it (``--micro-batch``:
@@ -19,7 +19,14 @@ resident (which the resident size counts), and the operation and project code wh
 the highest peaks of the other phases of the pass (``live_peaks_by_phase``). Slower (one ``mallinfo2`` and a
 walk of the stack per operation). ``--census`` adds what made the storages alive near the peak (within 0.2%
 of it: the operation and project lines that made each; storages made before the passes, such as Adam's
-moments, are not listed): about three times slower again.
+moments, are not listed): about three times slower again. With ``--live``, the step's transient bytes (issue
+37, item 3): each pass's peak of live bytes above those alive when it began, less the gradient buffers it
+allocates (counted with the parameters and Adam), per visible Gaussian per camera.
+
+``--kernels``: the GPU step's code path on the CPU: the CUDA kernels (projection, binning, rasterization, the
+fused loss) run by the host launcher of the kernel tests (tests/host_kernels.py) instead of the torch
+renderer. Every buffer the step holds is a torch tensor allocated as on a GPU, so ``--live`` then counts the
+bytes the GPU step holds (less what the GPU adds: its caching allocator's rounding, the sort's scratch).
 """
 
 from __future__ import annotations
@@ -47,14 +54,17 @@ from bench.gpu_check import _views
 from bench.provenance import provenance
 from grendel_py.config import DensifyConfig, OptimConfig
 from grendel_py.model.densify import DensifyStrategy
-from grendel_py.model.gaussians import Gaussians
+from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.model.optim import GaussianOptimizer
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.step import Batch, StepOptions
+from grendel_py.render import visible_rows
+from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.loop import micro_batches, train_pass
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners
 from tests.dist_util import run_ranks
+from tests.host_kernels import HostKernels
 
 
 def rss_bytes() -> int:
@@ -98,6 +108,7 @@ class LivePeak(TorchDispatchMode):
         super().__init__()
         self.take_census = census
         self.base, self.peak, self.where = base, 0, ""
+        self.pass_peak = 0  # the peak since the caller last set it
         self.phases: dict[str, tuple[int, str]] = {}
         self._names: dict[str, str | None] = {}
         # storages made by the passes' operations: data_ptr -> (bytes, where)
@@ -138,6 +149,7 @@ class LivePeak(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         now = self.in_use() - self.base
+        self.pass_peak = max(self.pass_peak, now)
         ours = self._ours()
         if self.take_census:
             self._track(out, f"{func.__name__} at {' < '.join(line for line, _ in ours[:2])}")
@@ -191,7 +203,12 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         torch.randint(0, 256, (args.height, args.width, 3), generator=g, dtype=torch.uint8).float().div_(255)
         for _ in cameras
     ]
-    options = StepOptions(torch.zeros(3), balancer=TileBalancer("locality", ctx.world_size, calibrate=False))
+    balancer = TileBalancer("locality", ctx.world_size, calibrate=False)
+    if args.kernels:
+        kernels = KernelBackend(HostKernels().launch)
+        options = StepOptions(torch.zeros(3), kernels, balancer=balancer, loss_kernels=kernels.launch)
+    else:
+        options = StepOptions(torch.zeros(3), balancer=balancer)
     model = Gaussians(
         means=torch.rand(n, 3, generator=g) * 2 - 1,
         log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
@@ -208,12 +225,25 @@ def measure(ctx, args: argparse.Namespace) -> dict:
     optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=args.batch)
     shard = optimizer.gaussians
     densify = DensifyStrategy(DensifyConfig(), extent=2.0, seed=0)
-    seconds, sent = [], 0
+    seconds, sent, transient, visible = [], 0, 0, 0
     for _ in range(args.iterations + 1):
         tic = time.perf_counter()
         for part in micro_batches(len(cameras), args.micro_batch):
+            if args.live:
+                live.pass_peak = start = LivePeak.in_use() - live.base
+                grads_before = sum(
+                    getattr(shard, f).grad.nbytes for f in TRAINABLE if getattr(shard, f).grad is not None
+                )
             with live:
                 rendered = train_pass(shard, Batch(cameras[part], photos[part], 3), options, ctx, densify)
+            if args.live:
+                grads = (
+                    sum(getattr(shard, f).grad.nbytes for f in TRAINABLE if getattr(shard, f).grad is not None)
+                    - grads_before
+                )
+                seen = sum(visible_rows(shard, cameras[part], options.backend)[1])
+                if (live.pass_peak - start - grads) / seen > (transient / visible if visible else -1):
+                    transient, visible = live.pass_peak - start - grads, seen
             sent += rendered.bytes_sent
             trim(0)
         optimizer.step()
@@ -233,6 +263,15 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         "peak_rss_gb": peak_rss_bytes() / 1e9,
         "baseline_rss_gb": baseline / 1e9,
         **(live.report(mine) if args.live else {}),
+        **(
+            {
+                "transient_bytes": transient,
+                "visible_gaussian_cameras": visible,
+                "transient_bytes_per_visible_gaussian_per_camera": transient / visible,
+            }
+            if args.live
+            else {}
+        ),
     }
 
 
@@ -253,6 +292,7 @@ def main() -> int:
         action="store_true",
         help="with --live: what the storages alive near the peak were made by (much slower)",
     )
+    p.add_argument("--kernels", action="store_true", help="the GPU step's kernels, on the host launcher")
     args = p.parse_args()
     if args.world == 1:
         ranks = [measure(single_process("cpu"), args)]
@@ -270,6 +310,7 @@ def main() -> int:
         "sh_degree": 3,
         "iterations": args.iterations + 1,
         "malloc_trim": args.malloc_trim,
+        "renderer": "kernels (host launcher)" if args.kernels else "torch",
         "torch": torch.__version__,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }

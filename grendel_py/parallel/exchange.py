@@ -74,19 +74,19 @@ def _columns(table: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
 
 
 def _pack(fields: list[torch.Tensor], widths: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """The rows ``rows`` of the splat ``fields`` (``widths`` columns each) as one float table."""
-    table = fields[0].new_empty((rows.shape[0], sum(widths)))
-    for column, f in zip(_columns(table, widths), fields):
-        column.copy_(f.detach().index_select(0, rows).view(column.shape))
-    return table
+    """The rows ``rows`` of the splat ``fields`` (``widths`` columns each) as one float table: the fields side
+    by side (one concatenation), then one gather of the rows."""
+    n = fields[0].shape[0]
+    return torch.cat([f.detach().view(n, w) for f, w in zip(fields, widths)], 1).index_select(0, rows)
 
 
 class _SendSplats(torch.autograd.Function):
-    """Forward: the routed rows of the splats, packed, sent and regrouped by camera slot, as one tensor per
-    field (views of two received tables: the fields with gradients, and depths and extents, which the step
-    frees once it has binned them), one table after the other, each packed copy freed once sent. Backward:
-    the gradients of the four differentiable fields, packed into 9 columns in arrival order, sent back the
-    reverse way and added to the rows they came from (a splat sent to several ranks gets the sum)."""
+    """Forward: the routed rows of the splats, packed (one gather per table), sent and regrouped by camera slot
+    (one gather per table), as one tensor per field (views of two received tables: the fields with gradients,
+    and depths and extents, which the step frees once it has binned them), one table after the other, each
+    packed copy freed once sent. Backward: the gradients of the four differentiable fields side by side in 9
+    columns, put in arrival order (one scatter), sent back the reverse way and added to the rows they came
+    from (one scatter; a splat sent to several ranks gets the sum), as views of that one table."""
 
     @staticmethod
     def forward(ctx, route, *fields):
@@ -107,19 +107,16 @@ class _SendSplats(torch.autograd.Function):
         rows, send, recv, by_slot, dist_ctx = state["route"]
         ref = next(g for g in grads[:GRAD_FIELDS] if g is not None)
         widths = [w for _, w in WIRE[:GRAD_FIELDS]]
-        buf = ref.new_zeros((sum(recv), GRAD_COLUMNS))  # in arrival order
-        col = 0
-        for g, width in zip(grads[:GRAD_FIELDS], widths):
-            if g is not None:
-                buf[by_slot, col : col + width] = g.reshape(-1, width)
-            col += width
-        back = _columns(all_to_all_rows(buf, recv, send, dist_ctx), widths)
+        m = by_slot.shape[0]
+        grad = torch.cat(
+            [ref.new_zeros(m, w) if g is None else g.reshape(m, w) for g, w in zip(grads[:GRAD_FIELDS], widths)], 1
+        )
+        buf = torch.empty_like(grad).index_copy_(0, by_slot, grad)  # in arrival order: one scatter
+        del grad
+        back = all_to_all_rows(buf, recv, send, dist_ctx)
         del buf
-        out = []
-        for b, width in zip(back, widths):
-            g = ref.new_zeros((state["n"], width))
-            g.index_put_((rows,), b.view(-1, width), accumulate=True)
-            out.append(g[:, 0] if width == 1 else g)
+        # added to the rows they came from (a splat sent to several ranks gets the sum): one scatter
+        out = _columns(ref.new_zeros(state["n"], GRAD_COLUMNS).index_add_(0, rows, back), widths)
         return (None, *out, None, None)
 
 

@@ -17,56 +17,57 @@ from grendel_py.render.intersect import count_values, distinct_sorted, part_star
 from partition.tiles import TILE_SIZE, TileGrid
 
 
-def _pixel_owner(grid: TileGrid, owners: torch.Tensor) -> torch.Tensor:
-    """Rank owning each pixel, int64 [H, W]."""
-    return grid.tiles_to_image(owners[:, None, None].expand(-1, grid.tile_size**2, 1), None)[..., 0]
-
-
-def _near_owners(grid: TileGrid, owners: torch.Tensor) -> torch.Tensor:
-    """int64 [8, H, W]: for each pixel and each of the 8 tiles around its own, the rank owning that tile when
-    the pixel lies within HALO of it (box distance), else -1. A halo narrower than a tile reaches no farther
-    tile, so these are all the ranks whose pixels lie within HALO of the pixel (besides its own tile's)."""
-    ts = grid.tile_size
-    table = owners.new_full((grid.ny + 2, grid.nx + 2), -1)
-    table[1:-1, 1:-1] = owners.view(grid.ny, grid.nx)
-    y = torch.arange(grid.height, device=owners.device)
-    x = torch.arange(grid.width, device=owners.device)
-    reach_y = {-1: y % ts < HALO, 0: torch.ones_like(y, dtype=torch.bool), 1: y % ts >= ts - HALO}
-    reach_x = {-1: x % ts < HALO, 0: torch.ones_like(x, dtype=torch.bool), 1: x % ts >= ts - HALO}
-    near = []
-    for dy, dx in _AROUND:
-        neighbour = table[(y // ts + 1 + dy)[:, None], (x // ts + 1 + dx)[None, :]]
-        near.append(torch.where(reach_y[dy][:, None] & reach_x[dx][None, :], neighbour, -1))
-    return torch.stack(near)
-
-
 _AROUND = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 assert HALO < TILE_SIZE, "the halo must not reach past the adjacent tiles"
 
 
+def _near_owners(grids: list[TileGrid], owners: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the batch's pixels laid end to end (camera by camera, each row-major): the rank owning each pixel,
+    int64 [P], and for each of the 8 tiles around its own, the rank owning that tile when the pixel lies within
+    HALO of it (box distance), else -1, int64 [8, P]. A halo narrower than a tile reaches no farther tile, so
+    these are all the ranks whose pixels lie within HALO of the pixel (besides its own tile's). One pass over
+    the batch: a fixed number of operations whatever its number of cameras."""
+    device, ts = owners[0].device, grids[0].tile_size
+    sizes = [g.width * g.height for g in grids]
+    # per camera: first pixel, width, tiles across, tiles down, first tile, pixels (int32: a batch's pixels
+    # and tiles stay far below 2^31)
+    tiles = part_starts([g.n_tiles for g in grids])
+    cams = torch.tensor(
+        [[p, g.width, g.nx, g.ny, t, n] for g, p, t, n in zip(grids, part_starts(sizes), tiles, sizes)],
+        dtype=torch.int32,
+    ).to(device, non_blocking=True)
+    pixel = torch.arange(sum(sizes), dtype=torch.int32, device=device)
+    camera = torch.arange(len(grids), device=device).repeat_interleave(cams[:, 5], output_size=pixel.shape[0])
+    first, width, nx, ny, first_tile, _ = cams[camera].unbind(1)
+    local = pixel - first
+    y, x = local.div(width, rounding_mode="floor"), local.remainder(width)
+    ty, tx = y.div(ts, rounding_mode="floor"), x.div(ts, rounding_mode="floor")
+    all_owners = torch.cat(owners)
+    own = all_owners[first_tile + ty * nx + tx]
+    # the 8 neighbours: tile offsets, and whether the pixel lies within HALO of that side ([3, P] by offset + 1)
+    dy, dx = (torch.tensor(d, dtype=torch.int32).to(device, non_blocking=True)[:, None] for d in zip(*_AROUND))
+    ry, rx = y - ty * ts, x - tx * ts
+    reach_y = torch.stack([ry < HALO, torch.ones_like(ry, dtype=torch.bool), ry >= ts - HALO])[dy[:, 0] + 1]
+    reach_x = torch.stack([rx < HALO, torch.ones_like(rx, dtype=torch.bool), rx >= ts - HALO])[dx[:, 0] + 1]
+    ny_, nx_ = ty + dy, tx + dx  # [8, P]
+    inside = (ny_ >= 0) & (ny_ < ny) & (nx_ >= 0) & (nx_ < nx)
+    neighbour = all_owners[(first_tile + ny_ * nx + nx_).clamp_(min=0, max=all_owners.shape[0] - 1)]
+    return own, torch.where(inside & reach_y & reach_x, neighbour, -1)
+
+
 def _halo_keys(
-    grids: list[TileGrid],
-    owners: list[torch.Tensor],
-    pixel_owners: list[torch.Tensor],
-    starts: list[int],
-    total: int,
-    me: int,
-    sentinel: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sorted keys ``rank * total + pixel`` (pixel: index among the batch's ``total`` pixels, camera b's
-    from ``starts[b]``) of the pixels this rank sends (its own, near a tile of ``rank``) and receives (those of
-    ``rank``, near a tile of its own), each followed by ``sentinel`` padding."""
-    send_keys, send_ok, recv_keys, recv_ok = [], [], [], []
-    for grid, own, po, start in zip(grids, owners, pixel_owners, starts):
-        near = _near_owners(grid, own)
-        pixel = torch.arange(start, start + grid.width * grid.height, device=own.device).view(grid.height, grid.width)
-        mine = po == me
-        send_keys.append((near * total + pixel).reshape(-1))
-        send_ok.append(((near >= 0) & (near != me) & mine).reshape(-1))
-        recv_keys.append((po * total + pixel).reshape(-1))
-        recv_ok.append(((near == me).any(dim=0) & ~mine).reshape(-1))
-    send = distinct_sorted(torch.where(torch.cat(send_ok), torch.cat(send_keys), sentinel), sentinel)
-    return send, distinct_sorted(torch.where(torch.cat(recv_ok), torch.cat(recv_keys), sentinel), sentinel)
+    grids: list[TileGrid], owners: list[torch.Tensor], me: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rank owning each pixel of the batch (int64 [P], :func:`_near_owners`) and the sorted keys
+    ``rank * P + pixel`` of the pixels this rank sends (its own, near a tile of ``rank``) and receives (those
+    of ``rank``, near a tile of its own), each followed by ``world * P`` padding."""
+    own, near = _near_owners(grids, owners)
+    total = own.shape[0]
+    pixel = torch.arange(total, device=own.device)
+    mine, sentinel = own == me, world * total
+    send = torch.where((near >= 0) & (near != me) & mine, near * total + pixel, sentinel).reshape(-1)
+    recv = torch.where((near == me).any(dim=0) & ~mine, own * total + pixel, sentinel)
+    return own, distinct_sorted(send, sentinel), distinct_sorted(recv, sentinel)
 
 
 def exchange_halos(
@@ -100,9 +101,9 @@ def exchange_halos(
         pixel_owners = [None] * len(grids)
         per_camera, received = [0] * len(grids), proto.new_zeros(0, c)
     else:
-        pixel_owners = [_pixel_owner(grid, own) for grid, own in zip(grids, owners)]
+        own, send, recv = _halo_keys(grids, owners, me, w)
         sentinel = w * total
-        send, recv = _halo_keys(grids, owners, pixel_owners, starts, total, me, sentinel)
+        pixel_owners = [o.view(g.height, g.width) for o, g in zip(own.split(sizes), grids)]
         recv_camera = torch.searchsorted(torch.tensor(starts, device=device), recv % total, right=True) - 1
         host = torch.cat(
             [
