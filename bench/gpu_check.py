@@ -31,8 +31,9 @@
   device work per iteration: torch operations and kernel launches, counted as tests/test_launch_budget.py
   counts them on the CPU (the GPU step's target: at most 150 at batch 1; reported, not yet expected); and
   gsplat's step on the same scene, cameras and photos (:func:`side_by_side`), its seconds per iteration and
-  ours over its. Expected: host synchronisations per iteration within the budget tests/test_host_syncs.py
-  holds the CPU path to (tests/host_sync_budget.json, one rank); gsplat seeing the scene as our spec does and
+  ours over its. Expected: host synchronisations per iteration within the budget the CPU tests hold the
+  same path to (on a GPU the kernel path's, tests/launch_budget.json; on a CPU the torch path's,
+  tests/host_sync_budget.json, one rank); gsplat seeing the scene as our spec does and
   drawing our image (bench/peer.py).
 
 ``--plant`` (parity, share) and ``--plant-peer`` (step) plant a difference the expectation must catch (for bench/gpu_check.sh --plant,
@@ -84,6 +85,7 @@ IMAGE_ATOL, GRAD_ATOL = 1e-5, 1e-4
 # plus a few float32 ulps of the largest value
 FLOAT64_FACTOR, FLOAT64_SLACK = 1.25, 4 * 2.0**-23
 SYNC_BUDGET = ROOT / "tests" / "host_sync_budget.json"
+LAUNCH_BUDGET = ROOT / "tests" / "launch_budget.json"
 
 
 def facts() -> dict:
@@ -487,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--sync-budget",
                 type=int,
-                default=json.loads(SYNC_BUDGET.read_text())["W1_B1"],
-                help="host synchronisations per iteration allowed (default: the CPU path's budget)",
+                help="host synchronisations per iteration allowed (default: the kernel path's budget on a GPU,"
+                " tests/launch_budget.json; the torch path's on a CPU, tests/host_sync_budget.json)",
             )
             p.add_argument("--plant-peer", action="store_true", help="gsplat given a wrong convention")
         else:
@@ -523,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         result = share(args.scene, args.out, args.device, args.backend, args.plant)
     else:
         batches = [int(b) for b in args.batch.split(",")]
+        if args.sync_budget is None:
+            args.sync_budget = (
+                json.loads(LAUNCH_BUDGET.read_text())["syncs"]
+                if args.device == "cuda"
+                else json.loads(SYNC_BUDGET.read_text())["W1_B1"]
+            )
         runs = [
             step(args.n, args.width, args.height, b, args.device, args.iterations, args.plant_peer) for b in batches
         ]

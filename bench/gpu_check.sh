@@ -42,8 +42,8 @@
 #   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory and bytes
 #            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log; and gsplat 1.5.3's
 #            step side by side on the same scene, cameras and photos (bench/peer.py: its rasterization(), our
-#            loss, torch's fused Adam), with the ratio of the two; expected: host syncs within the CPU path's
-#            budget (tests/host_sync_budget.json), gsplat seeing the scene as we do (its torch reference
+#            loss, torch's fused Adam), with the ratio of the two; expected: host syncs within the kernel path's
+#            budget on the CPU (tests/launch_budget.json), gsplat seeing the scene as we do (its torch reference
 #            projection against our spec) and drawing our image (PSNR >= 40 dB)
 #   fox      configs/fox.yaml trained on the GPU (cupy, one rank) from the fox photos in --fox DIR (default
 #            .fox; skipped when absent: carry a copy of ../shared/data/fox there); expected: test PSNR within

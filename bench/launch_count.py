@@ -5,7 +5,7 @@ launcher, the step's pieces cut as at 1M Gaussians and 1080p), by site, with the
     python bench/launch_count.py [--batch 1,4] [--world W] [--out FILE.json]
 
 ``--world W``: W gloo ranks, each counting its own; the JSON gives every rank's total and the busiest rank's
-sites.
+sites. Also every rank's host synchronisations per iteration, and the busiest rank's sites of them.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ sys.path.insert(0, str(ROOT))
 from bench.provenance import provenance  # noqa: E402
 from grendel_py.synth.writer import write_synthetic  # noqa: E402
 from tests.dist_util import run_ranks  # noqa: E402
-from tests.test_launch_budget import _cut_as_at_scale, per_iteration  # noqa: E402
+from tests.test_launch_budget import Counts, _cut_as_at_scale, per_iteration  # noqa: E402
 
 
-def _rank_count(ctx, scene: str, out: str, batch: int) -> dict[str, float]:
-    """One rank's operations and launches per iteration, the pieces cut in its own process."""
+def _rank_count(ctx, scene: str, out: str, batch: int) -> Counts:
+    """One rank's operations and launches, and host synchronisations, per iteration, the pieces cut in its own
+    process."""
     with pytest.MonkeyPatch.context() as patch:
         _cut_as_at_scale(patch, Path(scene))
         return per_iteration(Path(scene), Path(out), batch, ctx)
@@ -51,20 +52,26 @@ def main(argv: list[str] | None = None) -> int:
                     ranks = [per_iteration(scene, Path(tmp) / f"b{batch}", batch)]
             else:
                 ranks = run_ranks(args.world, _rank_count, str(scene), str(Path(tmp) / f"b{batch}"), batch, timeout=900)
-            sites = max(ranks, key=lambda r: sum(r.values()))
+            busiest = max(ranks, key=lambda r: sum(r.work.values()))
+            sites = busiest.work
             kernels = sum(n for site, n in sites.items() if site.startswith("kernel "))
             runs.append(
                 {
                     "batch": batch,
                     "world_size": args.world,
-                    "per_iteration_by_rank": [sum(r.values()) for r in ranks],
+                    "per_iteration_by_rank": [sum(r.work.values()) for r in ranks],
                     "per_iteration": sum(sites.values()),
                     "kernel_launches": kernels,
                     "torch_operations": sum(sites.values()) - kernels,
+                    "host_syncs_by_rank": [sum(r.syncs.values()) for r in ranks],
+                    "host_syncs_by_site": busiest.syncs,
                     "by_site": dict(sorted(sites.items(), key=lambda kv: -kv[1])),
                 }
             )
-            print(f"batch {batch}: {runs[-1]['per_iteration']:g} per iteration", file=sys.stderr)
+            print(
+                f"batch {batch}: {runs[-1]['per_iteration']:g} per iteration, host syncs {runs[-1]['host_syncs_by_rank']}",
+                file=sys.stderr,
+            )
     text = json.dumps({**provenance(), "runs": runs}, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

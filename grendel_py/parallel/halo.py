@@ -16,7 +16,6 @@ from grendel_py.parallel.runtime import DistContext
 from grendel_py.render.intersect import count_values, distinct_sorted, part_starts
 from partition.tiles import TILE_SIZE, TileGrid
 
-
 _AROUND = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 assert HALO < TILE_SIZE, "the halo must not reach past the adjacent tiles"
 
