@@ -25,7 +25,8 @@
   two ranks sharing the device (gloo, ``dist.share_gpus``); expected: the same model Gaussian by Gaussian
   within that test's bounds, and test PSNRs within its PSNR bound.
 - step: training iterations of one rank (the distributed step, loss, backward, Adam) with N Gaussians and
-  batches of 1080p views: seconds per iteration (CUDA events), the seconds the GPU was busy (its own events
+  batches of 1080p views: seconds per iteration (CUDA events) and those of its Adam step (torch's fused
+  Adam over every Gaussian: what a sparse Adam could save at most), the seconds the GPU was busy (its own events
   in torch.profiler, CuPy's kernels seen through CUPTI; the busiest kernels' table on stderr) and their share,
   peak memory (and per Gaussian), the host synchronisations per iteration (grendel_py.host_syncs) and the
   device work per iteration: torch operations and kernel launches, counted as tests/test_launch_budget.py
@@ -369,10 +370,22 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         loss_kernels=renderer.launch if renderer else None,
     )
 
-    def iteration() -> None:
+    def iteration(marks: tuple | None = None) -> None:
+        """One iteration; ``marks``: three timers (CUDA events, or lists that take perf_counter readings) at
+        its start, before Adam and at its end."""
+
+        def stamp(i: int) -> None:
+            if marks is not None and cuda:
+                marks[i].record()
+            elif marks is not None:
+                marks[i].append(time.perf_counter())
+
+        stamp(0)
         loss, _ = batch_loss(shard, Batch(cameras, images, 3), options, ctx)
         loss.backward()
+        stamp(1)
         optimizer.step()
+        stamp(2)
 
     iteration()  # warm-up: kernels compiled, allocator filled
     if cuda:
@@ -380,19 +393,17 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         torch.cuda.reset_peak_memory_stats()
     with counter as syncs:
         iteration()
-    times = []
+    times, adam = [], []
     for _ in range(iterations):  # timed without the profiler, whose bookkeeping per operation slows the host
+        marks = tuple(torch.cuda.Event(enable_timing=True) if cuda else [] for _ in range(3))
+        iteration(marks)
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            iteration()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
+            marks[2].synchronize()
+            seconds = [marks[0].elapsed_time(m) / 1000.0 for m in marks[1:]]
         else:
-            tic = time.perf_counter()
-            iteration()
-            times.append(time.perf_counter() - tic)
+            seconds = [m[0] - marks[0][0] for m in marks[1:]]
+        times.append(seconds[1])
+        adam.append(seconds[1] - seconds[0])
     busy = launches = None
     if cuda:  # the same iterations again under the profiler: what ran on the GPU, and for how long
         with torch.profiler.profile(
@@ -426,6 +437,7 @@ def step(n: int, width: int, height: int, batch: int, device: str, iterations: i
         "iterations": iterations,
         "seconds_per_iteration": times[len(times) // 2],
         "seconds_min": times[0],
+        "adam_seconds_per_iteration": sorted(adam)[len(adam) // 2],  # torch's fused Adam over every Gaussian
         "gpu_busy_seconds_per_iteration": busy,
         "gpu_busy_share": None if busy is None else busy / times[len(times) // 2],
         "gpu_events_per_iteration": launches,

@@ -39,7 +39,7 @@
 #            over gloo (dist.share_gpus); expected: the one-rank model, Gaussian by Gaussian, within that
 #            test's bounds (tests/model_match.py)
 #   -- timings, one at a time:
-#   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration, kernel share, peak memory and bytes
+#   step     1M Gaussians at 1080p, batch 1 and 4: seconds per iteration (and Adam's), kernel share, peak memory and bytes
 #            per Gaussian, host syncs; the profiler's busiest GPU kernels in the log; and gsplat 1.5.3's
 #            step side by side on the same scene, cameras and photos (bench/peer.py: its rasterization(), our
 #            loss, torch's fused Adam), with the ratio of the two; expected: host syncs within the kernel path's
