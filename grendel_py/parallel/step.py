@@ -39,13 +39,14 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.parallel.exchange import exchange_splats
 from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
+from grendel_py.parallel.stage_clock import StageClock
 from grendel_py.render import get_backend, project_batch, rasterize_batch
 from grendel_py.render.interface import Pairs, Renderer
 from grendel_py.render.intersect import BatchTiles
 from grendel_py.render.projection import pixel_radii
 from partition.assign import Assignment, TileTable, majority_keys
 from partition.balancer import TileBalancer
-from partition.tiles import TileGrid
+from partition.tiles import TILE_SIZE, TileGrid
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class StepOptions:
     :class:`~grendel_py.render.interface.Renderer`), ``antialiased`` (see :func:`grendel_py.render.project`),
     ``background`` [3] is what the cameras are rendered over unless a batch brings its own, ``lambda_dssim``
     weighs D-SSIM against L1, ``balancer`` assigns the tiles (default: the ``locality`` strategy with fixed
-    equal speeds, made per step) and ``loss_kernels``, a kernel launcher, computes the loss with the fused
-    kernels (None: the torch spec; :func:`~grendel_py.loss.regions.regions_loss`)."""
+    equal speeds, made per step), ``loss_kernels``, a kernel launcher, computes the loss with the fused
+    kernels (None: the torch spec; :func:`~grendel_py.loss.regions.regions_loss`) and ``clock``, when given,
+    times the step's stages and counts what drives them (:mod:`grendel_py.parallel.stage_clock`)."""
 
     background: torch.Tensor
     backend: Renderer = field(default_factory=lambda: get_backend("torch"))
@@ -64,6 +66,7 @@ class StepOptions:
     lambda_dssim: float = 0.2
     balancer: TileBalancer | None = None
     loss_kernels: Launch | None = None
+    clock: StageClock | None = None
 
     def balancer_for(self, ctx: DistContext) -> TileBalancer:
         """The tile balancer of this run, or a fixed ``locality`` one for ``ctx``'s ranks."""
@@ -147,6 +150,16 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
     return box
 
 
+def _count_received(clock: StageClock, received, table: TileTable, plan: Assignment, rank: int) -> None:
+    """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs
+    and pixels of its tiles, bytes it sent."""
+    mine = plan.rank == rank
+    clock.count("received", len(received.splats))
+    clock.count("pairs", int(table.intersections[mine].sum()))
+    clock.count("pixels", int(mine.sum()) * TILE_SIZE * TILE_SIZE)
+    clock.count("bytes_sent", received.bytes_sent)
+
+
 def tile_table(pairs: Pairs, grids: list[TileGrid], ctx: DistContext) -> TileTable:
     """Step 2: the batch's tile table, from every rank's (splat, batch tile) ``pairs`` (one read to the
     host)."""
@@ -164,7 +177,12 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     """Steps 1-6 above for the cameras of ``batch`` (its photos are not read), as ``options`` say."""
     cameras, backend, background = batch.cameras, options.backend, batch.background(options)
     grids = [TileGrid(c.width, c.height) for c in cameras]
+    clock = options.clock
     splats, parts, rows = project_batch(shard, cameras, batch.sh_degree, backend, options.antialiased)
+    if clock:
+        clock.mark("project")
+        clock.count("gaussian_cameras", len(shard) * len(cameras))
+        clock.count("visible", sum(parts))
     radii = pixel_radii(splats.extents)
     # not when the model is frozen (only the exposures train) or under no_grad
     grad_norms = _observe_gradients(splats.means2d, parts, cameras) if splats.means2d.requires_grad else []
@@ -173,12 +191,21 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     plan = options.balancer_for(ctx).plan(table)
     device = background.device
     owners = [plan.owner_table(b).to(device, non_blocking=True) for b in range(len(grids))]
+    if clock:
+        clock.mark("table")
     received = exchange_splats(splats, parts, pairs, owners, ctx)
+    if clock:
+        clock.mark("exchange")
+        _count_received(clock, received, table, plan, ctx.rank)
+        clock.on_grad(received.splats.means2d, "rasterize_backward")  # first: on one rank the same tensor
+        clock.on_grad(splats.means2d, "exchange_backward")
     del splats, pairs  # the projected splats (56 bytes each) are not needed any more (on one rank: the received ones)
 
     tiles = BatchTiles(grids, [plan.tiles_of(b, ctx.rank) for b in range(len(grids))], device)
     with _Stopwatch(device) as raster_seconds:
         colors, _, _ = rasterize_batch(received.splats, received.parts, tiles, background, backend)
+    if clock:
+        clock.mark("rasterize")
     # Every rank must take part in both backward exchanges, also when its own pixels use none of their rows.
     tie_splats = (received.splats.means2d.sum(), received.splats.colors.sum())
     bytes_sent = received.bytes_sent
@@ -186,6 +213,9 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     tile_colors = tiles.split(colors)
     boxes = [plan.tile_box(b, ctx.rank) for b in range(len(grids))]
     regions, halo_values = exchange_halos(tile_colors, tiles.tile_ids, grids, owners, boxes, ctx)
+    if clock:
+        clock.mark("halo")
+        clock.count("halo_pixels", halo_values.shape[0])
     tie = halo_values.sum() + tie_splats[0] + tie_splats[1]
     return Rendered(
         radii,
@@ -243,5 +273,11 @@ def batch_loss(shard: Gaussians, batch: Batch, options: StepOptions, ctx: DistCo
     scores = regions_loss(
         rendered.regions, batch.photos, batch.cameras, options.lambda_dssim, device, options.loss_kernels
     )
+    if options.clock:
+        options.clock.mark("loss")
+        for region in rendered.regions:
+            if region is not None:
+                options.clock.count("loss_pixels", region.owned.numel())
+                options.clock.on_grad(region.canvas, "loss_backward")
     rendered.squared_error = scores.squared_error
     return scores.loss + 0.0 * rendered.tie, rendered
