@@ -1,4 +1,4 @@
-"""The ``grendel`` command: synth, info, init, render, train, eval, export, view and simulate.
+"""The ``grendel`` command: synth, info, init, render, train, eval, export, view, simulate and plan.
 
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
@@ -290,6 +290,43 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from grendel_py.model.initialize import initial_gaussians
+    from grendel_py.model.ply import read_ply
+    from grendel_py.plan.model import LINKS
+    from grendel_py.plan.planner import plan
+    from grendel_py.plan.profile import Profile
+    from grendel_py.simulate import SimScene
+
+    cfg = _config(args, args.data)
+    profile = Profile.load(args.profile)
+    if max(args.gpus) > 64:
+        raise InputError(None, f"--gpus: the planner's simulator handles at most 64 ranks, got {max(args.gpus)}")
+    if args.gaussians is not None and args.gaussians <= 0:
+        raise InputError(None, f"--gaussians must be > 0, got {args.gaussians}")
+    scene = _scene(cfg)
+    if args.model is not None:
+        model = read_ply(args.model)
+    else:
+        model = initial_gaussians(cfg.model, scene.points, scene.cameras, scene.extent, cfg.seed)
+    sim = SimScene(Path(cfg.data.path).name, model, scene.train_cameras)
+    rows = plan(sim, cfg, args.gpus, profile, LINKS[args.link], args.images, args.gaussians)
+    if args.json:
+        print(json.dumps({"profile": str(args.profile), "link": args.link, "rows": rows}, indent=1))
+        return 0
+    print(f"plan: {sim.name}, {len(sim.cameras)} training cameras, batch {cfg.train.batch_size}; profile "
+          f"{args.profile} ({profile.device}, {profile.backend}); link {args.link}")  # fmt: skip
+    print("| W | Gaussians | s / iteration | s / epoch | speedup | balance | link MB / iteration |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['world_size']} | {r['gaussians']:,} | {r['seconds_per_iteration']:.4g} | "
+            f"{r['seconds_per_epoch']:.4g} | {r['speedup'] or float('nan'):.2f} | {r['balance']:.2f} | "
+            f"{r['link_bytes_per_iteration'] / 1e6:.2f} |"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grendel", description="Distributed 3D Gaussian Splatting.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
         "rank's work (DIR/{scene}_w{W}_b{batch}_{ownership}_{sampler}_{assignment}.png)",
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "plan",
+        help="predict a run's seconds per iteration for W ranks from a device's calibrated cost profile",
+    )
+    _add_config_args(p)
+    p.add_argument("--data", type=Path, required=True, help="scene folder (as train's data.path)")
+    p.add_argument("--model", type=Path, help="a trained PLY (default: the model the run starts from)")
+    p.add_argument("--gaussians", type=int, help="plan for a model this large (the counts scaled: see docs)")
+    p.add_argument("--gpus", type=_int_list, default=[1, 2, 4, 8], help="world sizes, comma separated (at most 64)")
+    p.add_argument("--profile", type=Path, required=True, help="the device's cost profile (bench/calibrate.py)")
+    p.add_argument("--link", choices=["nvlink4", "ndr", "100gbe"], default="nvlink4", help="the ranks' link")
+    p.add_argument("--images", type=int, default=32, help="images of the epoch's start the counts average over")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

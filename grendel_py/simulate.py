@@ -137,7 +137,7 @@ class Row:
     remote_fraction: float
 
 
-def _table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size: int) -> TileTable:
+def batch_table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size: int) -> TileTable:
     """The all-reduced tile table the training loop would see for this batch."""
     grids, parts = [], []
     for k in batch:
@@ -202,7 +202,7 @@ def run_config(
     total_bytes = balance = model_time = remote = inter = 0.0
     for i in range(iterations):
         batch = sampler.next_batch()
-        table = _table(scene, batch, owner, world_size)
+        table = batch_table(scene, batch, owner, world_size)
         plan = balancer.plan(table)
         if pictures is not None and i == 0:
             _save_tile_picture(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from grendel_py.loss.pixels import HALO
 from grendel_py.loss.regions import Region, ground_truth_region
-from grendel_py.parallel.halo import _near_owners
+from grendel_py.parallel.halo import _near_owners, halo_pixel_counts
 from partition.tiles import TileGrid
 
 
@@ -39,6 +39,20 @@ def test_near_owners_match_the_definition(world: int) -> None:
         for q in range(world):
             from_tiles = (n.view(8, grid.height, grid.width) == q).any(dim=0) & (po != q)
             assert torch.equal(from_tiles, _near_by_definition(po, q) & (po != q)), (grid, q)
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_halo_pixel_counts_are_the_pixels_each_rank_receives(world: int) -> None:
+    grids = [TileGrid(*size) for size in SIZES]
+    gen = torch.Generator().manual_seed(world + 10)
+    owners = [torch.randint(0, world, (grid.n_tiles,), generator=gen) for grid in grids]
+    want = torch.zeros(world, dtype=torch.int64)
+    for grid, tile_owner in zip(grids, owners):
+        y, x = torch.meshgrid(torch.arange(grid.height), torch.arange(grid.width), indexing="ij")
+        po = tile_owner[(y // grid.tile_size) * grid.nx + x // grid.tile_size]
+        for q in range(world):  # rank q receives the pixels of others within HALO of its own
+            want[q] += int((_near_by_definition(po, q) & (po != q)).sum())
+    assert torch.equal(halo_pixel_counts(grids, owners, world), want)
 
 
 @pytest.mark.parametrize("box", [(0, 0, 16, 16), (16, 32, 16, 21), (32, 0, 38, 48), (0, 16, 70, 16)])

@@ -19,7 +19,8 @@ LAYERS = (
     ("grendel_py.loss",),  # the photometric loss over a rank's regions
     ("grendel_py.parallel",),  # the distributed step: runtime, exchange, halo, redistribution
     ("grendel_py.train", "grendel_py.pictures", "grendel_py.view_splats", "grendel_py.viewer"),  # the loop and its observers
-    ("grendel_py.synth", "grendel_py.simulate", "grendel_py.cli", "grendel_py.__main__", "grendel_py"),  # commands
+    ("grendel_py.synth", "grendel_py.simulate", "grendel_py.plan", "grendel_py.cli", "grendel_py.__main__",
+     "grendel_py"),  # commands
 )  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from grendel_py.parallel.step import Batch, StepOptions, render_batch
 from grendel_py.pictures import rank_colours
-from grendel_py.simulate import SimScene, _table, city_scene, exchange_bytes, run_config, sweep
+from grendel_py.simulate import SimScene, batch_table, city_scene, exchange_bytes, run_config, sweep
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners
 
@@ -44,7 +44,7 @@ def test_simulated_bytes_are_what_the_exchange_sends(tiny_city: SimScene, strate
     world = 3
     real = run_ranks(world, _real_bytes, tiny_city.model, cameras, strategy)
     owner = assign_owners(tiny_city.model.means, world, "kd").numpy()
-    plan = TileBalancer(strategy, world, calibrate=False).plan(_table(tiny_city, batch, owner, world))
+    plan = TileBalancer(strategy, world, calibrate=False).plan(batch_table(tiny_city, batch, owner, world))
     sent, received = exchange_bytes(tiny_city, batch, owner, plan)
     assert sum(real) > 0
     assert sent.tolist() == [float(b) for b in real]

@@ -138,3 +138,14 @@ def exchange_halos(
         )
         regions.append(Region(canvas, owned, y0, x0))
     return regions, received
+
+
+def halo_pixel_counts(grids: list[TileGrid], owners: list[torch.Tensor], world: int) -> torch.Tensor:
+    """How many halo pixels each rank receives for a batch with these tile owners, int64 [world]: the pixels
+    of other ranks within HALO of its tiles (what :func:`exchange_halos` receives; for planning)."""
+    own, near = _near_owners(grids, owners)
+    # each pixel's distinct neighbouring ranks other than its own: sorted, repeats and its own rank dropped
+    ranks = torch.where((near >= 0) & (near != own), near, world).sort(dim=0).values
+    first = torch.ones_like(ranks, dtype=torch.bool)
+    first[1:] = ranks[1:] != ranks[:-1]
+    return torch.bincount(ranks[first & (ranks < world)], minlength=world)

@@ -152,10 +152,13 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
 
 def _count_received(clock: StageClock, received, table: TileTable, plan: Assignment, rank: int) -> None:
     """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs
-    and pixels of its tiles, bytes it sent."""
+    and pixels of its tiles, bytes it sent; on one rank also the pairs it listed (all of them; on more, a
+    rank's own splats' pairs are not read to the host)."""
     mine = plan.rank == rank
     clock.count("received", len(received.splats))
     clock.count("pairs", int(table.intersections[mine].sum()))
+    if plan.world_size == 1:
+        clock.count("listed_pairs", int(table.intersections.sum()))
     clock.count("pixels", int(mine.sum()) * TILE_SIZE * TILE_SIZE)
     clock.count("bytes_sent", received.bytes_sent)
 
@@ -181,8 +184,10 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
     splats, parts, rows = project_batch(shard, cameras, batch.sh_degree, backend, options.antialiased)
     if clock:
         clock.mark("project")
+        clock.count("gaussians", len(shard))
         clock.count("gaussian_cameras", len(shard) * len(cameras))
         clock.count("visible", sum(parts))
+        clock.count("tiles", sum(g.n_tiles for g in grids))
     radii = pixel_radii(splats.extents)
     # not when the model is frozen (only the exposures train) or under no_grad
     grad_norms = _observe_gradients(splats.means2d, parts, cameras) if splats.means2d.requires_grad else []

@@ -1,0 +1,121 @@
+"""The device's cost profile (issue 38): every stage of the training step timed on one rank over scenes of
+several sizes, and fitted to the counts that drive it (grendel_py/plan/profile.py); written as JSON.
+
+    python bench/calibrate.py [--device cpu|cuda] [--backend torch|cupy] [--iterations 3] [--quick] --out PROFILE.json
+
+Scenes: random Gaussians in a cube of half size ``spread`` around the origin, sigmas up to ``sigma``, seen by
+batches of cameras on a circle at distance 3 looking at the origin; the sizes (Gaussians, image size, batch,
+spread, sigma) vary independently so that each stage's drivers (Gaussians x cameras, visible splats, pairs,
+pixels) vary independently too. Each size runs a warm-up iteration and ``--iterations`` timed ones
+(:class:`grendel_py.parallel.stage_clock.StageClock`: the forward stages marked by the step, the backward
+ones by autograd, then Adam); every timed iteration is a sample. The JSON holds the profile, and next to it
+(``--samples``) the samples, so a fit can be checked or redone. ``--quick``: the smallest sizes only (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu_check import _views  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
+from grendel_py.config import OptimConfig  # noqa: E402
+from grendel_py.model.gaussians import Gaussians  # noqa: E402
+from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
+from grendel_py.parallel.runtime import single_process  # noqa: E402
+from grendel_py.parallel.stage_clock import StageClock  # noqa: E402
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss  # noqa: E402
+from grendel_py.plan.profile import fit_profile  # noqa: E402
+from grendel_py.render import get_backend  # noqa: E402
+from partition.balancer import TileBalancer  # noqa: E402
+
+# (Gaussians, width, height, batch, spread, sigma)
+SIZES = [
+    (4_000, 160, 120, 1, 1.0, 0.02),
+    (16_000, 160, 120, 1, 1.0, 0.02),
+    (4_000, 480, 270, 1, 1.0, 0.05),
+    (16_000, 320, 240, 2, 3.0, 0.02),
+    (48_000, 320, 180, 1, 1.0, 0.01),
+    (8_000, 640, 360, 1, 1.0, 0.03),
+    (32_000, 480, 270, 2, 2.0, 0.02),
+    (64_000, 160, 120, 3, 1.5, 0.01),
+]
+QUICK = SIZES[:4]
+
+
+def _scene(n: int, spread: float, sigma: float, device: torch.device, seed: int) -> Gaussians:
+    g = torch.Generator().manual_seed(seed)
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=g) * 2 - 1) * spread,
+        log_scales=math.log(sigma) + torch.rand(n, 3, generator=g) * math.log(0.2),
+        quats=torch.randn(n, 4, generator=g),
+        opacity_logits=torch.randn(n, generator=g) * 2,
+        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
+        shN=torch.randn(n, 15, 3, generator=g) * 0.05,
+        ids=torch.arange(n),
+    ).to(device)
+
+
+def measure(size: tuple, device: torch.device, backend: str, iterations: int, seed: int = 0) -> list[tuple[dict, dict]]:
+    """``iterations`` samples (counts, seconds per stage) of one size, after a warm-up iteration."""
+    n, width, height, batch, spread, sigma = size
+    ctx = single_process(device.type)
+    optimizer = GaussianOptimizer(_scene(n, spread, sigma, device, seed), OptimConfig(), extent=2.0, batch_size=batch)
+    shard = optimizer.gaussians
+    cameras = _views(batch, width, height)
+    g = torch.Generator().manual_seed(seed + 1)
+    photos = [torch.rand(height, width, 3, generator=g).to(device) for _ in cameras]
+    clock = StageClock(device)
+    options = StepOptions(
+        torch.zeros(3, device=device),
+        get_backend(backend),
+        balancer=TileBalancer("locality", 1, calibrate=False),
+        clock=clock,
+    )
+    samples = []
+    for i in range(iterations + 1):
+        clock.start()
+        loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+        loss.backward()
+        clock.mark("project_backward")
+        optimizer.step()
+        clock.mark("adam")
+        if i:
+            samples.append((dict(clock.counts), clock.seconds()))
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--backend", choices=["torch", "cupy"], default="torch")
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="the smallest sizes only")
+    ap.add_argument("--out", type=Path, required=True, help="the profile's JSON")
+    ap.add_argument("--samples", type=Path, help="also the samples, as JSON")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    samples = []
+    for size in QUICK if args.quick else SIZES:
+        samples += measure(size, device, args.backend, args.iterations)
+        print(f"calibrate: {size}: {sum(samples[-1][1].values()):.3f} s per iteration", file=sys.stderr)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    profile = fit_profile(samples, name, args.backend, provenance()["commit"])
+    profile.save(args.out)
+    if args.samples:
+        args.samples.write_text(json.dumps([{"counts": c, "seconds": s} for c, s in samples], indent=1) + "\n")
+    worst = max(profile.fit.items(), key=lambda kv: kv[1])
+    print(f"calibrate: wrote {args.out}; the worst stage's fit is {worst[0]}, {worst[1]:.0%} off at worst")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The counts each rank's step would take for a batch (the same names :class:`~grendel_py.parallel.stage_clock.
+StageClock` takes in a real run), from the simulator's (Gaussian, tile) intersections, the Gaussians' owners
+and the tile assignment: what the cost model (:mod:`grendel_py.plan.model`) turns into seconds and bytes.
+
+Per rank, for one batch: ``gaussians`` (its shard), ``gaussian_cameras`` (shard x cameras: the visibility
+test), ``visible`` (its Gaussians with at least one intersection, per camera, summed), ``listed_pairs`` (the
+intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs`` and ``pixels`` (the
+intersections and pixels of the tiles it renders), ``received`` (the splats its tiles need, its own
+included), ``bytes_sent`` and ``bytes_received`` (the splat exchange), ``halo_pixels`` (the pixels it receives
+from other ranks' tiles), ``loss_pixels`` (its regions' boxes, as the loss reads them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from grendel_py.parallel.halo import halo_pixel_counts
+from grendel_py.simulate import SimScene, exchange_bytes
+from partition.assign import Assignment
+
+KEYS = (
+    "gaussians",
+    "gaussian_cameras",
+    "visible",
+    "listed_pairs",
+    "tiles",
+    "pairs",
+    "pixels",
+    "received",
+    "bytes_sent",
+    "bytes_received",
+    "halo_pixels",
+    "loss_pixels",
+)
+
+
+def _by_rank(ranks: np.ndarray, world: int, weights: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(ranks, weights=weights, minlength=world).astype(np.float64)
+
+
+def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment) -> list[dict[str, float]]:
+    """Every rank's counts (module docstring) for ``batch`` (camera indices of ``scene``), the Gaussians
+    owned as ``owner`` says and the tiles rendered as ``plan`` says."""
+    w = plan.world_size
+    total = {k: np.zeros(w) for k in KEYS}
+    shard = _by_rank(owner, w)
+    total["gaussians"] = shard
+    total["gaussian_cameras"] = shard * len(batch)
+    offset = 0
+    for slot, k in enumerate(batch):
+        grid = plan.grids[slot]
+        rows, tiles = scene.intersections(k)
+        renders = plan.rank[offset + tiles]
+        own = owner[rows]
+        first = np.ones(rows.shape[0], dtype=bool)  # each Gaussian's first pair (pairs are grouped by Gaussian)
+        first[1:] = rows[1:] != rows[:-1]
+        total["visible"] += _by_rank(own[first], w)
+        total["listed_pairs"] += _by_rank(own, w)
+        total["pairs"] += _by_rank(renders, w)
+        need = np.unique(rows * w + renders)  # each (Gaussian, rank that renders a tile of it) once
+        total["received"] += _by_rank(need % w, w)
+        tile_ranks = plan.rank[offset : offset + grid.n_tiles]
+        total["tiles"] += grid.n_tiles
+        total["pixels"] += _by_rank(tile_ranks, w) * grid.tile_size**2
+        for r in range(w):
+            ty0, ty1, tx0, tx1 = plan.tile_box(slot, r)
+            h = min(ty1 * grid.tile_size, grid.height) - ty0 * grid.tile_size
+            wd = min(tx1 * grid.tile_size, grid.width) - tx0 * grid.tile_size
+            total["loss_pixels"][r] += max(h, 0) * max(wd, 0)
+        offset += grid.n_tiles
+    total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
+    if w > 1:
+        owners = [plan.owner_table(b) for b in range(len(batch))]
+        total["halo_pixels"] = halo_pixel_counts(list(plan.grids), owners, w).double().numpy()
+    return [{key: float(total[key][r]) for key in KEYS} for r in range(w)]
+
+
+def mean_counts(per_batch: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Each rank's counts averaged over several batches."""
+    n = len(per_batch)
+    return [{k: sum(b[r][k] for b in per_batch) / n for k in KEYS} for r in range(len(per_batch[0]))]

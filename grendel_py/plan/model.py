@@ -1,0 +1,125 @@
+"""Seconds per iteration from every rank's counts (:mod:`grendel_py.plan.counts`), a device's stage costs
+(:mod:`grendel_py.plan.profile`) and a link.
+
+The step is a sequence of segments, each some stages of local work followed by a collective that no rank
+leaves before every rank has entered it (bulk-synchronous): a segment takes its slowest rank's work, then the
+collective's time on its busiest rank. An iteration is the sum of its segments (:data:`SEGMENTS`). A
+collective takes the link's latency per call plus its busiest rank's bytes (the larger of those it sends and
+those it receives) over the link's bandwidth. One rank runs no collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grendel_py.plan.profile import Profile
+
+SPLAT_BYTES = 56  # a splat on the wire (grendel_py.parallel.exchange: 12 float32 and an int64 id)
+GRAD_BYTES = 36  # its gradient on the way back (9 float32)
+HALO_BYTES = 12  # a halo pixel (3 float32), and its gradient back
+TILE_TABLE_BYTES = 16  # per tile: the count and the majority key (int64 each), all-reduced
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a collective costs: ``latency`` seconds per call, ``bytes_per_s`` per rank and direction;
+    ``source``: where the figures come from."""
+
+    name: str
+    latency: float
+    bytes_per_s: float
+    source: str
+
+
+LINKS = {
+    "nvlink4": Link(
+        "nvlink4",
+        20e-6,
+        450e9,
+        "NVLink 4 (H100/H200 SXM): 18 links x 50 GB/s = 900 GB/s per GPU both directions together (NVIDIA H100 and "
+        "H200 datasheets), 450 GB/s each way; about 20 us per NCCL all-to-all call within a node (nccl-tests' "
+        "small-message times are of that order): leads, not measurements here",
+    ),
+    "ndr": Link(
+        "ndr",
+        30e-6,
+        50e9,
+        "NDR InfiniBand, one 400 Gb/s port per GPU (as in DGX H100/H200): 50 GB/s each way; about 30 us per "
+        "NCCL call across nodes: leads, not measurements here",
+    ),
+    "100gbe": Link(
+        "100gbe",
+        50e-6,
+        12.5e9,
+        "100 Gb Ethernet: 12.5 GB/s each way; about 50 us per call over TCP: leads, not measurements here",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Stages of local work, then a collective (None: none) whose bytes per rank the function gives."""
+
+    stages: tuple[str, ...]
+    collective: str | None
+    calls: int = 1
+
+
+SEGMENTS = (
+    Segment(("project", "table"), "tile table", 2),  # two all-reduces: counts, then majority keys
+    Segment(("exchange",), "splats", 2),  # the counts, then the splats
+    Segment(("rasterize", "halo"), "halo", 1),
+    Segment(("loss", "loss_backward"), "halo gradients", 1),
+    Segment(("rasterize_backward",), "splat gradients", 1),
+    Segment(("exchange_backward", "project_backward", "adam"), "statistics", 1),  # the logged numbers
+)
+
+
+def _collective_bytes(name: str, counts: dict[str, float], world: int) -> float:
+    """The larger of what a rank sends and receives in the collective ``name``."""
+    if name == "tile table":  # a ring all-reduce sends and receives 2 (W - 1) / W of the buffer
+        return 2 * (world - 1) / world * counts["tiles"] * TILE_TABLE_BYTES
+    if name == "splats":
+        return max(counts["bytes_sent"], counts["bytes_received"])
+    if name in ("halo", "halo gradients"):
+        return counts["halo_pixels"] * HALO_BYTES  # a rank sends about what it receives
+    if name == "splat gradients":
+        return max(counts["bytes_sent"], counts["bytes_received"]) / SPLAT_BYTES * GRAD_BYTES
+    return 0.0  # the statistics: a few numbers
+
+
+@dataclass
+class Prediction:
+    """Seconds per iteration and where they go: per segment, its slowest rank's work and its collective;
+    per rank, its local work; bytes on the links per iteration, summed over ranks."""
+
+    seconds: float
+    segments: list[dict]
+    rank_seconds: list[float]
+    link_bytes: float
+
+    @property
+    def balance(self) -> float:
+        """The slowest rank's local work over the mean (1.0: perfectly balanced)."""
+        mean = sum(self.rank_seconds) / len(self.rank_seconds)
+        return max(self.rank_seconds) / mean if mean > 0 else 1.0
+
+
+def predict(counts: list[dict[str, float]], profile: Profile, link: Link | None) -> Prediction:
+    """The iteration of ``counts`` (one dict per rank) on devices of ``profile`` joined by ``link`` (None on
+    one rank)."""
+    world = len(counts)
+    if world > 1 and link is None:
+        raise ValueError("more than one rank needs a link to model their collectives")
+    stage_seconds = [profile.stage_seconds(c) for c in counts]
+    segments, total, link_bytes = [], 0.0, 0.0
+    for seg in SEGMENTS:
+        work = [sum(s[stage] for stage in seg.stages) for s in stage_seconds]
+        comm = 0.0
+        if world > 1 and seg.collective is not None:
+            per_rank = [_collective_bytes(seg.collective, c, world) for c in counts]
+            comm = seg.calls * link.latency + max(per_rank) / link.bytes_per_s
+            link_bytes += sum(per_rank)
+        segments.append({"stages": list(seg.stages), "work": max(work), "collective": seg.collective, "comm": comm})
+        total += max(work) + comm
+    return Prediction(total, segments, [sum(s.values()) for s in stage_seconds], link_bytes)

@@ -1,0 +1,88 @@
+"""``grendel plan``: the run a config describes, predicted for W = 1, 2, ... ranks before it is paid for.
+
+For each W the planner does what the run would do to the first ``images`` images of an epoch: shards the
+model as ``dist.ownership`` says, draws batches as the run's sampler does, builds each batch's tile table
+from the simulator's intersections and lets the run's tile balancer assign the tiles
+(:mod:`grendel_py.simulate`); every rank's counts (:mod:`grendel_py.plan.counts`), averaged over the batches,
+go through the cost model (:mod:`grendel_py.plan.model`) with a device's calibrated profile.
+
+Larger models (``gaussians``): the counts that grow with the model (its Gaussians, those seen, their
+intersections, the splats sent) are scaled by ``gaussians / len(model)``, as if each added Gaussian looked like
+the model's average one; pixels, tiles and halo pixels do not change. That is exact for a model that
+replicates the given one's density and sizes, and an overestimate of the intersections for one that grew
+by splitting (smaller Gaussians touch fewer tiles).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from grendel_py.config import Config
+from grendel_py.plan.counts import mean_counts, rank_counts
+from grendel_py.plan.model import Link, Prediction, predict
+from grendel_py.plan.profile import Profile
+from grendel_py.simulate import SimScene, batch_table
+from grendel_py.train.sampler import CameraSampler
+from partition.balancer import TileBalancer
+from partition.spatial import assign_owners
+
+GROWS = ("gaussians", "gaussian_cameras", "visible", "listed_pairs", "pairs", "received", "bytes_sent",
+         "bytes_received")  # fmt: skip
+"""The counts that grow with the model (see the module docstring)."""
+
+
+def predicted_counts(scene: SimScene, cfg: Config, world: int, images: int, link: Link | None) -> list[dict]:
+    """Every rank's counts per iteration, averaged over the batches of the first ``images`` images."""
+    batch = cfg.train.batch_size
+    if batch > len(scene.cameras):
+        raise ValueError(f"train.batch_size {batch} is larger than the scene's {len(scene.cameras)} cameras")
+    owner = assign_owners(scene.model.means, world, cfg.dist.ownership).numpy()
+    sampler = CameraSampler(len(scene.cameras), batch, cfg.seed)
+    bandwidth = cfg.dist.link_gbps * 1e9 / 8 if link is None else link.bytes_per_s
+    balancer = TileBalancer(cfg.dist.assignment, world, cfg.dist.tolerance, bandwidth)
+    per_batch = []
+    for _ in range(max(1, images // batch)):
+        cams = sampler.next_batch()
+        table = batch_table(scene, cams, owner, world)
+        plan = balancer.plan(table)
+        per_batch.append(rank_counts(scene, cams, owner, plan))
+    return mean_counts(per_batch)
+
+
+def scaled(counts: list[dict], factor: float) -> list[dict]:
+    """``counts`` of a model ``factor`` times as large (module docstring)."""
+    return [{k: v * factor if k in GROWS else v for k, v in c.items()} for c in counts]
+
+
+def plan(
+    scene: SimScene,
+    cfg: Config,
+    worlds: list[int],
+    profile: Profile,
+    link: Link | None,
+    images: int,
+    gaussians: int | None = None,
+) -> list[dict]:
+    """One row per W: predicted seconds per iteration and per epoch, the slowest rank's local work over the
+    mean, bytes on the links per iteration, and where the time goes."""
+    factor = 1.0 if gaussians is None else gaussians / len(scene.model)
+    iterations_per_epoch = int(np.ceil(len(scene.cameras) / cfg.train.batch_size))
+    rows, one = [], None
+    for w in worlds:
+        counts = scaled(predicted_counts(scene, cfg, w, images, link), factor)
+        p: Prediction = predict(counts, profile, link if w > 1 else None)
+        one = p.seconds if w == 1 else one
+        rows.append(
+            {
+                "world_size": w,
+                "gaussians": int(round(len(scene.model) * factor)),
+                "seconds_per_iteration": p.seconds,
+                "seconds_per_epoch": p.seconds * iterations_per_epoch,
+                "speedup": None if one is None else one / p.seconds,
+                "balance": p.balance,
+                "link_bytes_per_iteration": p.link_bytes,
+                "segments": p.segments,
+                "counts": counts,
+            }
+        )
+    return rows

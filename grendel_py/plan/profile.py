@@ -1,0 +1,125 @@
+"""A device's cost profile: the seconds of each stage of the training step as a linear function of the counts
+that drive it (the counts :class:`grendel_py.parallel.stage_clock.StageClock` takes, all per rank and
+iteration), fitted to measured iterations (``bench/calibrate.py``) and kept as JSON.
+
+A stage's seconds are ``fixed + sum(per[count] * counts[count])`` over its drivers (:data:`DRIVERS`), the
+coefficients non-negative (least squares under that constraint: a stage never gets faster with more work).
+The communication inside the exchange and halo stages is not part of these: on W > 1 ranks it is modelled
+by the link (:mod:`grendel_py.plan.links`), so a profile measured on one device plans any number of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+from grendel_py.errors import InputError
+from grendel_py.fileio import atomic_open, os_problem
+
+DRIVERS: dict[str, tuple[str, ...]] = {
+    "project": ("gaussian_cameras", "visible"),
+    "table": ("listed_pairs", "tiles"),
+    "exchange": ("received",),
+    "rasterize": ("pairs", "pixels"),
+    "halo": ("pixels", "halo_pixels"),
+    "loss": ("loss_pixels",),
+    "loss_backward": ("loss_pixels",),
+    "rasterize_backward": ("pairs", "pixels"),
+    "exchange_backward": ("received",),
+    "project_backward": ("gaussian_cameras", "visible"),
+    "adam": ("gaussians",),
+}
+"""Each stage of the step (:data:`grendel_py.parallel.stage_clock.FORWARD`, ``BACKWARD``, then Adam) and the
+counts its seconds grow with."""
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """``fixed`` seconds plus ``per[count]`` seconds per unit of each driving count."""
+
+    fixed: float
+    per: dict[str, float]
+
+    def seconds(self, counts: dict[str, float]) -> float:
+        return self.fixed + sum(c * counts[name] for name, c in self.per.items())
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The stage costs of one device (``device``: its name, ``backend``: the renderer measured), with the
+    commit and the samples' spread they were fitted at (``fit``: per stage, the largest relative error of
+    the fit over its samples)."""
+
+    device: str
+    backend: str
+    commit: str
+    stages: dict[str, StageCost]
+    fit: dict[str, float]
+
+    def stage_seconds(self, counts: dict[str, float]) -> dict[str, float]:
+        """Predicted seconds of every stage for one rank's ``counts``."""
+        return {stage: cost.seconds(counts) for stage, cost in self.stages.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    def save(self, path: Path) -> None:
+        with atomic_open(path, "w") as f:
+            f.write(self.to_json())
+
+    @staticmethod
+    def load(path: Path) -> Profile:
+        """A profile written by :meth:`save`; :class:`InputError` naming the file and the problem otherwise."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except OSError as e:
+            raise InputError(path, f"cannot read the profile: {os_problem(e)}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(path, f"not a JSON profile ({e})") from None
+        try:
+            stages = {name: StageCost(float(s["fixed"]), {k: float(v) for k, v in s["per"].items()})
+                      for name, s in raw["stages"].items()}  # fmt: skip
+            profile = Profile(str(raw["device"]), str(raw["backend"]), str(raw["commit"]), stages, dict(raw["fit"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(path, f"not a cost profile (bench/calibrate.py writes them): {e!r}") from None
+        missing = sorted(set(DRIVERS) - set(stages))
+        if missing:
+            raise InputError(path, f"the profile has no cost for the stages {', '.join(missing)}")
+        for name, cost in stages.items():
+            values = [cost.fixed, *cost.per.values()]
+            if not all(math.isfinite(v) and v >= 0 for v in values):
+                raise InputError(path, f"stage {name!r} has a negative or non-finite coefficient")
+        return profile
+
+
+def fit_stage(stage: str, samples: list[tuple[dict[str, float], dict[str, float]]]) -> tuple[StageCost, float]:
+    """The stage's cost fitted to ``samples`` (each: counts, seconds per stage) by non-negative least squares,
+    each sample weighted by 1 / its seconds (so that small and large sizes count alike: relative errors), and
+    the largest relative error left."""
+    drivers = DRIVERS[stage]
+    rows = [(counts, seconds[stage]) for counts, seconds in samples if stage in seconds]
+    if len(rows) < len(drivers) + 1:
+        raise ValueError(f"stage {stage!r}: {len(rows)} samples cannot fit {len(drivers) + 1} coefficients")
+    design = np.array([[1.0, *(counts[d] for d in drivers)] for counts, _ in rows])
+    target = np.array([t for _, t in rows])
+    weight = 1.0 / np.maximum(target, 1e-9)
+    coef, _ = nnls(design * weight[:, None], target * weight)
+    worst = float(np.max(np.abs(design @ coef - target) * weight))
+    return StageCost(float(coef[0]), {d: float(c) for d, c in zip(drivers, coef[1:])}), worst
+
+
+def fit_profile(
+    samples: list[tuple[dict[str, float], dict[str, float]]], device: str, backend: str, commit: str
+) -> Profile:
+    """Every stage of :data:`DRIVERS` fitted to ``samples`` (:func:`fit_stage`)."""
+    stages, fit = {}, {}
+    for stage in DRIVERS:
+        stages[stage], fit[stage] = fit_stage(stage, samples)
+    return Profile(device or platform.processor() or platform.machine(), backend, commit, stages, fit)

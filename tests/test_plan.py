@@ -1,0 +1,150 @@
+"""``grendel plan`` (grendel_py/plan/): the counts it predicts per rank are those a real step takes (the stage
+clock's, on one and two ranks with the same ownership and tile plan); the profile's fit recovers known costs
+and refuses bad files with one line; the model adds segments as documented; calibration on small sizes
+predicts a held-out size within a factor that catches a wrong driver or unit; the command prints its table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench import calibrate
+from grendel_py.errors import InputError
+from grendel_py.parallel.runtime import single_process
+from grendel_py.parallel.stage_clock import StageClock
+from grendel_py.parallel.step import Batch, StepOptions, batch_loss
+from grendel_py.plan.counts import rank_counts
+from grendel_py.plan.model import LINKS, SEGMENTS, Link, predict
+from grendel_py.plan.profile import DRIVERS, Profile, StageCost, fit_profile, fit_stage
+from grendel_py.simulate import SimScene, batch_table
+from partition.balancer import TileBalancer
+from tests.dist_util import REPO, child_env, run_ranks
+from tests.test_dist_step import BG, _leaves, _setup
+
+
+def _step_counts(ctx) -> dict:
+    """The stage clock's counts of one step of tests/test_dist_step.py's batch, its shards ids % W."""
+    g, cams, images = _setup()
+    shard = _leaves(g.select(g.ids % ctx.world_size == ctx.rank))
+    clock = StageClock(torch.device("cpu"))
+    options = StepOptions(BG, balancer=TileBalancer("locality", ctx.world_size, calibrate=False), clock=clock)
+    clock.start()
+    batch_loss(shard, Batch(cams, images, 1), options, ctx)
+    return clock.counts
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_predicted_counts_are_the_steps(world: int) -> None:
+    measured = run_ranks(world, _step_counts) if world > 1 else [_step_counts(single_process("cpu"))]
+    g, cams, _ = _setup()
+    scene = SimScene("dist_step", g, cams)
+    owner = (g.ids % world).numpy()
+    batch = list(range(len(cams)))
+    plan = TileBalancer("locality", world, calibrate=False).plan(batch_table(scene, batch, owner, world))
+    predicted = rank_counts(scene, batch, owner, plan)
+    for rank, (want, got) in enumerate(zip(measured, predicted)):
+        for key in ("gaussians", "gaussian_cameras", "tiles", "pairs", "pixels", "loss_pixels", "halo_pixels"):
+            assert got[key] == want[key], (rank, key, got[key], want[key])
+        assert got["bytes_sent"] == want["bytes_sent"], rank
+        # splats that reach the image but, culled exactly, no tile: counted by the step, not by the planner
+        assert 0.9 * want["visible"] <= got["visible"] <= want["visible"]
+        assert 0.9 * want["received"] <= got["received"] <= want["received"]
+        if world == 1:
+            assert got["listed_pairs"] == want["listed_pairs"] == got["pairs"]
+
+
+def test_fit_recovers_known_costs() -> None:
+    gen = np.random.default_rng(0)
+    truth = {s: StageCost(1e-3 * (i + 1), {d: 1e-7 * (j + 2) for j, d in enumerate(ds)}) for i, (s, ds) in
+             enumerate(DRIVERS.items())}  # fmt: skip
+    keys = sorted({d for ds in DRIVERS.values() for d in ds})
+    samples = []
+    for _ in range(12):
+        counts = {k: float(gen.integers(1_000, 1_000_000)) for k in keys}
+        samples.append((counts, {s: c.seconds(counts) for s, c in truth.items()}))
+    for stage, cost in truth.items():
+        fitted, worst = fit_stage(stage, samples)
+        assert worst < 1e-9 and fitted.fixed == pytest.approx(cost.fixed, rel=1e-6)
+        assert fitted.per == pytest.approx(cost.per, rel=1e-6)
+    with pytest.raises(ValueError, match="samples cannot fit"):
+        fit_stage("rasterize", samples[:2])
+
+
+def test_profile_files(tmp_path: Path) -> None:
+    gen = np.random.default_rng(1)
+    keys = sorted({d for ds in DRIVERS.values() for d in ds})
+    samples = [({k: float(gen.integers(1, 1000)) for k in keys}, dict.fromkeys(DRIVERS, 0.5)) for _ in range(6)]
+    profile = fit_profile(samples, "test", "torch", "0" * 40)
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert Profile.load(path) == profile
+    raw = json.loads(path.read_text())
+    cases = {
+        "missing.json": None,
+        "bad.json": "{not json",
+        "nostage.json": json.dumps({**raw, "stages": {k: v for k, v in raw["stages"].items() if k != "adam"}}),
+        "negative.json": json.dumps({**raw, "stages": {**raw["stages"], "adam": {"fixed": -1.0, "per": {}}}}),
+        "shape.json": json.dumps({"device": "x"}),
+    }
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(InputError) as e:
+            Profile.load(tmp_path / name)
+        assert e.value.path == tmp_path / name and "\n" not in str(e.value)
+
+
+def _flat(seconds: float) -> Profile:
+    return Profile("t", "torch", "0", {s: StageCost(seconds, {}) for s in DRIVERS}, dict.fromkeys(DRIVERS, 0.0))
+
+
+def test_model_adds_the_slowest_rank_per_segment_and_the_collectives() -> None:
+    counts = dict.fromkeys(("tiles", "bytes_sent", "bytes_received", "halo_pixels"), 0.0)
+    profile = _flat(0.01)
+    one = predict([counts], profile, None)
+    assert one.seconds == pytest.approx(0.01 * len(DRIVERS)) and one.link_bytes == 0
+    link = Link("t", 1e-3, 1e6, "test")
+    ranks = [{**counts, "tiles": 100.0, "bytes_sent": 5600.0, "bytes_received": 2800.0, "halo_pixels": 10.0}, counts]
+    two = predict(ranks, profile, link)
+    calls = sum(seg.calls for seg in SEGMENTS if seg.collective)
+    comm = (2 * 1 / 2 * 100 * 16 + 5600 + 120 + 120 + 5600 / 56 * 36) / 1e6
+    assert two.seconds == pytest.approx(0.01 * len(DRIVERS) + calls * 1e-3 + comm)
+    with pytest.raises(ValueError, match="needs a link"):
+        predict(ranks, profile, None)
+    assert set(LINKS) == {"nvlink4", "ndr", "100gbe"} and all(link.source for link in LINKS.values())
+
+
+def test_calibration_predicts_a_held_out_size() -> None:
+    """Fitted on the quick sizes, the profile predicts a larger size's iteration (the stage clock's seconds
+    summed) within a factor of 2: loose, as timings on shared cores are, but a stage driven by the wrong
+    count or in the wrong unit is off by far more at 4x the Gaussians and pixels."""
+    samples = [s for size in calibrate.QUICK for s in calibrate.measure(size, torch.device("cpu"), "torch", 2)]
+    profile = fit_profile(samples, "cpu", "torch", "0" * 40)
+    held_out = calibrate.measure((24_000, 320, 240, 1, 1.0, 0.02), torch.device("cpu"), "torch", 2)
+    measured = float(np.median([sum(s.values()) for _, s in held_out]))
+    predicted = float(np.median([predict([c], profile, None).seconds for c, _ in held_out]))
+    assert 0.5 < predicted / measured < 2.0, (predicted, measured)
+
+
+def test_plan_command(tmp_path: Path, object_scene_seed2: Path) -> None:
+    profile = _flat(0.01)
+    profile.save(tmp_path / "p.json")
+    cmd = [sys.executable, "-m", "grendel_py", "plan", "--config", "configs/demo.yaml", "--data",
+           str(object_scene_seed2), "--profile", str(tmp_path / "p.json"), "--gpus", "1,2", "--json"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["world_size"] for r in rows] == [1, 2] and rows[0]["speedup"] == 1.0
+    assert rows[0]["seconds_per_iteration"] == pytest.approx(0.01 * len(DRIVERS))
+    assert (
+        rows[1]["link_bytes_per_iteration"] > 0 and rows[1]["seconds_per_iteration"] > rows[0]["seconds_per_iteration"]
+    )
+    cmd[cmd.index("--profile") + 1] = str(tmp_path / "nothing.json")
+    res = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nothing.json" in res.stderr
