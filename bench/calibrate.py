@@ -1,7 +1,7 @@
 """The device's cost profile (issue 38): every stage of the training step timed on one rank over scenes of
 several sizes, and fitted to the counts that drive it (grendel_py/plan/profile.py); written as JSON.
 
-    python bench/calibrate.py [--device cpu|cuda] [--backend torch|cupy] [--iterations 3] [--quick] --out PROFILE.json
+    python bench/calibrate.py [--device cpu|cuda] [--backend torch|cupy] [--iterations 3] [--threads N] [--quick] [--link-world 2] --out PROFILE.json
 
 Scenes: random Gaussians in a cube of half size ``spread`` around the origin, sigmas up to ``sigma``, seen by
 batches of cameras on a circle at distance 3 looking at the origin; the sizes (Gaussians, image size, batch,
@@ -10,6 +10,9 @@ pixels) vary independently too. Each size runs a warm-up iteration and ``--itera
 (:class:`grendel_py.parallel.stage_clock.StageClock`: the forward stages marked by the step, the backward
 ones by autograd, then Adam); every timed iteration is a sample. The JSON holds the profile, and next to it
 (``--samples``) the samples, so a fit can be checked or redone. ``--quick``: the smallest sizes only (CI).
+``--threads N``: torch's CPU threads (as each rank of a CPU run gets from torchrun: 1). ``--link-world W``:
+also the link between W gloo ranks on this machine (``gloo`` in the profile's links): all-to-all calls of
+1 kB to 16 MB per rank, each timed from a barrier, fitted to a latency and a bandwidth.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,9 +37,10 @@ from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
 from grendel_py.parallel.runtime import single_process  # noqa: E402
 from grendel_py.parallel.stage_clock import StageClock  # noqa: E402
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss  # noqa: E402
-from grendel_py.plan.profile import fit_profile  # noqa: E402
+from grendel_py.plan.profile import fit_link, fit_profile  # noqa: E402
 from grendel_py.render import get_backend  # noqa: E402
 from partition.balancer import TileBalancer  # noqa: E402
+from tests.dist_util import run_ranks  # noqa: E402
 
 # (Gaussians, width, height, batch, spread, sigma)
 SIZES = [
@@ -93,22 +98,52 @@ def measure(size: tuple, device: torch.device, backend: str, iterations: int, se
     return samples
 
 
+def _all_to_all_samples(ctx, repeats: int = 5) -> list[tuple[float, float]]:
+    """(bytes a rank sends, seconds) of all-to-all calls of several sizes, timed from a barrier."""
+    import torch.distributed as dist
+
+    samples = []
+    for size in (2**10, 2**14, 2**18, 2**21, 2**24):
+        x = torch.zeros(size // 4, dtype=torch.float32)
+        out = torch.empty_like(x)
+        for _ in range(repeats + 1):
+            dist.barrier()
+            tic = time.perf_counter()
+            dist.all_to_all_single(out, x)
+            seconds = time.perf_counter() - tic
+            samples.append((size * (ctx.world_size - 1) / ctx.world_size, seconds))
+        del samples[-repeats - 1]  # the first of each size: a warm-up
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--backend", choices=["torch", "cupy"], default="torch")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="the smallest sizes only")
+    ap.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
+    ap.add_argument("--link-world", type=int, help="also measure the gloo link between this many ranks")
     ap.add_argument("--out", type=Path, required=True, help="the profile's JSON")
     ap.add_argument("--samples", type=Path, help="also the samples, as JSON")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    links = {}
+    if args.link_world:
+        ranks = run_ranks(args.link_world, _all_to_all_samples)
+        slowest = [(b, max(r[i][1] for r in ranks)) for i, (b, _) in enumerate(ranks[0])]  # ends for the last rank
+        links["gloo"] = fit_link(
+            "gloo", slowest, f"measured: gloo all-to-all between {args.link_world} processes on this machine"
+        )
+        print(f"calibrate: gloo link {links['gloo']}", file=sys.stderr)
     samples = []
     for size in QUICK if args.quick else SIZES:
         samples += measure(size, device, args.backend, args.iterations)
         print(f"calibrate: {size}: {sum(samples[-1][1].values()):.3f} s per iteration", file=sys.stderr)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    profile = fit_profile(samples, name, args.backend, provenance()["commit"])
+    profile = fit_profile(samples, name, args.backend, provenance()["commit"], torch.get_num_threads(), links)
     profile.save(args.out)
     if args.samples:
         args.samples.write_text(json.dumps([{"counts": c, "seconds": s} for c, s in samples], indent=1) + "\n")

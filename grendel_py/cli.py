@@ -293,7 +293,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from grendel_py.model.initialize import initial_gaussians
     from grendel_py.model.ply import read_ply
-    from grendel_py.plan.model import LINKS
+    from grendel_py.plan.links import LINKS
     from grendel_py.plan.planner import plan
     from grendel_py.plan.profile import Profile
     from grendel_py.simulate import SimScene
@@ -310,7 +310,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         model = initial_gaussians(cfg.model, scene.points, scene.cameras, scene.extent, cfg.seed)
     sim = SimScene(Path(cfg.data.path).name, model, scene.train_cameras)
-    rows = plan(sim, cfg, args.gpus, profile, LINKS[args.link], args.images, args.gaussians)
+    links = {**LINKS, **profile.links}
+    if args.link not in links:
+        raise InputError(args.profile, f"no link {args.link!r}: choose from {', '.join(sorted(links))}")
+    if args.devices is not None and args.devices <= 0:
+        raise InputError(None, f"--devices must be > 0, got {args.devices}")
+    rows = plan(sim, cfg, args.gpus, profile, links[args.link], args.images, args.gaussians, args.devices)
     if args.json:
         print(json.dumps({"profile": str(args.profile), "link": args.link, "rows": rows}, indent=1))
         return 0
@@ -482,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussians", type=int, help="plan for a model this large (the counts scaled: see docs)")
     p.add_argument("--gpus", type=_int_list, default=[1, 2, 4, 8], help="world sizes, comma separated (at most 64)")
     p.add_argument("--profile", type=Path, required=True, help="the device's cost profile (bench/calibrate.py)")
-    p.add_argument("--link", choices=["nvlink4", "ndr", "100gbe"], default="nvlink4", help="the ranks' link")
+    p.add_argument(
+        "--link", default="nvlink4", help="the ranks' link: nvlink4, ndr, 100gbe, or one measured in the profile"
+    )
+    p.add_argument("--devices", type=int, help="devices the ranks share (CPU cores, GPUs; default: one each)")
     p.add_argument("--images", type=int, default=32, help="images of the epoch's start the counts average over")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_plan)

@@ -20,7 +20,8 @@ from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.stage_clock import StageClock
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
 from grendel_py.plan.counts import rank_counts
-from grendel_py.plan.model import LINKS, SEGMENTS, Link, predict
+from grendel_py.plan.links import LINKS, Link
+from grendel_py.plan.model import SEGMENTS, predict
 from grendel_py.plan.profile import DRIVERS, Profile, StageCost, fit_profile, fit_stage
 from grendel_py.simulate import SimScene, batch_table
 from partition.balancer import TileBalancer
@@ -49,7 +50,17 @@ def test_predicted_counts_are_the_steps(world: int) -> None:
     plan = TileBalancer("locality", world, calibrate=False).plan(batch_table(scene, batch, owner, world))
     predicted = rank_counts(scene, batch, owner, plan)
     for rank, (want, got) in enumerate(zip(measured, predicted)):
-        for key in ("gaussians", "gaussian_cameras", "tiles", "pairs", "pixels", "loss_pixels", "halo_pixels"):
+        keys = (
+            "gaussians",
+            "gaussian_cameras",
+            "tiles",
+            "pairs",
+            "padded_pairs",
+            "pixels",
+            "loss_pixels",
+            "halo_pixels",
+        )
+        for key in keys:
             assert got[key] == want[key], (rank, key, got[key], want[key])
         assert got["bytes_sent"] == want["bytes_sent"], rank
         # splats that reach the image but, culled exactly, no tile: counted by the step, not by the planner

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,7 +150,7 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
 def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     """The compositor's plan: every (tile, depth slot) with a splat in exactly one chunk, chunks of at most
     ``chunk_pairs`` pairs (or one tile), also when the live tiles times ``min_chunk`` exceed the budget."""
-    from grendel_py.render.composite import _Layout
+    from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, _Layout, compositor_work
 
     cam = small_camera(48, 40)
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
@@ -157,13 +158,19 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     bins = bin_splats(splats, grid)
     lay = _Layout(bins, BatchTiles([grid], [None], BG.device), torch.float64)
     counts = bins.counts.tolist()
+    k_max = max(counts)
     for pairs, min_chunk in ((1, 1), (3 * 256 * 4, 4), (256 * 8, 32), (1 << 30, 32)):
-        covered = torch.zeros(len(counts), lay.k_max, dtype=torch.int64)
+        covered = torch.zeros(len(counts), k_max, dtype=torch.int64)
         for tiles, k0, k1 in lay.chunks(256, pairs, min_chunk):
             assert len(tiles) * 256 * (k1 - k0) <= max(pairs, 256 * (k1 - k0))
             covered[tiles, k0:k1] += 1
-        want = (torch.arange(lay.k_max)[None, :] < torch.tensor(counts)[:, None]).long()
+        want = (torch.arange(k_max)[None, :] < torch.tensor(counts)[:, None]).long()
         assert torch.equal(covered * want, want), (pairs, min_chunk)
+    # what the stage clock and the planner count: every chunk's tiles times its slots, and the chunks
+    assert compositor_work(np.array(counts), 256) == (
+        sum(len(t) * (k1 - k0) for t, k0, k1 in lay.chunks(256, CHUNK_PAIRS, MIN_CHUNK)),
+        len(lay.chunks(256, CHUNK_PAIRS, MIN_CHUNK)),
+    )
 
 
 def test_tile_subsets_partition_image_and_gradients() -> None:
@@ -510,3 +517,25 @@ def test_batch_projection_adds_its_gradients_into_grad_itself(piece: int, monkey
             w += g
     for got, w in zip(grads[1], want):
         torch.testing.assert_close(got, w, rtol=1e-12, atol=1e-14)
+
+
+def test_power_clamp_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compositor clamps the Gaussian's exponent at POWER_MIN (subnormal exps are slow on a CPU): the image
+    and every gradient are bit for bit those without the clamp, on a scene of tiny, sharp splats whose far
+    pixels' exponents go far below it."""
+    from grendel_py.render import composite
+
+    cam = small_camera(48, 40)
+    base = random_gaussians(300, seed=7, opacity_shift=2.0)
+    base = dataclasses.replace(base, log_scales=base.log_scales - 3.0)  # sigmas ~ 1/20: exponents far below -80
+
+    def run() -> list[torch.Tensor]:
+        leaves = _leaf(base)
+        out = render(Gaussians(*leaves, ids=base.ids), cam, BG)
+        (out.image * torch.linspace(0.2, 1.0, 3, dtype=out.image.dtype)).sum().backward()
+        return [out.image.detach(), *(p.grad for p in leaves)]
+
+    clamped = run()
+    monkeypatch.setattr(composite, "POWER_MIN", -math.inf)
+    for a, b in zip(clamped, run()):
+        assert torch.equal(a, b)

@@ -41,6 +41,7 @@ from grendel_py.parallel.halo import exchange_halos
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.parallel.stage_clock import StageClock
 from grendel_py.render import get_backend, project_batch, rasterize_batch
+from grendel_py.render.composite import compositor_work
 from grendel_py.render.interface import Pairs, Renderer
 from grendel_py.render.intersect import BatchTiles
 from grendel_py.render.projection import pixel_radii
@@ -151,12 +152,16 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
 
 
 def _count_received(clock: StageClock, received, table: TileTable, plan: Assignment, rank: int) -> None:
-    """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs
-    and pixels of its tiles, bytes it sent; on one rank also the pairs it listed (all of them; on more, a
+    """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs,
+    the compositor's slots and chunks for them (:func:`~grendel_py.render.composite.compositor_work`) and
+    pixels of its tiles, bytes it sent; on one rank also the pairs it listed (all of them; on more, a
     rank's own splats' pairs are not read to the host)."""
     mine = plan.rank == rank
     clock.count("received", len(received.splats))
     clock.count("pairs", int(table.intersections[mine].sum()))
+    slots, chunks = compositor_work(table.intersections[mine], TILE_SIZE * TILE_SIZE)
+    clock.count("padded_pairs", slots)
+    clock.count("chunks", chunks)
     if plan.world_size == 1:
         clock.count("listed_pairs", int(table.intersections.sum()))
     clock.count("pixels", int(mine.sum()) * TILE_SIZE * TILE_SIZE)

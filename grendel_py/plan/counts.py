@@ -4,8 +4,9 @@ and the tile assignment: what the cost model (:mod:`grendel_py.plan.model`) turn
 
 Per rank, for one batch: ``gaussians`` (its shard), ``gaussian_cameras`` (shard x cameras: the visibility
 test), ``visible`` (its Gaussians with at least one intersection, per camera, summed), ``listed_pairs`` (the
-intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs`` and ``pixels`` (the
-intersections and pixels of the tiles it renders), ``received`` (the splats its tiles need, its own
+intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs``, ``padded_pairs``,
+``chunks`` and ``pixels`` (the intersections of the tiles it renders, the compositor's slots and chunks for
+them, their pixels), ``received`` (the splats its tiles need, its own
 included), ``bytes_sent`` and ``bytes_received`` (the splat exchange), ``halo_pixels`` (the pixels it receives
 from other ranks' tiles), ``loss_pixels`` (its regions' boxes, as the loss reads them).
 """
@@ -15,8 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from grendel_py.parallel.halo import halo_pixel_counts
+from grendel_py.render.composite import compositor_work
 from grendel_py.simulate import SimScene, exchange_bytes
 from partition.assign import Assignment
+from partition.tiles import TILE_SIZE
+
+PIXELS = TILE_SIZE * TILE_SIZE
 
 KEYS = (
     "gaussians",
@@ -25,6 +30,8 @@ KEYS = (
     "listed_pairs",
     "tiles",
     "pairs",
+    "padded_pairs",
+    "chunks",
     "pixels",
     "received",
     "bytes_sent",
@@ -46,6 +53,7 @@ def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assi
     shard = _by_rank(owner, w)
     total["gaussians"] = shard
     total["gaussian_cameras"] = shard * len(batch)
+    rank_tiles: list[list[np.ndarray]] = [[] for _ in range(w)]
     offset = 0
     for slot, k in enumerate(batch):
         grid = plan.grids[slot]
@@ -57,9 +65,12 @@ def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assi
         total["visible"] += _by_rank(own[first], w)
         total["listed_pairs"] += _by_rank(own, w)
         total["pairs"] += _by_rank(renders, w)
+        per_tile = np.bincount(tiles, minlength=grid.n_tiles)
+        tile_ranks = plan.rank[offset : offset + grid.n_tiles]
+        for r in range(w):
+            rank_tiles[r].append(per_tile[tile_ranks == r])
         need = np.unique(rows * w + renders)  # each (Gaussian, rank that renders a tile of it) once
         total["received"] += _by_rank(need % w, w)
-        tile_ranks = plan.rank[offset : offset + grid.n_tiles]
         total["tiles"] += grid.n_tiles
         total["pixels"] += _by_rank(tile_ranks, w) * grid.tile_size**2
         for r in range(w):
@@ -68,6 +79,8 @@ def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assi
             wd = min(tx1 * grid.tile_size, grid.width) - tx0 * grid.tile_size
             total["loss_pixels"][r] += max(h, 0) * max(wd, 0)
         offset += grid.n_tiles
+    for r, per_tile in enumerate(rank_tiles):  # the rank composites the batch's tiles at once
+        total["padded_pairs"][r], total["chunks"][r] = compositor_work(np.concatenate(per_tile), PIXELS)
     total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
     if w > 1:
         owners = [plan.owner_table(b) for b in range(len(batch))]

@@ -5,55 +5,21 @@ The step is a sequence of segments, each some stages of local work followed by a
 leaves before every rank has entered it (bulk-synchronous): a segment takes its slowest rank's work, then the
 collective's time on its busiest rank. An iteration is the sum of its segments (:data:`SEGMENTS`). A
 collective takes the link's latency per call plus its busiest rank's bytes (the larger of those it sends and
-those it receives) over the link's bandwidth. One rank runs no collective.
+those it receives) over the link's bandwidth. One rank runs no collective. Ranks that share fewer devices
+than they are (CPU ranks on fewer cores, two ranks on one GPU) take at least their work spread over them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from grendel_py.plan.links import Link
 from grendel_py.plan.profile import Profile
 
 SPLAT_BYTES = 56  # a splat on the wire (grendel_py.parallel.exchange: 12 float32 and an int64 id)
 GRAD_BYTES = 36  # its gradient on the way back (9 float32)
 HALO_BYTES = 12  # a halo pixel (3 float32), and its gradient back
 TILE_TABLE_BYTES = 16  # per tile: the count and the majority key (int64 each), all-reduced
-
-
-@dataclass(frozen=True)
-class Link:
-    """What a collective costs: ``latency`` seconds per call, ``bytes_per_s`` per rank and direction;
-    ``source``: where the figures come from."""
-
-    name: str
-    latency: float
-    bytes_per_s: float
-    source: str
-
-
-LINKS = {
-    "nvlink4": Link(
-        "nvlink4",
-        20e-6,
-        450e9,
-        "NVLink 4 (H100/H200 SXM): 18 links x 50 GB/s = 900 GB/s per GPU both directions together (NVIDIA H100 and "
-        "H200 datasheets), 450 GB/s each way; about 20 us per NCCL all-to-all call within a node (nccl-tests' "
-        "small-message times are of that order): leads, not measurements here",
-    ),
-    "ndr": Link(
-        "ndr",
-        30e-6,
-        50e9,
-        "NDR InfiniBand, one 400 Gb/s port per GPU (as in DGX H100/H200): 50 GB/s each way; about 30 us per "
-        "NCCL call across nodes: leads, not measurements here",
-    ),
-    "100gbe": Link(
-        "100gbe",
-        50e-6,
-        12.5e9,
-        "100 Gb Ethernet: 12.5 GB/s each way; about 50 us per call over TCP: leads, not measurements here",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -105,10 +71,15 @@ class Prediction:
         return max(self.rank_seconds) / mean if mean > 0 else 1.0
 
 
-def predict(counts: list[dict[str, float]], profile: Profile, link: Link | None) -> Prediction:
+def predict(
+    counts: list[dict[str, float]], profile: Profile, link: Link | None, devices: int | None = None
+) -> Prediction:
     """The iteration of ``counts`` (one dict per rank) on devices of ``profile`` joined by ``link`` (None on
-    one rank)."""
+    one rank). ``devices``: how many devices the ranks share (default: one each); where fewer, a segment takes
+    at least the ranks' work spread evenly over them (the ranks time-share a device: CPU cores taken in turn,
+    or a GPU shared)."""
     world = len(counts)
+    devices = world if devices is None else devices
     if world > 1 and link is None:
         raise ValueError("more than one rank needs a link to model their collectives")
     stage_seconds = [profile.stage_seconds(c) for c in counts]
@@ -120,6 +91,7 @@ def predict(counts: list[dict[str, float]], profile: Profile, link: Link | None)
             per_rank = [_collective_bytes(seg.collective, c, world) for c in counts]
             comm = seg.calls * link.latency + max(per_rank) / link.bytes_per_s
             link_bytes += sum(per_rank)
-        segments.append({"stages": list(seg.stages), "work": max(work), "collective": seg.collective, "comm": comm})
-        total += max(work) + comm
+        slowest = max(max(work), sum(work) / devices)
+        segments.append({"stages": list(seg.stages), "work": slowest, "collective": seg.collective, "comm": comm})
+        total += slowest + comm
     return Prediction(total, segments, [sum(s.values()) for s in stage_seconds], link_bytes)

@@ -62,15 +62,17 @@ def plan(
     link: Link | None,
     images: int,
     gaussians: int | None = None,
+    devices: int | None = None,
 ) -> list[dict]:
     """One row per W: predicted seconds per iteration and per epoch, the slowest rank's local work over the
-    mean, bytes on the links per iteration, and where the time goes."""
+    mean, bytes on the links per iteration, and where the time goes. ``devices``: at most this many devices
+    for the ranks to share (:func:`grendel_py.plan.model.predict`; default: one each)."""
     factor = 1.0 if gaussians is None else gaussians / len(scene.model)
     iterations_per_epoch = int(np.ceil(len(scene.cameras) / cfg.train.batch_size))
     rows, one = [], None
     for w in worlds:
         counts = scaled(predicted_counts(scene, cfg, w, images, link), factor)
-        p: Prediction = predict(counts, profile, link if w > 1 else None)
+        p: Prediction = predict(counts, profile, link if w > 1 else None, None if devices is None else min(w, devices))
         one = p.seconds if w == 1 else one
         rows.append(
             {

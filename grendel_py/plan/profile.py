@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,17 @@ from scipy.optimize import nnls
 
 from grendel_py.errors import InputError
 from grendel_py.fileio import atomic_open, os_problem
+from grendel_py.plan.links import Link
 
 DRIVERS: dict[str, tuple[str, ...]] = {
     "project": ("gaussian_cameras", "visible"),
     "table": ("listed_pairs", "tiles"),
     "exchange": ("received",),
-    "rasterize": ("pairs", "pixels"),
+    "rasterize": ("pairs", "padded_pairs", "chunks", "pixels"),
     "halo": ("pixels", "halo_pixels"),
     "loss": ("loss_pixels",),
     "loss_backward": ("loss_pixels",),
-    "rasterize_backward": ("pairs", "pixels"),
+    "rasterize_backward": ("pairs", "padded_pairs", "chunks", "pixels"),
     "exchange_backward": ("received",),
     "project_backward": ("gaussian_cameras", "visible"),
     "adam": ("gaussians",),
@@ -52,15 +53,18 @@ class StageCost:
 
 @dataclass(frozen=True)
 class Profile:
-    """The stage costs of one device (``device``: its name, ``backend``: the renderer measured), with the
-    commit and the samples' spread they were fitted at (``fit``: per stage, the largest relative error of
-    the fit over its samples)."""
+    """The stage costs of one device (``device``: its name, ``backend``: the renderer measured, ``threads``:
+    the CPU threads of the process measured), with the commit and the samples' spread they were fitted at
+    (``fit``: per stage, the largest relative error of the fit over its samples); ``links``: links measured
+    on the same machine, by name."""
 
     device: str
     backend: str
     commit: str
     stages: dict[str, StageCost]
     fit: dict[str, float]
+    threads: int = 0
+    links: dict[str, Link] = field(default_factory=dict)
 
     def stage_seconds(self, counts: dict[str, float]) -> dict[str, float]:
         """Predicted seconds of every stage for one rank's ``counts``."""
@@ -86,7 +90,11 @@ class Profile:
         try:
             stages = {name: StageCost(float(s["fixed"]), {k: float(v) for k, v in s["per"].items()})
                       for name, s in raw["stages"].items()}  # fmt: skip
-            profile = Profile(str(raw["device"]), str(raw["backend"]), str(raw["commit"]), stages, dict(raw["fit"]))
+            links = {name: Link(**link) for name, link in raw.get("links", {}).items()}
+            profile = Profile(
+                str(raw["device"]), str(raw["backend"]), str(raw["commit"]), stages, dict(raw["fit"]),
+                int(raw.get("threads", 0)), links,
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(path, f"not a cost profile (bench/calibrate.py writes them): {e!r}") from None
         missing = sorted(set(DRIVERS) - set(stages))
@@ -116,10 +124,25 @@ def fit_stage(stage: str, samples: list[tuple[dict[str, float], dict[str, float]
 
 
 def fit_profile(
-    samples: list[tuple[dict[str, float], dict[str, float]]], device: str, backend: str, commit: str
+    samples: list[tuple[dict[str, float], dict[str, float]]],
+    device: str | None,
+    backend: str,
+    commit: str,
+    threads: int = 0,
+    links: dict[str, Link] | None = None,
 ) -> Profile:
     """Every stage of :data:`DRIVERS` fitted to ``samples`` (:func:`fit_stage`)."""
     stages, fit = {}, {}
     for stage in DRIVERS:
         stages[stage], fit[stage] = fit_stage(stage, samples)
-    return Profile(device or platform.processor() or platform.machine(), backend, commit, stages, fit)
+    name = device or platform.processor() or platform.machine()
+    return Profile(name, backend, commit, stages, fit, threads, dict(links or {}))
+
+
+def fit_link(name: str, samples: list[tuple[float, float]], source: str) -> Link:
+    """A link's latency and bandwidth fitted to (bytes, seconds) samples of one collective call each."""
+    design = np.array([[1.0, b] for b, _ in samples])
+    target = np.array([t for _, t in samples])
+    weight = 1.0 / np.maximum(target, 1e-9)
+    (latency, per_byte), _ = nnls(design * weight[:, None], target * weight)
+    return Link(name, float(latency), float(1.0 / per_byte) if per_byte > 0 else math.inf, source)

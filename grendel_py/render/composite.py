@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from grendel_py.backward_state import load, save
@@ -31,6 +32,43 @@ ALPHA_MAX = 0.99
 T_MIN = 1e-4
 
 
+POWER_MIN = -80.0
+"""The Gaussian's exponent is clamped here (exp(-80) is about 1.8e-35, a normal float32, and far below
+ALPHA_MIN): see :class:`_Chunk`."""
+MIN_CHUNK = 32
+"""Depth slots a chunk gives each of its tiles at least."""
+CHUNK_PAIRS = 1 << 19
+"""About how many (pixel, splat) pairs a chunk holds."""
+
+
+def schedule(
+    sorted_counts: list[int], n_pix: int, chunk_pairs: int = CHUNK_PAIRS, min_chunk: int = MIN_CHUNK
+) -> list[tuple[int, int, int, int]]:
+    """The compositor's chunks (t0, t1, k0, k1) for tiles whose splat counts are ``sorted_counts`` (largest
+    first): depth slots [k0, k1) of the tiles t0..t1 - 1 of that order, all holding more than k0 splats. When
+    even ``min_chunk`` slots of every such tile would exceed ``chunk_pairs`` pairs, the tiles are split into
+    groups (tiles are independent, so this changes no result), which keeps a chunk's memory at about
+    ``chunk_pairs`` pairs however many tiles a batch has."""
+    out, k0, n_active = [], 0, len(sorted_counts)
+    k_max = sorted_counts[0] if sorted_counts else 0
+    while k0 < k_max:
+        while n_active and sorted_counts[n_active - 1] <= k0:
+            n_active -= 1
+        k1 = min(k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
+        group = max(1, chunk_pairs // (n_pix * (k1 - k0)))
+        out += [(t0, min(t0 + group, n_active), k0, k1) for t0 in range(0, n_active, group)]
+        k0 = k1
+    return out
+
+
+def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int]:
+    """The (splat, tile) slots the compositor works through for tiles with ``per_tile`` splats each (every
+    chunk's tiles times its depth slots: lists padded to the chunk's end), and its number of chunks: what the
+    torch backend's rasterization time grows with (the stage clock and the planner count both)."""
+    chunks = schedule(sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True), n_pix)
+    return sum((t1 - t0) * (k1 - k0) for t0, t1, k0, k1 in chunks), len(chunks)
+
+
 def composite_tiles(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -39,8 +77,8 @@ def composite_tiles(
     background: torch.Tensor,
     bins: TileBins,
     tiles: BatchTiles,
-    chunk_pairs: int = 1 << 19,
-    min_chunk: int = 32,
+    chunk_pairs: int = CHUNK_PAIRS,
+    min_chunk: int = MIN_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite the binned splats over the selected tiles.
 
@@ -64,9 +102,8 @@ class _Layout:
         device = bins.splat_index.device
         n_tiles = bins.tile_ids.shape[0]
         counts = bins.host_counts if bins.host_counts is not None else bins.counts.tolist()
-        self.k_max = max(counts, default=0)
         # Slot k of tile t is splat_index[offsets[t] + k] while k < counts[t]: gathered chunk by chunk, never
-        # as a padded [tiles, k_max] table (which a single deep tile inflates).
+        # as a padded [tiles, largest count] table (which a single deep tile inflates).
         self.splat_index, self.offsets, self.counts = bins.splat_index, bins.offsets, bins.counts
         by_count = sorted(range(n_tiles), key=lambda t: -counts[t])  # stable: ties in tile order
         self.by_count = torch.tensor(by_count, dtype=torch.long).to(device, non_blocking=True)
@@ -90,19 +127,11 @@ class _Layout:
         return rows, inside.to(self.px.dtype)
 
     def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
-        """(tiles, k0, k1) of each chunk: depth slots [k0, k1) of some of the tiles with more than k0 splats.
-        When even ``min_chunk`` slots of every such tile would exceed ``chunk_pairs`` pairs, the tiles are
-        split into groups (tiles are independent, so this changes no result), which keeps a chunk's memory
-        at about ``chunk_pairs`` pairs however many tiles a batch has."""
-        out, k0, n_active = [], 0, len(self.sorted_counts)
-        while k0 < self.k_max:
-            while n_active and self.sorted_counts[n_active - 1] <= k0:
-                n_active -= 1
-            k1 = min(self.k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
-            group = max(1, chunk_pairs // (n_pix * (k1 - k0)))
-            out += [(self.by_count[t0 : min(t0 + group, n_active)], k0, k1) for t0 in range(0, n_active, group)]
-            k0 = k1
-        return out
+        """(tiles, k0, k1) of each chunk (:func:`schedule`)."""
+        return [
+            (self.by_count[t0:t1], k0, k1)
+            for t0, t1, k0, k1 in schedule(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
+        ]
 
     def segments(
         self, chunks: list[tuple[torch.Tensor, int, int]]
@@ -150,7 +179,10 @@ class _Chunk:
         cy = (-0.5 * self.c)[:, None, :] * self.dy * self.dy
         power = torch.addcmul(ax[:, None, :, :], bx[:, None, :, :], self.dy[:, :, None, :])
         power += cy[:, :, None, :]
-        self.gauss = power.exp_()  # [Ta, row, col, S]
+        # exp of a large negative power lands in float32's subnormals, which a CPU computes many times slower;
+        # below POWER_MIN alpha is far under ALPHA_MIN whatever the opacity, so the pair is masked out (forward
+        # and backward) and the clamp changes no result
+        self.gauss = power.clamp_(min=POWER_MIN).exp_()  # [Ta, row, col, S]
         self.raw = self.gauss * (opacities[s] * inside)[:, None, None, :]  # opacity * G before the clamp
         self.above_min = torch.ge(self.raw, ALPHA_MIN, out=torch.empty_like(self.raw))
         alpha = self.raw.clamp(max=ALPHA_MAX).mul_(self.above_min).view(ta, n_pix, n_s)
