@@ -12,7 +12,10 @@ ones by autograd, then Adam); every timed iteration is a sample. The JSON holds 
 (``--samples``) the samples, so a fit can be checked or redone. ``--quick``: the smallest sizes only (CI).
 ``--threads N``: torch's CPU threads (as each rank of a CPU run gets from torchrun: 1). ``--link-world W``:
 also the link between W gloo ranks on this machine (``gloo`` in the profile's links): all-to-all calls of
-1 kB to 16 MB per rank, each timed from a barrier, fitted to a latency and a bandwidth.
+1 kB to 16 MB per rank, each timed from a barrier, fitted to a latency and a bandwidth. ``--world W``: the
+sizes also on W gloo ranks (kd shards), every rank's iterations samples; the stages that hold a collective
+(the exchange, the halo, the exchange's backward) are fitted to those, their collectives' modelled time on
+the measured link taken out (:func:`local_work`), since on one rank they do nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,17 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bytes_per_gaussian import LivePeak  # noqa: E402
 from bench.gpu_check import _views  # noqa: E402
 from bench.provenance import provenance  # noqa: E402
 from grendel_py.config import OptimConfig  # noqa: E402
-from grendel_py.model.gaussians import Gaussians  # noqa: E402
+from grendel_py.model.gaussians import TRAINABLE, Gaussians  # noqa: E402
 from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
 from grendel_py.parallel.runtime import single_process  # noqa: E402
 from grendel_py.parallel.stage_clock import StageClock  # noqa: E402
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss  # noqa: E402
+from grendel_py.plan.model import INSIDE, local_seconds  # noqa: E402
 from grendel_py.plan.profile import fit_link, fit_profile  # noqa: E402
 from grendel_py.render import get_backend  # noqa: E402
 from partition.balancer import TileBalancer  # noqa: E402
+from partition.spatial import assign_owners  # noqa: E402
 from tests.dist_util import run_ranks  # noqa: E402
 
 # (Gaussians, width, height, batch, spread, sigma)
@@ -69,11 +76,18 @@ def _scene(n: int, spread: float, sigma: float, device: torch.device, seed: int)
     ).to(device)
 
 
-def measure(size: tuple, device: torch.device, backend: str, iterations: int, seed: int = 0) -> list[tuple[dict, dict]]:
-    """``iterations`` samples (counts, seconds per stage) of one size, after a warm-up iteration."""
+def measure(
+    size: tuple, device: torch.device, backend: str, iterations: int, seed: int = 0, ctx=None, memory: bool = False
+) -> list[tuple[dict, dict]]:
+    """``iterations`` samples (counts, seconds per stage) of one size, after a warm-up iteration; with ``ctx``
+    (a rank of W), this rank's, its shard the kd cell of the scene it owns; ``memory``: and a sample of the
+    pass's transient bytes (counts, {"transient": bytes})."""
     n, width, height, batch, spread, sigma = size
-    ctx = single_process(device.type)
-    optimizer = GaussianOptimizer(_scene(n, spread, sigma, device, seed), OptimConfig(), extent=2.0, batch_size=batch)
+    ctx = ctx or single_process(device.type)
+    model = _scene(n, spread, sigma, device, seed)
+    if ctx.world_size > 1:
+        model = model.select(assign_owners(model.means, ctx.world_size) == ctx.rank)
+    optimizer = GaussianOptimizer(model, OptimConfig(), extent=2.0, batch_size=batch)
     shard = optimizer.gaussians
     cameras = _views(batch, width, height)
     g = torch.Generator().manual_seed(seed + 1)
@@ -82,7 +96,7 @@ def measure(size: tuple, device: torch.device, backend: str, iterations: int, se
     options = StepOptions(
         torch.zeros(3, device=device),
         get_backend(backend),
-        balancer=TileBalancer("locality", 1, calibrate=False),
+        balancer=TileBalancer("locality", ctx.world_size, calibrate=False),
         clock=clock,
     )
     samples = []
@@ -94,8 +108,60 @@ def measure(size: tuple, device: torch.device, backend: str, iterations: int, se
         optimizer.step()
         clock.mark("adam")
         if i:
-            samples.append((dict(clock.counts), clock.seconds()))
+            samples.append(({**clock.counts, "world": ctx.world_size}, clock.seconds()))
+    if memory:  # one more pass for its transient bytes (untimed: the CPU's tracking slows every operation)
+        clock.start()
+        transient = _transient(shard, cameras, photos, options, ctx)
+        samples.append(({**clock.counts, "world": ctx.world_size}, {"transient": transient}))
     return samples
+
+
+def _transient(shard: Gaussians, cameras, photos, options: StepOptions, ctx) -> float:
+    """Bytes a forward and backward pass holds at its peak beyond what was alive when it began, less the
+    gradients it allocates (counted with the state): CUDA's allocator peak on a GPU, glibc's bytes in use
+    after every operation on the CPU (bench/bytes_per_gaussian.py's LivePeak)."""
+    grads = sum(getattr(shard, f).numel() * 4 for f in TRAINABLE)
+    if shard.means.device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+        loss.backward()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        live = LivePeak(LivePeak.in_use())
+        live.pass_peak = start = 0
+        with live:
+            loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+            loss.backward()
+        peak = live.pass_peak
+    for f in TRAINABLE:
+        getattr(shard, f).grad = None
+    return float(peak - start - grads)
+
+
+def _rank_samples(ctx, sizes: list[tuple], backend: str, iterations: int, threads: int | None) -> list:
+    if threads:
+        torch.set_num_threads(threads)
+    return [s for size in sizes for s in measure(size, torch.device("cpu"), backend, iterations, ctx=ctx)]
+
+
+def local_work(samples: list[tuple[dict, dict]], link) -> list[tuple[dict, dict]]:
+    """The samples as the fit takes them: on W > 1 ranks, the stages that hold a collective
+    (:data:`grendel_py.plan.model.INSIDE`) with its modelled time taken out; on one rank, where those stages
+    do nothing, without them when there are samples of more ranks to fit them on."""
+    several = any(c["world"] > 1 for c, _ in samples)
+    out = []
+    for counts, seconds in samples:
+        if counts["world"] > 1:
+            seconds = {
+                k: local_seconds(k, v, counts, int(counts["world"]), link) if k in INSIDE else v
+                for k, v in seconds.items()
+            }
+        elif several:
+            seconds = {k: v for k, v in seconds.items() if k not in INSIDE}
+        out.append((counts, seconds))
+    return out
 
 
 def _all_to_all_samples(ctx, repeats: int = 5) -> list[tuple[float, float]]:
@@ -124,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the smallest sizes only")
     ap.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     ap.add_argument("--link-world", type=int, help="also measure the gloo link between this many ranks")
+    ap.add_argument(
+        "--world",
+        type=int,
+        default=1,
+        help="also run the sizes on this many gloo ranks (CPU), to fit the exchange's and halo's local work",
+    )
     ap.add_argument("--out", type=Path, required=True, help="the profile's JSON")
     ap.add_argument("--samples", type=Path, help="also the samples, as JSON")
     args = ap.parse_args(argv)
@@ -140,10 +212,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrate: gloo link {links['gloo']}", file=sys.stderr)
     samples = []
     for size in QUICK if args.quick else SIZES:
-        samples += measure(size, device, args.backend, args.iterations)
+        samples += measure(size, device, args.backend, args.iterations, memory=True)
         print(f"calibrate: {size}: {sum(samples[-1][1].values()):.3f} s per iteration", file=sys.stderr)
+    if args.world > 1:
+        if "gloo" not in links:
+            ap.error("--world needs --link-world: the collectives' time is taken out of the exchange's")
+        sizes = QUICK if args.quick else SIZES
+        for rank in run_ranks(args.world, _rank_samples, sizes, args.backend, args.iterations, args.threads):
+            samples += rank
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    profile = fit_profile(samples, name, args.backend, provenance()["commit"], torch.get_num_threads(), links)
+    fitted = local_work(samples, links.get("gloo"))
+    memory = (
+        torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cuda"
+        else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    )
+    commit = provenance()["commit"]
+    profile = fit_profile(fitted, name, args.backend, commit, torch.get_num_threads(), links, memory)
     profile.save(args.out)
     if args.samples:
         args.samples.write_text(json.dumps([{"counts": c, "seconds": s} for c, s in samples], indent=1) + "\n")

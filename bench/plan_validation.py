@@ -5,8 +5,10 @@ sharing this machine's cores (``--devices``: the cores) and joined by the measur
 
     python bench/plan_validation.py --profile P.json --scene SCENE [--config configs/demo.yaml] [--images 150] [--worlds 1,2,4] [--devices 2] [key.sub=value ...] [--out FILE.json]
 
-Each run trains ``--images`` images from the model training starts from, with densification off (so the model
-the planner sees is the one trained) and no evaluation or checkpoints; the measured figure is metrics.json's
+Each run trains ``--images`` images from the model training starts from, with densification off and learning
+rates of 1e-12 (so the model the planner sees is the one trained throughout: training moves opacities, and a
+splat's extent, hence its intersections, follows its opacity; the step's work is the same at any rate) and no
+evaluation or checkpoints; the measured figure is metrics.json's
 seconds per iteration over the whole run (the loop's own work included: photos, logging, statistics). Prints a
 markdown table, writes the JSON (``--out``) with the commands.
 """
@@ -33,7 +35,9 @@ from grendel_py.plan.profile import Profile  # noqa: E402
 from grendel_py.simulate import SimScene  # noqa: E402
 
 FIXED_MODEL = ("densify.start_images=1000000000", "train.eval_every=0", "train.checkpoint_every=0",
-               "train.eval_renders=0")  # fmt: skip
+               "train.eval_renders=0", "optim.position_lr_init=1e-12", "optim.position_lr_final=1e-12",
+               "optim.sh0_lr=1e-12", "optim.shN_lr=1e-12", "optim.opacity_lr=1e-12", "optim.scaling_lr=1e-12",
+               "optim.rotation_lr=1e-12")  # fmt: skip
 
 
 def measure(world: int, config: Path, overrides: list[str], images: int, out: Path) -> dict:

@@ -293,8 +293,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from grendel_py.model.initialize import initial_gaussians
     from grendel_py.model.ply import read_ply
+    from grendel_py.pictures import save_picture
     from grendel_py.plan.links import LINKS
-    from grendel_py.plan.planner import plan
+    from grendel_py.plan.picture import plan_picture
+    from grendel_py.plan.planner import plan, summary
     from grendel_py.plan.profile import Profile
     from grendel_py.simulate import SimScene
 
@@ -316,19 +318,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.devices is not None and args.devices <= 0:
         raise InputError(None, f"--devices must be > 0, got {args.devices}")
     rows = plan(sim, cfg, args.gpus, profile, links[args.link], args.images, args.gaussians, args.devices)
+    best = summary(rows)
+    if args.picture is not None:
+        save_picture(
+            plan_picture(rows, profile.memory_bytes, f"{sim.name}: {profile.device}, {args.link}"), args.picture
+        )
     if args.json:
-        print(json.dumps({"profile": str(args.profile), "link": args.link, "rows": rows}, indent=1))
+        print(json.dumps({"profile": str(args.profile), "link": args.link, **best, "rows": rows}, indent=1))
         return 0
     print(f"plan: {sim.name}, {len(sim.cameras)} training cameras, batch {cfg.train.batch_size}; profile "
           f"{args.profile} ({profile.device}, {profile.backend}); link {args.link}")  # fmt: skip
-    print("| W | Gaussians | s / iteration | s / epoch | speedup | balance | link MB / iteration |")
-    print("|---|---|---|---|---|---|---|")
+    print("| W | Gaussians | s / iteration | s / epoch | speedup | balance | link MB / iteration | peak GB / rank |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['world_size']} | {r['gaussians']:,} | {r['seconds_per_iteration']:.4g} | "
             f"{r['seconds_per_epoch']:.4g} | {r['speedup'] or float('nan'):.2f} | {r['balance']:.2f} | "
-            f"{r['link_bytes_per_iteration'] / 1e6:.2f} |"
+            f"{r['link_bytes_per_iteration'] / 1e6:.2f} | {r['peak_bytes_per_rank']['peak'] / 1e9:.3g}"
+            f"{'' if r['fits'] else ' (does not fit)'} |"
         )
+    print(f"smallest W that fits: {best['smallest_world_that_fits']}; fastest: W = {best['fastest_world']}")
     return 0
 
 
@@ -493,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, help="devices the ranks share (CPU cores, GPUs; default: one each)")
     p.add_argument("--images", type=int, default=32, help="images of the epoch's start the counts average over")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--picture", type=Path, help="also draw predicted speedup and memory per rank against W (PNG)")
     p.set_defaults(func=cmd_plan)
     return parser
 

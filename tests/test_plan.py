@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bench import calibrate
 from grendel_py.errors import InputError
@@ -62,7 +63,7 @@ def test_predicted_counts_are_the_steps(world: int) -> None:
         )
         for key in keys:
             assert got[key] == want[key], (rank, key, got[key], want[key])
-        assert got["bytes_sent"] == want["bytes_sent"], rank
+        assert got["bytes_sent"] == want["bytes_sent"] and got["bytes_received"] == want["bytes_received"], rank
         # splats that reach the image but, culled exactly, no tile: counted by the step, not by the planner
         assert 0.9 * want["visible"] <= got["visible"] <= want["visible"]
         assert 0.9 * want["received"] <= got["received"] <= want["received"]
@@ -131,6 +132,21 @@ def test_model_adds_the_slowest_rank_per_segment_and_the_collectives() -> None:
     assert set(LINKS) == {"nvlink4", "ndr", "100gbe"} and all(link.source for link in LINKS.values())
 
 
+def test_calibration_takes_the_collectives_out_of_the_exchange() -> None:
+    """Samples of two ranks lose their collectives' modelled time from the stages that hold one; samples of
+    one rank, where those stages do nothing, are left out of their fit."""
+    link = Link("t", 1e-3, 1e6, "test")
+    counts = {"bytes_sent": 5600.0, "bytes_received": 2800.0, "halo_pixels": 100.0, "world": 2}
+    seconds = {"exchange": 0.1, "halo": 0.0005, "exchange_backward": 0.05, "rasterize": 0.3}
+    one = ({**counts, "world": 1}, dict(seconds))
+    (two, s2), (_, s1) = calibrate.local_work([(counts, seconds), one], link)
+    assert s2["exchange"] == pytest.approx(0.1 - 2e-3 - 5600 / 1e6) and s2["rasterize"] == 0.3
+    assert s2["halo"] == 0.0  # never below 0
+    assert s2["exchange_backward"] == pytest.approx(0.05 - 1e-3 - 5600 / 56 * 36 / 1e6)
+    assert set(s1) == {"rasterize"}
+    assert calibrate.local_work([one], link) == [one]  # only one rank: kept as measured
+
+
 def test_calibration_predicts_a_held_out_size() -> None:
     """Fitted on the quick sizes, the profile predicts a larger size's iteration (the stage clock's seconds
     summed) within a factor of 2: loose, as timings on shared cores are, but a stage driven by the wrong
@@ -147,10 +163,14 @@ def test_plan_command(tmp_path: Path, object_scene_seed2: Path) -> None:
     profile = _flat(0.01)
     profile.save(tmp_path / "p.json")
     cmd = [sys.executable, "-m", "grendel_py", "plan", "--config", "configs/demo.yaml", "--data",
-           str(object_scene_seed2), "--profile", str(tmp_path / "p.json"), "--gpus", "1,2", "--json"]  # fmt: skip
+           str(object_scene_seed2), "--profile", str(tmp_path / "p.json"), "--gpus", "1,2", "--json",
+           "--picture", str(tmp_path / "plan.png")]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout)["rows"]
+    out = json.loads(res.stdout)
+    rows = out["rows"]
+    assert out["fastest_world"] == 1 and out["smallest_world_that_fits"] == 1  # a flat profile: more ranks only add
+    assert Image.open(tmp_path / "plan.png").size[0] > 400
     assert [r["world_size"] for r in rows] == [1, 2] and rows[0]["speedup"] == 1.0
     assert rows[0]["seconds_per_iteration"] == pytest.approx(0.01 * len(DRIVERS))
     assert (

@@ -123,11 +123,12 @@ class _SendSplats(torch.autograd.Function):
 @dataclass
 class Received:
     """Splats that arrived for the batch, camera slot by camera slot (``parts[b]`` rows for slot b), and the
-    bytes this rank sent."""
+    bytes this rank sent to other ranks and received from them."""
 
     splats: Splats
     parts: list[int]
     bytes_sent: int
+    bytes_received: int = 0
 
 
 def exchange_splats(
@@ -166,9 +167,12 @@ def exchange_splats(
     )
     by_slot = torch.argsort(slot_of_row, stable=True)
     received = send_splats(splats, rows, send, recv, by_slot, ctx)
+    splat_bytes = sum(w for _, w in WIRE) * splats.means2d.element_size() + splats.ids.element_size()
     sent_elsewhere = sum(c for q, c in enumerate(send) if q != ctx.rank)
-    bytes_sent = sent_elsewhere * (sum(w for _, w in WIRE) * splats.means2d.element_size() + splats.ids.element_size())
-    return Received(received, [sum(col) for col in zip(*host[1])], bytes_sent)
+    from_elsewhere = sum(c for q, c in enumerate(recv) if q != ctx.rank)
+    return Received(
+        received, [sum(col) for col in zip(*host[1])], sent_elsewhere * splat_bytes, from_elsewhere * splat_bytes
+    )
 
 
 def send_splats(

@@ -154,7 +154,7 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
 def _count_received(clock: StageClock, received, table: TileTable, plan: Assignment, rank: int) -> None:
     """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs,
     the compositor's slots and chunks for them (:func:`~grendel_py.render.composite.compositor_work`) and
-    pixels of its tiles, bytes it sent; on one rank also the pairs it listed (all of them; on more, a
+    pixels of its tiles, bytes it sent and received; on one rank also the pairs it listed (all of them; on more, a
     rank's own splats' pairs are not read to the host)."""
     mine = plan.rank == rank
     clock.count("received", len(received.splats))
@@ -166,6 +166,7 @@ def _count_received(clock: StageClock, received, table: TileTable, plan: Assignm
         clock.count("listed_pairs", int(table.intersections.sum()))
     clock.count("pixels", int(mine.sum()) * TILE_SIZE * TILE_SIZE)
     clock.count("bytes_sent", received.bytes_sent)
+    clock.count("bytes_received", received.bytes_received)
 
 
 def tile_table(pairs: Pairs, grids: list[TileGrid], ctx: DistContext) -> TileTable:

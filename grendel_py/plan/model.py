@@ -41,8 +41,8 @@ SEGMENTS = (
 )
 
 
-def _collective_bytes(name: str, counts: dict[str, float], world: int) -> float:
-    """The larger of what a rank sends and receives in the collective ``name``."""
+def collective_bytes(name: str, counts: dict[str, float], world: int) -> float:
+    """The larger of what a rank with ``counts`` sends and receives in the collective ``name``."""
     if name == "tile table":  # a ring all-reduce sends and receives 2 (W - 1) / W of the buffer
         return 2 * (world - 1) / world * counts["tiles"] * TILE_TABLE_BYTES
     if name == "splats":
@@ -71,6 +71,18 @@ class Prediction:
         return max(self.rank_seconds) / mean if mean > 0 else 1.0
 
 
+INSIDE = {"exchange": ("splats", 2), "halo": ("halo", 1), "exchange_backward": ("splat gradients", 1)}
+"""The stages whose clock time holds a collective on W > 1 ranks besides their local work (the collective and
+its calls): calibration takes the link's time out of them before fitting their local work."""
+
+
+def local_seconds(stage: str, seconds: float, counts: dict[str, float], world: int, link: Link) -> float:
+    """A stage's clock ``seconds`` on a rank of ``world`` less its collective's modelled time (:data:`INSIDE`;
+    never below 0)."""
+    name, calls = INSIDE[stage]
+    return max(0.0, seconds - calls * link.latency - collective_bytes(name, counts, world) / link.bytes_per_s)
+
+
 def predict(
     counts: list[dict[str, float]], profile: Profile, link: Link | None, devices: int | None = None
 ) -> Prediction:
@@ -88,7 +100,7 @@ def predict(
         work = [sum(s[stage] for stage in seg.stages) for s in stage_seconds]
         comm = 0.0
         if world > 1 and seg.collective is not None:
-            per_rank = [_collective_bytes(seg.collective, c, world) for c in counts]
+            per_rank = [collective_bytes(seg.collective, c, world) for c in counts]
             comm = seg.calls * link.latency + max(per_rank) / link.bytes_per_s
             link_bytes += sum(per_rank)
         slowest = max(max(work), sum(work) / devices)

@@ -74,6 +74,7 @@ def plan(
         counts = scaled(predicted_counts(scene, cfg, w, images, link), factor)
         p: Prediction = predict(counts, profile, link if w > 1 else None, None if devices is None else min(w, devices))
         one = p.seconds if w == 1 else one
+        memory = max((profile.peak_bytes(c, cfg.model.sh_degree) for c in counts), key=lambda m: m["peak"])
         rows.append(
             {
                 "world_size": w,
@@ -83,8 +84,20 @@ def plan(
                 "speedup": None if one is None else one / p.seconds,
                 "balance": p.balance,
                 "link_bytes_per_iteration": p.link_bytes,
+                "peak_bytes_per_rank": memory,
+                "fits": bool(profile.memory_bytes == 0 or memory["peak"] <= profile.memory_bytes),
                 "segments": p.segments,
                 "counts": counts,
             }
         )
     return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """The smallest W whose busiest rank's peak fits the device's memory (None: none of them), and the W with
+    the least seconds per iteration: past it, adding ranks does not pay."""
+    fitting = [r["world_size"] for r in rows if r["fits"]]
+    return {
+        "smallest_world_that_fits": min(fitting, default=None),
+        "fastest_world": min(rows, key=lambda r: r["seconds_per_iteration"])["world_size"],
+    }

@@ -26,18 +26,35 @@ from grendel_py.plan.links import Link
 DRIVERS: dict[str, tuple[str, ...]] = {
     "project": ("gaussian_cameras", "visible"),
     "table": ("listed_pairs", "tiles"),
-    "exchange": ("received",),
+    "exchange": ("visible", "received"),
     "rasterize": ("pairs", "padded_pairs", "chunks", "pixels"),
     "halo": ("pixels", "halo_pixels"),
     "loss": ("loss_pixels",),
     "loss_backward": ("loss_pixels",),
     "rasterize_backward": ("pairs", "padded_pairs", "chunks", "pixels"),
-    "exchange_backward": ("received",),
+    "exchange_backward": ("visible", "received"),
     "project_backward": ("gaussian_cameras", "visible"),
     "adam": ("gaussians",),
 }
 """Each stage of the step (:data:`grendel_py.parallel.stage_clock.FORWARD`, ``BACKWARD``, then Adam) and the
 counts its seconds grow with."""
+
+
+MEMORY_DRIVERS = ("visible", "received", "pairs", "pixels", "loss_pixels", "halo_pixels")
+"""The counts a rank's transient memory in a step grows with (its projected and received splats, their
+intersections, its pixels and its regions)."""
+
+
+def state_bytes(sh_degree: int) -> int:
+    """Bytes a Gaussian holds on its rank between steps and through them: its parameters (3 + 3 + 4 + 1
+    floats and 3 per SH coefficient), their gradients and Adam's two moments (float32 each: 16 bytes a
+    parameter), its id (int64) and densification's statistics (gradient sum, count, largest radius)."""
+    floats = 3 + 3 + 4 + 1 + 3 * (sh_degree + 1) ** 2
+    return 16 * floats + 8 + 12
+
+
+PHOTO_BYTES = 12
+"""Per pixel of a rank's regions: the photo's crop as float32 (3 channels) while the loss holds it."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,8 @@ class Profile:
     """The stage costs of one device (``device``: its name, ``backend``: the renderer measured, ``threads``:
     the CPU threads of the process measured), with the commit and the samples' spread they were fitted at
     (``fit``: per stage, the largest relative error of the fit over its samples); ``links``: links measured
-    on the same machine, by name."""
+    on the same machine, by name; ``transient``: a step's transient bytes as a linear function of
+    :data:`MEMORY_DRIVERS` (None: not measured); ``memory_bytes``: the device's memory."""
 
     device: str
     backend: str
@@ -65,6 +83,18 @@ class Profile:
     fit: dict[str, float]
     threads: int = 0
     links: dict[str, Link] = field(default_factory=dict)
+    transient: StageCost | None = None
+    memory_bytes: int = 0
+
+    def peak_bytes(self, counts: dict[str, float], sh_degree: int) -> dict[str, float]:
+        """One rank's peak memory in a step, in its parts: the shard's state (:func:`state_bytes`), the
+        step's transient bytes (the fitted ``transient`` cost, in bytes) and the photos' crops."""
+        parts = {
+            "state": counts["gaussians"] * state_bytes(sh_degree),
+            "transient": self.transient.seconds(counts) if self.transient else math.nan,
+            "photos": counts["loss_pixels"] * PHOTO_BYTES,
+        }
+        return {**parts, "peak": sum(parts.values())}
 
     def stage_seconds(self, counts: dict[str, float]) -> dict[str, float]:
         """Predicted seconds of every stage for one rank's ``counts``."""
@@ -91,9 +121,11 @@ class Profile:
             stages = {name: StageCost(float(s["fixed"]), {k: float(v) for k, v in s["per"].items()})
                       for name, s in raw["stages"].items()}  # fmt: skip
             links = {name: Link(**link) for name, link in raw.get("links", {}).items()}
+            t = raw.get("transient")
+            transient = None if t is None else StageCost(float(t["fixed"]), {k: float(v) for k, v in t["per"].items()})
             profile = Profile(
                 str(raw["device"]), str(raw["backend"]), str(raw["commit"]), stages, dict(raw["fit"]),
-                int(raw.get("threads", 0)), links,
+                int(raw.get("threads", 0)), links, transient, int(raw.get("memory_bytes", 0)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(path, f"not a cost profile (bench/calibrate.py writes them): {e!r}") from None
@@ -107,12 +139,16 @@ class Profile:
         return profile
 
 
-def fit_stage(stage: str, samples: list[tuple[dict[str, float], dict[str, float]]]) -> tuple[StageCost, float]:
+def fit_stage(
+    stage: str, samples: list[tuple[dict[str, float], dict[str, float]]], drivers: tuple[str, ...] | None = None
+) -> tuple[StageCost, float]:
     """The stage's cost fitted to ``samples`` (each: counts, seconds per stage) by non-negative least squares,
     each sample weighted by 1 / its seconds (so that small and large sizes count alike: relative errors), and
-    the largest relative error left."""
-    drivers = DRIVERS[stage]
-    rows = [(counts, seconds[stage]) for counts, seconds in samples if stage in seconds]
+    the largest relative error left. ``drivers``: the counts it grows with (default: :data:`DRIVERS`'s)."""
+    drivers = DRIVERS[stage] if drivers is None else drivers
+    # the samples that measured the stage and took its counts (a rank of several does not read its own
+    # splats' pairs to the host: the table's fit takes one rank's samples)
+    rows = [(c, s[stage]) for c, s in samples if stage in s and all(d in c for d in drivers)]
     if len(rows) < len(drivers) + 1:
         raise ValueError(f"stage {stage!r}: {len(rows)} samples cannot fit {len(drivers) + 1} coefficients")
     design = np.array([[1.0, *(counts[d] for d in drivers)] for counts, _ in rows])
@@ -130,13 +166,18 @@ def fit_profile(
     commit: str,
     threads: int = 0,
     links: dict[str, Link] | None = None,
+    memory_bytes: int = 0,
 ) -> Profile:
-    """Every stage of :data:`DRIVERS` fitted to ``samples`` (:func:`fit_stage`)."""
+    """Every stage of :data:`DRIVERS` fitted to ``samples`` (:func:`fit_stage`); and, where samples measured
+    it (a ``transient`` entry among their seconds, in bytes), the transient memory on :data:`MEMORY_DRIVERS`."""
     stages, fit = {}, {}
     for stage in DRIVERS:
         stages[stage], fit[stage] = fit_stage(stage, samples)
+    transient = None
+    if sum("transient" in s for _, s in samples) > len(MEMORY_DRIVERS):
+        transient, fit["transient"] = fit_stage("transient", samples, MEMORY_DRIVERS)
     name = device or platform.processor() or platform.machine()
-    return Profile(name, backend, commit, stages, fit, threads, dict(links or {}))
+    return Profile(name, backend, commit, stages, fit, threads, dict(links or {}), transient, memory_bytes)
 
 
 def fit_link(name: str, samples: list[tuple[float, float]], source: str) -> Link:
