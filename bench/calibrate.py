@@ -9,7 +9,8 @@ spread, sigma) vary independently so that each stage's drivers (Gaussians x came
 pixels) vary independently too. Each size runs a warm-up iteration and ``--iterations`` timed ones
 (:class:`grendel_py.parallel.stage_clock.StageClock`: the forward stages marked by the step, the backward
 ones by autograd, then Adam); every timed iteration is a sample. The JSON holds the profile, and next to it
-(``--samples``) the samples, so a fit can be checked or redone. ``--quick``: the smallest sizes only (CI).
+(``--samples``) the samples, so a fit can be checked or redone. ``--quick``: the smallest sizes only (CI). On a
+GPU (``--device cuda``) the sizes are the GPU step's (:data:`GPU_SIZES`: up to 2M Gaussians at 1080p).
 ``--threads N``: torch's CPU threads (as each rank of a CPU run gets from torchrun: 1). ``--link-world W``:
 also the link between W gloo ranks on this machine (``gloo`` in the profile's links): all-to-all calls of
 1 kB to 16 MB per rank, each timed from a barrier, fitted to a latency and a bandwidth. ``--world W``: the
@@ -43,7 +44,7 @@ from grendel_py.parallel.runtime import single_process  # noqa: E402
 from grendel_py.parallel.stage_clock import StageClock  # noqa: E402
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss  # noqa: E402
 from grendel_py.plan.model import INSIDE, local_seconds  # noqa: E402
-from grendel_py.plan.profile import fit_link, fit_profile  # noqa: E402
+from grendel_py.plan.profile import DRIVERS, fit_link, fit_profile  # noqa: E402
 from grendel_py.render import get_backend  # noqa: E402
 from partition.balancer import TileBalancer  # noqa: E402
 from partition.spatial import assign_owners  # noqa: E402
@@ -61,6 +62,16 @@ SIZES = [
     (64_000, 160, 120, 3, 1.5, 0.01),
 ]
 QUICK = SIZES[:4]
+GPU_SIZES = [  # the GPU step's scale: up to 2M Gaussians at 1080p
+    (250_000, 1920, 1080, 1, 1.0, 0.01),
+    (1_000_000, 1920, 1080, 1, 1.0, 0.005),
+    (500_000, 960, 540, 2, 2.0, 0.01),
+    (2_000_000, 1920, 1080, 1, 1.0, 0.003),
+    (250_000, 1280, 720, 4, 3.0, 0.01),
+    (1_000_000, 960, 540, 1, 1.0, 0.01),
+    (500_000, 1920, 1080, 2, 1.5, 0.005),
+    (2_000_000, 1280, 720, 1, 2.0, 0.005),
+]
 
 
 def _scene(n: int, spread: float, sigma: float, device: torch.device, seed: int) -> Gaussians:
@@ -199,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="the profile's JSON")
     ap.add_argument("--samples", type=Path, help="also the samples, as JSON")
     args = ap.parse_args(argv)
+    if args.world > 1 and args.device != "cpu":
+        ap.error("--world runs CPU ranks (gloo) only")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"calibrate: gloo link {links['gloo']}", file=sys.stderr)
     samples = []
-    for size in QUICK if args.quick else SIZES:
+    sizes = QUICK if args.quick else GPU_SIZES if device.type == "cuda" else SIZES
+    for size in sizes:
         samples += measure(size, device, args.backend, args.iterations, memory=True)
         print(f"calibrate: {size}: {sum(samples[-1][1].values()):.3f} s per iteration", file=sys.stderr)
     if args.world > 1:
         if "gloo" not in links:
             ap.error("--world needs --link-world: the collectives' time is taken out of the exchange's")
-        sizes = QUICK if args.quick else SIZES
         for rank in run_ranks(args.world, _rank_samples, sizes, args.backend, args.iterations, args.threads):
             samples += rank
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
@@ -233,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples:
         args.samples.write_text(json.dumps([{"counts": c, "seconds": s} for c, s in samples], indent=1) + "\n")
     worst = max(profile.fit.items(), key=lambda kv: kv[1])
-    print(f"calibrate: wrote {args.out}; the worst stage's fit is {worst[0]}, {worst[1]:.0%} off at worst")
-    return 0
+    print(
+        f"calibrate: wrote {args.out}; the worst stage's fit is {worst[0]}, {worst[1]:.0%} off at worst",
+        file=sys.stderr,
+    )
+    # the last line: what bench/gpu_check.sh records (expected: a profile of every stage, each fit finite)
+    ok = set(profile.stages) == set(DRIVERS) and all(math.isfinite(v) for v in profile.fit.values())
+    print(json.dumps({"profile": str(args.out), "device": profile.device, "fit": profile.fit, "ok": ok}))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU validation of grendel_py in one command, for the lent one-GPU machine (planned for under 8 minutes;
+# GPU validation of grendel_py in one command, for the lent one-GPU machine (planned for under 10 minutes;
 # every step has its own time limit, so a hung step cannot eat the lease):
 #
 #   bash bench/gpu_check.sh [--out DIR] [--wheels DIR] [--fox DIR] [--only a,b]   # on the GPU machine
@@ -45,12 +45,15 @@
 #            loss, torch's fused Adam), with the ratio of the two; expected: host syncs within the kernel path's
 #            budget on the CPU (tests/launch_budget.json), gsplat seeing the scene as we do (its torch reference
 #            projection against our spec) and drawing our image (PSNR >= 40 dB)
+#   calibrate   the GPU's cost profile for `grendel plan` (bench/calibrate.py, the cupy step at up to 2M
+#            Gaussians at 1080p), written as DIR/profile_gpu.json; expected: every stage fitted
 #   fox      configs/fox.yaml trained on the GPU (cupy, one rank) from the fox photos in --fox DIR (default
 #            .fox; skipped when absent: carry a copy of ../shared/data/fox there); expected: test PSNR within
 #            0.2 dB of the CPU reference (bench/results/fox_cpu.json)
 # --only a,b runs only the named steps of those (facts and wheels always run). --dry-run runs facts, wheels
 # (lookup only), synth, and on the CPU at tiny sizes with the torch backend standing in for the kernels:
-# parity, a short demo (against its own CPU reference, bench/results/demo_cpu_dry.json), share and step; the
+# parity, a short demo (against its own CPU reference, bench/results/demo_cpu_dry.json), share, step and
+# calibrate; the
 # GPU-only steps are recorded as skipped. That is what CI can check of this script without a GPU. --plant
 # a,b (with --dry-run) plants in each named step of demo, share, parity and step a difference its expectation
 # must catch (a reference 1 dB off; another seed on two ranks; a colour off by 1e-3; a budget of 0 syncs and
@@ -119,7 +122,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$STEPS" "$WORK"' EXIT
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-ORDER="facts wheels synth gsplat_build pytest racecheck memcheck parity demo share step fox"
+ORDER="facts wheels synth gsplat_build pytest racecheck memcheck parity demo share step calibrate fox"
 
 # planted NAME: whether --plant names the step
 planted() {
@@ -256,6 +259,7 @@ if [[ $MODE == dry ]]; then
         $(planted share && echo --plant)
     step step 300 "$PY" bench/gpu_check.py step --device cpu --n 2000 --width 96 --height 64 --batch 1,2 --iterations 2 \
         $(planted step && echo --sync-budget 0 --plant-peer)
+    step calibrate 300 "$PY" bench/calibrate.py --quick --iterations 2 --out "$WORK/profile.json"
     skip fox "dry run: no GPU"
 else
     step synth 120 bash -c "$SYNTH" _ "$WORK"  # alone: CPU-bound
@@ -289,6 +293,9 @@ else
     report
     # timings, one at a time
     step step 120 "$PY" bench/gpu_check.py step
+    report
+    step calibrate 150 "$PY" bench/calibrate.py --device cuda --backend cupy --iterations 2 \
+        --out "$OUT_DIR/profile_gpu.json" --samples "$OUT_DIR/calibrate_samples.json"
     report
     if [[ -f $FOX/transforms.json ]]; then
         train fox 140 "$FOX_CPU" "$PY" -m grendel_py train --config configs/fox.yaml "data.path=$FOX" train.device=cuda render.backend=cupy

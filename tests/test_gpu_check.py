@@ -16,7 +16,7 @@ from bench import gpu_check
 from tests.dist_util import REPO, child_env
 
 SCRIPT = REPO / "bench" / "gpu_check.sh"
-CHECKED = ("parity", "demo", "share", "step")  # the steps with an expectation that run on the CPU
+CHECKED = ("parity", "demo", "share", "step")  # the steps with an expectation that run on the CPU, and a plant
 
 
 def _run(*args: str, shadow: Path | None = None) -> subprocess.CompletedProcess:
@@ -44,6 +44,7 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
         "demo",
         "share",
         "step",
+        "calibrate",
         "fox",
     ]
     facts = steps["facts"]["result"]
@@ -73,6 +74,8 @@ def test_dry_run_meets_every_expectation(tmp_path: Path) -> None:
     for gsplat in (r["gsplat"] for r in runs):  # the side by side, our torch renderer standing in for gsplat's
         assert gsplat["ok"] and gsplat["conventions"]["ok"] and gsplat["agreement"]["ok"]
         assert gsplat["seconds_per_iteration"] > 0 and gsplat["ours_over_gsplat"] > 0
+    calibrated = steps["calibrate"]["result"]  # the profile of the quick sizes, every stage fitted
+    assert steps["calibrate"]["status"] == "passed" and calibrated["ok"] and len(calibrated["fit"]) >= 11
     assert "=== demo\n$ " in (tmp_path / "gpu_check.log").read_text()  # each step's log, in order
 
 
