@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bytes_per_gaussian import LivePeak  # noqa: E402
 from bench.gpu_check import _views  # noqa: E402
 from bench.provenance import provenance  # noqa: E402
+from bench.render_speed import random_model  # noqa: E402
 from grendel_py.config import OptimConfig  # noqa: E402
 from grendel_py.model.gaussians import TRAINABLE, Gaussians  # noqa: E402
 from grendel_py.model.optim import GaussianOptimizer  # noqa: E402
@@ -74,19 +75,6 @@ GPU_SIZES = [  # the GPU step's scale: up to 2M Gaussians at 1080p
 ]
 
 
-def _scene(n: int, spread: float, sigma: float, device: torch.device, seed: int) -> Gaussians:
-    g = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=(torch.rand(n, 3, generator=g) * 2 - 1) * spread,
-        log_scales=math.log(sigma) + torch.rand(n, 3, generator=g) * math.log(0.2),
-        quats=torch.randn(n, 4, generator=g),
-        opacity_logits=torch.randn(n, generator=g) * 2,
-        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
-        shN=torch.randn(n, 15, 3, generator=g) * 0.05,
-        ids=torch.arange(n),
-    ).to(device)
-
-
 def measure(
     size: tuple, device: torch.device, backend: str, iterations: int, seed: int = 0, ctx=None, memory: bool = False
 ) -> list[tuple[dict, dict]]:
@@ -95,7 +83,7 @@ def measure(
     pass's transient bytes (counts, {"transient": bytes})."""
     n, width, height, batch, spread, sigma = size
     ctx = ctx or single_process(device.type)
-    model = _scene(n, spread, sigma, device, seed)
+    model = random_model(n, spread, sigma, 0.2, str(device), seed)
     if ctx.world_size > 1:
         model = model.select(assign_owners(model.means, ctx.world_size) == ctx.rank)
     optimizer = GaussianOptimizer(model, OptimConfig(), extent=2.0, batch_size=batch)

@@ -24,11 +24,13 @@ from grendel_py.model.gaussians import Gaussians
 from grendel_py.render import render
 
 
-def bench_scene(n: int, width: int, height: int, device: str, seed: int = 0) -> tuple[Gaussians, Camera]:
+def random_model(n: int, spread: float, sigma: float, sigma_span: float, device: str, seed: int = 0) -> Gaussians:
+    """``n`` random Gaussians (SH degree 3) in the cube of half size ``spread``, sigmas from ``sigma`` times
+    ``sigma_span`` (log-uniform)."""
     g = torch.Generator().manual_seed(seed)
-    log_scales = math.log(0.01) + torch.rand(n, 3, generator=g) * math.log(5.0)
-    gaussians = Gaussians(
-        means=torch.rand(n, 3, generator=g) * 2 - 1,
+    log_scales = math.log(sigma) + torch.rand(n, 3, generator=g) * math.log(sigma_span)  # drawn first, as ever
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=g) * 2 - 1) * spread,
         log_scales=log_scales,
         quats=torch.randn(n, 4, generator=g),
         opacity_logits=torch.randn(n, generator=g) * 2,
@@ -36,6 +38,10 @@ def bench_scene(n: int, width: int, height: int, device: str, seed: int = 0) -> 
         shN=torch.randn(n, 15, 3, generator=g) * 0.05,
         ids=torch.arange(n),
     ).to(device)
+
+
+def bench_scene(n: int, width: int, height: int, device: str, seed: int = 0) -> tuple[Gaussians, Camera]:
+    gaussians = random_model(n, 1.0, 0.01, 5.0, device, seed)
     R, t = look_at(torch.tensor([0.0, -0.5, -3.0]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
     f = 0.5 * height / math.tan(math.radians(53.0) / 2)
     return gaussians, Camera(0, "bench", width, height, f, f, width / 2, height / 2, R, t)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from grendel_py.plan.links import Link
 from grendel_py.plan.profile import Profile
+from partition.balancer import SPLAT_BYTES
 
-SPLAT_BYTES = 56  # a splat on the wire (grendel_py.parallel.exchange: 12 float32 and an int64 id)
 GRAD_BYTES = 36  # its gradient on the way back (9 float32)
 HALO_BYTES = 12  # a halo pixel (3 float32), and its gradient back
 TILE_TABLE_BYTES = 16  # per tile: the count and the majority key (int64 each), all-reduced
