@@ -5,7 +5,7 @@ several sizes, and fitted to the counts that drive it (grendel_py/plan/profile.p
 
 Scenes: random Gaussians in a cube of half size ``spread`` around the origin, sigmas up to ``sigma``, seen by
 batches of cameras on a circle at distance 3 looking at the origin; the sizes (Gaussians, image size, batch,
-spread, sigma) vary independently so that each stage's drivers (Gaussians x cameras, visible splats, pairs,
+spread, sigma, SH degree) vary independently so that each stage's drivers (Gaussians x cameras, visible splats, pairs,
 pixels) vary independently too. Each size runs a warm-up iteration and ``--iterations`` timed ones
 (:class:`grendel_py.parallel.stage_clock.StageClock`: the forward stages marked by the step, the backward
 ones by autograd, then Adam); every timed iteration is a sample. The JSON holds the profile, and next to it
@@ -51,27 +51,27 @@ from partition.balancer import TileBalancer  # noqa: E402
 from partition.spatial import assign_owners  # noqa: E402
 from tests.dist_util import run_ranks  # noqa: E402
 
-# (Gaussians, width, height, batch, spread, sigma)
+# (Gaussians, width, height, batch, spread, sigma, SH degree)
 SIZES = [
-    (4_000, 160, 120, 1, 1.0, 0.02),
-    (16_000, 160, 120, 1, 1.0, 0.02),
-    (4_000, 480, 270, 1, 1.0, 0.05),
-    (16_000, 320, 240, 2, 3.0, 0.02),
-    (48_000, 320, 180, 1, 1.0, 0.01),
-    (8_000, 640, 360, 1, 1.0, 0.03),
-    (32_000, 480, 270, 2, 2.0, 0.02),
-    (64_000, 160, 120, 3, 1.5, 0.01),
+    (4_000, 160, 120, 1, 1.0, 0.02, 3),
+    (16_000, 160, 120, 1, 1.0, 0.02, 0),
+    (4_000, 480, 270, 1, 1.0, 0.05, 1),
+    (16_000, 320, 240, 2, 3.0, 0.02, 3),
+    (48_000, 320, 180, 1, 1.0, 0.01, 2),
+    (8_000, 640, 360, 1, 1.0, 0.03, 0),
+    (32_000, 480, 270, 2, 2.0, 0.02, 3),
+    (64_000, 160, 120, 3, 1.5, 0.01, 1),
 ]
 QUICK = SIZES[:4]
 GPU_SIZES = [  # the GPU step's scale: up to 2M Gaussians at 1080p
-    (250_000, 1920, 1080, 1, 1.0, 0.01),
-    (1_000_000, 1920, 1080, 1, 1.0, 0.005),
-    (500_000, 960, 540, 2, 2.0, 0.01),
-    (2_000_000, 1920, 1080, 1, 1.0, 0.003),
-    (250_000, 1280, 720, 4, 3.0, 0.01),
-    (1_000_000, 960, 540, 1, 1.0, 0.01),
-    (500_000, 1920, 1080, 2, 1.5, 0.005),
-    (2_000_000, 1280, 720, 1, 2.0, 0.005),
+    (250_000, 1920, 1080, 1, 1.0, 0.01, 3),
+    (1_000_000, 1920, 1080, 1, 1.0, 0.005, 0),
+    (500_000, 960, 540, 2, 2.0, 0.01, 1),
+    (2_000_000, 1920, 1080, 1, 1.0, 0.003, 3),
+    (250_000, 1280, 720, 4, 3.0, 0.01, 2),
+    (1_000_000, 960, 540, 1, 1.0, 0.01, 3),
+    (500_000, 1920, 1080, 2, 1.5, 0.005, 0),
+    (2_000_000, 1280, 720, 1, 2.0, 0.005, 1),
 ]
 
 
@@ -81,7 +81,7 @@ def measure(
     """``iterations`` samples (counts, seconds per stage) of one size, after a warm-up iteration; with ``ctx``
     (a rank of W), this rank's, its shard the kd cell of the scene it owns; ``memory``: and a sample of the
     pass's transient bytes (counts, {"transient": bytes})."""
-    n, width, height, batch, spread, sigma = size
+    n, width, height, batch, spread, sigma, sh_degree = size
     ctx = ctx or single_process(device.type)
     model = random_model(n, spread, sigma, 0.2, str(device), seed)
     if ctx.world_size > 1:
@@ -101,7 +101,7 @@ def measure(
     samples = []
     for i in range(iterations + 1):
         clock.start()
-        loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+        loss, _ = batch_loss(shard, Batch(cameras, photos, sh_degree), options, ctx)
         loss.backward()
         clock.mark("project_backward")
         optimizer.step()
@@ -110,12 +110,12 @@ def measure(
             samples.append(({**clock.counts, "world": ctx.world_size}, clock.seconds()))
     if memory:  # one more pass for its transient bytes (untimed: the CPU's tracking slows every operation)
         clock.start()
-        transient = _transient(shard, cameras, photos, options, ctx)
+        transient = _transient(shard, Batch(cameras, photos, sh_degree), options, ctx)
         samples.append(({**clock.counts, "world": ctx.world_size}, {"transient": transient}))
     return samples
 
 
-def _transient(shard: Gaussians, cameras, photos, options: StepOptions, ctx) -> float:
+def _transient(shard: Gaussians, batch: Batch, options: StepOptions, ctx) -> float:
     """Bytes a forward and backward pass holds at its peak beyond what was alive when it began, less the
     gradients it allocates (counted with the state): CUDA's allocator peak on a GPU, glibc's bytes in use
     after every operation on the CPU (bench/bytes_per_gaussian.py's LivePeak)."""
@@ -124,14 +124,14 @@ def _transient(shard: Gaussians, cameras, photos, options: StepOptions, ctx) -> 
         torch.cuda.synchronize()
         start = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+        loss, _ = batch_loss(shard, batch, options, ctx)
         loss.backward()
         peak = torch.cuda.max_memory_allocated()
     else:
         live = LivePeak(LivePeak.in_use())
         live.pass_peak = start = 0
         with live:
-            loss, _ = batch_loss(shard, Batch(cameras, photos, 3), options, ctx)
+            loss, _ = batch_loss(shard, batch, options, ctx)
             loss.backward()
         peak = live.pass_peak
     for f in TRAINABLE:

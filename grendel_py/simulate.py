@@ -155,23 +155,17 @@ def exchange_bytes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each."""
     w = plan.world_size
-    if w > 64:
-        raise ValueError("the simulator handles at most 64 ranks")
     sent, received = np.zeros(w), np.zeros(w)
     offset = 0
     for slot, k in enumerate(batch):
         rows, tiles = scene.intersections(k)
         ranks = plan.rank[offset + tiles]
         offset += plan.grids[slot].n_tiles
-        if rows.size == 0:
-            continue
-        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
-        masks = np.bitwise_or.reduceat(np.left_shift(np.uint64(1), ranks.astype(np.uint64)), starts)
-        own = owner[rows[starts]]
-        masks &= ~np.left_shift(np.uint64(1), own.astype(np.uint64))  # a splat is not sent to its owner
-        sent += np.bincount(own, weights=np.bitwise_count(masks), minlength=w)
-        bits = np.unpackbits(masks.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")[:, :w]
-        received += bits.sum(axis=0)
+        need = np.unique(rows * w + ranks)  # each (Gaussian, rank that renders a tile of it) once
+        to, own = need % w, owner[need // w]
+        away = to != own  # a splat is not sent to its owner
+        sent += np.bincount(own[away], minlength=w)
+        received += np.bincount(to[away], minlength=w)
     return sent * SPLAT_BYTES, received * SPLAT_BYTES
 
 

@@ -193,6 +193,7 @@ def render_batch(shard: Gaussians, batch: Batch, options: StepOptions, ctx: Dist
         clock.count("gaussians", len(shard))
         clock.count("gaussian_cameras", len(shard) * len(cameras))
         clock.count("visible", sum(parts))
+        clock.count("sh_terms", sum(parts) * (batch.sh_degree + 1) ** 2)
         clock.count("tiles", sum(g.n_tiles for g in grids))
     radii = pixel_radii(splats.extents)
     # not when the model is frozen (only the exposures train) or under no_grad

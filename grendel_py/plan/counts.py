@@ -3,7 +3,8 @@ StageClock` takes in a real run), from the simulator's (Gaussian, tile) intersec
 and the tile assignment: what the cost model (:mod:`grendel_py.plan.model`) turns into seconds and bytes.
 
 Per rank, for one batch: ``gaussians`` (its shard), ``gaussian_cameras`` (shard x cameras: the visibility
-test), ``visible`` (its Gaussians with at least one intersection, per camera, summed), ``listed_pairs`` (the
+test), ``visible`` (its Gaussians with at least one intersection, per camera, summed), ``sh_terms`` (``visible``
+times the SH coefficients per colour channel evaluated for each: (degree + 1)^2), ``listed_pairs`` (the
 intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs``, ``padded_pairs``,
 ``chunks`` and ``pixels`` (the intersections of the tiles it renders, the compositor's slots and chunks for
 them, their pixels), ``received`` (the splats its tiles need, its own
@@ -27,6 +28,7 @@ KEYS = (
     "gaussians",
     "gaussian_cameras",
     "visible",
+    "sh_terms",
     "listed_pairs",
     "tiles",
     "pairs",
@@ -45,9 +47,11 @@ def _by_rank(ranks: np.ndarray, world: int, weights: np.ndarray | None = None) -
     return np.bincount(ranks, weights=weights, minlength=world).astype(np.float64)
 
 
-def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment) -> list[dict[str, float]]:
+def rank_counts(
+    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment, sh_degree: int
+) -> list[dict[str, float]]:
     """Every rank's counts (module docstring) for ``batch`` (camera indices of ``scene``), the Gaussians
-    owned as ``owner`` says and the tiles rendered as ``plan`` says."""
+    owned as ``owner`` says, the tiles rendered as ``plan`` says and colours of SH degree ``sh_degree``."""
     w = plan.world_size
     total = {k: np.zeros(w) for k in KEYS}
     shard = _by_rank(owner, w)
@@ -81,6 +85,7 @@ def rank_counts(scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assi
         offset += grid.n_tiles
     for r, per_tile in enumerate(rank_tiles):  # the rank composites the batch's tiles at once
         total["padded_pairs"][r], total["chunks"][r] = compositor_work(np.concatenate(per_tile), PIXELS)
+    total["sh_terms"] = total["visible"] * (sh_degree + 1) ** 2
     total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
     if w > 1:
         owners = [plan.owner_table(b) for b in range(len(batch))]

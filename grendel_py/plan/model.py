@@ -5,7 +5,8 @@ The step is a sequence of segments, each some stages of local work followed by a
 leaves before every rank has entered it (bulk-synchronous): a segment takes its slowest rank's work, then the
 collective's time on its busiest rank. An iteration is the sum of its segments (:data:`SEGMENTS`). A
 collective takes the link's latency per call plus its busiest rank's bytes (the larger of those it sends and
-those it receives) over the link's bandwidth. One rank runs no collective. Ranks that share fewer devices
+those it receives) over the link's bandwidth. One rank runs no collective, and the stages that hold one
+(:data:`INSIDE`: the exchange, the halo and the exchange's backward) do nothing there. Ranks that share fewer devices
 than they are (CPU ranks on fewer cores, two ranks on one GPU) take at least their work spread over them.
 """
 
@@ -95,6 +96,8 @@ def predict(
     if world > 1 and link is None:
         raise ValueError("more than one rank needs a link to model their collectives")
     stage_seconds = [profile.stage_seconds(c) for c in counts]
+    if world == 1:
+        stage_seconds = [{k: 0.0 if k in INSIDE else v for k, v in s.items()} for s in stage_seconds]
     segments, total, link_bytes = [], 0.0, 0.0
     for seg in SEGMENTS:
         work = [sum(s[stage] for stage in seg.stages) for s in stage_seconds]

@@ -26,13 +26,14 @@ from grendel_py.train.sampler import CameraSampler
 from partition.balancer import TileBalancer
 from partition.spatial import assign_owners
 
-GROWS = ("gaussians", "gaussian_cameras", "visible", "listed_pairs", "pairs", "received", "bytes_sent",
+GROWS = ("gaussians", "gaussian_cameras", "visible", "sh_terms", "listed_pairs", "pairs", "received", "bytes_sent",
          "bytes_received")  # fmt: skip
 """The counts that grow with the model (see the module docstring)."""
 
 
 def predicted_counts(scene: SimScene, cfg: Config, world: int, images: int, link: Link | None) -> list[dict]:
-    """Every rank's counts per iteration, averaged over the batches of the first ``images`` images."""
+    """Every rank's counts per iteration, averaged over the batches of the first ``images`` images (each at the SH
+    degree the run renders it with: ``train.sh_degree_every``)."""
     batch = cfg.train.batch_size
     if batch > len(scene.cameras):
         raise ValueError(f"train.batch_size {batch} is larger than the scene's {len(scene.cameras)} cameras")
@@ -41,11 +42,12 @@ def predicted_counts(scene: SimScene, cfg: Config, world: int, images: int, link
     bandwidth = cfg.dist.link_gbps * 1e9 / 8 if link is None else link.bytes_per_s
     balancer = TileBalancer(cfg.dist.assignment, world, cfg.dist.tolerance, bandwidth)
     per_batch = []
-    for _ in range(max(1, images // batch)):
+    for i in range(max(1, images // batch)):
         cams = sampler.next_batch()
         table = batch_table(scene, cams, owner, world)
         plan = balancer.plan(table)
-        per_batch.append(rank_counts(scene, cams, owner, plan))
+        sh_degree = min(cfg.model.sh_degree, i * batch // cfg.train.sh_degree_every)
+        per_batch.append(rank_counts(scene, cams, owner, plan, sh_degree))
     return mean_counts(per_batch)
 
 

@@ -24,7 +24,7 @@ from grendel_py.fileio import atomic_open, os_problem
 from grendel_py.plan.links import Link
 
 DRIVERS: dict[str, tuple[str, ...]] = {
-    "project": ("gaussian_cameras", "visible"),
+    "project": ("gaussian_cameras", "visible", "sh_terms"),
     "table": ("listed_pairs", "tiles"),
     "exchange": ("visible", "received"),
     "rasterize": ("pairs", "padded_pairs", "chunks", "pixels"),
@@ -33,7 +33,7 @@ DRIVERS: dict[str, tuple[str, ...]] = {
     "loss_backward": ("loss_pixels",),
     "rasterize_backward": ("pairs", "padded_pairs", "chunks", "pixels"),
     "exchange_backward": ("visible", "received"),
-    "project_backward": ("gaussian_cameras", "visible"),
+    "project_backward": ("gaussian_cameras", "visible", "sh_terms"),
     "adam": ("gaussians",),
 }
 """Each stage of the step (:data:`grendel_py.parallel.stage_clock.FORWARD`, ``BACKWARD``, then Adam) and the
