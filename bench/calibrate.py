@@ -142,7 +142,7 @@ def _transient(shard: Gaussians, batch: Batch, options: StepOptions, ctx) -> flo
 def _rank_samples(ctx, sizes: list[tuple], backend: str, iterations: int, threads: int | None) -> list:
     if threads:
         torch.set_num_threads(threads)
-    return [s for size in sizes for s in measure(size, torch.device("cpu"), backend, iterations, ctx=ctx)]
+    return [s for size in sizes for s in measure(size, torch.device("cpu"), backend, iterations, ctx=ctx, memory=True)]
 
 
 def local_work(samples: list[tuple[dict, dict]], link) -> list[tuple[dict, dict]]:
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else GPU_SIZES if device.type == "cuda" else SIZES
     for size in sizes:
         samples += measure(size, device, args.backend, args.iterations, memory=True)
-        print(f"calibrate: {size}: {sum(samples[-1][1].values()):.3f} s per iteration", file=sys.stderr)
+        print(f"calibrate: {size}: {sum(samples[-2][1].values()):.3f} s per iteration", file=sys.stderr)  # [-1]: bytes
     if args.world > 1:
         if "gloo" not in links:
             ap.error("--world needs --link-world: the collectives' time is taken out of the exchange's")

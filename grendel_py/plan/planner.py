@@ -31,9 +31,9 @@ GROWS = ("gaussians", "gaussian_cameras", "visible", "sh_terms", "listed_pairs",
 """The counts that grow with the model (see the module docstring)."""
 
 
-def predicted_counts(scene: SimScene, cfg: Config, world: int, images: int, link: Link | None) -> list[dict]:
-    """Every rank's counts per iteration, averaged over the batches of the first ``images`` images (each at the SH
-    degree the run renders it with: ``train.sh_degree_every``)."""
+def batch_counts(scene: SimScene, cfg: Config, world: int, images: int, link: Link | None) -> list[list[dict]]:
+    """Every rank's counts in each batch of the first ``images`` images (each at the SH degree the run renders
+    it with: ``train.sh_degree_every``)."""
     batch = cfg.train.batch_size
     if batch > len(scene.cameras):
         raise ValueError(f"train.batch_size {batch} is larger than the scene's {len(scene.cameras)} cameras")
@@ -48,7 +48,7 @@ def predicted_counts(scene: SimScene, cfg: Config, world: int, images: int, link
         plan = balancer.plan(table)
         sh_degree = min(cfg.model.sh_degree, i * batch // cfg.train.sh_degree_every)
         per_batch.append(rank_counts(scene, cams, owner, plan, sh_degree))
-    return mean_counts(per_batch)
+    return per_batch
 
 
 def scaled(counts: list[dict], factor: float) -> list[dict]:
@@ -66,17 +66,20 @@ def plan(
     gaussians: int | None = None,
     devices: int | None = None,
 ) -> list[dict]:
-    """One row per W: predicted seconds per iteration and per epoch, the slowest rank's local work over the
-    mean, bytes on the links per iteration, and where the time goes. ``devices``: at most this many devices
-    for the ranks to share (:func:`grendel_py.plan.model.predict`; default: one each)."""
+    """One row per W: predicted seconds per iteration and per epoch (from every rank's counts averaged over the
+    batches), the slowest rank's local work over the mean, bytes on the links per iteration, where the time
+    goes, and the peak memory of the busiest rank in the heaviest batch. ``devices``: at most this many
+    devices for the ranks to share (:func:`grendel_py.plan.model.predict`; default: one each)."""
     factor = 1.0 if gaussians is None else gaussians / len(scene.model)
     iterations_per_epoch = int(np.ceil(len(scene.cameras) / cfg.train.batch_size))
     rows, one = [], None
     for w in worlds:
-        counts = scaled(predicted_counts(scene, cfg, w, images, link), factor)
+        per_batch = [scaled(b, factor) for b in batch_counts(scene, cfg, w, images, link)]
+        counts = mean_counts(per_batch)
         p: Prediction = predict(counts, profile, link if w > 1 else None, None if devices is None else min(w, devices))
         one = p.seconds if w == 1 else one
-        memory = max((profile.peak_bytes(c, cfg.model.sh_degree) for c in counts), key=lambda m: m["peak"])
+        every = (profile.peak_bytes(c, cfg.model.sh_degree) for b in per_batch for c in b)
+        memory = max(every, key=lambda m: m["peak"])
         rows.append(
             {
                 "world_size": w,

@@ -40,9 +40,9 @@ DRIVERS: dict[str, tuple[str, ...]] = {
 counts its seconds grow with."""
 
 
-MEMORY_DRIVERS = ("visible", "received", "pairs", "pixels", "loss_pixels", "halo_pixels")
+MEMORY_DRIVERS = ("visible", "received", "pairs", "pixels", "loss_pixels", "halo_pixels", "bytes_sent")
 """The counts a rank's transient memory in a step grows with (its projected and received splats, their
-intersections, its pixels and its regions)."""
+intersections, its pixels, its regions and the halo's, and the splats it packs for others)."""
 
 
 def state_bytes(sh_degree: int) -> int:
