@@ -57,6 +57,7 @@ def test_predicted_counts_are_the_steps(world: int) -> None:
             "tiles",
             "pairs",
             "padded_pairs",
+            "chunk_pairs",
             "pixels",
             "loss_pixels",
             "halo_pixels",

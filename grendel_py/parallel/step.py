@@ -153,15 +153,16 @@ def _observe_gradients(means2d: torch.Tensor, parts: list[int], cameras: list[Ca
 
 def _count_received(clock: StageClock, received, table: TileTable, plan: Assignment, rank: int) -> None:
     """The counts of this rank's share of the batch: splats received (its own included), (splat, tile) pairs,
-    the compositor's slots and chunks for them (:func:`~grendel_py.render.composite.compositor_work`) and
+    the compositor's slots, chunks and largest chunk for them (:func:`~grendel_py.render.composite.compositor_work`) and
     pixels of its tiles, bytes it sent and received; on one rank also the pairs it listed (all of them; on more, a
     rank's own splats' pairs are not read to the host)."""
     mine = plan.rank == rank
     clock.count("received", len(received.splats))
     clock.count("pairs", int(table.intersections[mine].sum()))
-    slots, chunks = compositor_work(table.intersections[mine], TILE_SIZE * TILE_SIZE)
+    slots, chunks, largest = compositor_work(table.intersections[mine], TILE_SIZE * TILE_SIZE)
     clock.count("padded_pairs", slots)
     clock.count("chunks", chunks)
+    clock.count("chunk_pairs", largest)
     if plan.world_size == 1:
         clock.count("listed_pairs", int(table.intersections.sum()))
     clock.count("pixels", int(mine.sum()) * TILE_SIZE * TILE_SIZE)

@@ -6,8 +6,8 @@ Per rank, for one batch: ``gaussians`` (its shard), ``gaussian_cameras`` (shard 
 test), ``visible`` (its Gaussians with at least one intersection, per camera, summed), ``sh_terms`` (``visible``
 times the SH coefficients per colour channel evaluated for each: (degree + 1)^2), ``listed_pairs`` (the
 intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs``, ``padded_pairs``,
-``chunks`` and ``pixels`` (the intersections of the tiles it renders, the compositor's slots and chunks for
-them, their pixels), ``received`` (the splats its tiles need, its own
+``chunks``, ``chunk_pairs`` and ``pixels`` (the intersections of the tiles it renders, the compositor's slots,
+chunks and largest chunk's (pixel, splat) pairs for them, their pixels), ``received`` (the splats its tiles need, its own
 included), ``bytes_sent`` and ``bytes_received`` (the splat exchange), ``halo_pixels`` (the pixels it receives
 from other ranks' tiles), ``loss_pixels`` (its regions' boxes, as the loss reads them).
 """
@@ -34,6 +34,7 @@ KEYS = (
     "pairs",
     "padded_pairs",
     "chunks",
+    "chunk_pairs",
     "pixels",
     "received",
     "bytes_sent",
@@ -84,7 +85,8 @@ def rank_counts(
             total["loss_pixels"][r] += max(h, 0) * max(wd, 0)
         offset += grid.n_tiles
     for r, per_tile in enumerate(rank_tiles):  # the rank composites the batch's tiles at once
-        total["padded_pairs"][r], total["chunks"][r] = compositor_work(np.concatenate(per_tile), PIXELS)
+        work = compositor_work(np.concatenate(per_tile), PIXELS)
+        total["padded_pairs"][r], total["chunks"][r], total["chunk_pairs"][r] = work
     total["sh_terms"] = total["visible"] * (sh_degree + 1) ** 2
     total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
     if w > 1:

@@ -40,9 +40,10 @@ DRIVERS: dict[str, tuple[str, ...]] = {
 counts its seconds grow with."""
 
 
-MEMORY_DRIVERS = ("visible", "received", "pairs", "pixels", "loss_pixels", "halo_pixels", "bytes_sent")
+MEMORY_DRIVERS = ("visible", "received", "pairs", "chunk_pairs", "pixels", "loss_pixels", "halo_pixels", "bytes_sent")
 """The counts a rank's transient memory in a step grows with (its projected and received splats, their
-intersections, its pixels, its regions and the halo's, and the splats it packs for others)."""
+intersections, the compositor's largest chunk, its pixels, its regions and the halo's, and the splats it
+packs for others)."""
 
 
 def state_bytes(sh_degree: int) -> int:

@@ -61,12 +61,14 @@ def schedule(
     return out
 
 
-def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int]:
+def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int, int]:
     """The (splat, tile) slots the compositor works through for tiles with ``per_tile`` splats each (every
-    chunk's tiles times its depth slots: lists padded to the chunk's end), and its number of chunks: what the
-    torch backend's rasterization time grows with (the stage clock and the planner count both)."""
+    chunk's tiles times its depth slots: lists padded to the chunk's end), its number of chunks, and the
+    largest chunk's (pixel, splat) pairs: what the torch backend's rasterization time and its scratch memory
+    grow with (the stage clock and the planner count them)."""
     chunks = schedule(sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True), n_pix)
-    return sum((t1 - t0) * (k1 - k0) for t0, t1, k0, k1 in chunks), len(chunks)
+    sizes = [(t1 - t0) * (k1 - k0) for t0, t1, k0, k1 in chunks]
+    return sum(sizes), len(chunks), max(sizes, default=0) * n_pix
 
 
 def composite_tiles(
