@@ -292,7 +292,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from grendel_py.model.initialize import initial_gaussians
     from grendel_py.model.ply import read_ply
     from grendel_py.pictures import save_picture
-    from grendel_py.plan.links import LINKS
+    from grendel_py.plan.links import LINKS, Fabric
     from grendel_py.plan.picture import plan_picture
     from grendel_py.plan.planner import plan, summary
     from grendel_py.plan.profile import Profile
@@ -313,17 +313,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise InputError(args.profile, f"no link {args.link!r}: choose from {', '.join(sorted(links))}")
     if args.devices is not None and args.devices <= 0:
         raise InputError(None, f"--devices must be > 0, got {args.devices}")
-    rows = plan(sim, cfg, args.gpus, profile, links[args.link], args.images, args.gaussians, args.devices)
+    if args.nodes_of is not None and args.nodes_of <= 0:
+        raise InputError(None, f"--nodes-of must be > 0, got {args.nodes_of}")
+    link = links[args.link] if args.nodes_of is None else Fabric(LINKS["nvlink4"], links[args.link], args.nodes_of)
+    rows = plan(sim, cfg, args.gpus, profile, link, args.images, args.gaussians, args.devices, args.grow)
     best = summary(rows)
     if args.picture is not None:
-        save_picture(
-            plan_picture(rows, profile.memory_bytes, f"{sim.name}: {profile.device}, {args.link}"), args.picture
-        )
+        save_picture(plan_picture(rows, profile.memory_bytes, f"{sim.name}: {profile.device}, {link}"), args.picture)
     if args.json:
-        print(json.dumps({"profile": str(args.profile), "link": args.link, **best, "rows": rows}, indent=1))
+        print(json.dumps({"profile": str(args.profile), "link": str(link), **best, "rows": rows}, indent=1))
         return 0
     print(f"plan: {sim.name}, {len(sim.cameras)} training cameras, batch {cfg.train.batch_size}; profile "
-          f"{args.profile} ({profile.device}, {profile.backend}); link {args.link}")  # fmt: skip
+          f"{args.profile} ({profile.device}, {profile.backend}); link {link}")  # fmt: skip
     print("| W | Gaussians | s / iteration | s / epoch | speedup | balance | link MB / iteration | peak GB / rank |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -489,11 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--data", type=Path, required=True, help="scene folder (as train's data.path)")
     p.add_argument("--model", type=Path, help="a trained PLY (default: the model the run starts from)")
-    p.add_argument("--gaussians", type=int, help="plan for a model this large (the counts scaled: see docs)")
+    p.add_argument("--gaussians", type=int, help="plan for a model this large (the counts scaled: see --grow)")
+    p.add_argument(
+        "--grow",
+        choices=["density", "area"],
+        default="density",
+        help="how --gaussians grows the scene: denser (every count scaled) or larger in area (only each rank's "
+        "Gaussians: what a batch sees stays the scene's)",
+    )
     p.add_argument("--gpus", type=_int_list, default=[1, 2, 4, 8], help="world sizes, comma separated")
     p.add_argument("--profile", type=Path, required=True, help="the device's cost profile (bench/calibrate.py)")
     p.add_argument(
         "--link", default="nvlink4", help="the ranks' link: nvlink4, ndr, 100gbe, or one measured in the profile"
+    )
+    p.add_argument(
+        "--nodes-of",
+        type=int,
+        help="ranks per node, joined by NVLink 4 within a node; --link then joins the nodes",
     )
     p.add_argument("--devices", type=int, help="devices the ranks share (CPU cores, GPUs; default: one each)")
     p.add_argument("--images", type=int, default=32, help="images of the epoch's start the counts average over")

@@ -59,6 +59,19 @@ class SimScene:
     cull: bool = True  # False: every tile of the splats' boxes (the binning before exact tile culling)
     _pairs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
+    @property
+    def gaussians(self) -> int:
+        return len(self.model)
+
+    def owners(self, world: int, ownership: str) -> np.ndarray:
+        """Every Gaussian's rank under ``ownership`` (:func:`partition.spatial.assign_owners`)."""
+        return assign_owners(self.model.means, world, ownership).numpy()
+
+    def affinity(self, owner: np.ndarray, world: int) -> np.ndarray:
+        """Each camera's share of the Gaussians it sees per rank, [cameras, W] (the owner-aware sampler's)."""
+        counts = camera_affinity(self.model.means, torch.from_numpy(owner), world, self.cameras)
+        return normalize_affinity(counts)
+
     def intersections(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Camera ``k``'s (Gaussian index, tile id) pairs, int64 each, grouped by Gaussian (ascending)."""
         if k not in self._pairs:
@@ -151,9 +164,10 @@ def batch_table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size
 
 
 def exchange_bytes(
-    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment
+    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment, node_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each."""
+    """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each; with
+    ``node_size`` (ranks r // node_size share a node), only those that cross from one node to another."""
     w = plan.world_size
     sent, received = np.zeros(w), np.zeros(w)
     offset = 0
@@ -163,7 +177,7 @@ def exchange_bytes(
         offset += plan.grids[slot].n_tiles
         need = np.unique(rows * w + ranks)  # each (Gaussian, rank that renders a tile of it) once
         to, own = need % w, owner[need // w]
-        away = to != own  # a splat is not sent to its owner
+        away = to != own if node_size is None else to // node_size != own // node_size  # never to its owner
         sent += np.bincount(own[away], minlength=w)
         received += np.bincount(to[away], minlength=w)
     return sent * SPLAT_BYTES, received * SPLAT_BYTES
@@ -186,11 +200,10 @@ def run_config(
     """Simulate ``iterations`` batches of one configuration; with ``pictures``, save there the tile picture
     (:func:`grendel_py.pictures.tile_picture` over the view's intersections) of the first camera of the first
     batch."""
-    owner = assign_owners(scene.model.means, world_size, ownership).numpy()
+    owner = scene.owners(world_size, ownership)
     sampler = CameraSampler(len(scene.cameras), batch_size, seed)
     if sampler_kind == "owner-aware":
-        counts = camera_affinity(scene.model.means, torch.from_numpy(owner), world_size, scene.cameras)
-        sampler.set_affinity(normalize_affinity(counts))
+        sampler.set_affinity(scene.affinity(owner, world_size))
     # Bytes per remote intersection calibrate as in training; speeds stay equal (no timings are observed).
     balancer = TileBalancer(assignment, world_size, tolerance, link_bytes_per_s, seconds_per_work=intersection_seconds)
     total_bytes = balance = model_time = remote = inter = 0.0

@@ -20,12 +20,14 @@ from grendel_py.errors import InputError
 from grendel_py.parallel.runtime import single_process
 from grendel_py.parallel.stage_clock import StageClock
 from grendel_py.parallel.step import Batch, StepOptions, batch_loss
+from grendel_py.plan.blocks import BlockScene
 from grendel_py.plan.counts import rank_counts
-from grendel_py.plan.links import LINKS, Link
-from grendel_py.plan.model import INSIDE, SEGMENTS, predict
+from grendel_py.plan.links import LINKS, Fabric, Link
+from grendel_py.plan.model import INSIDE, SEGMENTS, collective_seconds, predict
+from grendel_py.plan.planner import scaled
 from grendel_py.plan.profile import DRIVERS, Profile, StageCost, fit_profile, fit_stage
 from grendel_py.simulate import SimScene, batch_table
-from partition.balancer import TileBalancer
+from partition.balancer import SPLAT_BYTES, TileBalancer
 from tests.dist_util import REPO, child_env, run_ranks
 from tests.test_dist_step import BG, _leaves, _setup
 
@@ -166,11 +168,12 @@ def test_plan_command(tmp_path: Path, object_scene_seed2: Path) -> None:
     profile.save(tmp_path / "p.json")
     cmd = [sys.executable, "-m", "grendel_py", "plan", "--config", "configs/demo.yaml", "--data",
            str(object_scene_seed2), "--profile", str(tmp_path / "p.json"), "--gpus", "1,2", "--json",
-           "--picture", str(tmp_path / "plan.png")]  # fmt: skip
+           "--picture", str(tmp_path / "plan.png"), "--nodes-of", "1"]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     rows = out["rows"]
+    assert out["link"] == "nvlink4 within nodes of 1, nvlink4 across"
     assert out["fastest_world"] == 1 and out["smallest_world_that_fits"] == 1  # a flat profile: more ranks only add
     assert Image.open(tmp_path / "plan.png").size[0] > 400
     assert [r["world_size"] for r in rows] == [1, 2] and rows[0]["speedup"] == 1.0
@@ -181,3 +184,65 @@ def test_plan_command(tmp_path: Path, object_scene_seed2: Path) -> None:
     cmd[cmd.index("--profile") + 1] = str(tmp_path / "nothing.json")
     res = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nothing.json" in res.stderr
+
+
+def test_fabric_takes_the_longer_of_the_bytes_within_and_across_nodes() -> None:
+    inside, across = Link("in", 1e-5, 1e9, "test"), Link("out", 1e-4, 1e8, "test")
+    fabric = Fabric(inside, across, 2)
+    counts = [dict.fromkeys(("tiles", "halo_pixels"), 0.0) | {"bytes_sent": 5600.0, "bytes_received": 2800.0,
+              "bytes_sent_across": 560.0, "bytes_received_across": 1120.0} for _ in range(4)]  # fmt: skip
+    want = 2 * 1e-4 + max((5600 - 1120) / 1e9, 1120 / 1e8)
+    assert collective_seconds("splats", 2, counts, fabric) == pytest.approx(want)
+    grads = 1e-4 + max((5600 - 1120) / 56 * 36 / 1e9, 1120 / 56 * 36 / 1e8)
+    assert collective_seconds("splat gradients", 1, counts, fabric) == pytest.approx(grads)
+    # the tile table's bytes all count as crossing; within one node only the link inside is used
+    assert collective_seconds("tile table", 2, counts, fabric) == pytest.approx(2e-4)
+    assert collective_seconds("splats", 2, counts[:2], fabric) == pytest.approx(2e-5 + 5600 / 1e9)
+    assert collective_seconds("splats", 2, counts, inside) == pytest.approx(2e-5 + 5600 / 1e9)
+
+
+def test_crossing_bytes_are_the_exchange_between_nodes() -> None:
+    g, cams, _ = _setup()
+    scene = SimScene("dist_step", g, cams)
+    world, batch = 4, list(range(len(cams)))
+    owner = (g.ids % world).numpy()
+    plan = TileBalancer("rows", world, calibrate=False).plan(batch_table(scene, batch, owner, world))
+    counts = rank_counts(scene, batch, owner, plan, 0, node_size=2)
+    want_sent, want_received, offset = np.zeros(world), np.zeros(world), 0
+    for slot, k in enumerate(batch):
+        rows, tiles = scene.intersections(k)
+        for row, r in {(int(a), int(plan.rank[offset + t])) for a, t in zip(rows, tiles)}:
+            if r // 2 != owner[row] // 2:
+                want_sent[owner[row]] += SPLAT_BYTES
+                want_received[r] += SPLAT_BYTES
+        offset += plan.grids[slot].n_tiles
+    assert want_sent.sum() > 0
+    assert [c["bytes_sent_across"] for c in counts] == want_sent.tolist()
+    assert [c["bytes_received_across"] for c in counts] == want_received.tolist()
+    assert all(c["bytes_sent_across"] <= c["bytes_sent"] for c in counts)
+
+
+def test_blocks_scene_and_area_growth() -> None:
+    """A scene of blocks: each camera sees its own block's copy of the base's Gaussians; kd gives each rank
+    whole blocks, array order a share of every block; growing the area scales only what ranks hold."""
+    g, cams, _ = _setup()
+    base = SimScene("dist_step", g, cams)
+    blocks = BlockScene(base, 8)
+    n, c = len(g), len(cams)
+    assert blocks.gaussians == 8 * n and len(blocks.cameras) == 8 * c
+    rows, tiles = blocks.intersections(5 * c + 1)
+    base_rows, base_tiles = base.intersections(1)
+    assert np.array_equal(rows, base_rows + 5 * n) and np.array_equal(tiles, base_tiles)
+    kd = blocks.owners(4, "kd")
+    assert np.bincount(kd, minlength=4).tolist() == [2 * n] * 4
+    assert all(len(set(kd[b * n : (b + 1) * n])) == 1 for b in range(8))  # whole blocks
+    spread = blocks.owners(4, "array-order")
+    assert all(len(set(spread[b * n : (b + 1) * n])) == 4 for b in range(8))
+    affinity = blocks.affinity(kd, 4)
+    assert affinity.shape == (8 * c, 4) and np.allclose(affinity.sum(1), 1.0)
+    assert np.array_equal(affinity.argmax(1), np.repeat(blocks.block_owners(4), c))
+    with pytest.raises(ValueError, match="whole blocks"):
+        blocks.owners(16, "kd")
+    counts = [{"gaussians": 10.0, "gaussian_cameras": 20.0, "visible": 5.0, "pairs": 7.0}]
+    assert scaled(counts, 3.0, "area") == [{"gaussians": 30.0, "gaussian_cameras": 60.0, "visible": 5.0, "pairs": 7.0}]
+    assert scaled(counts, 3.0)[0]["pairs"] == 21.0

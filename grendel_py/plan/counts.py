@@ -8,7 +8,8 @@ times the SH coefficients per colour channel evaluated for each: (degree + 1)^2)
 intersections of its own splats), ``tiles`` (the batch's tiles: the plan), ``pairs``, ``padded_pairs``,
 ``chunks``, ``chunk_pairs`` and ``pixels`` (the intersections of the tiles it renders, the compositor's slots,
 chunks and largest chunk's (pixel, splat) pairs for them, their pixels), ``received`` (the splats its tiles need, its own
-included), ``bytes_sent`` and ``bytes_received`` (the splat exchange), ``halo_pixels`` (the pixels it receives
+included), ``bytes_sent`` and ``bytes_received`` (the splat exchange; ``bytes_sent_across``
+and ``bytes_received_across``: their part that crosses nodes, see :func:`rank_counts`), ``halo_pixels`` (the pixels it receives
 from other ranks' tiles), ``loss_pixels`` (its regions' boxes, as the loss reads them).
 """
 
@@ -39,6 +40,8 @@ KEYS = (
     "received",
     "bytes_sent",
     "bytes_received",
+    "bytes_sent_across",
+    "bytes_received_across",
     "halo_pixels",
     "loss_pixels",
 )
@@ -49,10 +52,12 @@ def _by_rank(ranks: np.ndarray, world: int, weights: np.ndarray | None = None) -
 
 
 def rank_counts(
-    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment, sh_degree: int
+    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment, sh_degree: int, node_size: int | None = None
 ) -> list[dict[str, float]]:
     """Every rank's counts (module docstring) for ``batch`` (camera indices of ``scene``), the Gaussians
-    owned as ``owner`` says, the tiles rendered as ``plan`` says and colours of SH degree ``sh_degree``."""
+    owned as ``owner`` says, the tiles rendered as ``plan`` says and colours of SH degree ``sh_degree``; with
+    ``node_size`` (ranks in nodes of that many), also ``bytes_sent_across`` and ``bytes_received_across``:
+    the exchange's bytes that cross from one node to another (else 0)."""
     w = plan.world_size
     total = {k: np.zeros(w) for k in KEYS}
     shard = _by_rank(owner, w)
@@ -89,6 +94,10 @@ def rank_counts(
         total["padded_pairs"][r], total["chunks"][r], total["chunk_pairs"][r] = work
     total["sh_terms"] = total["visible"] * (sh_degree + 1) ** 2
     total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
+    if node_size is not None and w > node_size:
+        total["bytes_sent_across"], total["bytes_received_across"] = exchange_bytes(
+            scene, batch, owner, plan, node_size
+        )
     if w > 1:
         owners = [plan.owner_table(b) for b in range(len(batch))]
         total["halo_pixels"] = halo_pixel_counts(list(plan.grids), owners, w).double().numpy()

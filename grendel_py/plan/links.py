@@ -16,6 +16,21 @@ class Link:
     bytes_per_s: float
     source: str
 
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """Ranks in nodes of ``ranks_per_node``: ``inside`` joins the ranks of a node, ``across`` the nodes."""
+
+    inside: Link
+    across: Link
+    ranks_per_node: int
+
+    def __str__(self) -> str:
+        return f"{self.inside.name} within nodes of {self.ranks_per_node}, {self.across.name} across"
+
 
 LINKS = {
     "nvlink4": Link(

@@ -5,7 +5,10 @@ The step is a sequence of segments, each some stages of local work followed by a
 leaves before every rank has entered it (bulk-synchronous): a segment takes its slowest rank's work, then the
 collective's time on its busiest rank. An iteration is the sum of its segments (:data:`SEGMENTS`). A
 collective takes the link's latency per call plus its busiest rank's bytes (the larger of those it sends and
-those it receives) over the link's bandwidth. One rank runs no collective, and the stages that hold one
+those it receives) over the link's bandwidth; over a :class:`~grendel_py.plan.links.Fabric` of several nodes,
+the link across nodes' latency and the longer of the bytes within nodes over the link inside and the bytes
+across over the link across (the splat exchange's and its gradients' crossing bytes counted; the tile
+table's and the halo's all taken as crossing, an upper bound). One rank runs no collective, and the stages that hold one
 (:data:`INSIDE`: the exchange, the halo and the exchange's backward) do nothing there. Ranks that share fewer devices
 than they are (CPU ranks on fewer cores, two ranks on one GPU) take at least their work spread over them.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grendel_py.plan.links import Link
+from grendel_py.plan.links import Fabric, Link
 from grendel_py.plan.profile import Profile
 from partition.balancer import SPLAT_BYTES
 
@@ -77,6 +80,29 @@ INSIDE = {"exchange": ("splats", 2), "halo": ("halo", 1), "exchange_backward": (
 its calls): calibration takes the link's time out of them before fitting their local work."""
 
 
+def crossing_bytes(name: str, counts: dict[str, float], world: int) -> float:
+    """The part of :func:`collective_bytes` that crosses nodes (module docstring)."""
+    if name == "splats":
+        return max(counts["bytes_sent_across"], counts["bytes_received_across"])
+    if name == "splat gradients":
+        return max(counts["bytes_sent_across"], counts["bytes_received_across"]) / SPLAT_BYTES * GRAD_BYTES
+    return collective_bytes(name, counts, world)
+
+
+def collective_seconds(name: str, calls: int, counts: list[dict[str, float]], link: Link | Fabric) -> float:
+    """Seconds of ``calls`` calls of the collective ``name`` among ranks with ``counts`` over ``link``: its
+    busiest rank's bytes (module docstring)."""
+    world = len(counts)
+    inside = max(collective_bytes(name, c, world) for c in counts)
+    if isinstance(link, Link):
+        return calls * link.latency + inside / link.bytes_per_s
+    if world <= link.ranks_per_node:
+        return calls * link.inside.latency + inside / link.inside.bytes_per_s
+    across = max(crossing_bytes(name, c, world) for c in counts)
+    within = max(collective_bytes(name, c, world) - crossing_bytes(name, c, world) for c in counts)
+    return calls * link.across.latency + max(within / link.inside.bytes_per_s, across / link.across.bytes_per_s)
+
+
 def local_seconds(stage: str, seconds: float, counts: dict[str, float], world: int, link: Link) -> float:
     """A stage's clock ``seconds`` on a rank of ``world`` less its collective's modelled time (:data:`INSIDE`;
     never below 0)."""
@@ -85,7 +111,7 @@ def local_seconds(stage: str, seconds: float, counts: dict[str, float], world: i
 
 
 def predict(
-    counts: list[dict[str, float]], profile: Profile, link: Link | None, devices: int | None = None
+    counts: list[dict[str, float]], profile: Profile, link: Link | Fabric | None, devices: int | None = None
 ) -> Prediction:
     """The iteration of ``counts`` (one dict per rank) on devices of ``profile`` joined by ``link`` (None on
     one rank). ``devices``: how many devices the ranks share (default: one each); where fewer, a segment takes
@@ -103,9 +129,8 @@ def predict(
         work = [sum(s[stage] for stage in seg.stages) for s in stage_seconds]
         comm = 0.0
         if world > 1 and seg.collective is not None:
-            per_rank = [collective_bytes(seg.collective, c, world) for c in counts]
-            comm = seg.calls * link.latency + max(per_rank) / link.bytes_per_s
-            link_bytes += sum(per_rank)
+            comm = collective_seconds(seg.collective, seg.calls, counts, link)
+            link_bytes += sum(collective_bytes(seg.collective, c, world) for c in counts)
         slowest = max(max(work), sum(work) / devices)
         segments.append({"stages": list(seg.stages), "work": slowest, "collective": seg.collective, "comm": comm})
         total += slowest + comm
