@@ -142,10 +142,40 @@ def exchange_halos(
 
 def halo_pixel_counts(grids: list[TileGrid], owners: list[torch.Tensor], world: int) -> torch.Tensor:
     """How many halo pixels each rank receives for a batch with these tile owners, int64 [world]: the pixels
-    of other ranks within HALO of its tiles (what :func:`exchange_halos` receives; for planning)."""
-    own, near = _near_owners(grids, owners)
-    # each pixel's distinct neighbouring ranks other than its own: sorted, repeats and its own rank dropped
-    ranks = torch.where((near >= 0) & (near != own), near, world).sort(dim=0).values
-    first = torch.ones_like(ranks, dtype=torch.bool)
-    first[1:] = ranks[1:] != ranks[:-1]
-    return torch.bincount(ranks[first & (ranks < world)], minlength=world)
+    of other ranks within HALO of its tiles (what :func:`exchange_halos` receives; for planning). Counted tile
+    by tile, not pixel by pixel (the planner's batches hold tens of millions of pixels): a tile's pixels fall
+    in 3 x 3 zones by whether they lie within HALO of its top, bottom, left or right side (its right and
+    bottom tiles may be cut short by the image's edge), and a zone's pixels go to each distinct other rank
+    among the tiles its sides face (those of :func:`_near_owners`)."""
+    ts = grids[0].tile_size
+    out = torch.zeros(world, dtype=torch.int64)
+    for grid, owner in zip(grids, owners):
+        own = owner.cpu().view(grid.ny, grid.nx)
+        padded = torch.full((grid.ny + 2, grid.nx + 2), -1, dtype=own.dtype)
+        padded[1:-1, 1:-1] = own
+        # the pixels of each tile in zones lo (within HALO of the low side), mid and hi, along x and along y
+        span_x = (grid.width - torch.arange(grid.nx) * ts).clamp(max=ts)
+        span_y = (grid.height - torch.arange(grid.ny) * ts).clamp(max=ts)
+        zones_x, zones_y = _zones(span_x), _zones(span_y)
+        for zy, dys in enumerate(((0, -1), (0,), (0, 1))):
+            for zx, dxs in enumerate(((0, -1), (0,), (0, 1))):
+                faced = [(dy, dx) for dy in dys for dx in dxs if (dy, dx) != (0, 0)]
+                if not faced:
+                    continue
+                size = zones_y[zy][:, None] * zones_x[zx][None, :]
+                ranks = torch.stack([padded[1 + dy : 1 + dy + grid.ny, 1 + dx : 1 + dx + grid.nx] for dy, dx in faced])
+                ranks = torch.where((ranks >= 0) & (ranks != own), ranks, world).sort(dim=0).values
+                first = torch.ones_like(ranks, dtype=torch.bool)
+                first[1:] = ranks[1:] != ranks[:-1]
+                keep = first & (ranks < world)
+                out += torch.bincount(ranks[keep], weights=size.expand_as(ranks)[keep].double(), minlength=world).long()
+    return out
+
+
+def _zones(span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of tiles ``span`` pixels wide (from their low side): how many lie within HALO of the low side, in the
+    middle, and within HALO of the high side of a full tile."""
+    ts = TILE_SIZE
+    lo = span.clamp(max=HALO)
+    hi = (span - (ts - HALO)).clamp(min=0)
+    return lo, span - lo - hi, hi
