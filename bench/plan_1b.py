@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     city = city_scene(300_000, 6, 0)
     out = {"command": " ".join(sys.argv), **provenance(), "profile": str(args.profile), "fabric": str(FABRIC),
            "assumptions": __doc__, "gpus": {k: p.device for k, p in gpus.items()}, "billion": [], "city": []}  # fmt: skip
+    path = args.out_dir / f"plan_1b_{out['commit'][:7]}.json"
     first, *others = gpus.items()
     for name, kind in (("billion", "blocks"), ("city", "one city")):
         for w in worlds if kind == "blocks" else [64, 256]:
@@ -129,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} {label} W={w} {strategy[0]}: {r['seconds_per_iteration']:.4f} s, "
                           f"{r['link_bytes_per_iteration'] / 1e6:.0f} MB, balance {r['balance']:.3f}",
                           file=sys.stderr, flush=True)  # fmt: skip
-    commit = out["commit"][:7]
-    (args.out_dir / f"plan_1b_{commit}.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({"wrote": str(args.out_dir / f"plan_1b_{commit}.json")}))
+                path.write_text(json.dumps(out, indent=1) + "\n")  # after each plan: a long run keeps what it did
+    print(json.dumps({"wrote": str(path)}))
     return 0
 
 

@@ -433,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its last evaluation's distributed work (work/) are shown too",
     )
     p.add_argument("--port", type=int, default=8080, help="port to serve on (0: any free one; busy: the next free one)")
-    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: this machine only, reach it from elsewhere through an SSH tunnel; "
+        "0.0.0.0: every interface, with no access control)",
+    )
     p.add_argument(
         "--budget",
         type=int,

@@ -183,6 +183,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     export: tuple[Literal["splat", "spz", "ply-compressed"], ...] = ()
     viewer_port: int = 0  # rank 0 serves a browser viewer of the run here (0: none); see grendel_py.viewer
+    viewer_host: str = "127.0.0.1"  # the interface it listens on (0.0.0.0: every one, with no access control)
     viewer_every: int = 100  # the viewer's model is refreshed every this many images, while a browser is connected
     viewer_budget: int = 1_000_000  # Gaussians the viewer gets at most, over all ranks
 
@@ -200,6 +201,7 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: none)")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _require(0 <= self.viewer_port <= 65535, "viewer_port", self.viewer_port, "a port 1..65535, or 0 (no viewer)")
+        _require(bool(self.viewer_host.strip()), "viewer_host", self.viewer_host, "an interface's address or name")
         _require(self.viewer_every > 0, "viewer_every", self.viewer_every, "an integer > 0")
         _require(self.viewer_budget > 0, "viewer_budget", self.viewer_budget, "an integer > 0")
 

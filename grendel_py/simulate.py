@@ -163,21 +163,25 @@ def batch_table(scene: SimScene, batch: list[int], owner: np.ndarray, world_size
     return TileTable(tuple(grids), *(np.concatenate(column) for column in zip(*parts)))
 
 
+def routes(rows: np.ndarray, ranks: np.ndarray, owner: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each (Gaussian, rank that renders a tile of it) once, of a camera's intersections ``rows`` rendered by
+    ``ranks``: the rank it goes to and the rank that owns it."""
+    need = np.unique(rows * world + ranks)
+    return need % world, owner[need // world]
+
+
 def exchange_bytes(
-    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment, node_size: int | None = None
+    scene: SimScene, batch: list[int], owner: np.ndarray, plan: Assignment
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each; with
-    ``node_size`` (ranks r // node_size share a node), only those that cross from one node to another."""
+    """Bytes each rank would send and receive in the forward splat exchange, float64 [W] each."""
     w = plan.world_size
     sent, received = np.zeros(w), np.zeros(w)
     offset = 0
     for slot, k in enumerate(batch):
         rows, tiles = scene.intersections(k)
-        ranks = plan.rank[offset + tiles]
+        to, own = routes(rows, plan.rank[offset + tiles], owner, w)
         offset += plan.grids[slot].n_tiles
-        need = np.unique(rows * w + ranks)  # each (Gaussian, rank that renders a tile of it) once
-        to, own = need % w, owner[need // w]
-        away = to != own if node_size is None else to // node_size != own // node_size  # never to its owner
+        away = to != own  # a splat is not sent to its owner
         sent += np.bincount(own[away], minlength=w)
         received += np.bincount(to[away], minlength=w)
     return sent * SPLAT_BYTES, received * SPLAT_BYTES

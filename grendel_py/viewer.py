@@ -36,9 +36,11 @@ def _viser():
 
 
 class Viewer:
-    """A viser server at ``host:port`` (port 0: any free one; see :attr:`port`) showing ``cameras``."""
+    """A viser server at ``host:port`` (port 0: any free one; see :attr:`port`) showing ``cameras``; the default
+    host, 127.0.0.1, lets in this machine only (viser has no access control: anyone who reaches the port sees
+    the model)."""
 
-    def __init__(self, port: int, cameras: list[Camera], host: str = "0.0.0.0"):
+    def __init__(self, port: int, cameras: list[Camera], host: str = "127.0.0.1"):
         viser = _viser()
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self._splats: Any = None

@@ -153,14 +153,22 @@ def test_calibration_takes_the_collectives_out_of_the_exchange() -> None:
 
 def test_calibration_predicts_a_held_out_size() -> None:
     """Fitted on the quick sizes, the profile predicts a larger size's iteration (the stage clock's seconds
-    summed) within a factor of 2: loose, as timings on shared cores are, but a stage driven by the wrong
-    count or in the wrong unit is off by far more at 4x the Gaussians and pixels."""
+    summed) within a factor of 2, and each stage that takes a few milliseconds within a factor of 3: loose, as
+    timings on shared cores are, but a stage driven by the wrong count or in the wrong unit is off by far more
+    at 4x the Gaussians and pixels. One rank: the exchange and the halo take no time, and none is predicted."""
     samples = [s for size in calibrate.QUICK for s in calibrate.measure(size, torch.device("cpu"), "torch", 2)]
     profile = fit_profile(samples, "cpu", "torch", "0" * 40)
     held_out = calibrate.measure((24_000, 320, 240, 1, 1.0, 0.02, 2), torch.device("cpu"), "torch", 2)
     measured = float(np.median([sum(s.values()) for _, s in held_out]))
     predicted = float(np.median([predict([c], profile, None).seconds for c, _ in held_out]))
     assert 0.5 < predicted / measured < 2.0, (predicted, measured)
+    for stage in DRIVERS:
+        took = float(np.median([s[stage] for _, s in held_out]))
+        if stage in INSIDE:
+            assert took < 1e-3, (stage, took)
+        elif took > 3e-3:
+            want = float(np.median([profile.stages[stage].seconds(c) for c, _ in held_out]))
+            assert 1 / 3 < want / took < 3, (stage, want, took)
 
 
 def test_plan_command(tmp_path: Path, object_scene_seed2: Path) -> None:

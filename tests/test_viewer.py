@@ -14,7 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from grendel_py.cli import build_parser
+from grendel_py.config import load_config
 from grendel_py.data.cameras import Camera, look_at
+from grendel_py.errors import InputError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import write_ply
 from grendel_py.pictures import rank_colours
@@ -231,3 +234,20 @@ def test_a_watched_run_refreshes_its_viewer_within_the_budget(
     shown = run_ranks(world, _watched_training_job, str(object_scene_seed2), str(tmp_path / "run"), free_port())[0]
     assert len(shown) == 5
     assert all(500 <= n <= 500 + world - 1 for n in shown), shown
+
+
+def test_viewers_listen_on_this_machine_only_by_default() -> None:
+    """The viewer, ``grendel view`` and a run's viewer bind 127.0.0.1 unless told otherwise (viser has no
+    access control); ``train.viewer_host`` opens a run's, and an empty one is refused."""
+    viewer = Viewer(0, [])
+    try:
+        assert viewer.server.get_host() == "127.0.0.1"
+    finally:
+        viewer.close()
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert load_config(demo, []).train.viewer_host == "127.0.0.1"
+    assert load_config(demo, ["train.viewer_host=0.0.0.0"]).train.viewer_host == "0.0.0.0"
+    for bad in ("train.viewer_host= ", "train.viewer_host=''"):
+        with pytest.raises(InputError, match="viewer_host"):
+            load_config(demo, [bad])
+    assert build_parser().parse_args(["view", "model.ply"]).host == "127.0.0.1"

@@ -19,9 +19,10 @@ import numpy as np
 
 from grendel_py.parallel.halo import halo_pixel_counts
 from grendel_py.render.composite import compositor_work
-from grendel_py.simulate import SimScene, exchange_bytes
+from grendel_py.simulate import SimScene, routes
 from partition.assign import Assignment
-from partition.tiles import TILE_SIZE
+from partition.balancer import SPLAT_BYTES
+from partition.tiles import TILE_SIZE, TileGrid
 
 PIXELS = TILE_SIZE * TILE_SIZE
 
@@ -77,31 +78,47 @@ def rank_counts(
         total["pairs"] += _by_rank(renders, w)
         per_tile = np.bincount(tiles, minlength=grid.n_tiles)
         tile_ranks = plan.rank[offset : offset + grid.n_tiles]
-        for r in range(w):
-            rank_tiles[r].append(per_tile[tile_ranks == r])
-        need = np.unique(rows * w + renders)  # each (Gaussian, rank that renders a tile of it) once
-        total["received"] += _by_rank(need % w, w)
+        tiles_of = np.bincount(tile_ranks, minlength=w)
+        by_rank = per_tile[np.argsort(tile_ranks, kind="stable")]
+        for r, part in enumerate(np.split(by_rank, np.cumsum(tiles_of)[:-1])):
+            rank_tiles[r].append(part)
+        to, src = routes(rows, renders, owner, w)
+        total["received"] += _by_rank(to, w)
+        away = to != src  # a splat is not sent to its owner
+        total["bytes_sent"] += _by_rank(src[away], w) * SPLAT_BYTES
+        total["bytes_received"] += _by_rank(to[away], w) * SPLAT_BYTES
+        if node_size is not None and w > node_size:
+            across = to // node_size != src // node_size
+            total["bytes_sent_across"] += _by_rank(src[across], w) * SPLAT_BYTES
+            total["bytes_received_across"] += _by_rank(to[across], w) * SPLAT_BYTES
         total["tiles"] += grid.n_tiles
-        total["pixels"] += _by_rank(tile_ranks, w) * grid.tile_size**2
-        for r in range(w):
-            ty0, ty1, tx0, tx1 = plan.tile_box(slot, r)
-            h = min(ty1 * grid.tile_size, grid.height) - ty0 * grid.tile_size
-            wd = min(tx1 * grid.tile_size, grid.width) - tx0 * grid.tile_size
-            total["loss_pixels"][r] += max(h, 0) * max(wd, 0)
+        total["pixels"] += tiles_of * grid.tile_size**2
+        total["loss_pixels"] += _box_pixels(grid, tile_ranks, w)
         offset += grid.n_tiles
     for r, per_tile in enumerate(rank_tiles):  # the rank composites the batch's tiles at once
         work = compositor_work(np.concatenate(per_tile), PIXELS)
         total["padded_pairs"][r], total["chunks"][r], total["chunk_pairs"][r] = work
     total["sh_terms"] = total["visible"] * (sh_degree + 1) ** 2
-    total["bytes_sent"], total["bytes_received"] = exchange_bytes(scene, batch, owner, plan)
-    if node_size is not None and w > node_size:
-        total["bytes_sent_across"], total["bytes_received_across"] = exchange_bytes(
-            scene, batch, owner, plan, node_size
-        )
     if w > 1:
         owners = [plan.owner_table(b) for b in range(len(batch))]
         total["halo_pixels"] = halo_pixel_counts(list(plan.grids), owners, w).double().numpy()
     return [{key: float(total[key][r]) for key in KEYS} for r in range(w)]
+
+
+def _box_pixels(grid: TileGrid, tile_ranks: np.ndarray, world: int) -> np.ndarray:
+    """The pixels of each rank's box of the tiles it renders in a camera of ``grid`` (its region, as
+    :meth:`~partition.assign.Assignment.tile_box` bounds it; 0 for a rank with none), float64 [world]."""
+    ty, tx = np.divmod(np.arange(grid.n_tiles), grid.nx)
+    y0, x0 = np.full(world, grid.ny), np.full(world, grid.nx)
+    y1, x1 = np.zeros(world, dtype=np.int64), np.zeros(world, dtype=np.int64)
+    np.minimum.at(y0, tile_ranks, ty)
+    np.minimum.at(x0, tile_ranks, tx)
+    np.maximum.at(y1, tile_ranks, ty + 1)
+    np.maximum.at(x1, tile_ranks, tx + 1)
+    ts = grid.tile_size
+    h = np.minimum(y1 * ts, grid.height) - y0 * ts
+    w = np.minimum(x1 * ts, grid.width) - x0 * ts
+    return (np.maximum(h, 0) * np.maximum(w, 0)).astype(np.float64)
 
 
 def mean_counts(per_batch: list[list[dict[str, float]]]) -> list[dict[str, float]]:

@@ -210,7 +210,7 @@ def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
     if ctx.is_main:
         observers.append(Scalars(run.out / "tb", run.state.seen, t.log_every))
     if t.viewer_port:
-        observers.append(ViewerFeed(t.viewer_port, run.scene.train_cameras, t.viewer_every, t.viewer_budget, ctx))
+        observers.append(ViewerFeed(t, run.scene.train_cameras, ctx))
     observers.append(ProgressBar(t.images, run.state.seen, ctx))
     return observers
 

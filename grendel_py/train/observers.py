@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from grendel_py.config import TrainConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.schedule import crossed
@@ -122,14 +123,14 @@ class Scalars(Observer):
 
 
 class ViewerFeed(Observer):
-    """The browser viewer of a run (``train.viewer_port``), on every rank: rank 0 serves it (its training
-    ``cameras`` as frusta); while a browser is connected, every rank sends its share of a ``budget`` of
-    Gaussians when one connects and every ``every`` images, and rank 0 shows the batch, the scalars and each
-    evaluation's pictures of the work."""
+    """The browser viewer of a run (``train.viewer_port`` on ``train.viewer_host``), on every rank: rank 0 serves
+    it (its training ``cameras`` as frusta); while a browser is connected, every rank sends its share of
+    ``train.viewer_budget`` Gaussians when one connects and every ``train.viewer_every`` images, and rank 0
+    shows the batch, the scalars and each evaluation's pictures of the work."""
 
-    def __init__(self, port: int, cameras: list[Camera], every: int, budget: int, ctx: DistContext):
-        self.viewer = Viewer(port, cameras) if ctx.is_main else None
-        self.every, self.budget, self.ctx = every, budget, ctx
+    def __init__(self, t: TrainConfig, cameras: list[Camera], ctx: DistContext):
+        self.viewer = Viewer(t.viewer_port, cameras, t.viewer_host) if ctx.is_main else None
+        self.every, self.budget, self.ctx = t.viewer_every, t.viewer_budget, ctx
         self.was_watched = False
 
     def request(self) -> float:
