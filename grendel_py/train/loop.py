@@ -13,8 +13,9 @@ by rank and each rank's work for the first ``train.eval_renders`` test views, th
 end ``model.ply`` (one merged file; also in the formats of ``train.export``), ``metrics.json`` and
 ``renders/`` (test views, render | ground truth). Every file is written atomically, by rank 0 except the
 merged model files (every rank writes its rows). Schedules count images, so the batch size can change freely.
-The progress bar, the TensorBoard scalars and the browser viewer (``train.viewer_port``) are observers
-(:mod:`grendel_py.train.observers`): the loop reports each step, evaluation and the end to them.
+The progress bar (or plain lines in a log), the TensorBoard scalars and the browser viewer
+(``train.viewer_port``) are observers (:mod:`grendel_py.train.observers`): the loop reports each step,
+evaluation and the end to them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dataclasses
 import json
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.checkpoint import Manifest
 from grendel_py.train.evaluate import EvalOutputs, evaluate_sharded
 from grendel_py.train.images import GroundTruth, random_backgrounds
-from grendel_py.train.observers import Observer, ProgressBar, Scalars, StepReport, ViewerFeed
+from grendel_py.train.observers import Observer, ProgressBar, ProgressLines, Scalars, StepReport, ViewerFeed
 from grendel_py.train.preempt import Preempted, StopSignals, agreed_signal
 from grendel_py.train.run_folder import check_run_dir, create_run_dir
 from grendel_py.train.sampler import camera_affinity, normalize_affinity
@@ -204,7 +206,8 @@ def _renderer(backend: str, device: torch.device) -> Renderer:
 
 def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
     """The run's observers: TensorBoard scalars in ``tb/`` (rank 0), the browser viewer (with
-    ``train.viewer_port``, every rank), the progress bar."""
+    ``train.viewer_port``, every rank), the progress bar, and on rank 0, when stdout is not a terminal, plain
+    progress lines."""
     t = cfg.train
     observers: list[Observer] = []
     if ctx.is_main:
@@ -212,6 +215,8 @@ def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
     if t.viewer_port:
         observers.append(ViewerFeed(t, run.scene.train_cameras, ctx))
     observers.append(ProgressBar(t.images, run.state.seen, ctx))
+    if ctx.is_main and not sys.stdout.isatty():  # a batch job's log: the bar is off there
+        observers.append(ProgressLines(t.images, run.state.seen, t.log_every))
     return observers
 
 

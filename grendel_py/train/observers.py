@@ -9,8 +9,13 @@ of it with no extra collective, and the sum reaches every rank's observers as ``
 
 from __future__ import annotations
 
+import math
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -87,6 +92,48 @@ class ProgressBar(Observer):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class ProgressLines(Observer):
+    """Plain progress lines for a log that is not a terminal (a batch job's output file, nohup, a pipe), where
+    tqdm's bar switches itself off: one line every ``every`` images or every ``seconds``, whichever comes
+    later, to ``out``: images, loss, PSNR, Gaussians, images per second and the time left at that rate."""
+
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        every: int,
+        out: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.monotonic,
+        seconds: float = 60.0,
+    ):
+        self.total, self.every, self.out, self.clock, self.seconds = total, every, out, clock, seconds
+        self.last_images, self.last_time = initial, clock()
+
+    def on_step(self, report: StepReport) -> None:
+        now = self.clock()
+        if report.images - self.last_images < self.every or now - self.last_time < self.seconds:
+            return
+        self.last_images, self.last_time = report.images, now
+        s = report.stats
+        left = (self.total - report.images) / report.rate if report.rate > 0 else math.inf
+        print(
+            f"train: {report.images}/{self.total} images, loss {s['loss']:.4f}, PSNR {s['psnr']:.2f} dB, "
+            f"{int(s['gaussians']):,} Gaussians, {report.rate:.1f} images/s, {_duration(left)} left",
+            file=self.out,
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as 1h02m, 3m05s or 42s."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Scalars(Observer):
