@@ -3,8 +3,10 @@
 Every command that reads user input turns :class:`InputError` into one line ``error: <file>: <problem>``
 on stderr and exit status 2; outputs are written atomically (nothing half-written is left behind).
 ``train`` exits with 75 when SIGTERM or SIGUSR1 stopped it after a checkpoint, 130 after Ctrl-C (with a
-checkpoint, unless pressed twice), and 3 when another rank was lost (:mod:`grendel_py.errors`); any command
-interrupted by Ctrl-C outside training prints one line and exits with 130.
+checkpoint, unless pressed twice), 3 when another rank was lost, 74 when a write failed (no space left, quota
+exceeded, an I/O error: one line naming the folder, what was being written and the last complete checkpoint)
+and 73 when another job trains in the run folder (:mod:`grendel_py.errors`); any command interrupted by
+Ctrl-C outside training prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from pathlib import Path
 import torch
 
 from grendel_py.config import Config, load_config
-from grendel_py.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PREEMPTED, InputError
+from grendel_py.errors import (
+    EXIT_BUSY,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_WRITE,
+    FolderBusy,
+    InputError,
+    WriteError,
+)
 from grendel_py.model.splat_formats import FORMATS
 
 
@@ -129,6 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from grendel_py.train.checkpoint import complete_checkpoints, find_checkpoint, run_dir_of
     from grendel_py.train.loop import train
     from grendel_py.train.preempt import Preempted
+    from grendel_py.train.run_lock import locked_run_dir
 
     resume = None
     if args.resume is not None:
@@ -142,19 +154,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(config, [*args.overrides, f"train.out={json.dumps(str(run))}"])
     else:
         cfg = _config(args)
-        if args.auto_resume and cfg.train.out:
-            found = complete_checkpoints(Path(cfg.train.out))
-            resume = found[-1] if found else None
     if not cfg.data.path:
         raise InputError(args.config, "data.path is not set: give the scene folder, e.g. data.path=out/demo/scene")
+    if not cfg.train.out:
+        raise InputError(None, "train.out is not set: give the run's output folder, e.g. train.out=runs/demo")
+    out = Path(cfg.train.out)
     ctx = init_distributed(cfg.dist.timeout_s, device=cfg.train.device, share_gpus=cfg.dist.share_gpus)
     stopped = None
     try:
-        with Watchdog(ctx, cfg.dist.lost_rank_timeout_s):
+        with Watchdog(ctx, cfg.dist.lost_rank_timeout_s), locked_run_dir(out, ctx):
+            if args.auto_resume:  # looked for under the lock: no other job writes one meanwhile
+                found = complete_checkpoints(out)
+                resume = found[-1] if found else None
             try:
                 result = train(cfg, ctx, resume, restart=args.auto_resume)
             except Preempted as e:
                 stopped = e
+    except WriteError as e:
+        then = "; ".join(filter(None, [e.then, _left_behind(out)]))
+        raise WriteError(e.path, e.what, e.reason, then) from None
     finally:
         shutdown(ctx)
     if stopped is not None:
@@ -173,6 +191,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"wrote {cfg.train.out}")
     return 0
+
+
+def _left_behind(out: Path) -> str:
+    """What a run that could not write leaves in ``out`` and how to go on."""
+    from grendel_py.train.checkpoint import complete_checkpoints
+
+    found = complete_checkpoints(out)
+    if not found:
+        return "no checkpoint was complete yet: free space, then run again with --auto-resume (it starts over)"
+    return f"the last complete checkpoint, {found[-1].folder}, is intact: free space, then run again with --auto-resume"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -541,9 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return args.func(args)
-    except InputError as e:
+    except (InputError, WriteError, FolderBusy) as e:
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, always
-        return EXIT_INPUT
+        return {InputError: EXIT_INPUT, WriteError: EXIT_WRITE, FolderBusy: EXIT_BUSY}[type(e)]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

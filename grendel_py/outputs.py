@@ -13,14 +13,15 @@ import torch
 from PIL import Image
 
 from grendel_py.errors import InputError
-from grendel_py.fileio import os_problem
+from grendel_py.fileio import os_problem, write_error
 
 
 @contextlib.contextmanager
 def staged_dir(out_dir: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` to fill; on success it is renamed to ``out_dir``, on error
     removed. ``out_dir`` must not exist or be an empty folder (InputError otherwise), unless ``replace``:
-    then an existing folder is swapped out on success and deleted."""
+    then an existing folder is swapped out on success and deleted. A write that fails in it (no space left,
+    say) raises WriteError naming ``out_dir``."""
     out_dir = Path(out_dir)
     if not replace and out_dir.exists():
         if not out_dir.is_dir():
@@ -39,14 +40,20 @@ def staged_dir(out_dir: str | Path, replace: bool = False) -> Iterator[Path]:
     except OSError as e:
         raise InputError(out_dir, f"cannot create output folder: {os_problem(e, out_dir.parent)}") from None
     try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        try:
+            yield tmp
+            if out_dir.exists():
+                old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
+        except (OSError, RuntimeError) as e:
+            failed = write_error(e, out_dir)
+            if failed is None:
+                raise
+            raise failed.named(out_dir, "") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,6 +11,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
+from grendel_py.errors import WriteError
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, read_ply, write_ply
 from grendel_py.parallel import export
@@ -94,7 +95,7 @@ def test_failure_removes_temporary_file(tmp_path: Path, monkeypatch: pytest.Monk
         raise OSError("disk full")
 
     monkeypatch.setattr(export, "_write_pieces", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="merged.ply: cannot write the merged model: disk full"):
         write_merged(tmp_path / "sub" / "merged.ply", _model(10), _single())
     assert list((tmp_path / "sub").iterdir()) == []
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from grendel_py.errors import InputError
+from grendel_py.errors import InputError, WriteError
 from grendel_py.model import ply as ply_module
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import read_ply, write_ply
@@ -127,7 +127,7 @@ def test_write_is_atomic_and_creates_dirs(tmp_path: Path, monkeypatch: pytest.Mo
         raise OSError("disk full")
 
     monkeypatch.setattr(ply_module.PlyData, "write", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="m.ply: cannot write: disk full"):
         write_ply(target, _random(6, 1))
     assert target.read_bytes() == original
     assert [p.name for p in target.parent.iterdir()] == ["m.ply"]

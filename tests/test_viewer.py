@@ -251,3 +251,23 @@ def test_viewers_listen_on_this_machine_only_by_default() -> None:
         with pytest.raises(InputError, match="viewer_host"):
             load_config(demo, [bad])
     assert build_parser().parse_args(["view", "model.ply"]).host == "127.0.0.1"
+
+
+def test_a_run_viewer_on_a_taken_port_says_where_it_serves(capsys: pytest.CaptureFixture) -> None:
+    """Two jobs on one node with the same ``train.viewer_port``: viser moves the second to a free port, and the
+    run says which, so that its user does not look at the other job's model."""
+    import socket
+
+    from grendel_py.parallel.runtime import single_process
+    from grendel_py.train.observers import ViewerFeed
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        feed = ViewerFeed(load_config(None, [f"train.viewer_port={port}"]).train, _cameras(), single_process())
+        try:
+            assert feed.viewer is not None and feed.viewer.port != port
+            assert f"viewer: http://127.0.0.1:{feed.viewer.port} (port {port} is taken" in capsys.readouterr().err
+        finally:
+            feed.close()

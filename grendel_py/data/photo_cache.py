@@ -39,8 +39,8 @@ import torch
 from grendel_py.config import DataConfig
 from grendel_py.data.cameras import Camera
 from grendel_py.data.dataset import Scene
-from grendel_py.errors import InputError
-from grendel_py.fileio import atomic_open, ensure_folder, os_problem
+from grendel_py.errors import InputError, WriteError
+from grendel_py.fileio import ROOM_OR_IO, atomic_open, ensure_folder, os_problem
 
 FORMAT = 2
 MAGIC = b"GPPHOTO\0"
@@ -118,7 +118,8 @@ def photo_cache(cfg: DataConfig, scene: Scene) -> PhotoCache:
 class PhotoCache:
     """The decoded photos of ``scene`` in ``folder``, with at most ``map_budget`` bytes of entries mapped.
     Raises InputError, naming the folder, when it cannot be created or written, or when its disk lacks the
-    room for the photos not cached yet."""
+    room for the photos not cached yet; WriteError naming it when an entry cannot be written (the disk filled
+    up since)."""
 
     def __init__(self, folder: str | Path, scene: Scene, map_budget: int = 4 << 30):
         self.folder, self.scene, self.map_budget = Path(folder), scene, map_budget
@@ -130,6 +131,8 @@ class PhotoCache:
             probe.write_bytes(b"\0" * ALIGN)
             probe.unlink()
         except OSError as e:
+            if e.errno in ROOM_OR_IO:
+                raise WriteError(self.folder, "the photo cache", os_problem(e)) from None
             raise InputError(self.folder, f"photo cache folder is not writable: {os_problem(e, self.folder)}") from None
         missing = sum(self.entry_bytes(c, scene.channels(c)) for c in scene.cameras if not self.path(c).is_file())
         free = shutil.disk_usage(self.folder).free
@@ -221,9 +224,14 @@ class PhotoCache:
         header = HEADER.pack(
             MAGIC, FORMAT, camera.height, camera.width, pixels.shape[2], BAND_ROWS, bands, zlib.crc32(table)
         )
-        with atomic_open(path) as f:
-            f.write((header + table).ljust(offset, b"\0"))
-            f.write(pixels.data)
+        try:
+            with atomic_open(path) as f:
+                f.write((header + table).ljust(offset, b"\0"))
+                f.write(pixels.data)
+        except WriteError as e:
+            raise e.named(
+                self.folder, f"the photo cache ({path.name})", "set data.cache_dir to a disk with room"
+            ) from None
         for stale in self.folder.glob(f"{camera.uid:06d}-*.u8"):
             if stale != path:
                 stale.unlink(missing_ok=True)

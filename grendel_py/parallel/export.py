@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from grendel_py.errors import InputError
-from grendel_py.fileio import atomic_open, ensure_folder, os_problem
+from grendel_py.errors import InputError, WriteError
+from grendel_py.fileio import atomic_open, cannot_create, ensure_folder, write_error
 from grendel_py.model import splat_formats as sf
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.ply import ply_property_names, ply_records
@@ -135,6 +135,9 @@ FORMAT_WRITERS = {
 }
 
 
+WHAT = "the merged model"
+
+
 def write_merged(
     path: str | Path, shard: Gaussians, ctx: DistContext, fmt: str = "ply", antialiased: bool = False
 ) -> None:
@@ -146,14 +149,15 @@ def write_merged(
     Each shard is validated; the file holds rank 0's rows, then rank 1's, ... (in the format's order). The
     file appears whole or not at all: it is assembled in ``.{name}.merge.tmp`` next to ``path`` (a directory
     all ranks must see) and renamed, or for SPZ compressed into place, when every rank has written and
-    fsynced its part. A failure on any rank raises on every rank and rank 0 removes the temporary file. With
-    one rank, ``ply`` and ids in ascending order the bytes equal :func:`~grendel_py.model.ply.write_ply`'s.
+    fsynced its part. A failure on any rank raises on every rank (a failed write: WriteError) and rank 0
+    removes the temporary file. With one rank, ``ply`` and ids in ascending order the bytes equal
+    :func:`~grendel_py.model.ply.write_ply`'s.
     """
     path = Path(path)
     writer = FORMAT_WRITERS[fmt]
     tmp = path.parent / f".{path.name}.merge.tmp"
     try:
-        layout = _agree(ctx, lambda: _validated_layout(shard))
+        layout = _agree(ctx, path, lambda: _validated_layout(shard))
         degrees = sorted({degree for _, degree in layout})
         if len(degrees) != 1:
             raise ValueError(f"write_merged: shards have different SH degrees {degrees}")
@@ -161,16 +165,19 @@ def write_merged(
         total, first = sum(sizes), sum(sizes[: ctx.rank])
         header = writer.header(total, degrees[0], antialiased)
         ordered = shard.select(writer.order(shard))
-        summaries = _agree(ctx, lambda: writer.summary(ordered, first))
+        summaries = _agree(ctx, path, lambda: writer.summary(ordered, first))
         others = [s for r, s in enumerate(summaries) if r != ctx.rank]
-        _agree(ctx, lambda: _create(tmp, path, header, writer.body_size(total, degrees[0])) if ctx.is_main else None)
+        _agree(
+            ctx, path, lambda: _create(tmp, path, header, writer.body_size(total, degrees[0])) if ctx.is_main else None
+        )
         _agree(
             ctx,
+            path,
             lambda: _write_pieces(
                 tmp, len(header), _encoded(path, lambda: writer.pieces(ordered, first, total, others))
             ),
         )
-        _agree(ctx, lambda: _publish(tmp, path, fmt) if ctx.is_main else None)
+        _agree(ctx, path, lambda: _publish(tmp, path, fmt) if ctx.is_main else None)
     except BaseException:
         if ctx.is_main:
             with contextlib.suppress(OSError):
@@ -191,7 +198,7 @@ def _create(tmp: Path, path: Path, header: bytes, body_size: int) -> None:
     try:
         f = open(tmp, "wb")  # noqa: SIM115 (closed by the with below; only the opening names the output)
     except OSError as e:
-        raise InputError(path, f"cannot write: {os_problem(e, tmp.parent)}") from None
+        raise cannot_create(e, path, tmp.parent) from None
     with f:
         f.write(header)
         f.truncate(len(header) + body_size)
@@ -226,14 +233,15 @@ def _publish(tmp: Path, path: Path, fmt: str) -> None:
     os.unlink(tmp)
 
 
-def _agree(ctx: DistContext, step: Callable[[], T]) -> list[T]:
+def _agree(ctx: DistContext, path: Path, step: Callable[[], T]) -> list[T]:
     """Run ``step`` here and all-gather its result; returns every rank's result, by rank. Also a barrier.
 
-    If ``step`` raised on any rank, every rank raises: that rank its own exception, the others RuntimeError."""
+    If ``step`` raised on any rank, every rank raises: that rank its own exception (a failed write as
+    WriteError naming ``path``), the others WriteError too when a write failed there, else RuntimeError."""
     try:
         value, error = step(), None
     except Exception as e:  # re-raised below, once the other ranks know
-        value, error = None, e
+        value, error = None, (write_error(e, path, WHAT) if isinstance(e, OSError) else None) or e
     results: list[tuple[T | None, str | None]] = [(value, None)]
     if ctx.distributed:
         results = [(None, None)] * ctx.world_size
@@ -241,6 +249,9 @@ def _agree(ctx: DistContext, step: Callable[[], T]) -> list[T]:
     if error is not None:
         raise error
     failed = {rank: report for rank, (_, report) in enumerate(results) if report is not None}
+    wrote = [rank for rank, report in failed.items() if report.startswith(WriteError.__name__)]
+    if wrote:
+        raise WriteError(path, WHAT, f"rank {wrote[0]} could not write its part (its own line says why)")
     if failed:
         raise RuntimeError(f"write_merged failed on other ranks: {failed}")
     return [v for v, _ in results]

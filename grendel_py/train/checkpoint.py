@@ -4,7 +4,9 @@ A checkpoint is the folder ``RUN/checkpoints/images_{seen:09d}/`` with one ``ran
 rank's parameters, ids, Adam state and densification statistics) and ``manifest.json`` (world size, images
 seen, shard sizes, the camera sampler's state, the next free Gaussian id, the SH degree). Each rank writes
 its file atomically; rank 0 writes the manifest last, after every rank has finished, so a folder without a
-manifest is an interrupted checkpoint and is ignored. Rank 0 then deletes all but the newest ``keep``.
+manifest is an interrupted checkpoint and is ignored. Rank 0 then deletes all but the newest ``keep``. A write
+that fails on any rank (no space left, say) fails the checkpoint on every rank: rank 0 removes its folder,
+the older checkpoints stay as they were, and every rank raises :class:`~grendel_py.errors.WriteError`.
 
 Resuming on the same world size loads each rank's own file: the run continues exactly as if it had not
 stopped. On another world size rank r loads the files r, r + W, r + 2W, ... and the caller redistributes
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from grendel_py.errors import InputError
+from grendel_py.errors import InputError, WriteError
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import Strategy
 from grendel_py.model.gaussians import TRAINABLE, num_sh_rest
@@ -78,15 +80,15 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(torch.device("cpu")),
         "densify": densify.state_dict(torch.device("cpu")),
     }
-    with atomic_open(folder / f"rank_{ctx.rank:05d}.pt") as f:
-        torch.save(state, f)
+    failed = _written(lambda: _save(state, folder / f"rank_{ctx.rank:05d}.pt"))
     sizes = [0] * ctx.world_size
     sizes[ctx.rank] = len(optimizer.gaussians)
-    sizes = ctx.reduce(torch.tensor(sizes), "sum").tolist()  # collective: every rank has written its file
+    flags = [0] * ctx.world_size
+    flags[ctx.rank] = int(failed is not None)
+    summed = ctx.reduce(torch.tensor(sizes + flags), "sum").tolist()  # collective: every rank has written its file
+    sizes, flags = summed[: ctx.world_size], summed[ctx.world_size :]
+    _give_up_if_failed(folder, failed, flags, ctx)
     if ctx.is_main:
-        if replicated:
-            with atomic_open(folder / REPLICATED) as f:
-                torch.save(replicated, f)
         manifest = {
             "format": FORMAT,
             "world_size": ctx.world_size,
@@ -96,13 +98,51 @@ def save_checkpoint(
             "next_id": next_id,
             "sh_degree": optimizer.gaussians.sh_degree,
         }
-        with atomic_open(folder / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
+        failed = _written(lambda: _seal(folder, manifest, replicated))
+    flags = [int(failed is not None)] + [0] * (ctx.world_size - 1)
+    if ctx.distributed:  # also the barrier: the manifest exists before anyone goes on
+        flags = ctx.reduce(torch.tensor(flags), "sum").tolist()
+    _give_up_if_failed(folder, failed, flags, ctx)
+    if ctx.is_main:
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old.folder, ignore_errors=True)
-    if ctx.distributed:
-        dist.barrier()  # the manifest exists before anyone goes on
     return folder
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    with atomic_open(path) as f:
+        torch.save(state, f)
+
+
+def _seal(folder: Path, manifest: dict[str, Any], replicated: dict[str, Any] | None) -> None:
+    """Rank 0's part once every shard is written: the replicated state, then the manifest."""
+    if replicated:
+        _save(replicated, folder / REPLICATED)
+    with atomic_open(folder / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def _written(write: Callable[[], None]) -> WriteError | None:
+    """Run ``write``; the WriteError it raised, or None."""
+    try:
+        write()
+    except WriteError as e:
+        return e
+    return None
+
+
+def _give_up_if_failed(folder: Path, failed: WriteError | None, flags: list[int], ctx: DistContext) -> None:
+    """When a rank could not write its part of the checkpoint ``folder`` (``flags``, by rank, the same on every
+    rank), rank 0 removes the folder (every rank has finished writing) and every rank raises WriteError naming
+    it: this rank's own failure, or the first rank's that failed."""
+    if not any(flags):
+        return
+    if ctx.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+    if failed is not None:
+        raise failed.named(folder, f"the checkpoint ({failed.path.name})")
+    first = next(r for r, f in enumerate(flags) if f)
+    raise WriteError(folder, "the checkpoint", f"rank {first} could not write its part (its own line says why)")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Manifest]:

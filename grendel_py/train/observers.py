@@ -24,6 +24,7 @@ from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import Gaussians
 from grendel_py.model.schedule import crossed
 from grendel_py.parallel.runtime import DistContext
+from grendel_py.train.event_file import EventFile
 from grendel_py.view_splats import gather_view_splats
 from grendel_py.viewer import Viewer
 
@@ -137,22 +138,21 @@ def _duration(seconds: float) -> str:
 
 
 class Scalars(Observer):
-    """TensorBoard scalars in ``folder`` (rank 0 only: make it there): every step's statistics every
+    """TensorBoard scalars in ``folder`` (rank 0 only: make it there; :class:`EventFile`): every step's statistics every
     ``log_every`` images (``train/``), the Gaussians moved by redistributions (``dist/``), the evaluations'
     PSNR and SSIM (``test/``); events after ``seen`` images, from a run that stopped, are dropped."""
 
     def __init__(self, folder: Path, seen: int, log_every: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(folder), purge_step=seen + 1)
+        self.writer = EventFile(folder, purge_step=seen + 1)
         self.log_every = log_every
 
     def on_step(self, report: StepReport) -> None:
         if crossed(report.before, report.images, self.log_every):
             for key, value in {**report.stats, "images_per_s": report.rate}.items():
-                self.writer.add_scalar(f"train/{key}", value, report.images)
+                self.writer.scalar(f"train/{key}", value, report.images)
+            self.writer.flush()
         if report.redistributed:
-            self.writer.add_scalar("dist/moved_gaussians", report.stats["moved_gaussians"], report.images)
+            self.writer.scalar("dist/moved_gaussians", report.stats["moved_gaussians"], report.images)
 
     def on_evaluation(self, images: int, metrics: dict, pictures: Path) -> None:
         self._test(images, metrics)
@@ -162,8 +162,9 @@ class Scalars(Observer):
             self._test(images, result["test"])
 
     def _test(self, images: int, metrics: dict) -> None:
-        self.writer.add_scalar("test/psnr", metrics["psnr"], images)
-        self.writer.add_scalar("test/ssim", metrics["ssim"], images)
+        self.writer.scalar("test/psnr", metrics["psnr"], images)
+        self.writer.scalar("test/ssim", metrics["ssim"], images)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -171,12 +172,15 @@ class Scalars(Observer):
 
 class ViewerFeed(Observer):
     """The browser viewer of a run (``train.viewer_port`` on ``train.viewer_host``), on every rank: rank 0 serves
-    it (its training ``cameras`` as frusta); while a browser is connected, every rank sends its share of
+    it (its training ``cameras`` as frusta) and prints where; while a browser is connected, every rank sends its share of
     ``train.viewer_budget`` Gaussians when one connects and every ``train.viewer_every`` images, and rank 0
     shows the batch, the scalars and each evaluation's pictures of the work."""
 
     def __init__(self, t: TrainConfig, cameras: list[Camera], ctx: DistContext):
         self.viewer = Viewer(t.viewer_port, cameras, t.viewer_host) if ctx.is_main else None
+        if self.viewer is not None:  # viser takes the next free port when another job holds this one
+            moved = "" if self.viewer.port == t.viewer_port else f" (port {t.viewer_port} is taken: another job's?)"
+            print(f"viewer: http://{t.viewer_host}:{self.viewer.port}{moved}", file=sys.stderr, flush=True)
         self.every, self.budget, self.ctx = t.viewer_every, t.viewer_budget, ctx
         self.was_watched = False
 

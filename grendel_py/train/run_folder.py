@@ -10,10 +10,11 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.config import Config, save_config
-from grendel_py.errors import InputError
-from grendel_py.fileio import ensure_folder, os_problem
+from grendel_py.errors import InputError, WriteError
+from grendel_py.fileio import ROOM_OR_IO, ensure_folder, os_problem, write_error
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.train.checkpoint import Manifest, complete_checkpoints, interrupted_checkpoints, run_dir_of
+from grendel_py.train.run_lock import LOCK
 
 _LEFTOVERS = {"config.yaml", "tb", "checkpoints"}  # what a run writes before its first complete checkpoint
 
@@ -28,7 +29,7 @@ def check_run_dir(cfg: Config, resume: Manifest | None, restart: bool) -> Path:
     if resume is None and out.exists():
         if not out.is_dir():
             raise InputError(out, "output folder is a file; choose a new path")
-        found = {p.name for p in out.iterdir()}
+        found = {p.name for p in out.iterdir()} - {LOCK}  # the lock this job holds (run_lock.py)
         if found and not (restart and found <= _LEFTOVERS):
             raise InputError(out, "output folder exists and is not empty; choose a new path (or --resume it)")
     if resume is not None and run_dir_of(resume).resolve() != out.resolve():
@@ -42,7 +43,7 @@ def create_run_dir(out: Path, cfg: Config, resume: Manifest | None, ctx: DistCon
     the same InputError when rank 0 cannot write there."""
     if ctx.distributed:
         dist.barrier()  # every rank has checked the folder before rank 0 changes it
-    problem: InputError | None = None
+    problem: InputError | WriteError | None = None
     if ctx.is_main:
         created = not out.exists()
         try:
@@ -57,10 +58,11 @@ def create_run_dir(out: Path, cfg: Config, resume: Manifest | None, ctx: DistCon
                 for folder in interrupted_checkpoints(out):
                     shutil.rmtree(folder)
             save_config(cfg, out / "config.yaml")
-        except InputError as e:
+        except (InputError, WriteError) as e:
             problem = e
         except OSError as e:
-            problem = InputError(out, f"cannot write the run folder: {os_problem(e, out)}")
+            problem = write_error(e, out, "the run folder") if e.errno in ROOM_OR_IO else None
+            problem = problem or InputError(out, f"cannot write the run folder: {os_problem(e, out)}")
         if problem and created:
             shutil.rmtree(out, ignore_errors=True)
     failed = ctx.reduce(torch.tensor([float(bool(problem))]), "max")
