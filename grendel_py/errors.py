@@ -29,6 +29,14 @@ class InputError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
 
 
+def on_every_rank(error: Exception) -> Exception:
+    """``error``, marked as raised by every rank of the job at the same point (after a collective that told
+    them all), so that the ranks may still meet once more on their way out (see
+    :class:`~grendel_py.parallel.watchdog.Watchdog`)."""
+    error.on_every_rank = True
+    return error
+
+
 def one_line(text: str) -> str:
     """``text`` with every run of whitespace (newlines too) as one space: a library's message in an error line."""
     return " ".join(text.split())

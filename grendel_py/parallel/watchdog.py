@@ -78,7 +78,7 @@ class Watchdog:
             self._thread.join(self.timeout_s + 4 * self.interval)  # on_lost ends the process if a rank is lost
         self._stop.set()
         self._thread.join()
-        if exc is None:
+        if exc is None or getattr(exc, "on_every_rank", False):
             dist.barrier()  # no rank leaves (and stops answering) while another still watches it
 
     def _run(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from grendel_py.errors import InputError, WriteError
+from grendel_py.errors import InputError, WriteError, on_every_rank
 from grendel_py.fileio import atomic_open
 from grendel_py.model.densify import Strategy
 from grendel_py.model.gaussians import TRAINABLE, num_sh_rest
@@ -140,9 +140,11 @@ def _give_up_if_failed(folder: Path, failed: WriteError | None, flags: list[int]
     if ctx.is_main:
         shutil.rmtree(folder, ignore_errors=True)
     if failed is not None:
-        raise failed.named(folder, f"the checkpoint ({failed.path.name})")
+        raise on_every_rank(failed.named(folder, f"the checkpoint ({failed.path.name})"))
     first = next(r for r, f in enumerate(flags) if f)
-    raise WriteError(folder, "the checkpoint", f"rank {first} could not write its part (its own line says why)")
+    raise on_every_rank(
+        WriteError(folder, "the checkpoint", f"rank {first} could not write its part (its own line says why)")
+    )
 
 
 def complete_checkpoints(run_dir: Path) -> list[Manifest]:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from grendel_py.config import Config, save_config
-from grendel_py.errors import InputError, WriteError
+from grendel_py.errors import InputError, WriteError, on_every_rank
 from grendel_py.fileio import ROOM_OR_IO, ensure_folder, os_problem, write_error
 from grendel_py.parallel.runtime import DistContext
 from grendel_py.train.checkpoint import Manifest, complete_checkpoints, interrupted_checkpoints, run_dir_of
@@ -67,4 +67,4 @@ def create_run_dir(out: Path, cfg: Config, resume: Manifest | None, ctx: DistCon
             shutil.rmtree(out, ignore_errors=True)
     failed = ctx.reduce(torch.tensor([float(bool(problem))]), "max")
     if float(failed) > 0:
-        raise problem or InputError(out, "rank 0 cannot write the run folder")
+        raise on_every_rank(problem or InputError(out, "rank 0 cannot write the run folder"))

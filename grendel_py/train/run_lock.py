@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from grendel_py.errors import FolderBusy, InputError, WriteError
+from grendel_py.errors import FolderBusy, InputError, WriteError, on_every_rank
 from grendel_py.fileio import cannot_create, ensure_folder, os_problem
 from grendel_py.parallel.runtime import DistContext
 
@@ -48,7 +48,7 @@ def locked_run_dir(out: Path, ctx: DistContext) -> Iterator[None]:
     bad_input = False
     try:
         if kind:
-            raise problem or _told(kinds[kind - 1], out)
+            raise on_every_rank(problem or _told(kinds[kind - 1], out))
         yield
     except InputError:
         bad_input = True
