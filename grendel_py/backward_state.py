@@ -8,6 +8,10 @@ would sit under the projection's backward, the largest step of a pass. :func:`sa
 such state (inside lists, tuples, dicts and the package's own objects) through ``save_for_backward`` and
 keeps on ``ctx`` only the state's skeleton; :func:`load` rebuilds it, as fresh copies, in the backward.
 ``retain_graph=True`` keeps working: the tensors are then kept, and every backward rebuilds the state.
+
+:data:`KEEP_BYTES`: the stages that can recompute in the backward what their forward computed (the
+projection's intermediates, the loss's SSIM maps, the compositor's transmittance at each chunk) keep it instead
+while it is small; the same bits either way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ from typing import Any
 import torch
 
 _OWN_PACKAGES = ("grendel_py", "partition")
+
+KEEP_BYTES = 64 << 20
+"""Memory is paid for only when memory is short: a stage of a pass keeps for its backward what it could
+recompute there while that takes at most this many bytes (estimated from the stage's sizes before it runs),
+and recomputes it piece by piece past that. 64 MB a stage is nothing next to the steps that need the
+recomputation (1080p views with millions of Gaussians: gigabytes) and covers small steps whole (a 256 x 256
+view of 20,000 Gaussians, the demo's 160 x 120 views)."""
 
 
 class _Slot:

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 aten = torch.ops.aten
 
@@ -96,6 +96,13 @@ def _site() -> str:
             return f"{Path(name).relative_to(_ROOT)}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"
+
+
+def counting_as_a_gpu() -> bool:
+    """Whether a :class:`HostSyncCounter` counts the CPU work running here as a GPU's (``device="cpu"``): then
+    a shortcut that only the CPU takes, because a read of a GPU's data would wait for it (the compositor
+    leaving out finished tiles), is not taken, so that what is counted is what a GPU would do."""
+    return any(isinstance(m, HostSyncCounter) and m.emulated for m in _get_current_dispatch_mode_stack())
 
 
 def launches_work(func) -> bool:

@@ -120,6 +120,40 @@ def test_single_rank_matches_plain_rendering(loss_rows: int, monkeypatch: pytest
     _check([_rank_job(init_distributed(env={}))], _reference())
 
 
+def test_keeping_or_recomputing_for_the_backward_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small steps keep what their backward needs (grendel_py.backward_state.KEEP_BYTES); large ones recompute
+    it (the projection's graphs, the loss's SSIM maps, the compositor's chunk starts): the same loss, pictures,
+    gradients and statistics, bit for bit."""
+    from grendel_py import backward_state
+    from grendel_py.render import batch_projection
+
+    ctx = init_distributed(env={})
+    calls = {"checkpoint": 0, "projected without a graph": 0}
+    checkpoint, project_all = regions.checkpoint, batch_projection._project_all
+
+    def counting(name, fn):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(regions, "checkpoint", counting("checkpoint", checkpoint))
+    monkeypatch.setattr(batch_projection, "_project_all", counting("projected without a graph", project_all))
+    kept = _rank_job(ctx)
+    assert calls == {"checkpoint": 0, "projected without a graph": 0}  # this small step keeps everything
+    monkeypatch.setattr(backward_state, "KEEP_BYTES", 0)
+    recomputed = _rank_job(ctx)
+    assert calls["checkpoint"] > 0 and calls["projected without a graph"] > 0
+    assert recomputed[0] == kept[0]
+    for k in FIELDS:
+        assert torch.equal(recomputed[2][k], kept[2][k]), k
+    for a, b in zip(recomputed[4], kept[4]):
+        assert torch.equal(a, b)
+    for k in STATS:
+        assert torch.equal(recomputed[6][k], kept[6][k]), k
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_w_ranks_match_one_rank(world: int) -> None:
     results = run_ranks(world, _rank_job)

@@ -139,12 +139,61 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
         return [t.grad for t in leaves]
 
     segments = []
-    monkeypatch.setattr(_Layout, "segments", lambda self, chunks: segments.append(cut(self, chunks)) or segments[-1])
+
+    def cut_all(self, chunks, keep_bytes, item_bytes):  # as if every start were over the budget
+        segments.append(cut(self, chunks, 0, item_bytes))
+        return segments[-1]
+
+    monkeypatch.setattr(_Layout, "segments", cut_all)
     sparse = grads(2)
     assert len(segments[-1]) >= 4  # several segments recomputed
-    monkeypatch.setattr(_Layout, "segments", lambda self, chunks: [(len(self.sorted_counts), chunks)])
+    monkeypatch.setattr(_Layout, "segments", cut)  # within the default budget: one segment, every start kept
     for got, want in zip(sparse, grads(2)):
         assert torch.equal(got, want)
+    lay = _Layout(bins, BatchTiles([grid], [None], BG.device), torch.float64)
+    chunks = lay.chunks(256, 5 * 256 * 2, 2)
+    assert len(cut(lay, chunks, 1 << 30, 8)) == 1 and len(cut(lay, chunks, 0, 8)) >= 4
+
+
+def test_chunks_leaving_out_finished_tiles_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU a chunk leaves out the tiles whose pixels have all stopped: the same image, alpha and
+    gradients, bit for bit, as computing them to the end of their lists (as on a GPU)."""
+    from grendel_py.render import composite
+
+    cam = small_camera(48, 40)
+    splats = project(random_gaussians(3000, seed=4, opacity_shift=6.0), cam)
+    grid = TileGrid(cam.width, cam.height)
+    bins = bin_splats(splats, grid)
+    weights = torch.randn(len(bins.tile_ids), 256, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    live = composite._live
+    left_out = []
+
+    def counting(act, t_run, drop):
+        kept = live(act, t_run, drop)
+        left_out.append(act.numel() - kept.numel())
+        return kept
+
+    monkeypatch.setattr(composite, "_live", counting)
+
+    def run(drop: bool, keep_bytes: int) -> list[torch.Tensor]:
+        leaves = [
+            t.detach().clone().requires_grad_(True)
+            for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
+        ]
+        tiles = BatchTiles([grid], [None], BG.device)
+        colors, alpha = composite_tiles(
+            *leaves, bins, tiles, chunk_pairs=4 * 256 * 2, min_chunk=2, keep_bytes=keep_bytes, drop_finished=drop
+        )
+        ((colors * weights).sum() + alpha.square().sum()).backward()
+        return [colors.detach(), alpha.detach(), *(t.grad for t in leaves)]
+
+    for keep_bytes in (0, 1 << 30):  # starts recomputed by segments, or all kept
+        want = run(False, keep_bytes)
+        left_out.clear()
+        got = run(True, keep_bytes)
+        assert sum(left_out) > 0  # some tiles did finish early
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
 
 
 def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
@@ -384,9 +433,11 @@ def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(
     """render.project keeps only its inputs and outputs for autograd and recomputes the rest, in pieces of
     ``PROJECT_ROWS`` Gaussians: the same outputs and gradients, bit for bit, as the backend's projection
     recorded whole, and nothing saved per Gaussian but the parameters and the ids themselves."""
+    from grendel_py import backward_state
     from grendel_py.render import batch_projection, torch_backend
 
     monkeypatch.setattr(batch_projection, "PROJECT_ROWS", piece)
+    monkeypatch.setattr(backward_state, "KEEP_BYTES", 0)  # recomputed whatever the size
 
     cam = small_camera(64, 48)
     g = random_gaussians(300, seed=11)
@@ -415,6 +466,11 @@ def test_projection_keeps_only_the_parameters_and_gives_the_plain_gradients(
     ):
         assert torch.equal(a, b)
     for got, want in zip(grads, torch.autograd.grad(loss(plain), leaves)):
+        assert torch.equal(got, want)
+    monkeypatch.setattr(backward_state, "KEEP_BYTES", 1 << 30)  # small enough to keep: the same bits
+    kept = project(model, cam)
+    assert torch.equal(kept.colors, s.colors)
+    for got, want in zip(torch.autograd.grad(loss(kept), leaves), grads):
         assert torch.equal(got, want)
 
 

@@ -6,7 +6,8 @@ elsewhere, as SSIM's padding). :func:`regions_loss` scores the rank's own pixels
 camera normalised by its full pixel count, so the sum over ranks is the single-rank loss summed over the
 batch; it works in bands of :data:`LOSS_ROWS` rows (plus the halo), each checkpointed, so SSIM's maps are
 recomputed in the backward pass one band at a time rather than kept (a sum of per-pixel terms: the bands
-change only the order of the sum). :func:`expose_regions` puts each camera's render through its learned
+change only the order of the sum), unless the maps of all the rank's regions take at most
+:data:`~grendel_py.backward_state.KEEP_BYTES`: then they are kept (the same bands, the same bits). :func:`expose_regions` puts each camera's render through its learned
 colour transform first; :func:`squared_error_sums` and :func:`ssim_sums` are what the logs and the
 evaluation all-reduce.
 """
@@ -21,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from grendel_py import backward_state
 from grendel_py.data.cameras import Camera
 from grendel_py.loss.fused import Launch, fused_loss
 from grendel_py.loss.pixels import HALO, region_loss, ssim_map_valid, window_with_halo
@@ -89,6 +91,10 @@ def regions_loss(
             )
         )
     loss: torch.Tensor | float = 0.0
+    # checkpointed bands: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel and
+    # channel), and recomputes them band by band in the backward pass, to the same bits; kept when small
+    keep = sum(r.canvas.numel() for r, _, _ in held) * 40 * 4 <= backward_state.KEEP_BYTES
+    checkpointed = torch.is_grad_enabled() and not keep
     for region, gt, cam in held:
         gt_halo = ground_truth_region(region, gt)
         height = region.owned.shape[0]
@@ -96,11 +102,7 @@ def regions_loss(
             r1 = min(r0 + LOSS_ROWS, height)
             rows = slice(r0, r1 + 2 * HALO)
             args = (region.canvas[rows], gt_halo[rows], lambda_dssim, cam.width * cam.height, region.owned[r0:r1])
-            # checkpointed: autograd keeps the canvas and the photo, not SSIM's maps (some 40 per pixel),
-            # and recomputes them band by band in the backward pass, to the same bits
-            band = (
-                checkpoint(region_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else region_loss(*args)
-            )
+            band = checkpoint(region_loss, *args, use_reentrant=False) if checkpointed else region_loss(*args)
             loss = loss + band
     return Scores(loss, squared_error_sums(regions, photos, device).sum())
 

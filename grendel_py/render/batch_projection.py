@@ -8,7 +8,9 @@ backward pass one piece of :data:`PROJECT_ROWS` Gaussians at a time, to the bits
 each piece's parameter gradients are added into one buffer per field, which becomes the parameter's
 ``.grad``. So the backward needs the parameters' gradients once, plus one piece's intermediates, however
 many cameras and Gaussians the batch has. (A checkpoint per piece, as before, also allocated a zero-filled
-gradient of the whole field for every piece: the backward of the gather.)
+gradient of the whole field for every piece: the backward of the gather.) A small projection, whose graphs
+take at most ``keep_bytes`` (:data:`~grendel_py.backward_state.KEEP_BYTES`), keeps every piece's graph from
+the forward instead: the same pieces and operations, so the same bits, without the second projection.
 
 :func:`visible_rows` finds, without autograd, which Gaussians each camera gives a non-zero extent, so that
 only those are projected with autograd.
@@ -16,15 +18,21 @@ only those are projected with autograd.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
 
 import torch
 
+from grendel_py import backward_state
 from grendel_py.backward_state import load, save
 from grendel_py.data.cameras import Camera
 from grendel_py.model.gaussians import TRAINABLE, Gaussians
 from grendel_py.render.interface import Renderer
 from grendel_py.render.projection import Splats
+
+KEPT_BYTES_PER_ROW = 1024
+"""What a projected row's autograd graph takes (its intermediates: see :data:`PROJECT_ROWS`), for deciding
+whether a pass keeps it (:data:`~grendel_py.backward_state.KEEP_BYTES`)."""
 
 PROJECT_ROWS = 1 << 15
 """Gaussians per piece: the backward pass recomputes one piece at a time. Its intermediates take about 1 KB
@@ -67,28 +75,50 @@ def _project_all(
 ) -> Splats:
     """The splats of every camera, piece by piece, written into one table (no concatenation of copies)."""
     work = [(cam, piece) for cam, r in zip(cameras, rows) for piece in _pieces(len(model), r)]
-    if len(work) == 1:
-        return _project_piece(model, work[0][1], work[0][0], degree, ops, antialiased)
+    return _table((_project_piece(model, piece, cam, degree, ops, antialiased) for cam, piece in work), counts)
+
+
+def _table(pieces: Iterable[Splats], counts: list[int]) -> Splats:
+    """The splats of ``pieces`` (``sum(counts)`` rows in all) as one table, detached from autograd: a lone
+    piece as it is, several written one after another into a new table."""
     table, start = None, 0
-    for cam, piece in work:
-        s = _project_piece(model, piece, cam, degree, ops, antialiased)
+    for s in pieces:
+        if table is None and len(s) == sum(counts):
+            return Splats(**{f.name: getattr(s, f.name).detach() for f in fields(Splats)})
         if table is None:
             table = {
                 f.name: getattr(s, f.name).new_empty((sum(counts),) + getattr(s, f.name).shape[1:])
                 for f in fields(Splats)
             }
         for name, t in table.items():
-            t[start : start + len(s)] = getattr(s, name)
+            t[start : start + len(s)] = getattr(s, name).detach()
         start += len(s)
     return Splats(**table)
+
+
+def _piece_graphs(params, wanted, ids, rows, cameras, degree, ops, antialiased) -> Iterator[tuple]:
+    """(piece, leaves, splats) of every camera's pieces in order, each projected with autograd from detached
+    leaves of the parameters' rows (``wanted``: which need a gradient)."""
+    for cam, r in zip(cameras, rows):
+        for piece in _pieces(len(ids), r):
+            with torch.enable_grad():
+                leaves = [p[piece].detach().requires_grad_(w) for p, w in zip(params, wanted)]
+                model = Gaussians(*leaves, ids=ids[piece])
+                yield piece, leaves, _project_piece(model, slice(None), cam, degree, ops, antialiased)
 
 
 class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, *params):
-        ids, rows, counts, cameras, degree, ops, antialiased, into_grad = plan
-        s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops, antialiased)
+        ids, rows, counts, cameras, degree, ops, antialiased, into_grad, keep_bytes = plan
         ctx.leaves = params if into_grad else None  # leaves only (checked by project_rows): no reference cycle
+        ctx.kept = None
+        if sum(counts) * KEPT_BYTES_PER_ROW <= keep_bytes:  # keep every piece's graph: nothing recomputed
+            wanted = ctx.needs_input_grad[1:]
+            ctx.kept = list(_piece_graphs(params, wanted, ids, rows, cameras, degree, ops, antialiased))
+            s = _table([splats for _, _, splats in ctx.kept], counts)
+        else:
+            s = _project_all(Gaussians(*params, ids=ids), rows, counts, cameras, degree, ops, antialiased)
         save(ctx, params, plan=plan)
         ctx.mark_non_differentiable(s.extents, s.ids)
         return tuple(getattr(s, f.name) for f in fields(Splats))
@@ -96,7 +126,7 @@ class _ProjectRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         params, state = load(ctx)
-        ids, rows, counts, cameras, degree, ops, antialiased, _ = state["plan"]
+        ids, rows, counts, cameras, degree, ops, antialiased, _, _ = state["plan"]
         wanted = ctx.needs_input_grad[1:]
         if ctx.leaves is not None:  # add into .grad itself, allocating it only when there is none yet
             for leaf, w in zip(ctx.leaves, wanted):
@@ -106,32 +136,30 @@ class _ProjectRows(torch.autograd.Function):
         else:
             out = [torch.zeros_like(p) if w else None for p, w in zip(params, wanted)]
         by_name = dict(zip([f.name for f in fields(Splats)], grads))
+        graphs = ctx.kept or _piece_graphs(params, wanted, ids, rows, cameras, degree, ops, antialiased)
+        ctx.kept = None
         start = 0
-        for cam, r in zip(cameras, rows):
-            for piece in _pieces(len(ids), r):
-                with torch.enable_grad():
-                    leaves = [p[piece].detach().requires_grad_(w) for p, w in zip(params, wanted)]
-                    s = _project_piece(Gaussians(*leaves, ids=ids[piece]), slice(None), cam, degree, ops, antialiased)
-                    end = start + len(s)
-                    pairs = [
-                        (getattr(s, n), by_name[n][start:end])
-                        for n in _OUTPUTS
-                        if by_name[n] is not None and getattr(s, n).requires_grad
-                    ]
-                    inputs = [leaf for leaf in leaves if leaf.requires_grad]
-                    got = (
-                        torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
-                        if pairs
-                        else []
-                    )
-                for buf, g in zip([b for b in out if b is not None], got):
-                    if g is None:
-                        continue
-                    if isinstance(piece, slice):
-                        buf[piece] += g
-                    else:
-                        buf.index_add_(0, piece, g)
-                start = end
+        for piece, leaves, s in graphs:
+            end = start + len(s)
+            pairs = [
+                (getattr(s, n), by_name[n][start:end])
+                for n in _OUTPUTS
+                if by_name[n] is not None and getattr(s, n).requires_grad
+            ]
+            inputs = [leaf for leaf in leaves if leaf.requires_grad]
+            got = (
+                torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+                if pairs
+                else []
+            )
+            for buf, g in zip([b for b in out if b is not None], got):
+                if g is None:
+                    continue
+                if isinstance(piece, slice):
+                    buf[piece] += g
+                else:
+                    buf.index_add_(0, piece, g)
+            start = end
         return (None, *([None] * len(out) if ctx.leaves is not None else out))
 
 
@@ -144,11 +172,13 @@ def project_rows(
     ops: Renderer,
     into_grad: bool = False,
     antialiased: bool = False,
+    keep_bytes: int | None = None,
 ) -> Splats:
     """The projection at SH degree ``degree`` with the renderer ``ops`` of the model rows ``rows[b]``
     (``counts[b]`` of them; None: all, in order) for camera b, one camera after another (``antialiased``: see
     :func:`~grendel_py.render.projection.project`). When autograd records, only the parameters and ``rows``
-    are kept; see the module's description.
+    are kept, unless the pieces' graphs take at most ``keep_bytes`` (None:
+    :data:`~grendel_py.backward_state.KEEP_BYTES`); see the module's description.
 
     ``into_grad``: the backward pass adds the parameters' gradients into their ``.grad`` itself (allocated
     when None) and hands autograd none, so that a backward after another (gradients accumulating over the
@@ -161,7 +191,9 @@ def project_rows(
         return _project_all(model, rows, counts, cameras, degree, ops, antialiased)
     if into_grad and not all(p.is_leaf for p in params):
         raise ValueError("project_rows: into_grad needs parameters that are leaves of autograd")
-    return Splats(*_ProjectRows.apply((model.ids, rows, counts, cameras, degree, ops, antialiased, into_grad), *params))
+    keep = backward_state.KEEP_BYTES if keep_bytes is None else keep_bytes
+    plan = (model.ids, rows, counts, cameras, degree, ops, antialiased, into_grad, keep)
+    return Splats(*_ProjectRows.apply(plan, *params))
 
 
 def visible_rows(

@@ -24,7 +24,9 @@ import math
 import numpy as np
 import torch
 
+from grendel_py import backward_state
 from grendel_py.backward_state import load, save
+from grendel_py.host_syncs import counting_as_a_gpu
 from grendel_py.render.intersect import BatchTiles, TileBins
 from grendel_py.render.projection import ALPHA_MIN
 
@@ -81,6 +83,8 @@ def composite_tiles(
     tiles: BatchTiles,
     chunk_pairs: int = CHUNK_PAIRS,
     min_chunk: int = MIN_CHUNK,
+    keep_bytes: int | None = None,
+    drop_finished: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite the binned splats over the selected tiles.
 
@@ -88,8 +92,19 @@ def composite_tiles(
     :func:`grendel_py.render.intersect.bin_batch` over ``tiles``. Returns (colors [T, tile_size**2, C], alpha
     [T, tile_size**2]) for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in
     all float inputs.
+
+    ``keep_bytes``: the forward keeps every chunk's starting T for the backward while they take at most this
+    many bytes (None: :data:`~grendel_py.backward_state.KEEP_BYTES`); past it, only where each of about sqrt(R)
+    segments starts (see :meth:`_Layout.segments`). ``drop_finished``: a chunk leaves out the tiles whose every pixel
+    has stopped (they add exactly nothing, forward or backward), which costs a read of the device per chunk:
+    by default on the CPU, where that read is free (unless the CPU stands for a GPU:
+    :func:`~grendel_py.host_syncs.counting_as_a_gpu`). The results are the same bits either way.
     """
-    return _Composite.apply(means2d, conics, opacities, colors, background, bins, tiles, (chunk_pairs, min_chunk))
+    if drop_finished is None:
+        drop_finished = means2d.device.type == "cpu" and not counting_as_a_gpu()
+    keep = backward_state.KEEP_BYTES if keep_bytes is None else keep_bytes
+    sizing = (chunk_pairs, min_chunk, keep, drop_finished)
+    return _Composite.apply(means2d, conics, opacities, colors, background, bins, tiles, sizing)
 
 
 class _Layout:
@@ -136,13 +151,17 @@ class _Layout:
         ]
 
     def segments(
-        self, chunks: list[tuple[torch.Tensor, int, int]]
+        self, chunks: list[tuple[torch.Tensor, int, int]], keep_bytes: int, item_bytes: int
     ) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
         """The chunks cut into segments of about sqrt(R) consecutive depth ranges (R: the number of ranges;
         the chunks of a range share k0 and cover the live tiles, a prefix of ``by_count``), each with the
         number of live tiles where it starts. The forward keeps T where each segment starts and the starts of
         the last segment's chunks; the backward recomputes the others one segment at a time. So the saved
-        transmittances take about 2 sqrt(R), not R, values per pixel."""
+        transmittances take about 2 sqrt(R), not R, values per pixel. One segment (every start kept, nothing
+        recomputed) when all the chunks' starts take at most ``keep_bytes`` (``item_bytes`` a value)."""
+        n_pix = self.ts * self.ts
+        if sum(act.shape[0] for act, _, _ in chunks) * n_pix * item_bytes <= keep_bytes:
+            return [(len(self.sorted_counts), chunks)]
         ranges: list[list[tuple[torch.Tensor, int, int]]] = []
         for c in chunks:
             if ranges and ranges[-1][0][1] == c[1]:
@@ -211,10 +230,15 @@ class _Chunk:
         return t_last
 
 
-def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved: list):
-    """(act, k0, k1, T at the chunk start) of every chunk, last first. The forward kept the starts of the
-    last segment; each earlier one is recomputed from the transmittance saved where it starts, to the same
-    bits (the same chunks, the same operations)."""
+def _live(act: torch.Tensor, t_run: torch.Tensor, drop: bool) -> torch.Tensor:
+    """The tiles of ``act`` with a pixel still running (all of them unless ``drop``)."""
+    return act[(t_run[act] > 0).any(dim=1)] if drop else act
+
+
+def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved: list, drop: bool):
+    """(act, k0, k1, T at the chunk start) of every chunk, last first (``act``: its live tiles when ``drop``).
+    The forward kept the starts of the last segment; each earlier one is recomputed from the transmittance
+    saved where it starts, to the same bits (the same chunks, the same operations)."""
     for n_active, chunks, snapshot, starts in reversed(saved):
         if starts is None:
             t_run = torch.ones(len(lay.sorted_counts), lay.ts * lay.ts, dtype=params[0].dtype, device=params[0].device)
@@ -222,17 +246,17 @@ def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved:
                 t_run[lay.by_count[:n_active]] = snapshot
             starts = []
             for act, k0, k1 in chunks:
+                act = _live(act, t_run, drop)
                 t_start = t_run[act]
                 _Chunk(lay, act, k0, k1, params, t_start).advance(t_run, act, t_start)
-                starts.append(t_start)
-        for (act, k0, k1), t_start in zip(reversed(chunks), reversed(starts)):
-            yield act, k0, k1, t_start
+                starts.append((act, k0, k1, t_start))
+        yield from reversed(starts)
 
 
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, colors, background, bins: TileBins, tiles: BatchTiles, sizing):
-        chunk_pairs, min_chunk = sizing
+        chunk_pairs, min_chunk, keep_bytes, drop = sizing
         dtype, device = means2d.dtype, means2d.device
         n_tiles, n_pix, n_ch = bins.tile_ids.shape[0], tiles.grids[0].tile_size ** 2, colors.shape[1]
         lay = _Layout(bins, tiles, dtype)
@@ -241,13 +265,16 @@ class _Composite(torch.autograd.Function):
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
-        segments = lay.segments(lay.chunks(n_pix, chunk_pairs, min_chunk))
+        segments = lay.segments(lay.chunks(n_pix, chunk_pairs, min_chunk), keep_bytes, t_run.element_size())
         saved = []
         for seg, (n_active, chunks) in enumerate(segments):
             last = seg == len(segments) - 1
             snapshot = t_run[lay.by_count[:n_active]] if seg else None  # where the segment starts
             starts = []
             for act, k0, k1 in chunks:
+                act = _live(act, t_run, drop)
+                if not act.numel():
+                    continue
                 t_start = t_run[act]
                 ch = _Chunk(lay, act, k0, k1, params, t_start)
                 accum[act] += torch.bmm(ch.weights(), colors[ch.s])
@@ -255,10 +282,10 @@ class _Composite(torch.autograd.Function):
                 running = (t_start > 0).to(dtype)
                 t_final[act] = running * t_last + (1.0 - running) * t_final[act]
                 if last:
-                    starts.append(t_start)
+                    starts.append((act, k0, k1, t_start))
             saved.append((n_active, chunks, snapshot, starts if last else None))
         out = accum + t_final[..., None] * background
-        save(ctx, (means2d, conics, opacities, colors, background, t_final), lay=lay, saved=saved)
+        save(ctx, (means2d, conics, opacities, colors, background, t_final), lay=lay, saved=saved, drop=drop)
         return out, 1.0 - t_final
 
     @staticmethod
@@ -274,7 +301,9 @@ class _Composite(torch.autograd.Function):
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
         grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
-        for act, k0, k1, t_start in _starts_back_to_front(lay, params, state["saved"]):
+        for act, k0, k1, t_start in _starts_back_to_front(lay, params, state["saved"], state["drop"]):
+            if not act.numel():
+                continue
             ch = _Chunk(lay, act, k0, k1, params, t_start)
             weight = ch.weights()
             g_img = grad_out[act]  # [Ta, P, C]
