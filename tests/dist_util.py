@@ -59,6 +59,13 @@ def finish_child(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]
     return proc.returncode, out, err or ""
 
 
+def launch_env(rank: int, world: int, port: str) -> dict[str, str]:
+    """The torchrun variables of ``rank`` of ``world`` ranks meeting at 127.0.0.1:``port`` (none for one rank)."""
+    if world == 1:
+        return {}
+    return dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -146,39 +146,22 @@ def writes(disk: Path, report: Path, scene_path: str) -> None:
 
 def _train(args: list[str], world: int, timeout: float = 300) -> dict:
     """``grendel train ARGS`` on ``world`` rank processes (gloo); every rank's exit status and stderr."""
-    port = str(_free_port())
-    procs = []
-    for rank in range(world):
-        launch = (
-            {}
-            if world == 1
-            else dict(
-                RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-            )
-        )
-        command = [sys.executable, "-m", "grendel_py", "train", *args]
-        procs.append(
-            subprocess.Popen(command, env={**os.environ, **launch}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
+    from tests.dist_util import finish_child, free_port, launch_env, start_child
+
+    port = str(free_port())
+    command = [sys.executable, "-m", "grendel_py", "train", *args]
+    procs = [start_child(command, REPO, launch_env(rank, world, port)) for rank in range(world)]
     deadline = time.monotonic() + timeout
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            _, err = p.communicate()
-        results.append({"status": p.returncode, "stderr": err.decode()})
-    return {"ranks": results}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        results = []
+        for p in procs:
+            code, _, err = finish_child(p, max(1.0, deadline - time.monotonic()))
+            results.append({"status": code, "stderr": err})
+        return {"ranks": results}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def train(disk: Path, report: Path, scene_path: str, world: int) -> None:

@@ -25,7 +25,7 @@ from grendel_py.parallel.watchdog import looks_like_peer_loss
 from grendel_py.train import preempt
 from grendel_py.train.checkpoint import checkpoint_dir, complete_checkpoints, find_checkpoint, load_shards
 from grendel_py.train.preempt import STOP_SIGNALS, StopSignals, agreed_signal
-from tests.dist_util import finish_child, free_port, start_child
+from tests.dist_util import finish_child, free_port, launch_env, start_child
 
 TIMEOUT_S = 180  # a whole job
 
@@ -67,16 +67,12 @@ def _start(world: int, args: list[str], cwd: Path) -> list[subprocess.Popen]:
     port = str(free_port())
     procs = []
     for rank in range(world):
-        launch = (
-            {}
-            if world == 1
-            else dict(
-                RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-            )
-        )
         procs.append(
             start_child(
-                [sys.executable, "-m", "grendel_py", "train", *args], cwd, launch, preexec_fn=_default_interrupt
+                [sys.executable, "-m", "grendel_py", "train", *args],
+                cwd,
+                launch_env(rank, world, port),
+                preexec_fn=_default_interrupt,
             )
         )
     return procs

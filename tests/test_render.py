@@ -115,6 +115,18 @@ def test_chunking_does_not_change_result() -> None:
         torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-13)
 
 
+def _composited(splats, bins, grid: TileGrid, weights: torch.Tensor, **sizing) -> list[torch.Tensor]:
+    """The compositor's colours and alpha over ``grid``'s tiles, then the gradients of the splats' fields and
+    the background for a loss weighting the colours by ``weights`` (``sizing``: composite_tiles' options)."""
+    leaves = [
+        t.detach().clone().requires_grad_(True)
+        for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
+    ]
+    colors, alpha = composite_tiles(*leaves, bins, BatchTiles([grid], [None], BG.device), **sizing)
+    ((colors * weights).sum() + alpha.square().sum()).backward()
+    return [colors.detach(), alpha.detach(), *(t.grad for t in leaves)]
+
+
 def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """With many depth ranges, the compositor keeps T only where its segments start and recomputes the
     chunk starts of all but the last segment in the backward: the same gradients, bit for bit, as keeping
@@ -129,14 +141,7 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
     cut = _Layout.segments
 
     def grads(min_chunk: int) -> list[torch.Tensor]:
-        leaves = [
-            t.detach().clone().requires_grad_(True)
-            for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
-        ]
-        tiles = BatchTiles([grid], [None], BG.device)
-        colors, alpha = composite_tiles(*leaves, bins, tiles, chunk_pairs=5 * 256 * 2, min_chunk=min_chunk)
-        ((colors * weights).sum() + alpha.square().sum()).backward()
-        return [t.grad for t in leaves]
+        return _composited(splats, bins, grid, weights, chunk_pairs=5 * 256 * 2, min_chunk=min_chunk)[2:]
 
     segments = []
 
@@ -176,16 +181,8 @@ def test_chunks_leaving_out_finished_tiles_give_the_same_bits(monkeypatch: pytes
     monkeypatch.setattr(composite, "_live", counting)
 
     def run(drop: bool, keep_bytes: int) -> list[torch.Tensor]:
-        leaves = [
-            t.detach().clone().requires_grad_(True)
-            for t in (splats.means2d, splats.conics, splats.opacities, splats.colors, BG)
-        ]
-        tiles = BatchTiles([grid], [None], BG.device)
-        colors, alpha = composite_tiles(
-            *leaves, bins, tiles, chunk_pairs=4 * 256 * 2, min_chunk=2, keep_bytes=keep_bytes, drop_finished=drop
-        )
-        ((colors * weights).sum() + alpha.square().sum()).backward()
-        return [colors.detach(), alpha.detach(), *(t.grad for t in leaves)]
+        sizing = dict(chunk_pairs=4 * 256 * 2, min_chunk=2, keep_bytes=keep_bytes, drop_finished=drop)
+        return _composited(splats, bins, grid, weights, **sizing)
 
     for keep_bytes in (0, 1 << 30):  # starts recomputed by segments, or all kept
         want = run(False, keep_bytes)
