@@ -209,6 +209,9 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         options = StepOptions(torch.zeros(3), kernels, balancer=balancer, loss_kernels=kernels.launch)
     else:
         options = StepOptions(torch.zeros(3), balancer=balancer)
+    # the photos and the process are not counted, nor on several ranks the whole model their shards are taken
+    # from; one rank's shard is the model, its parameters counted
+    baseline, live_base = rss_bytes(), LivePeak.in_use()
     model = Gaussians(
         means=torch.rand(n, 3, generator=g) * 2 - 1,
         log_scales=math.log(args.scale / 4) + torch.rand(n, 3, generator=g) * math.log(4.0),
@@ -218,10 +221,13 @@ def measure(ctx, args: argparse.Namespace) -> dict:
         shN=torch.randn(n, 15, 3, generator=g) * 0.05,
         ids=torch.arange(n),
     )
-    gaussians = model if ctx.world_size == 1 else model.select(assign_owners(model.means, ctx.world_size) == ctx.rank)
-    del model
-    baseline = rss_bytes()  # photos, the process and the model before its shard was taken: not counted
-    live = LivePeak(LivePeak.in_use(), args.census) if args.live else contextlib.nullcontext()
+    if ctx.world_size == 1:
+        gaussians = model
+    else:
+        gaussians = model.select(assign_owners(model.means, ctx.world_size) == ctx.rank)
+        del model
+        baseline, live_base = rss_bytes(), LivePeak.in_use()
+    live = LivePeak(live_base, args.census) if args.live else contextlib.nullcontext()
     optimizer = GaussianOptimizer(gaussians, OptimConfig(), extent=2.0, batch_size=args.batch)
     shard = optimizer.gaussians
     densify = DensifyStrategy(DensifyConfig(), extent=2.0, seed=0)
