@@ -145,8 +145,8 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
 
     segments = []
 
-    def cut_all(self, chunks, keep_bytes, item_bytes):  # as if every start were over the budget
-        segments.append(cut(self, chunks, 0, item_bytes))
+    def cut_all(self, chunks, keep_all):  # as if every start were over the budget
+        segments.append(cut(self, chunks, False))
         return segments[-1]
 
     monkeypatch.setattr(_Layout, "segments", cut_all)
@@ -156,8 +156,9 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
     for got, want in zip(sparse, grads(2)):
         assert torch.equal(got, want)
     lay = _Layout(bins, BatchTiles([grid], [None], BG.device), torch.float64)
-    chunks = lay.chunks(256, 5 * 256 * 2, 2)
-    assert len(cut(lay, chunks, 1 << 30, 8)) == 1 and len(cut(lay, chunks, 0, 8)) >= 4
+    chunks, keep_all = lay.chunks(5 * 256 * 2, 2, 1 << 30, 8)
+    assert keep_all and len(cut(lay, chunks, True)) == 1 and len(cut(lay, chunks, False)) >= 4
+    assert not lay.chunks(5 * 256 * 2, 2, 0, 8)[1]
 
 
 def test_chunks_leaving_out_finished_tiles_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,7 +197,8 @@ def test_chunks_leaving_out_finished_tiles_give_the_same_bits(monkeypatch: pytes
 def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     """The compositor's plan: every (tile, depth slot) with a splat in exactly one chunk, chunks of at most
     ``chunk_pairs`` pairs (or one tile), also when the live tiles times ``min_chunk`` exceed the budget."""
-    from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, _Layout, compositor_work
+    from grendel_py.backward_state import KEEP_BYTES
+    from grendel_py.render.composite import MIN_CHUNK, _Layout, compositor_work
 
     cam = small_camera(48, 40)
     splats = project(random_gaussians(200, seed=4, opacity_shift=2.0), cam)
@@ -207,18 +209,32 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     k_max = max(counts)
     for pairs, min_chunk in ((1, 1), (3 * 256 * 4, 4), (256 * 8, 32), (1 << 30, 32)):
         covered = torch.zeros(len(counts), k_max, dtype=torch.int64)
-        for tiles, k0, k1 in lay.chunks(256, pairs, min_chunk):
+        for tiles, k0, k1 in lay.chunks(pairs, min_chunk, 0, 4)[0]:
             assert len(tiles) * 256 * (k1 - k0) <= max(pairs, 256 * (k1 - k0))
             covered[tiles, k0:k1] += 1
         want = (torch.arange(k_max)[None, :] < torch.tensor(counts)[:, None]).long()
         assert torch.equal(covered * want, want), (pairs, min_chunk)
     # what the stage clock and the planner count: every chunk's tiles times its slots, the chunks, the largest
-    chunks = lay.chunks(256, CHUNK_PAIRS, MIN_CHUNK)
+    chunks = lay.chunks(None, MIN_CHUNK, KEEP_BYTES, 4)[0]
     assert compositor_work(np.array(counts), 256) == (
         sum(len(t) * (k1 - k0) for t, k0, k1 in chunks),
         len(chunks),
         max(len(t) * (k1 - k0) for t, k0, k1 in chunks) * 256,
     )
+
+
+def test_a_small_compositing_takes_larger_chunks_and_keeps_every_start() -> None:
+    """Chunks four times larger where every start of the default chunks fits the keep budget (fewer
+    operations), the default chunks past it; a size the caller gives is kept."""
+    from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, SMALL_STEP_CHUNK_PAIRS, plan_chunks, schedule
+
+    counts = [100] * 256  # a 256 x 256 view, 100 splats a tile: 1 MB of starts in chunks of CHUNK_PAIRS
+    small, keep_all = plan_chunks(counts, 256, 1 << 20, 4)
+    assert keep_all and small == schedule(counts, 256, SMALL_STEP_CHUNK_PAIRS, MIN_CHUNK)
+    large, keep_all = plan_chunks(counts, 256, (1 << 20) - 1, 4)
+    assert not keep_all and large == schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK)
+    assert (len(small), len(large)) == (4, 13)  # 4 depth ranges; 3 of them in 4 tile groups
+    assert plan_chunks(counts, 256, 1 << 20, 4, chunk_pairs=CHUNK_PAIRS) == (large, True)
 
 
 def test_tile_subsets_partition_image_and_gradients() -> None:

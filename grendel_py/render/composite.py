@@ -7,14 +7,16 @@ before the splat that would bring the transmittance T below 1e-4; ``C = sum_j al
 The work is vectorised over tiles (of one camera or of a whole batch) and over chunks of splats in depth
 order: a chunk computes alpha for all its (pixel, splat) pairs at once and carries T between chunks. The
 chunks are planned on the host from the intersections per tile (tiles whose lists have ended drop out), so
-no chunk asks the device for a size; pixels that terminated stay with zero weight. A chunk holds about
-``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile; many live tiles are split into groups), so
-few live tiles get long chunks, Python overhead stays small next to the arithmetic, and memory is bounded.
-The backward pass walks the chunks back to front recomputing alpha (nothing per pair is stored) and uses the
-closed-form gradients of the compositing equation, so memory stays O(pixels + splats + chunk_pairs). It
-needs T at each chunk's start: the forward keeps it only where each of about sqrt(R) segments of depth
-ranges starts (R ranges of slots) and for the last segment's chunks, and the backward recomputes each
-earlier segment's starts (alpha and T only) when it gets there, to the same bits.
+no chunk asks the device for a size; pixels that terminated stay with zero weight (on the CPU, tiles whose
+pixels all stopped leave the chunks). A chunk holds about ``chunk_pairs`` pairs (at least ``min_chunk``
+splats per tile; many live tiles are split into groups), so few live tiles get long chunks, Python overhead
+stays small next to the arithmetic, and memory is bounded. The backward pass walks the chunks back to front
+recomputing alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing
+equation, so memory stays O(pixels + splats + chunk_pairs). It needs T at each chunk's start: a small
+compositing keeps them all (and takes chunks four times larger, :func:`plan_chunks`); a large one keeps T
+only where each of about sqrt(R) segments of depth ranges starts (R ranges of slots) and the starts of the
+last segment's chunks, and the backward recomputes each earlier segment's starts (alpha and T only) when it
+gets there, to the same bits.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ ALPHA_MIN): see :class:`_Chunk`."""
 MIN_CHUNK = 32
 """Depth slots a chunk gives each of its tiles at least."""
 CHUNK_PAIRS = 1 << 19
-"""About how many (pixel, splat) pairs a chunk holds."""
+"""About how many (pixel, splat) pairs a chunk holds (about 47 MB of scratch at the backward's 90 bytes a pair)."""
+SMALL_STEP_CHUNK_PAIRS = 1 << 21
+"""About how many pairs a chunk holds where the compositing is small (every chunk's start fits the budget for
+what a stage keeps, :data:`~grendel_py.backward_state.KEEP_BYTES`; a 256 x 256 view, the demo's views): a
+quarter as many chunks, each a fixed number of operations, for about 190 MB of scratch. On a CPU that other
+jobs share, every parallel operation can wait for a time slice of the scheduler, so fewer, larger operations
+pay (bench/results/ab_cpu/)."""
 
 
 def schedule(
@@ -63,12 +71,32 @@ def schedule(
     return out
 
 
+def plan_chunks(
+    sorted_counts: list[int],
+    n_pix: int,
+    keep_bytes: int,
+    item_bytes: int,
+    chunk_pairs: int | None = None,
+    min_chunk: int = MIN_CHUNK,
+) -> tuple[list[tuple[int, int, int, int]], bool]:
+    """The compositor's chunks (:func:`schedule`) and whether the forward keeps every chunk's start for the
+    backward: whether those of chunks of ``chunk_pairs`` pairs (None: :data:`CHUNK_PAIRS`) take at most
+    ``keep_bytes`` (``item_bytes`` a value of T). With ``chunk_pairs`` None, such a small compositing takes
+    chunks of :data:`SMALL_STEP_CHUNK_PAIRS` (whose starts take no more)."""
+    chunks = schedule(sorted_counts, n_pix, chunk_pairs or CHUNK_PAIRS, min_chunk)
+    keep_all = sum(t1 - t0 for t0, t1, _, _ in chunks) * n_pix * item_bytes <= keep_bytes
+    if keep_all and chunk_pairs is None:
+        chunks = schedule(sorted_counts, n_pix, SMALL_STEP_CHUNK_PAIRS, min_chunk)
+    return chunks, keep_all
+
+
 def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int, int]:
     """The (splat, tile) slots the compositor works through for tiles with ``per_tile`` splats each (every
     chunk's tiles times its depth slots: lists padded to the chunk's end), its number of chunks, and the
-    largest chunk's (pixel, splat) pairs: what the torch backend's rasterization time and its scratch memory
-    grow with (the stage clock and the planner count them)."""
-    chunks = schedule(sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True), n_pix)
+    largest chunk's (pixel, splat) pairs in float32 with the default sizes: what the torch backend's
+    rasterization time and its scratch memory grow with (the stage clock and the planner count them)."""
+    counts = sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True)
+    chunks, _ = plan_chunks(counts, n_pix, backward_state.KEEP_BYTES, 4)
     sizes = [(t1 - t0) * (k1 - k0) for t0, t1, k0, k1 in chunks]
     return sum(sizes), len(chunks), max(sizes, default=0) * n_pix
 
@@ -81,7 +109,7 @@ def composite_tiles(
     background: torch.Tensor,
     bins: TileBins,
     tiles: BatchTiles,
-    chunk_pairs: int = CHUNK_PAIRS,
+    chunk_pairs: int | None = None,
     min_chunk: int = MIN_CHUNK,
     keep_bytes: int | None = None,
     drop_finished: bool | None = None,
@@ -93,9 +121,10 @@ def composite_tiles(
     [T, tile_size**2]) for the tiles ``bins.tile_ids``, pixels row-major inside each tile. Differentiable in
     all float inputs.
 
-    ``keep_bytes``: the forward keeps every chunk's starting T for the backward while they take at most this
-    many bytes (None: :data:`~grendel_py.backward_state.KEEP_BYTES`); past it, only where each of about sqrt(R)
-    segments starts (see :meth:`_Layout.segments`). ``drop_finished``: a chunk leaves out the tiles whose every pixel
+    ``chunk_pairs``: about how many (pixel, splat) pairs a chunk holds (None: as :func:`plan_chunks` sizes
+    them). ``keep_bytes``: the forward keeps every chunk's starting T for the backward while they take at most
+    this many bytes (None: :data:`~grendel_py.backward_state.KEEP_BYTES`); past it, only where each of about
+    sqrt(R) segments starts (see :meth:`_Layout.segments`). ``drop_finished``: a chunk leaves out the tiles whose every pixel
     has stopped (they add exactly nothing, forward or backward), which costs a read of the device per chunk:
     by default on the CPU, where that read is free (unless the CPU stands for a GPU:
     :func:`~grendel_py.host_syncs.counting_as_a_gpu`). The results are the same bits either way.
@@ -143,24 +172,24 @@ class _Layout:
         rows = self.splat_index[pos.clamp_max(self.splat_index.shape[0] - 1)]
         return rows, inside.to(self.px.dtype)
 
-    def chunks(self, n_pix: int, chunk_pairs: int, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
-        """(tiles, k0, k1) of each chunk (:func:`schedule`)."""
-        return [
-            (self.by_count[t0:t1], k0, k1)
-            for t0, t1, k0, k1 in schedule(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
-        ]
+    def chunks(
+        self, chunk_pairs: int | None, min_chunk: int, keep_bytes: int, item_bytes: int
+    ) -> tuple[list[tuple[torch.Tensor, int, int]], bool]:
+        """(tiles, k0, k1) of each chunk and whether every chunk's start is kept (:func:`plan_chunks`)."""
+        n_pix = self.ts * self.ts
+        plan, keep_all = plan_chunks(self.sorted_counts, n_pix, keep_bytes, item_bytes, chunk_pairs, min_chunk)
+        return [(self.by_count[t0:t1], k0, k1) for t0, t1, k0, k1 in plan], keep_all
 
     def segments(
-        self, chunks: list[tuple[torch.Tensor, int, int]], keep_bytes: int, item_bytes: int
+        self, chunks: list[tuple[torch.Tensor, int, int]], keep_all: bool
     ) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
         """The chunks cut into segments of about sqrt(R) consecutive depth ranges (R: the number of ranges;
         the chunks of a range share k0 and cover the live tiles, a prefix of ``by_count``), each with the
         number of live tiles where it starts. The forward keeps T where each segment starts and the starts of
         the last segment's chunks; the backward recomputes the others one segment at a time. So the saved
         transmittances take about 2 sqrt(R), not R, values per pixel. One segment (every start kept, nothing
-        recomputed) when all the chunks' starts take at most ``keep_bytes`` (``item_bytes`` a value)."""
-        n_pix = self.ts * self.ts
-        if sum(act.shape[0] for act, _, _ in chunks) * n_pix * item_bytes <= keep_bytes:
+        recomputed) when ``keep_all``."""
+        if keep_all:
             return [(len(self.sorted_counts), chunks)]
         ranges: list[list[tuple[torch.Tensor, int, int]]] = []
         for c in chunks:
@@ -265,7 +294,7 @@ class _Composite(torch.autograd.Function):
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
-        segments = lay.segments(lay.chunks(n_pix, chunk_pairs, min_chunk), keep_bytes, t_run.element_size())
+        segments = lay.segments(*lay.chunks(chunk_pairs, min_chunk, keep_bytes, t_run.element_size()))
         saved = []
         for seg, (n_active, chunks) in enumerate(segments):
             last = seg == len(segments) - 1
