@@ -181,6 +181,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = (
+        0  # torch's CPU threads per rank (0: as many as other jobs leave cores free; see grendel_py.train.cpu_threads)
+    )
     export: tuple[Literal["splat", "spz", "ply-compressed"], ...] = ()
     viewer_port: int = 0  # rank 0 serves a browser viewer of the run here (0: none); see grendel_py.viewer
     viewer_host: str = "127.0.0.1"  # the interface it listens on (0.0.0.0: every one, with no access control)
@@ -199,6 +202,12 @@ class TrainConfig:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: only at the end)")
         _require(self.eval_renders >= 0, "eval_renders", self.eval_renders, "an integer >= 0")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: none)")
+        _require(
+            self.cpu_threads >= 0,
+            "cpu_threads",
+            self.cpu_threads,
+            "an integer >= 0 (0: the cores other jobs leave free)",
+        )
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _require(0 <= self.viewer_port <= 65535, "viewer_port", self.viewer_port, "a port 1..65535, or 0 (no viewer)")
         _require(bool(self.viewer_host.strip()), "viewer_host", self.viewer_host, "an interface's address or name")

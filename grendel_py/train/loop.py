@@ -55,6 +55,7 @@ from grendel_py.render.cuda_kernels import cupy_kernels
 from grendel_py.render.interface import Renderer
 from grendel_py.render.kernel_backend import KernelBackend
 from grendel_py.train.checkpoint import Manifest
+from grendel_py.train.cpu_threads import CpuThreads
 from grendel_py.train.evaluate import EvalOutputs, evaluate_sharded
 from grendel_py.train.images import GroundTruth, random_backgrounds
 from grendel_py.train.observers import Observer, ProgressBar, ProgressLines, Scalars, StepReport, ViewerFeed
@@ -214,6 +215,8 @@ def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
         observers.append(Scalars(run.out / "tb", run.state.seen, t.log_every))
     if t.viewer_port:
         observers.append(ViewerFeed(t, run.scene.train_cameras, ctx))
+    if ctx.device.type == "cpu":
+        observers.append(CpuThreads(t.cpu_threads, say=ctx.is_main))
     observers.append(ProgressBar(t.images, run.state.seen, ctx))
     if ctx.is_main and not sys.stdout.isatty():  # a batch job's log: the bar is off there
         observers.append(ProgressLines(t.images, run.state.seen, t.log_every))
