@@ -16,7 +16,8 @@ Cases:
 - ``yardstick``: the same timing on 20,000 Gaussians drawn as gsplat's tests draw them (means N(0, 1) in front
   of the camera, scales 0.01-0.1, SH degree 3, 256 x 256).
 - ``demo``: ``grendel train --config configs/demo.yaml`` (each side's own) for ``--demo-images`` images without
-  evaluation on out/demo/scene; metrics.json's train_seconds / images.
+  evaluation on out/demo/scene; metrics.json's train_seconds / images, and what the run said of its CPU
+  threads (``train.cpu_threads``, where the side has it).
 
 ``--load`` runs a second job for the whole bench (one process multiplying matrices on one thread), as on a
 shared machine. Every measurement is one JSON line in ``--out``; the medians per case and side are printed
@@ -139,9 +140,14 @@ def child_demo(images: int) -> dict:
         command = [sys.executable, "-m", "grendel_py", "train", "--config", "configs/demo.yaml"]
         command += [f"data.path={REPO / 'out/demo/scene'}", f"train.out={run}", f"train.images={images}"]
         command += ["train.eval_every=0"]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
         metrics = json.loads((run / "metrics.json").read_text())
-    return {"seconds": metrics["train_seconds"] / images, "test_psnr": (metrics.get("test") or {}).get("psnr")}
+    said = [line for line in done.stderr.splitlines() if line.startswith("cpu: ")]  # train.cpu_threads' changes
+    return {
+        "seconds": metrics["train_seconds"] / images,
+        "test_psnr": (metrics.get("test") or {}).get("psnr"),
+        "thread_changes": said,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- parent

@@ -223,18 +223,22 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     )
 
 
-def test_a_small_compositing_takes_larger_chunks_and_keeps_every_start() -> None:
-    """Chunks four times larger where every start of the default chunks fits the keep budget (fewer
+def test_a_small_compositing_takes_larger_chunks() -> None:
+    """Chunks four times larger where the default chunks start at most SMALL_STEP_STARTS pixel values (fewer
     operations), the default chunks past it; a size the caller gives is kept."""
+    from grendel_py.render import composite
     from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, SMALL_STEP_CHUNK_PAIRS, plan_chunks, schedule
 
-    counts = [100] * 256  # a 256 x 256 view, 100 splats a tile: 1 MB of starts in chunks of CHUNK_PAIRS
-    small, keep_all = plan_chunks(counts, 256, 1 << 20, 4)
-    assert keep_all and small == schedule(counts, 256, SMALL_STEP_CHUNK_PAIRS, MIN_CHUNK)
-    large, keep_all = plan_chunks(counts, 256, (1 << 20) - 1, 4)
-    assert not keep_all and large == schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK)
+    counts = [100] * 256  # a 256 x 256 view, 100 splats a tile: 1,024 tile starts in chunks of CHUNK_PAIRS
+    small, large = (
+        schedule(counts, 256, SMALL_STEP_CHUNK_PAIRS, MIN_CHUNK),
+        schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK),
+    )
     assert (len(small), len(large)) == (4, 13)  # 4 depth ranges; 3 of them in 4 tile groups
-    assert plan_chunks(counts, 256, 1 << 20, 4, chunk_pairs=CHUNK_PAIRS) == (large, True)
+    assert composite.SMALL_STEP_STARTS >= 1024 * 256 and plan_chunks(counts, 256) == small
+    assert plan_chunks(counts, 256, chunk_pairs=CHUNK_PAIRS) == large
+    many = [100] * 256 * 128  # 128 such views: 2^25 starts
+    assert plan_chunks(many, 256) == schedule(many, 256, CHUNK_PAIRS, MIN_CHUNK)
 
 
 def test_tile_subsets_partition_image_and_gradients() -> None:

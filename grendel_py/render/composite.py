@@ -12,8 +12,8 @@ pixels all stopped leave the chunks). A chunk holds about ``chunk_pairs`` pairs 
 splats per tile; many live tiles are split into groups), so few live tiles get long chunks, Python overhead
 stays small next to the arithmetic, and memory is bounded. The backward pass walks the chunks back to front
 recomputing alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing
-equation, so memory stays O(pixels + splats + chunk_pairs). It needs T at each chunk's start: a small
-compositing keeps them all (and takes chunks four times larger, :func:`plan_chunks`); a large one keeps T
+equation, so memory stays O(pixels + splats + chunk_pairs) (a small compositing takes chunks four times
+larger, :func:`plan_chunks`). It needs T at each chunk's start: a small step keeps them all; a large one keeps T
 only where each of about sqrt(R) segments of depth ranges starts (R ranges of slots) and the starts of the
 last segment's chunks, and the backward recomputes each earlier segment's starts (alpha and T only) when it
 gets there, to the same bits.
@@ -44,11 +44,15 @@ MIN_CHUNK = 32
 CHUNK_PAIRS = 1 << 19
 """About how many (pixel, splat) pairs a chunk holds (about 47 MB of scratch at the backward's 90 bytes a pair)."""
 SMALL_STEP_CHUNK_PAIRS = 1 << 21
-"""About how many pairs a chunk holds where the compositing is small (every chunk's start fits the budget for
-what a stage keeps, :data:`~grendel_py.backward_state.KEEP_BYTES`; a 256 x 256 view, the demo's views): a
-quarter as many chunks, each a fixed number of operations, for about 190 MB of scratch. On a CPU that other
-jobs share, every parallel operation can wait for a time slice of the scheduler, so fewer, larger operations
-pay (bench/results/ab_cpu/)."""
+"""About how many pairs a chunk holds where the compositing is small (:data:`SMALL_STEP_STARTS`): a quarter as
+many chunks, each a fixed number of operations, for about 190 MB of scratch. On a CPU that other jobs share,
+every parallel operation can wait for a time slice of the scheduler, so fewer, larger operations pay
+(bench/results/ab_cpu/README.md)."""
+SMALL_STEP_STARTS = 1 << 24
+"""A compositing is small where its chunks of :data:`CHUNK_PAIRS` start at most this many pixel values of T
+(64 MB in float32): a 256 x 256 view, the demo's views; a 1080p view of millions of Gaussians starts some
+billions. A fixed count, not the keep budget, so that keeping or recomputing the starts
+(:data:`~grendel_py.backward_state.KEEP_BYTES`) never changes the chunks, and the bits."""
 
 
 def schedule(
@@ -72,31 +76,22 @@ def schedule(
 
 
 def plan_chunks(
-    sorted_counts: list[int],
-    n_pix: int,
-    keep_bytes: int,
-    item_bytes: int,
-    chunk_pairs: int | None = None,
-    min_chunk: int = MIN_CHUNK,
-) -> tuple[list[tuple[int, int, int, int]], bool]:
-    """The compositor's chunks (:func:`schedule`) and whether the forward keeps every chunk's start for the
-    backward: whether those of chunks of ``chunk_pairs`` pairs (None: :data:`CHUNK_PAIRS`) take at most
-    ``keep_bytes`` (``item_bytes`` a value of T). With ``chunk_pairs`` None, such a small compositing takes
-    chunks of :data:`SMALL_STEP_CHUNK_PAIRS` (whose starts take no more)."""
+    sorted_counts: list[int], n_pix: int, chunk_pairs: int | None = None, min_chunk: int = MIN_CHUNK
+) -> list[tuple[int, int, int, int]]:
+    """The compositor's chunks (:func:`schedule`) of about ``chunk_pairs`` pairs; None: :data:`CHUNK_PAIRS`,
+    or :data:`SMALL_STEP_CHUNK_PAIRS` where those chunks start at most :data:`SMALL_STEP_STARTS` values."""
     chunks = schedule(sorted_counts, n_pix, chunk_pairs or CHUNK_PAIRS, min_chunk)
-    keep_all = sum(t1 - t0 for t0, t1, _, _ in chunks) * n_pix * item_bytes <= keep_bytes
-    if keep_all and chunk_pairs is None:
+    if chunk_pairs is None and sum(t1 - t0 for t0, t1, _, _ in chunks) * n_pix <= SMALL_STEP_STARTS:
         chunks = schedule(sorted_counts, n_pix, SMALL_STEP_CHUNK_PAIRS, min_chunk)
-    return chunks, keep_all
+    return chunks
 
 
 def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int, int]:
     """The (splat, tile) slots the compositor works through for tiles with ``per_tile`` splats each (every
     chunk's tiles times its depth slots: lists padded to the chunk's end), its number of chunks, and the
-    largest chunk's (pixel, splat) pairs in float32 with the default sizes: what the torch backend's
+    largest chunk's (pixel, splat) pairs with the default sizes: what the torch backend's
     rasterization time and its scratch memory grow with (the stage clock and the planner count them)."""
-    counts = sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True)
-    chunks, _ = plan_chunks(counts, n_pix, backward_state.KEEP_BYTES, 4)
+    chunks = plan_chunks(sorted(np.asarray(per_tile, dtype=np.int64).tolist(), reverse=True), n_pix)
     sizes = [(t1 - t0) * (k1 - k0) for t0, t1, k0, k1 in chunks]
     return sum(sizes), len(chunks), max(sizes, default=0) * n_pix
 
@@ -175,9 +170,11 @@ class _Layout:
     def chunks(
         self, chunk_pairs: int | None, min_chunk: int, keep_bytes: int, item_bytes: int
     ) -> tuple[list[tuple[torch.Tensor, int, int]], bool]:
-        """(tiles, k0, k1) of each chunk and whether every chunk's start is kept (:func:`plan_chunks`)."""
+        """(tiles, k0, k1) of each chunk (:func:`plan_chunks`) and whether every chunk's start is kept: whether
+        they take at most ``keep_bytes`` (``item_bytes`` a value)."""
         n_pix = self.ts * self.ts
-        plan, keep_all = plan_chunks(self.sorted_counts, n_pix, keep_bytes, item_bytes, chunk_pairs, min_chunk)
+        plan = plan_chunks(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
+        keep_all = sum(t1 - t0 for t0, t1, _, _ in plan) * n_pix * item_bytes <= keep_bytes
         return [(self.by_count[t0:t1], k0, k1) for t0, t1, k0, k1 in plan], keep_all
 
     def segments(

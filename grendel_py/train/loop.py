@@ -13,9 +13,9 @@ by rank and each rank's work for the first ``train.eval_renders`` test views, th
 end ``model.ply`` (one merged file; also in the formats of ``train.export``), ``metrics.json`` and
 ``renders/`` (test views, render | ground truth). Every file is written atomically, by rank 0 except the
 merged model files (every rank writes its rows). Schedules count images, so the batch size can change freely.
-The progress bar (or plain lines in a log), the TensorBoard scalars and the browser viewer
-(``train.viewer_port``) are observers (:mod:`grendel_py.train.observers`): the loop reports each step,
-evaluation and the end to them.
+The progress bar (or plain lines in a log), the TensorBoard scalars, the browser viewer
+(``train.viewer_port``) and on the CPU torch's thread count (:mod:`grendel_py.train.cpu_threads`) are observers
+(:mod:`grendel_py.train.observers`): the loop reports each step, evaluation and the end to them.
 """
 
 from __future__ import annotations
@@ -207,8 +207,8 @@ def _renderer(backend: str, device: torch.device) -> Renderer:
 
 def _observers(cfg: Config, run: _Run, ctx: DistContext) -> list[Observer]:
     """The run's observers: TensorBoard scalars in ``tb/`` (rank 0), the browser viewer (with
-    ``train.viewer_port``, every rank), the progress bar, and on rank 0, when stdout is not a terminal, plain
-    progress lines."""
+    ``train.viewer_port``, every rank), torch's CPU threads (on the CPU), the progress bar, and on rank 0, when
+    stdout is not a terminal, plain progress lines."""
     t = cfg.train
     observers: list[Observer] = []
     if ctx.is_main:
