@@ -223,18 +223,18 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     )
 
 
-def test_a_small_compositing_takes_larger_chunks() -> None:
-    """Chunks four times larger where the default chunks start at most SMALL_STEP_STARTS pixel values (fewer
-    operations), the default chunks past it; a size the caller gives is kept."""
+def test_a_small_compositing_splits_its_tiles_into_fewer_groups() -> None:
+    """Where the default chunks start at most SMALL_STEP_STARTS pixel values, the same depth slots in chunks
+    whose tiles are split into groups only past SMALL_STEP_GROUP_PAIRS (fewer operations); past it, and for a
+    size the caller gives, the default chunks."""
     from grendel_py.render import composite
-    from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, SMALL_STEP_CHUNK_PAIRS, plan_chunks, schedule
+    from grendel_py.render.composite import CHUNK_PAIRS, MIN_CHUNK, SMALL_STEP_GROUP_PAIRS, plan_chunks, schedule
 
     counts = [100] * 256  # a 256 x 256 view, 100 splats a tile: 1,024 tile starts in chunks of CHUNK_PAIRS
-    small, large = (
-        schedule(counts, 256, SMALL_STEP_CHUNK_PAIRS, MIN_CHUNK),
-        schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK),
-    )
-    assert (len(small), len(large)) == (4, 13)  # 4 depth ranges; 3 of them in 4 tile groups
+    small = schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK, SMALL_STEP_GROUP_PAIRS)
+    large = schedule(counts, 256, CHUNK_PAIRS, MIN_CHUNK)
+    assert [c[2:] for c in small] == [(0, 32), (32, 64), (64, 96), (96, 100)]  # one chunk per depth range
+    assert len(large) == 13 and sorted({c[2:] for c in large}) == [c[2:] for c in small]  # 3 ranges in 4 groups
     assert composite.SMALL_STEP_STARTS >= 1024 * 256 and plan_chunks(counts, 256) == small
     assert plan_chunks(counts, 256, chunk_pairs=CHUNK_PAIRS) == large
     many = [100] * 256 * 128  # 128 such views: 2^25 starts

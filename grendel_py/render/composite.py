@@ -12,8 +12,8 @@ pixels all stopped leave the chunks). A chunk holds about ``chunk_pairs`` pairs 
 splats per tile; many live tiles are split into groups), so few live tiles get long chunks, Python overhead
 stays small next to the arithmetic, and memory is bounded. The backward pass walks the chunks back to front
 recomputing alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing
-equation, so memory stays O(pixels + splats + chunk_pairs) (a small compositing takes chunks four times
-larger, :func:`plan_chunks`). It needs T at each chunk's start: a small step keeps them all; a large one keeps T
+equation, so memory stays O(pixels + splats + chunk_pairs) (a small compositing splits its tiles into fewer
+groups, :func:`plan_chunks`). It needs T at each chunk's start: a small step keeps them all; a large one keeps T
 only where each of about sqrt(R) segments of depth ranges starts (R ranges of slots) and the starts of the
 last segment's chunks, and the backward recomputes each earlier segment's starts (alpha and T only) when it
 gets there, to the same bits.
@@ -43,33 +43,39 @@ MIN_CHUNK = 32
 """Depth slots a chunk gives each of its tiles at least."""
 CHUNK_PAIRS = 1 << 19
 """About how many (pixel, splat) pairs a chunk holds (about 47 MB of scratch at the backward's 90 bytes a pair)."""
-SMALL_STEP_CHUNK_PAIRS = 1 << 21
-"""About how many pairs a chunk holds where the compositing is small (:data:`SMALL_STEP_STARTS`): a quarter as
-many chunks, each a fixed number of operations, for about 190 MB of scratch. On a CPU that other jobs share,
-every parallel operation can wait for a time slice of the scheduler, so fewer, larger operations pay
-(bench/results/ab_cpu/README.md)."""
+SMALL_STEP_GROUP_PAIRS = 1 << 21
+"""Where the compositing is small (:data:`SMALL_STEP_STARTS`), a chunk's tiles are split into groups only past
+this many pairs (about 190 MB of scratch): the same depth slots in up to four times fewer chunks (a 256 x 256
+view's 256 tiles times 32 slots are one chunk, not four), each a fixed number of operations. On a CPU that
+other jobs share, every parallel operation can wait for a time slice of the scheduler, so fewer, larger
+operations pay (bench/results/ab_cpu/README.md)."""
 SMALL_STEP_STARTS = 1 << 24
 """A compositing is small where its chunks of :data:`CHUNK_PAIRS` start at most this many pixel values of T
-(64 MB in float32): a 256 x 256 view, the demo's views; a 1080p view of millions of Gaussians starts some
+(64 MB in float32): a 256 x 256 view, the demo's batches; a 1080p view of millions of Gaussians starts some
 billions. A fixed count, not the keep budget, so that keeping or recomputing the starts
 (:data:`~grendel_py.backward_state.KEEP_BYTES`) never changes the chunks, and the bits."""
 
 
 def schedule(
-    sorted_counts: list[int], n_pix: int, chunk_pairs: int = CHUNK_PAIRS, min_chunk: int = MIN_CHUNK
+    sorted_counts: list[int],
+    n_pix: int,
+    chunk_pairs: int = CHUNK_PAIRS,
+    min_chunk: int = MIN_CHUNK,
+    group_pairs: int | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The compositor's chunks (t0, t1, k0, k1) for tiles whose splat counts are ``sorted_counts`` (largest
-    first): depth slots [k0, k1) of the tiles t0..t1 - 1 of that order, all holding more than k0 splats. When
-    even ``min_chunk`` slots of every such tile would exceed ``chunk_pairs`` pairs, the tiles are split into
-    groups (tiles are independent, so this changes no result), which keeps a chunk's memory at about
-    ``chunk_pairs`` pairs however many tiles a batch has."""
+    first): depth slots [k0, k1) of the tiles t0..t1 - 1 of that order, all holding more than k0 splats; about
+    ``chunk_pairs`` pairs of the live tiles' depth slots each (at least ``min_chunk`` slots). When a chunk
+    would hold more than ``group_pairs`` pairs (None: ``chunk_pairs``), its tiles are split into groups (tiles
+    are independent, so this changes no result), which keeps a chunk's memory bounded however many tiles a
+    batch has."""
     out, k0, n_active = [], 0, len(sorted_counts)
     k_max = sorted_counts[0] if sorted_counts else 0
     while k0 < k_max:
         while n_active and sorted_counts[n_active - 1] <= k0:
             n_active -= 1
         k1 = min(k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
-        group = max(1, chunk_pairs // (n_pix * (k1 - k0)))
+        group = max(1, (group_pairs or chunk_pairs) // (n_pix * (k1 - k0)))
         out += [(t0, min(t0 + group, n_active), k0, k1) for t0 in range(0, n_active, group)]
         k0 = k1
     return out
@@ -79,10 +85,11 @@ def plan_chunks(
     sorted_counts: list[int], n_pix: int, chunk_pairs: int | None = None, min_chunk: int = MIN_CHUNK
 ) -> list[tuple[int, int, int, int]]:
     """The compositor's chunks (:func:`schedule`) of about ``chunk_pairs`` pairs; None: :data:`CHUNK_PAIRS`,
-    or :data:`SMALL_STEP_CHUNK_PAIRS` where those chunks start at most :data:`SMALL_STEP_STARTS` values."""
+    and where those chunks start at most :data:`SMALL_STEP_STARTS` values, their tiles split into groups only
+    past :data:`SMALL_STEP_GROUP_PAIRS` pairs."""
     chunks = schedule(sorted_counts, n_pix, chunk_pairs or CHUNK_PAIRS, min_chunk)
     if chunk_pairs is None and sum(t1 - t0 for t0, t1, _, _ in chunks) * n_pix <= SMALL_STEP_STARTS:
-        chunks = schedule(sorted_counts, n_pix, SMALL_STEP_CHUNK_PAIRS, min_chunk)
+        chunks = schedule(sorted_counts, n_pix, CHUNK_PAIRS, min_chunk, SMALL_STEP_GROUP_PAIRS)
     return chunks
 
 
