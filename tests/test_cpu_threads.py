@@ -52,11 +52,16 @@ class _Clock:
 
 def test_the_run_takes_a_core_back_when_another_job_leaves_and_gives_back_its_threads(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 2)
-    clock, calls = _Clock(), []
-    threads = CpuThreads(0, say=True, read=lambda: clock.now, set_threads=calls.append)
+    clock, calls, reads = _Clock(), [], []
+
+    def read() -> CoreTimes:
+        reads.append(clock.now.wall)
+        return clock.now
+
+    threads = CpuThreads(0, say=True, read=read, set_threads=calls.append, clock=lambda: clock.now.wall)
     clock.tick(0.1)
-    threads.on_step(None)  # before FIRST_S: no look
-    assert calls == []
+    threads.on_step(None)  # before FIRST_S: no look, not even a read of /proc/stat
+    assert calls == [] and reads == [0.0]
     clock.others, clock.own = 0.7, 1.3  # another job starts, squeezed by this run's two threads
     clock.tick()
     threads.on_step(None)
@@ -75,6 +80,7 @@ def test_the_run_takes_a_core_back_when_another_job_leaves_and_gives_back_its_th
     threads.on_step(None)
     threads.close()
     assert calls == [1, 2, 1, 2]  # the run gives back the two threads it found
+    assert len(reads) == 4  # the first reading and three looks
 
 
 def test_fixed_threads_are_set_once_and_never_looked_at(monkeypatch) -> None:

@@ -81,7 +81,7 @@ def threads_for(others: float, cores: int, most: int) -> int:
 
 class CpuThreads(Observer):
     """Sets torch's CPU threads for the run: ``fixed`` of them, or (0) as many as other jobs leave cores free,
-    looked at every PERIOD_S seconds; a change is said on rank 0. Torch's threads are the process's: the run
+    looked at every PERIOD_S seconds (``clock``: the readings' monotonic clock); a change is said on rank 0. Torch's threads are the process's: the run
     gives back the number it found when it ends (``close``)."""
 
     def __init__(
@@ -90,9 +90,10 @@ class CpuThreads(Observer):
         say: bool,
         read: Callable[[], CoreTimes | None] = read_core_times,
         set_threads: Callable[[int], None] = torch.set_num_threads,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.found = torch.get_num_threads()
-        self.read, self.set_threads, self.say = read, set_threads, say
+        self.read, self.set_threads, self.clock, self.say = read, set_threads, clock, say
         self.threads = fixed or self.found
         if fixed:
             self.set_threads(fixed)
@@ -100,10 +101,10 @@ class CpuThreads(Observer):
         self.wait = FIRST_S
 
     def on_step(self, report: StepReport) -> None:
-        if self.last is None:
+        if self.last is None or self.clock() - self.last.wall < self.wait:
             return
         now = self.read()
-        if now is None or now.wall - self.last.wall < self.wait:
+        if now is None:
             return
         others = others_use(self.last, now)
         self.last, self.wait = now, PERIOD_S
