@@ -83,22 +83,17 @@ def test_the_run_takes_a_core_back_when_another_job_leaves_and_gives_back_its_th
     assert len(reads) == 4  # the first reading and three looks
 
 
-def test_fixed_threads_are_set_once_and_never_looked_at(monkeypatch) -> None:
-    monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 2)
+@pytest.mark.parametrize(
+    ("fixed", "found", "set_to"),
+    [(1, 2, [1, 2]), (0, 1, [])],  # fixed threads, set and given back; a one-thread rank, left alone
+)
+def test_fixed_threads_and_one_thread_ranks_never_look_at_the_cores(monkeypatch, fixed, found, set_to) -> None:
+    monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: found)
     calls, reads = [], []
-    threads = CpuThreads(1, say=False, read=lambda: reads.append(1), set_threads=calls.append)
+    threads = CpuThreads(fixed, say=False, read=lambda: reads.append(1), set_threads=calls.append)
     threads.on_step(None)
     threads.close()
-    assert calls == [1, 2] and reads == []
-
-
-def test_a_single_thread_rank_is_left_alone(monkeypatch) -> None:
-    monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 1)
-    calls, reads = [], []
-    threads = CpuThreads(0, say=False, read=lambda: reads.append(1), set_threads=calls.append)
-    threads.on_step(None)
-    threads.close()
-    assert calls == [] and reads == []
+    assert calls == set_to and reads == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat")

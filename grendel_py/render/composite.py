@@ -81,6 +81,11 @@ def schedule(
     return out
 
 
+def started_tiles(chunks: list[tuple[int, int, int, int]]) -> int:
+    """The tiles the chunks start, summed over the chunks: each start is T of the tile's pixels."""
+    return sum(t1 - t0 for t0, t1, _, _ in chunks)
+
+
 def plan_chunks(
     sorted_counts: list[int], n_pix: int, chunk_pairs: int | None = None, min_chunk: int = MIN_CHUNK
 ) -> list[tuple[int, int, int, int]]:
@@ -88,7 +93,7 @@ def plan_chunks(
     and where those chunks start at most :data:`SMALL_STEP_STARTS` values, their tiles split into groups only
     past :data:`SMALL_STEP_GROUP_PAIRS` pairs."""
     chunks = schedule(sorted_counts, n_pix, chunk_pairs or CHUNK_PAIRS, min_chunk)
-    if chunk_pairs is None and sum(t1 - t0 for t0, t1, _, _ in chunks) * n_pix <= SMALL_STEP_STARTS:
+    if chunk_pairs is None and started_tiles(chunks) * n_pix <= SMALL_STEP_STARTS:
         chunks = schedule(sorted_counts, n_pix, CHUNK_PAIRS, min_chunk, SMALL_STEP_GROUP_PAIRS)
     return chunks
 
@@ -181,7 +186,7 @@ class _Layout:
         they take at most ``keep_bytes`` (``item_bytes`` a value)."""
         n_pix = self.ts * self.ts
         plan = plan_chunks(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
-        keep_all = sum(t1 - t0 for t0, t1, _, _ in plan) * n_pix * item_bytes <= keep_bytes
+        keep_all = started_tiles(plan) * n_pix * item_bytes <= keep_bytes
         return [(self.by_count[t0:t1], k0, k1) for t0, t1, k0, k1 in plan], keep_all
 
     def segments(
