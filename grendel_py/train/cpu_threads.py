@@ -3,8 +3,8 @@
 Torch's OpenMP threads meet at the end of every parallel operation and spin while they wait. When another
 job uses one of the cores, a thread that lost its core holds every operation up for a time slice of the
 scheduler: on the 2-core CI machine with one other single-threaded job, forward + backward of bench/ab_cpu.py's
-render case took about 10 s on torch's two threads and 0.66 s on one (0.43 s on two with the machine to
-itself; bench/results/ab_cpu/README.md). So a run on the CPU counts, every few seconds, how much of the cores it may run on (its
+render case took 8.6 s on torch's two threads and 0.77 s on one (0.44 s on two with the machine to itself;
+bench/results/ab_cpu/threads_render_e52d3dc.jsonl). So a run on the CPU counts, every few seconds, how much of the cores it may run on (its
 affinity) the other processes used: the kernel's busy time of those cores (``/proc/stat``) less this process's
 own CPU time. Torch gets the cores left free: at most the threads it started with, at least one.
 
