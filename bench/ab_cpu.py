@@ -3,7 +3,8 @@
 Usage: python bench/ab_cpu.py [--base 2c25349] [--rounds 5] [--cases render,yardstick,demo] [--load]
                               [--demo-images 300] [--out FILE.jsonl]
 
-Each round runs every case once per side, the sides' order alternating from round to round: ``base`` (the
+Each round runs every case once per side, the sides' order rotating from round to round (each side takes
+each place in turn; reversing it each round left ``main`` always between the other two): ``base`` (the
 commit, checked out in a temporary git worktree), ``main`` (this checkout, uncommitted changes included) and,
 for the render cases, ``gsplat`` (gsplat 1.5.3's PyTorch reference projection and SH colours, forward and
 backward: a fixed yardstick whose time tracks the machine's speed; its rasterization reference needs a CUDA
@@ -207,7 +208,7 @@ def main() -> None:
         for r in range(args.rounds):
             for case in args.cases.split(","):
                 sides = ["base", "main"] + (["gsplat"] if case != "demo" else [])
-                sides = sides if r % 2 == 0 else sides[::-1]
+                sides = sides[r % len(sides) :] + sides[: r % len(sides)]  # each side in each place in turn
                 for side in sides:
                     result = _measure(roots[side], case, side, args.demo_images)
                     expected = str(roots[side] / "grendel_py")

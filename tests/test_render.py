@@ -127,10 +127,28 @@ def _composited(splats, bins, grid: TileGrid, weights: torch.Tensor, **sizing) -
     return [colors.detach(), alpha.detach(), *(t.grad for t in leaves)]
 
 
-def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With many depth ranges, the compositor keeps T only where its segments start and recomputes the
-    chunk starts of all but the last segment in the backward: the same gradients, bit for bit, as keeping
-    every chunk's start."""
+def _saved_segments(monkeypatch: pytest.MonkeyPatch) -> list[list]:
+    """What each compositing's forward saves for its backward, per segment (snapshot, chunks, starts),
+    appended to the list returned as the compositor saves it."""
+    from grendel_py.render import composite
+
+    seen: list[list] = []
+    real = composite.save
+
+    def spy(ctx, tensors, **state):
+        seen.append(state["saved"])
+        real(ctx, tensors, **state)
+
+    monkeypatch.setattr(composite, "save", spy)
+    return seen
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_recomputed_chunk_starts_give_the_same_gradients(drop: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With many depth ranges and no room to keep every chunk's start, the compositor keeps T only where its
+    segments start and recomputes the chunk starts of all but the last segment in the backward: the same
+    image and gradients, bit for bit, as keeping every chunk's start (whether finished tiles leave the
+    ranges or not)."""
     from grendel_py.render.composite import _Layout
 
     cam = small_camera(48, 40)
@@ -138,66 +156,63 @@ def test_recomputed_chunk_starts_give_the_same_gradients(monkeypatch: pytest.Mon
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
     weights = torch.randn(len(bins.tile_ids), 256, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    cut = _Layout.segments
+    seen = _saved_segments(monkeypatch)
 
-    def grads(min_chunk: int) -> list[torch.Tensor]:
-        return _composited(splats, bins, grid, weights, chunk_pairs=5 * 256 * 2, min_chunk=min_chunk)[2:]
+    def run(keep_bytes: int) -> list[torch.Tensor]:
+        sizing = dict(chunk_pairs=5 * 256 * 2, min_chunk=2, keep_bytes=keep_bytes, drop_finished=drop)
+        return _composited(splats, bins, grid, weights, **sizing)
 
-    segments = []
-
-    def cut_all(self, chunks, keep_all):  # as if every start were over the budget
-        segments.append(cut(self, chunks, False))
-        return segments[-1]
-
-    monkeypatch.setattr(_Layout, "segments", cut_all)
-    sparse = grads(2)
-    assert len(segments[-1]) >= 4  # several segments recomputed
-    monkeypatch.setattr(_Layout, "segments", cut)  # within the default budget: one segment, every start kept
-    for got, want in zip(sparse, grads(2)):
+    sparse = run(0)
+    assert len(seen[-1]) >= 4 and [starts is None for _, _, starts in seen[-1]].count(False) == 1
+    for got, want in zip(sparse, run(1 << 30)):
         assert torch.equal(got, want)
+    assert len(seen[-1]) == 1  # every start kept: one segment
     lay = _Layout(bins, BatchTiles([grid], [None], BG.device), torch.float64)
-    chunks, keep_all = lay.chunks(5 * 256 * 2, 2, 1 << 30, 8)
-    assert keep_all and len(cut(lay, chunks, True)) == 1 and len(cut(lay, chunks, False)) >= 4
-    assert not lay.chunks(5 * 256 * 2, 2, 0, 8)[1]
+    sizes, every = lay.sizing(5 * 256 * 2, 2, 1 << 30, 8)
+    n_ranges = len(list(lay.ranges(torch.ones(len(bins.tile_ids), 256, dtype=torch.float64), sizes, False)))
+    assert every == n_ranges and lay.sizing(5 * 256 * 2, 2, 0, 8)[1] == math.ceil(math.sqrt(n_ranges))
 
 
-def test_chunks_leaving_out_finished_tiles_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU a chunk leaves out the tiles whose pixels have all stopped: the same image, alpha and
-    gradients, bit for bit, as computing them to the end of their lists (as on a GPU)."""
-    from grendel_py.render import composite
+def test_ranges_leaving_out_finished_tiles_run_fewer_deeper_chunks_to_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the CPU each depth range leaves out the tiles whose pixels have all stopped and is sized by the
+    tiles left: fewer chunks and fewer (tile, slot) pairs than computing every tile to the end of its list
+    (as on a GPU), and the same image, alpha and gradients to float rounding."""
 
     cam = small_camera(48, 40)
     splats = project(random_gaussians(3000, seed=4, opacity_shift=6.0), cam)
     grid = TileGrid(cam.width, cam.height)
     bins = bin_splats(splats, grid)
     weights = torch.randn(len(bins.tile_ids), 256, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    live = composite._live
-    left_out = []
+    seen = _saved_segments(monkeypatch)
 
-    def counting(act, t_run, drop):
-        kept = live(act, t_run, drop)
-        left_out.append(act.numel() - kept.numel())
-        return kept
+    def run(drop: bool) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, int, int]]]:
+        sizing = dict(chunk_pairs=4 * 256 * 2, min_chunk=2, drop_finished=drop)
+        out = _composited(splats, bins, grid, weights, **sizing)
+        return out, [c for _, chunks, _ in seen[-1] for c in chunks]
 
-    monkeypatch.setattr(composite, "_live", counting)
+    want, every_tile = run(False)
+    got, live_only = run(True)
+    assert len(live_only) < len(every_tile)
+    assert sum(len(t) * (k1 - k0) for t, k0, k1 in live_only) < sum(len(t) * (k1 - k0) for t, k0, k1 in every_tile)
+    ranges = [sorted({(k0, k1) for _, k0, k1 in chunks}) for chunks in (live_only, every_tile)]
+    first = next(i for i, (a, b) in enumerate(zip(*ranges)) if a != b)  # the first range over fewer tiles
+    assert ranges[0][first][0] == ranges[1][first][0] and ranges[0][first][1] > ranges[1][first][1]  # deeper
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
-    def run(drop: bool, keep_bytes: int) -> list[torch.Tensor]:
-        sizing = dict(chunk_pairs=4 * 256 * 2, min_chunk=2, keep_bytes=keep_bytes, drop_finished=drop)
-        return _composited(splats, bins, grid, weights, **sizing)
 
-    for keep_bytes in (0, 1 << 30):  # starts recomputed by segments, or all kept
-        want = run(False, keep_bytes)
-        left_out.clear()
-        got = run(True, keep_bytes)
-        assert sum(left_out) > 0  # some tiles did finish early
-        for a, b in zip(got, want):
-            assert torch.equal(a, b)
+def _planned_chunks(lay, chunk_pairs: int | None, min_chunk: int) -> list[tuple[torch.Tensor, int, int]]:
+    """The chunks the compositor runs over ``lay``'s tiles when every tile is computed to its end."""
+    sizes = lay.sizing(chunk_pairs, min_chunk, 0, 4)[0]
+    t_run = torch.ones(len(lay.sorted_counts), 256, dtype=torch.float64)
+    return [c for _, chunks in lay.ranges(t_run, sizes, False) for c in chunks]
 
 
 def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     """The compositor's plan: every (tile, depth slot) with a splat in exactly one chunk, chunks of at most
     ``chunk_pairs`` pairs (or one tile), also when the live tiles times ``min_chunk`` exceed the budget."""
-    from grendel_py.backward_state import KEEP_BYTES
     from grendel_py.render.composite import MIN_CHUNK, _Layout, compositor_work
 
     cam = small_camera(48, 40)
@@ -209,13 +224,13 @@ def test_chunks_cover_each_tile_slot_once_within_the_pair_budget() -> None:
     k_max = max(counts)
     for pairs, min_chunk in ((1, 1), (3 * 256 * 4, 4), (256 * 8, 32), (1 << 30, 32)):
         covered = torch.zeros(len(counts), k_max, dtype=torch.int64)
-        for tiles, k0, k1 in lay.chunks(pairs, min_chunk, 0, 4)[0]:
+        for tiles, k0, k1 in _planned_chunks(lay, pairs, min_chunk):
             assert len(tiles) * 256 * (k1 - k0) <= max(pairs, 256 * (k1 - k0))
             covered[tiles, k0:k1] += 1
         want = (torch.arange(k_max)[None, :] < torch.tensor(counts)[:, None]).long()
         assert torch.equal(covered * want, want), (pairs, min_chunk)
     # what the stage clock and the planner count: every chunk's tiles times its slots, the chunks, the largest
-    chunks = lay.chunks(None, MIN_CHUNK, KEEP_BYTES, 4)[0]
+    chunks = _planned_chunks(lay, None, MIN_CHUNK)
     assert compositor_work(np.array(counts), 256) == (
         sum(len(t) * (k1 - k0) for t, k0, k1 in chunks),
         len(chunks),

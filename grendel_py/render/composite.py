@@ -5,16 +5,18 @@ Rules (INRIA 3DGS / gsplat): pixel (i, j) is evaluated at its centre (i + 0.5, j
 before the splat that would bring the transmittance T below 1e-4; ``C = sum_j alpha_j T_j c_j + T_final * bg``.
 
 The work is vectorised over tiles (of one camera or of a whole batch) and over chunks of splats in depth
-order: a chunk computes alpha for all its (pixel, splat) pairs at once and carries T between chunks. The
-chunks are planned on the host from the intersections per tile (tiles whose lists have ended drop out), so
-no chunk asks the device for a size; pixels that terminated stay with zero weight (on the CPU, tiles whose
-pixels all stopped leave the chunks). A chunk holds about ``chunk_pairs`` pairs (at least ``min_chunk``
-splats per tile; many live tiles are split into groups), so few live tiles get long chunks, Python overhead
-stays small next to the arithmetic, and memory is bounded. The backward pass walks the chunks back to front
-recomputing alpha (nothing per pair is stored) and uses the closed-form gradients of the compositing
+order: a chunk computes alpha for all its (pixel, splat) pairs at once and carries T between chunks. On a
+GPU the chunks are planned on the host from the intersections per tile (tiles whose lists have ended drop
+out), so no chunk asks the device for a size, and pixels that terminated stay with zero weight. On the CPU,
+where reading the device is free, each depth range also leaves out the tiles whose pixels have all stopped
+and is sized by the tiles left, so ranges deepen as tiles saturate (fewer operations; the same sums in
+another float order). A chunk holds about ``chunk_pairs`` pairs (at least ``min_chunk`` splats per tile; many
+live tiles are split into groups), so few live tiles get long chunks, Python overhead stays small next to
+the arithmetic, and memory is bounded. The backward pass walks the chunks the forward ran back to front,
+recomputing alpha (nothing per pair is stored), and uses the closed-form gradients of the compositing
 equation, so memory stays O(pixels + splats + chunk_pairs) (a small compositing splits its tiles into fewer
-groups, :func:`plan_chunks`). It needs T at each chunk's start: a small step keeps them all; a large one keeps T
-only where each of about sqrt(R) segments of depth ranges starts (R ranges of slots) and the starts of the
+groups, :func:`chunk_sizes`). It needs T at each chunk's start: a small step keeps them all; a large one keeps
+T only where each of about sqrt(R) segments of depth ranges starts (R ranges of slots) and the starts of the
 last segment's chunks, and the backward recomputes each earlier segment's starts (alpha and T only) when it
 gets there, to the same bits.
 """
@@ -22,6 +24,7 @@ gets there, to the same bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -56,6 +59,16 @@ billions. A fixed count, not the keep budget, so that keeping or recomputing the
 (:data:`~grendel_py.backward_state.KEEP_BYTES`) never changes the chunks, and the bits."""
 
 
+def _depth_range(
+    k0: int, n_live: int, k_end: int, n_pix: int, pairs: int, min_chunk: int, group_pairs: int
+) -> tuple[int, int]:
+    """The end k1 of the depth range that starts at slot ``k0`` over ``n_live`` tiles whose longest list ends
+    at ``k_end`` (about ``pairs`` pairs, at least ``min_chunk`` slots), and how many of its tiles a chunk takes
+    (at most ``group_pairs`` pairs)."""
+    k1 = min(k_end, k0 + max(min_chunk, pairs // (n_live * n_pix)))
+    return k1, max(1, group_pairs // (n_pix * (k1 - k0)))
+
+
 def schedule(
     sorted_counts: list[int],
     n_pix: int,
@@ -64,18 +77,17 @@ def schedule(
     group_pairs: int | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The compositor's chunks (t0, t1, k0, k1) for tiles whose splat counts are ``sorted_counts`` (largest
-    first): depth slots [k0, k1) of the tiles t0..t1 - 1 of that order, all holding more than k0 splats; about
-    ``chunk_pairs`` pairs of the live tiles' depth slots each (at least ``min_chunk`` slots). When a chunk
-    would hold more than ``group_pairs`` pairs (None: ``chunk_pairs``), its tiles are split into groups (tiles
-    are independent, so this changes no result), which keeps a chunk's memory bounded however many tiles a
-    batch has."""
+    first), every tile computed to the end of its list: depth slots [k0, k1) of the tiles t0..t1 - 1 of that
+    order, all holding more than k0 splats; about ``chunk_pairs`` pairs of the live tiles' depth slots each (at
+    least ``min_chunk`` slots). When a chunk would hold more than ``group_pairs`` pairs (None:
+    ``chunk_pairs``), its tiles are split into groups (tiles are independent, so this changes no result),
+    which keeps a chunk's memory bounded however many tiles a batch has."""
     out, k0, n_active = [], 0, len(sorted_counts)
     k_max = sorted_counts[0] if sorted_counts else 0
     while k0 < k_max:
         while n_active and sorted_counts[n_active - 1] <= k0:
             n_active -= 1
-        k1 = min(k_max, k0 + max(min_chunk, chunk_pairs // (n_active * n_pix)))
-        group = max(1, (group_pairs or chunk_pairs) // (n_pix * (k1 - k0)))
+        k1, group = _depth_range(k0, n_active, k_max, n_pix, chunk_pairs, min_chunk, group_pairs or chunk_pairs)
         out += [(t0, min(t0 + group, n_active), k0, k1) for t0 in range(0, n_active, group)]
         k0 = k1
     return out
@@ -86,16 +98,24 @@ def started_tiles(chunks: list[tuple[int, int, int, int]]) -> int:
     return sum(t1 - t0 for t0, t1, _, _ in chunks)
 
 
+def chunk_sizes(
+    sorted_counts: list[int], n_pix: int, chunk_pairs: int | None = None, min_chunk: int = MIN_CHUNK
+) -> tuple[int, int]:
+    """The pairs a depth range holds and the pairs past which its tiles are split into groups: both
+    ``chunk_pairs``; None: :data:`CHUNK_PAIRS`, and :data:`SMALL_STEP_GROUP_PAIRS` for the groups where those
+    chunks start at most :data:`SMALL_STEP_STARTS` values."""
+    if chunk_pairs is not None:
+        return chunk_pairs, chunk_pairs
+    starts = started_tiles(schedule(sorted_counts, n_pix, CHUNK_PAIRS, min_chunk)) * n_pix
+    return CHUNK_PAIRS, SMALL_STEP_GROUP_PAIRS if starts <= SMALL_STEP_STARTS else CHUNK_PAIRS
+
+
 def plan_chunks(
     sorted_counts: list[int], n_pix: int, chunk_pairs: int | None = None, min_chunk: int = MIN_CHUNK
 ) -> list[tuple[int, int, int, int]]:
-    """The compositor's chunks (:func:`schedule`) of about ``chunk_pairs`` pairs; None: :data:`CHUNK_PAIRS`,
-    and where those chunks start at most :data:`SMALL_STEP_STARTS` values, their tiles split into groups only
-    past :data:`SMALL_STEP_GROUP_PAIRS` pairs."""
-    chunks = schedule(sorted_counts, n_pix, chunk_pairs or CHUNK_PAIRS, min_chunk)
-    if chunk_pairs is None and started_tiles(chunks) * n_pix <= SMALL_STEP_STARTS:
-        chunks = schedule(sorted_counts, n_pix, CHUNK_PAIRS, min_chunk, SMALL_STEP_GROUP_PAIRS)
-    return chunks
+    """The compositor's chunks (:func:`schedule`) sized by :func:`chunk_sizes`."""
+    pairs, group_pairs = chunk_sizes(sorted_counts, n_pix, chunk_pairs, min_chunk)
+    return schedule(sorted_counts, n_pix, pairs, min_chunk, group_pairs)
 
 
 def compositor_work(per_tile: np.ndarray, n_pix: int) -> tuple[int, int, int]:
@@ -131,10 +151,12 @@ def composite_tiles(
     ``chunk_pairs``: about how many (pixel, splat) pairs a chunk holds (None: as :func:`plan_chunks` sizes
     them). ``keep_bytes``: the forward keeps every chunk's starting T for the backward while they take at most
     this many bytes (None: :data:`~grendel_py.backward_state.KEEP_BYTES`); past it, only where each of about
-    sqrt(R) segments starts (see :meth:`_Layout.segments`). ``drop_finished``: a chunk leaves out the tiles whose every pixel
-    has stopped (they add exactly nothing, forward or backward), which costs a read of the device per chunk:
-    by default on the CPU, where that read is free (unless the CPU stands for a GPU:
-    :func:`~grendel_py.host_syncs.counting_as_a_gpu`). The results are the same bits either way.
+    sqrt(R) segments starts (see :meth:`_Layout.sizing`); the same bits either way. ``drop_finished``: each
+    depth range leaves out the tiles whose every pixel has stopped (they add exactly nothing, forward or
+    backward) and is sized by the tiles left, which costs a read of the device per range: by default on the
+    CPU, where that read is free (unless the CPU stands for a GPU:
+    :func:`~grendel_py.host_syncs.counting_as_a_gpu`). The results agree to float rounding either way (the
+    chunks carry T across different depth slots).
     """
     if drop_finished is None:
         drop_finished = means2d.device.type == "cpu" and not counting_as_a_gpu()
@@ -149,7 +171,8 @@ class _Layout:
     The schedule is planned on the host from the intersections per tile (one read, usually done by the
     binning already): tiles in decreasing order of their splat count, so the tiles still holding splats at
     depth slot k are a prefix of that order, whose length is known without asking the device. Pixels that
-    terminated early stay in their chunks with zero weight (dropping them would need a read per chunk)."""
+    terminated early stay in their chunks with zero weight unless the ranges leave out finished tiles
+    (:meth:`ranges`)."""
 
     def __init__(self, bins: TileBins, tiles: BatchTiles, dtype: torch.dtype):
         device = bins.splat_index.device
@@ -179,38 +202,46 @@ class _Layout:
         rows = self.splat_index[pos.clamp_max(self.splat_index.shape[0] - 1)]
         return rows, inside.to(self.px.dtype)
 
-    def chunks(
+    def sizing(
         self, chunk_pairs: int | None, min_chunk: int, keep_bytes: int, item_bytes: int
-    ) -> tuple[list[tuple[torch.Tensor, int, int]], bool]:
-        """(tiles, k0, k1) of each chunk (:func:`plan_chunks`) and whether every chunk's start is kept: whether
-        they take at most ``keep_bytes`` (``item_bytes`` a value)."""
+    ) -> tuple[tuple[int, int, int], int]:
+        """The depth ranges' sizes (pairs, group pairs, min_chunk: :func:`chunk_sizes`) and how many ranges a
+        segment holds: all of them where every chunk's start of the plan (:func:`schedule`, every tile to the
+        end of its list) takes at most ``keep_bytes`` (``item_bytes`` a value), else about sqrt(R) of its R
+        ranges. The forward keeps T where each segment starts and the starts of the last segment's chunks;
+        the backward recomputes the others one segment at a time, so the saved transmittances take about
+        2 sqrt(R), not R, values per pixel. Leaving out finished tiles only shortens the ranges' tile lists
+        and deepens them (fewer ranges), so the plan bounds what is kept."""
         n_pix = self.ts * self.ts
-        plan = plan_chunks(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
+        pairs, group_pairs = chunk_sizes(self.sorted_counts, n_pix, chunk_pairs, min_chunk)
+        plan = schedule(self.sorted_counts, n_pix, pairs, min_chunk, group_pairs)
+        n_ranges = len({k0 for _, _, k0, _ in plan})
         keep_all = started_tiles(plan) * n_pix * item_bytes <= keep_bytes
-        return [(self.by_count[t0:t1], k0, k1) for t0, t1, k0, k1 in plan], keep_all
+        return (pairs, group_pairs, min_chunk), max(1, n_ranges if keep_all else math.ceil(math.sqrt(n_ranges)))
 
-    def segments(
-        self, chunks: list[tuple[torch.Tensor, int, int]], keep_all: bool
-    ) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
-        """The chunks cut into segments of about sqrt(R) consecutive depth ranges (R: the number of ranges;
-        the chunks of a range share k0 and cover the live tiles, a prefix of ``by_count``), each with the
-        number of live tiles where it starts. The forward keeps T where each segment starts and the starts of
-        the last segment's chunks; the backward recomputes the others one segment at a time. So the saved
-        transmittances take about 2 sqrt(R), not R, values per pixel. One segment (every start kept, nothing
-        recomputed) when ``keep_all``."""
-        if keep_all:
-            return [(len(self.sorted_counts), chunks)]
-        ranges: list[list[tuple[torch.Tensor, int, int]]] = []
-        for c in chunks:
-            if ranges and ranges[-1][0][1] == c[1]:
-                ranges[-1].append(c)
-            else:
-                ranges.append([c])
-        every = max(1, math.ceil(math.sqrt(len(ranges))))
-        return [
-            (sum(act.shape[0] for act, _, _ in ranges[r]), [c for rng in ranges[r : r + every] for c in rng])
-            for r in range(0, len(ranges), every)
-        ]
+    def ranges(
+        self, t_run: torch.Tensor, sizes: tuple[int, int, int], drop: bool
+    ) -> Iterator[tuple[torch.Tensor, list[tuple[torch.Tensor, int, int]]]]:
+        """The depth ranges in turn, each as its tiles (positions in ``tile_ids``) and its chunks (tiles, k0,
+        k1): the tiles holding more than k0 splats, a prefix of ``by_count``, and with ``drop`` only those
+        with a pixel still running in ``t_run`` (read when the range begins, so the caller composites a range
+        before asking for the next); the range's depth follows from how many tiles it holds, so it deepens as
+        tiles finish. Without ``drop`` these are :func:`schedule`'s chunks, planned without a read."""
+        pairs, group_pairs, min_chunk = sizes
+        k0, n_active, n_pix = 0, len(self.sorted_counts), self.ts * self.ts
+        while True:
+            while n_active and self.sorted_counts[n_active - 1] <= k0:
+                n_active -= 1
+            act, first = self.by_count[:n_active], 0
+            if drop and n_active:
+                pos = torch.nonzero((t_run[act] > 0).any(dim=1))[:, 0]
+                act, first = act[pos], int(pos[0]) if pos.numel() else 0
+            if not act.numel():
+                return
+            k_end = self.sorted_counts[first]  # the longest list of the range's tiles
+            k1, group = _depth_range(k0, act.shape[0], k_end, n_pix, pairs, min_chunk, group_pairs)
+            yield act, [(act[g : g + group], k0, k1) for g in range(0, act.shape[0], group)]
+            k0 = k1
 
 
 class _Chunk:
@@ -268,23 +299,17 @@ class _Chunk:
         return t_last
 
 
-def _live(act: torch.Tensor, t_run: torch.Tensor, drop: bool) -> torch.Tensor:
-    """The tiles of ``act`` with a pixel still running (all of them unless ``drop``)."""
-    return act[(t_run[act] > 0).any(dim=1)] if drop else act
-
-
-def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved: list, drop: bool):
-    """(act, k0, k1, T at the chunk start) of every chunk, last first (``act``: its live tiles when ``drop``).
-    The forward kept the starts of the last segment; each earlier one is recomputed from the transmittance
-    saved where it starts, to the same bits (the same chunks, the same operations)."""
-    for n_active, chunks, snapshot, starts in reversed(saved):
+def _starts_back_to_front(lay: _Layout, params: tuple[torch.Tensor, ...], saved: list):
+    """(act, k0, k1, T at the chunk start) of every chunk the forward ran, last first. The forward kept the
+    starts of the last segment; each earlier one is recomputed from the transmittance saved where it starts,
+    to the same bits (the same chunks, the same operations)."""
+    for snapshot, chunks, starts in reversed(saved):
         if starts is None:
             t_run = torch.ones(len(lay.sorted_counts), lay.ts * lay.ts, dtype=params[0].dtype, device=params[0].device)
             if snapshot is not None:
-                t_run[lay.by_count[:n_active]] = snapshot
+                t_run[snapshot[0]] = snapshot[1]
             starts = []
             for act, k0, k1 in chunks:
-                act = _live(act, t_run, drop)
                 t_start = t_run[act]
                 _Chunk(lay, act, k0, k1, params, t_start).advance(t_run, act, t_start)
                 starts.append((act, k0, k1, t_start))
@@ -303,27 +328,24 @@ class _Composite(torch.autograd.Function):
         accum = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
         t_run = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)  # 0 once a pixel has terminated
         t_final = torch.ones(n_tiles, n_pix, dtype=dtype, device=device)
-        segments = lay.segments(*lay.chunks(chunk_pairs, min_chunk, keep_bytes, t_run.element_size()))
-        saved = []
-        for seg, (n_active, chunks) in enumerate(segments):
-            last = seg == len(segments) - 1
-            snapshot = t_run[lay.by_count[:n_active]] if seg else None  # where the segment starts
-            starts = []
+        sizes, every = lay.sizing(chunk_pairs, min_chunk, keep_bytes, t_run.element_size())
+        saved = []  # per segment: (tiles, T) where it starts (None: all 1), its chunks, their starts or None
+        for r, (tiles, chunks) in enumerate(lay.ranges(t_run, sizes, drop)):
+            if r % every == 0:
+                if saved:  # an earlier segment: the backward recomputes its starts
+                    saved[-1][2] = None
+                saved.append([(tiles, t_run[tiles]) if r else None, [], []])
             for act, k0, k1 in chunks:
-                act = _live(act, t_run, drop)
-                if not act.numel():
-                    continue
                 t_start = t_run[act]
                 ch = _Chunk(lay, act, k0, k1, params, t_start)
                 accum[act] += torch.bmm(ch.weights(), colors[ch.s])
                 t_last = ch.advance(t_run, act, t_start)
                 running = (t_start > 0).to(dtype)
                 t_final[act] = running * t_last + (1.0 - running) * t_final[act]
-                if last:
-                    starts.append((act, k0, k1, t_start))
-            saved.append((n_active, chunks, snapshot, starts if last else None))
+                saved[-1][1].append((act, k0, k1))
+                saved[-1][2].append((act, k0, k1, t_start))
         out = accum + t_final[..., None] * background
-        save(ctx, (means2d, conics, opacities, colors, background, t_final), lay=lay, saved=saved, drop=drop)
+        save(ctx, (means2d, conics, opacities, colors, background, t_final), lay=lay, saved=saved)
         return out, 1.0 - t_final
 
     @staticmethod
@@ -339,9 +361,7 @@ class _Composite(torch.autograd.Function):
         # R: d(loss)/d(light behind) summed per pixel, seeded with the background and the alpha output.
         back = t_final * ((grad_out * background).sum(-1) - grad_alpha)
         grad_bg = (grad_out * t_final[..., None]).sum(dim=(0, 1))
-        for act, k0, k1, t_start in _starts_back_to_front(lay, params, state["saved"], state["drop"]):
-            if not act.numel():
-                continue
+        for act, k0, k1, t_start in _starts_back_to_front(lay, params, state["saved"]):
             ch = _Chunk(lay, act, k0, k1, params, t_start)
             weight = ch.weights()
             g_img = grad_out[act]  # [Ta, P, C]

@@ -59,7 +59,7 @@ def part_starts(sizes: list[int]) -> list[int]:
 
 
 def count_values(values: torch.Tensor, n: int) -> torch.Tensor:
-    """How often each of 0..n-1 occurs in the int64 ``values`` (values >= n are ignored), int64 [n]. Unlike
+    """How often each of 0..n-1 occurs in the integer ``values`` (values >= n are ignored), [n] of their dtype. Unlike
     ``bincount`` its size does not depend on the data, so it costs no host synchronisation on a GPU."""
     counts = values.new_zeros(n + 1)
     return counts.index_add_(0, values.clamp_max(n), torch.ones_like(values))[:n]
@@ -331,7 +331,9 @@ def bin_batch(splats: Splats, parts: list[int], tiles: BatchTiles, cull: bool = 
         else torch.zeros(0, dtype=torch.int64, device=device)
     )
     pairs = PairPieces(splats, parts, tiles.grids, cull, order)
-    slot_of_tile = tiles.slot_of_tile()
+    # int32 slots: a stable sort of int64 keys takes twice the radix passes, each a barrier of its threads
+    # that a CPU shared with other jobs can keep waiting (bench/results/ab_cpu/README.md)
+    slot_of_tile = tiles.slot_of_tile(torch.int32)
     by_tile = torch.empty(pairs.total, dtype=torch.int32, device=device)
     # pairs per slot, per piece
     counts = torch.zeros(len(pairs.bounds) - 1, n_sel + 1, dtype=torch.int64, device=device)
