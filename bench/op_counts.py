@@ -24,8 +24,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_cpu import REPO, _commit, _scene  # noqa: E402  (the A/B's scenes, so that both count the same work)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.ab_cpu import REPO, _commit, _scene  # the A/B's scenes, so that both count the same work
 
 GRAIN = 32768
 _aten = torch.ops.aten
